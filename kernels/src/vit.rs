@@ -1,0 +1,209 @@
+//! timm's `VisionTransformer`, one struct per timm module so that parameter names are
+//! timm's own (`blocks.0.attn.qkv.weight`). Holds no training or adapter logic beyond
+//! routing through `AdaptedLinear`.
+use crate::config::VitConfig;
+use crate::linear::{AdaptedLinear, Linear, Role, Visit};
+use tch::{Device, Kind, Tensor};
+
+/// timm's `LayerNorm` (eps 1e-6 in ViT).
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    fn new(dim: i64, device: Device) -> Self {
+        LayerNorm {
+            weight: Tensor::ones([dim], (Kind::Float, device)),
+            bias: Tensor::zeros([dim], (Kind::Float, device)),
+            eps: 1e-6,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let dim = *x.size().last().expect("layer_norm input has a last dim");
+        x.layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+    }
+
+    fn visit(&mut self, prefix: &str, f: &mut Visit) {
+        f(&format!("{prefix}.weight"), &mut self.weight, Role::Backbone);
+        f(&format!("{prefix}.bias"), &mut self.bias, Role::Backbone);
+    }
+}
+
+/// `patch_embed.proj`: a conv with kernel = stride = patch size, flattened to tokens.
+pub struct PatchEmbed {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub patch_size: i64,
+}
+
+impl PatchEmbed {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let p = self.patch_size;
+        // [B, C, H, W] -> [B, D, H/p, W/p] -> [B, N, D]
+        x.conv2d(&self.weight, Some(&self.bias), [p, p], [0, 0], [1, 1], 1).flatten(2, 3).transpose(1, 2)
+    }
+}
+
+pub struct Attention {
+    pub qkv: AdaptedLinear,
+    pub proj: AdaptedLinear,
+    pub num_heads: i64,
+}
+
+impl Attention {
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let (b, n, c) = x.size3().expect("attention input is [B, N, C]");
+        let h = self.num_heads;
+        // [B, N, 3C] -> [3, B, heads, N, head_dim]
+        let qkv = self.qkv.forward(x, train).reshape([b, n, 3, h, c / h]).permute([2, 0, 3, 1, 4]);
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let o = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, false);
+        self.proj.forward(&o.transpose(1, 2).reshape([b, n, c]), train)
+    }
+}
+
+pub struct Mlp {
+    pub fc1: AdaptedLinear,
+    pub fc2: AdaptedLinear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        self.fc2.forward(&self.fc1.forward(x, train).gelu("none"), train)
+    }
+}
+
+pub struct Block {
+    pub norm1: LayerNorm,
+    pub attn: Attention,
+    pub norm2: LayerNorm,
+    pub mlp: Mlp,
+}
+
+impl Block {
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let x = x + self.attn.forward(&self.norm1.forward(x), train);
+        &x + self.mlp.forward(&self.norm2.forward(&x), train)
+    }
+}
+
+pub struct VisionTransformer {
+    pub cfg: VitConfig,
+    pub patch_embed: PatchEmbed,
+    /// [1, 1, D]
+    pub cls_token: Tensor,
+    /// [1, 1 + N, D]
+    pub pos_embed: Tensor,
+    pub blocks: Vec<Block>,
+    pub norm: LayerNorm,
+    /// `None` when `num_classes == 0` (timm's `nn.Identity` head).
+    pub head: Option<Linear>,
+}
+
+impl VisionTransformer {
+    /// A randomly initialised model (timm's scheme: N(0, .02) weights, zero biases,
+    /// cls token N(0, 1e-6)); every tensor starts frozen (`requires_grad = false`).
+    pub fn new(cfg: &VitConfig, device: Device) -> crate::Result<Self> {
+        cfg.validate().map_err(crate::Error::Config)?;
+        let opts = (Kind::Float, device);
+        let d = cfg.embed_dim;
+        let lin = |i, o| AdaptedLinear::new(Linear::new(i, o, true, device));
+        let blocks = (0..cfg.depth)
+            .map(|_| Block {
+                norm1: LayerNorm::new(d, device),
+                attn: Attention {
+                    qkv: AdaptedLinear::new(Linear::new(d, 3 * d, cfg.qkv_bias, device)),
+                    proj: lin(d, d),
+                    num_heads: cfg.num_heads,
+                },
+                norm2: LayerNorm::new(d, device),
+                mlp: Mlp { fc1: lin(d, cfg.mlp_hidden()), fc2: lin(cfg.mlp_hidden(), d) },
+            })
+            .collect();
+        Ok(VisionTransformer {
+            cfg: cfg.clone(),
+            patch_embed: PatchEmbed {
+                weight: Tensor::randn([d, cfg.in_chans, cfg.patch_size, cfg.patch_size], opts) * 0.02,
+                bias: Tensor::zeros([d], opts),
+                patch_size: cfg.patch_size,
+            },
+            cls_token: Tensor::randn([1, 1, d], opts) * 1e-6,
+            pos_embed: Tensor::randn([1, 1 + cfg.num_patches(), d], opts) * 0.02,
+            blocks,
+            norm: LayerNorm::new(d, device),
+            head: (cfg.num_classes > 0).then(|| Linear::new(d, cfg.num_classes, true, device)),
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.pos_embed.device()
+    }
+
+    /// Final-normed tokens [B, 1 + N, D] for images [B, C, H, W] (normalised floats).
+    pub fn forward_features(&self, x: &Tensor, train: bool) -> Tensor {
+        let x = self.patch_embed.forward(x);
+        let b = x.size()[0];
+        // Under autocast `cat` promotes to fp32, as in timm: the residual stream stays fp32.
+        let cls = self.cls_token.expand([b, -1, -1], false);
+        let mut x = Tensor::cat(&[cls, x], 1) + &self.pos_embed;
+        for blk in &self.blocks {
+            x = blk.forward(&x, train);
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Class-token pooling and the head: logits [B, num_classes] (features if no head).
+    pub fn forward_head(&self, feats: &Tensor) -> Tensor {
+        let pooled = feats.select(1, 0);
+        match &self.head {
+            Some(h) => h.forward(&pooled),
+            None => pooled,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        self.forward_head(&self.forward_features(x, train))
+    }
+
+    /// Every linear layer of the blocks with its timm name.
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = (String, &mut AdaptedLinear)> {
+        self.blocks.iter_mut().enumerate().flat_map(|(i, b)| {
+            [
+                (format!("blocks.{i}.attn.qkv"), &mut b.attn.qkv),
+                (format!("blocks.{i}.attn.proj"), &mut b.attn.proj),
+                (format!("blocks.{i}.mlp.fc1"), &mut b.mlp.fc1),
+                (format!("blocks.{i}.mlp.fc2"), &mut b.mlp.fc2),
+            ]
+        })
+    }
+
+    /// Visits every parameter (backbone, adapters, head) under its timm name, in a fixed order.
+    pub fn visit(&mut self, f: &mut Visit) {
+        f("patch_embed.proj.weight", &mut self.patch_embed.weight, Role::Backbone);
+        f("patch_embed.proj.bias", &mut self.patch_embed.bias, Role::Backbone);
+        f("cls_token", &mut self.cls_token, Role::Backbone);
+        f("pos_embed", &mut self.pos_embed, Role::Backbone);
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            b.norm1.visit(&format!("blocks.{i}.norm1"), f);
+            b.attn.qkv.visit(&format!("blocks.{i}.attn.qkv"), f);
+            b.attn.proj.visit(&format!("blocks.{i}.attn.proj"), f);
+            b.norm2.visit(&format!("blocks.{i}.norm2"), f);
+            b.mlp.fc1.visit(&format!("blocks.{i}.mlp.fc1"), f);
+            b.mlp.fc2.visit(&format!("blocks.{i}.mlp.fc2"), f);
+        }
+        self.norm.visit("norm", f);
+        if let Some(h) = &mut self.head {
+            h.visit("head", Role::Head, f);
+        }
+    }
+
+    /// (name, shallow handle) of every parameter; the handles share storage and grads.
+    pub fn named_tensors(&mut self) -> Vec<(String, Tensor, Role)> {
+        let mut out = Vec::new();
+        self.visit(&mut |n, t, r| out.push((n.to_string(), t.shallow_clone(), r)));
+        out
+    }
+}

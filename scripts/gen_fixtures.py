@@ -1,0 +1,147 @@
+"""Generate the parity fixtures for `kernels/tests/` with timm and Hugging Face peft.
+
+Run `./x fixtures` (or this script with the project's Python) to rebuild them; every
+draw is seeded, so a rerun with the same torch/timm/peft versions gives the same bytes.
+Everything is fp32 on CPU. Output: kernels/tests/fixtures/ (manifest.json + safetensors
+files + one peft adapter directory per method).
+"""
+import json
+import os
+import sys
+
+import peft
+import timm
+import torch
+from peft import IA3Config, LoraConfig, VeraConfig, get_peft_model
+from safetensors.torch import save_file
+from timm.models.vision_transformer import checkpoint_filter_fn
+
+OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
+    os.path.dirname(__file__), "..", "kernels", "tests", "fixtures")
+os.makedirs(OUT, exist_ok=True)
+torch.use_deterministic_algorithms(True)
+manifest = {"versions": {"torch": torch.__version__, "timm": timm.__version__, "peft": peft.__version__}}
+
+# Two tiny ViTs. "a": the default path. "b": other widths, a checkpoint made at 32 px
+# loaded into a 48 px model, so the position embedding is resampled (bicubic, as timm).
+CFG_A = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, mlp_ratio=4.0, num_classes=10)
+CFG_B = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0, num_classes=7)
+B_IMG = 48
+
+
+def vit(cfg, **over):
+    c = dict(cfg, **over)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **c)
+
+
+def perturb(model, seed):
+    """timm zero-initialises biases; make every tensor non-trivial so the test can see it."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+
+def save(name, tensors):
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, os.path.join(OUT, name))
+
+
+# --- plain ViT, config a -------------------------------------------------------------
+torch.manual_seed(0)
+ma = vit(CFG_A).eval()
+perturb(ma, 1)
+save("vit_a.safetensors", ma.state_dict())
+xa = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+with torch.no_grad():
+    la = ma(xa)
+save("vit_a_io.safetensors", {"x": xa, "logits": la})
+manifest["vit_a"] = dict(CFG_A, weights="vit_a.safetensors", io="vit_a_io.safetensors")
+
+# --- config b, checkpoint at 32 px, model at 48 px ------------------------------------
+torch.manual_seed(3)
+mb32 = vit(CFG_B)
+perturb(mb32, 4)
+ckpt = mb32.state_dict()
+save("vit_b32.safetensors", ckpt)
+mb48 = vit(CFG_B, img_size=B_IMG).eval()
+mb48.load_state_dict(checkpoint_filter_fn(dict(ckpt), mb48))
+xb = torch.randn(2, 3, B_IMG, B_IMG, generator=torch.Generator().manual_seed(5))
+with torch.no_grad():
+    lb = mb48(xb)
+save("vit_b48_io.safetensors", {"x": xb, "logits": lb, "pos_embed": mb48.pos_embed})
+manifest["vit_b"] = dict(CFG_B, weights="vit_b32.safetensors", model_img_size=B_IMG, io="vit_b48_io.safetensors")
+
+# --- peft adapters on config a (new 10-class head saved with the adapter) -------------
+ADAPTERS = {
+    "lora": LoraConfig(r=4, lora_alpha=8, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
+    "lora_rs": LoraConfig(r=4, lora_alpha=6, use_rslora=True, target_modules=["qkv", "fc2"], modules_to_save=["head"]),
+    "vera": VeraConfig(r=16, target_modules=["qkv", "fc1", "fc2"], projection_prng_key=7, modules_to_save=["head"]),
+    "ia3": IA3Config(target_modules=["qkv", "fc1", "fc2"], feedforward_modules=["fc2"], modules_to_save=["head"]),
+}
+manifest["adapters"] = {}
+for i, (name, cfg) in enumerate(ADAPTERS.items()):
+    torch.manual_seed(10 + i)
+    base = vit(CFG_A)
+    base.load_state_dict(ma.state_dict())
+    pm = get_peft_model(base, cfg)
+    trainable = sum(p.numel() for p in pm.parameters() if p.requires_grad)
+    # A fresh adapter must be the identity: record the fresh logits too.
+    pm.eval()
+    with torch.no_grad():
+        fresh = pm(xa)
+    g = torch.Generator().manual_seed(20 + i)
+    with torch.no_grad():
+        for pname, p in sorted(pm.named_parameters()):
+            if p.requires_grad:
+                if "ia3_l" in pname:
+                    p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g))
+                else:
+                    p.copy_(0.3 * torch.randn(p.shape, generator=g))
+        logits = pm(xa)
+    pm.save_pretrained(os.path.join(OUT, f"peft_{name}"))
+    os.remove(os.path.join(OUT, f"peft_{name}", "README.md"))  # a generated model card, not data
+    save(f"peft_{name}_io.safetensors", {"fresh_logits": fresh, "logits": logits})
+    manifest["adapters"][name] = dict(dir=f"peft_{name}", io=f"peft_{name}_io.safetensors", trainable=trainable)
+
+# --- LoRA on the q and v slices of the fused qkv, by hand (peft cannot slice qkv) ------
+D, R, ALPHA = CFG_A["embed_dim"], 4, 8.0
+g = torch.Generator().manual_seed(30)
+slices, merged = {}, vit(CFG_A).eval()
+merged.load_state_dict(ma.state_dict())
+with torch.no_grad():
+    for b in range(CFG_A["depth"]):
+        qkv = merged.blocks[b].attn.qkv
+        for j, part in enumerate("qkv"):
+            if part == "k":
+                continue
+            a = 0.3 * torch.randn(R, D, generator=g)
+            bb = 0.3 * torch.randn(D, R, generator=g)
+            slices[f"blocks.{b}.attn.{part}.lora_A.weight"] = a
+            slices[f"blocks.{b}.attn.{part}.lora_B.weight"] = bb
+            qkv.weight[j * D:(j + 1) * D] += (ALPHA / R) * bb @ a
+    lqv = merged(xa)
+save("lora_qv.safetensors", slices)
+save("lora_qv_io.safetensors", {"logits": lqv})
+manifest["lora_qv"] = dict(r=R, alpha=ALPHA, weights="lora_qv.safetensors", io="lora_qv_io.safetensors",
+                           trainable=sum(v.numel() for v in slices.values()))
+
+# --- AdamW: three steps, decoupled decay on 2-D tensors only --------------------------
+g = torch.Generator().manual_seed(40)
+params = {"w": torch.randn(6, 5, generator=g), "b": torch.randn(6, generator=g), "norm": 1 + 0.1 * torch.randn(5, generator=g)}
+ps = {k: torch.nn.Parameter(v.clone()) for k, v in params.items()}
+HP = dict(lr=3e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
+opt = torch.optim.AdamW([{"params": [ps["w"]]}, {"params": [ps["b"], ps["norm"]], "weight_decay": 0.0}], **HP)
+io = {f"init.{k}": v for k, v in params.items()}
+for step in range(3):
+    for k, p in ps.items():
+        p.grad = torch.randn(p.shape, generator=g)
+        io[f"grad{step}.{k}"] = p.grad.clone()
+    opt.step()
+    for k, p in ps.items():
+        io[f"after{step}.{k}"] = p.detach().clone()
+save("adamw.safetensors", io)
+manifest["adamw"] = dict(HP, betas=list(HP["betas"]), steps=3, file="adamw.safetensors")
+
+with open(os.path.join(OUT, "manifest.json"), "w") as f:
+    json.dump(manifest, f, indent=1, sort_keys=True)
+print("fixtures written to", os.path.abspath(OUT))

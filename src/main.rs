@@ -1,0 +1,141 @@
+//! `vtab-orch`: the command-line entry point. Parses arguments and dispatches; the work
+//! lives in the `kernels` (and, later, `orchestrator`) crates.
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use kernels::bench::{bench_method, markdown, standard_methods, BenchOptions};
+use kernels::train::Precision;
+use kernels::VitConfig;
+use std::path::PathBuf;
+use tch::Device;
+
+#[derive(Parser)]
+#[command(name = "vtab-orch", version, about = "Parameter-efficient fine-tuning studies of Vision Transformers")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print libtorch, CUDA and device information.
+    Env,
+    /// Train-step benchmark of every adaptation method on random data.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// timm preset (vit_tiny/small/base/large_patch16_224).
+    #[arg(long, default_value = "vit_base_patch16_224")]
+    preset: String,
+    /// Override the preset's image size (e.g. 64 for a quick CPU run).
+    #[arg(long)]
+    img_size: Option<i64>,
+    /// Override the preset's depth.
+    #[arg(long)]
+    depth: Option<i64>,
+    #[arg(long, default_value_t = 64)]
+    batch: i64,
+    #[arg(long, default_value_t = 256)]
+    eval_batch: i64,
+    /// auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.
+    #[arg(long, default_value = "auto")]
+    precision: Precision,
+    #[arg(long, default_value_t = 8)]
+    warmup: usize,
+    #[arg(long, default_value_t = 25)]
+    steps: usize,
+    #[arg(long, default_value_t = 10)]
+    eval_steps: usize,
+    /// Comma-separated subset of methods (default: all).
+    #[arg(long, value_delimiter = ',')]
+    methods: Vec<String>,
+    /// cpu, cuda or cuda:N (default: cuda if available).
+    #[arg(long)]
+    device: Option<String>,
+    /// Keep frozen weights in fp32 under autocast (peft's behaviour) instead of bf16.
+    #[arg(long)]
+    no_cast_frozen: bool,
+    /// Also write the rows as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn parse_device(s: Option<&str>) -> Result<Device> {
+    Ok(match s {
+        None => Device::cuda_if_available(),
+        Some("cpu") => Device::Cpu,
+        Some("cuda") => Device::Cuda(0),
+        Some(d) => match d.strip_prefix("cuda:") {
+            Some(i) => Device::Cuda(i.parse().with_context(|| format!("bad device `{d}`"))?),
+            None => bail!("unknown device `{d}` (cpu, cuda, cuda:N)"),
+        },
+    })
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let mut cfg = VitConfig::preset(&a.preset).with_context(|| {
+        format!("unknown preset `{}` (one of: {})", a.preset, VitConfig::preset_names().collect::<Vec<_>>().join(", "))
+    })?;
+    if let Some(s) = a.img_size {
+        cfg.img_size = s;
+    }
+    if let Some(d) = a.depth {
+        cfg.depth = d;
+    }
+    let device = parse_device(a.device.as_deref())?;
+    if device.is_cuda() && !tch::Cuda::is_available() {
+        bail!("--device {:?}: CUDA is not available to libtorch", a.device.unwrap_or_default());
+    }
+    let opts = BenchOptions {
+        cfg,
+        num_classes: 100,
+        batch: a.batch,
+        eval_batch: a.eval_batch,
+        warmup: a.warmup,
+        steps: a.steps,
+        eval_steps: a.eval_steps,
+        precision: a.precision,
+        device,
+        cast_frozen: !a.no_cast_frozen,
+    };
+    let all = standard_methods();
+    for m in &a.methods {
+        if !all.iter().any(|(n, _)| n == m) {
+            bail!("unknown method `{m}` (one of: {})", all.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "));
+        }
+    }
+    eprintln!(
+        "bench: {} img {} depth {} batch {} eval-batch {} precision {:?} device {:?} cast-frozen {}",
+        a.preset, opts.cfg.img_size, opts.cfg.depth, opts.batch, opts.eval_batch, opts.precision, device, opts.cast_frozen
+    );
+    let mut rows = Vec::new();
+    for (name, method) in all.iter().filter(|(n, _)| a.methods.is_empty() || a.methods.iter().any(|m| m == n)) {
+        let row = bench_method(name, method, &opts).with_context(|| format!("benchmarking {name}"))?;
+        eprintln!("{}", serde_json::to_string(&row)?);
+        rows.push(row);
+    }
+    print!("{}", markdown(&rows));
+    if let Some(p) = a.json {
+        std::fs::write(&p, serde_json::to_string_pretty(&rows)?).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn env() {
+    println!("vtab-orch {}", env!("CARGO_PKG_VERSION"));
+    println!("cuda available: {}", tch::Cuda::is_available());
+    println!("cuda devices: {}", tch::Cuda::device_count());
+    println!("cudnn available: {}", tch::Cuda::cudnn_is_available());
+    println!("cpu threads: {}", tch::get_num_threads());
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Env => {
+            env();
+            Ok(())
+        }
+        Cmd::Bench(a) => bench(a),
+    }
+}
