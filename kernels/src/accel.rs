@@ -86,6 +86,7 @@ pub struct MemoryStats {
 /// Memory statistics for `device`; `None` on CPU (no caching allocator to ask).
 pub fn memory_stats(device: Device) -> Result<Option<MemoryStats>> {
     let Device::Cuda(i) = device else { return Ok(None) };
+    init_allocator(device);
     let mut s = MemoryStats::default();
     check(unsafe {
         vtab_accel_memory(i as c_int, &mut s.allocated, &mut s.peak_allocated, &mut s.reserved, &mut s.peak_reserved)
@@ -96,9 +97,19 @@ pub fn memory_stats(device: Device) -> Result<Option<MemoryStats>> {
 /// `torch.cuda.reset_peak_memory_stats(device)`; a no-op on CPU.
 pub fn reset_peak_memory(device: Device) -> Result<()> {
     match device {
-        Device::Cuda(i) => check(unsafe { vtab_accel_reset_peak(i as c_int) }),
+        Device::Cuda(i) => {
+            init_allocator(device);
+            check(unsafe { vtab_accel_reset_peak(i as c_int) })
+        }
         _ => Ok(()),
     }
+}
+
+/// The caching allocator of a device exists only after its first allocation; asking it
+/// for statistics before that throws "Allocator not initialized". One tiny allocation
+/// makes sure it exists.
+fn init_allocator(device: Device) {
+    let _ = Tensor::zeros([1], (Kind::Float, device));
 }
 
 /// Blocks until the device has finished its queued work (for timing).

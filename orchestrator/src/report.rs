@@ -1,0 +1,1 @@
+//! Tables and plots from finished runs (summary CSV, method x dataset table, SVG plots).
