@@ -8,7 +8,10 @@ fn main() {
         env::var("DEP_TCH_LIBTORCH_LIB")
             .expect("torch-sys did not export DEP_TCH_LIBTORCH_LIB; run through ./x (it sets LIBTORCH_USE_PYTORCH=1)"),
     );
-    let include = lib.parent().expect("libtorch lib dir has a parent").join("include");
+    let include = lib
+        .parent()
+        .expect("libtorch lib dir has a parent")
+        .join("include");
     cc::Build::new()
         .cpp(true)
         .file("csrc/shim.cpp")

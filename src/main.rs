@@ -1,5 +1,8 @@
 //! `vtab-orch`: the command-line entry point. Parses arguments and dispatches; the work
-//! lives in the `kernels` (and, later, `orchestrator`) crates.
+//! lives in the `kernels` and `orchestrator` crates. Exit codes: 0 success, 1 a node
+//! failed, 2 the suite or the command line is invalid.
+mod cli;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use kernels::bench::{bench_method, markdown, standard_methods, BenchOptions};
@@ -9,7 +12,11 @@ use std::path::PathBuf;
 use tch::Device;
 
 #[derive(Parser)]
-#[command(name = "vtab-orch", version, about = "Parameter-efficient fine-tuning studies of Vision Transformers")]
+#[command(
+    name = "vtab-orch",
+    version,
+    about = "Parameter-efficient fine-tuning studies of Vision Transformers"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -17,6 +24,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run a suite: every node not in the store yet, in dependency order, over all GPUs.
+    Run(cli::RunArgs),
+    /// Show what `run` would do: per node cached / run (and why) / blocked.
+    Plan(cli::PlanArgs),
+    /// Tables (CSV, Markdown, JSON) and plots from a suite's finished runs.
+    Report(cli::ReportArgs),
+    /// Run one node (used by the scheduler in child processes).
+    #[command(hide = true)]
+    Exec(cli::ExecArgs),
     /// Print libtorch, CUDA and device information.
     Env,
     /// Train-step benchmark of every adaptation method on random data.
@@ -75,7 +91,11 @@ fn parse_device(s: Option<&str>) -> Result<Device> {
 
 fn bench(a: BenchArgs) -> Result<()> {
     let mut cfg = VitConfig::preset(&a.preset).with_context(|| {
-        format!("unknown preset `{}` (one of: {})", a.preset, VitConfig::preset_names().collect::<Vec<_>>().join(", "))
+        format!(
+            "unknown preset `{}` (one of: {})",
+            a.preset,
+            VitConfig::preset_names().collect::<Vec<_>>().join(", ")
+        )
     })?;
     if let Some(s) = a.img_size {
         cfg.img_size = s;
@@ -85,7 +105,10 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     let device = parse_device(a.device.as_deref())?;
     if device.is_cuda() && !tch::Cuda::is_available() {
-        bail!("--device {:?}: CUDA is not available to libtorch", a.device.unwrap_or_default());
+        bail!(
+            "--device {:?}: CUDA is not available to libtorch",
+            a.device.unwrap_or_default()
+        );
     }
     let opts = BenchOptions {
         cfg,
@@ -102,7 +125,10 @@ fn bench(a: BenchArgs) -> Result<()> {
     let all = standard_methods();
     for m in &a.methods {
         if !all.iter().any(|(n, _)| n == m) {
-            bail!("unknown method `{m}` (one of: {})", all.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "));
+            bail!(
+                "unknown method `{m}` (one of: {})",
+                all.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            );
         }
     }
     eprintln!(
@@ -110,14 +136,19 @@ fn bench(a: BenchArgs) -> Result<()> {
         a.preset, opts.cfg.img_size, opts.cfg.depth, opts.batch, opts.eval_batch, opts.precision, device, opts.cast_frozen
     );
     let mut rows = Vec::new();
-    for (name, method) in all.iter().filter(|(n, _)| a.methods.is_empty() || a.methods.iter().any(|m| m == n)) {
-        let row = bench_method(name, method, &opts).with_context(|| format!("benchmarking {name}"))?;
+    for (name, method) in all
+        .iter()
+        .filter(|(n, _)| a.methods.is_empty() || a.methods.iter().any(|m| m == n))
+    {
+        let row =
+            bench_method(name, method, &opts).with_context(|| format!("benchmarking {name}"))?;
         eprintln!("{}", serde_json::to_string(&row)?);
         rows.push(row);
     }
     print!("{}", markdown(&rows));
     if let Some(p) = a.json {
-        std::fs::write(&p, serde_json::to_string_pretty(&rows)?).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(&p, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
 }
@@ -130,12 +161,31 @@ fn env() {
     println!("cpu threads: {}", tch::get_num_threads());
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().cmd {
+fn main() {
+    let result = match Cli::parse().cmd {
+        Cmd::Run(a) => cli::run(a),
+        Cmd::Plan(a) => cli::plan(a),
+        Cmd::Report(a) => cli::report(a),
+        Cmd::Exec(a) => cli::exec(a),
         Cmd::Env => {
             env();
-            Ok(())
+            Ok(0)
         }
-        Cmd::Bench(a) => bench(a),
+        Cmd::Bench(a) => bench(a).map(|_| 0),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            let code = if e
+                .downcast_ref::<orchestrator::suite::SuiteError>()
+                .is_some()
+            {
+                2
+            } else {
+                1
+            };
+            eprintln!("error: {e:#}");
+            std::process::exit(code);
+        }
     }
 }

@@ -8,9 +8,20 @@ type CTensor = *mut torch_sys::C_tensor; // at::Tensor* on the C++ side
 
 extern "C" {
     fn vtab_free_message(m: *mut c_char);
-    fn vtab_autocast_enter(dev: c_int, dtype: c_int, prev_en: *mut c_int, prev_dt: *mut c_int) -> *mut c_char;
+    fn vtab_autocast_enter(
+        dev: c_int,
+        dtype: c_int,
+        prev_en: *mut c_int,
+        prev_dt: *mut c_int,
+    ) -> *mut c_char;
     fn vtab_autocast_exit(dev: c_int, prev_en: c_int, prev_dt: c_int) -> *mut c_char;
-    fn vtab_accel_memory(dev: c_int, a: *mut i64, pa: *mut i64, r: *mut i64, pr: *mut i64) -> *mut c_char;
+    fn vtab_accel_memory(
+        dev: c_int,
+        a: *mut i64,
+        pa: *mut i64,
+        r: *mut i64,
+        pr: *mut i64,
+    ) -> *mut c_char;
     fn vtab_accel_reset_peak(dev: c_int) -> *mut c_char;
     fn vtab_fused_adamw(
         p: *const CTensor,
@@ -33,7 +44,9 @@ fn check(msg: *mut c_char) -> Result<()> {
         return Ok(());
     }
     // SAFETY: a non-null return is a malloc'ed NUL-terminated string owned by us.
-    let s = unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned();
+    let s = unsafe { CStr::from_ptr(msg) }
+        .to_string_lossy()
+        .into_owned();
     unsafe { vtab_free_message(msg) };
     Err(Error::Shim(s))
 }
@@ -56,18 +69,28 @@ impl Autocast {
         let dtype = match kind {
             Kind::BFloat16 => 15,
             Kind::Half => 5,
-            other => return Err(Error::Config(format!("autocast to {other:?} is not supported (bf16 or f16)"))),
+            other => {
+                return Err(Error::Config(format!(
+                    "autocast to {other:?} is not supported (bf16 or f16)"
+                )))
+            }
         };
         let (mut prev_enabled, mut prev_dtype) = (0, 0);
         check(unsafe { vtab_autocast_enter(dev, dtype, &mut prev_enabled, &mut prev_dtype) })?;
-        Ok(Autocast { dev, prev_enabled, prev_dtype })
+        Ok(Autocast {
+            dev,
+            prev_enabled,
+            prev_dtype,
+        })
     }
 }
 
 impl Drop for Autocast {
     fn drop(&mut self) {
         // Restoring thread-local flags cannot meaningfully fail; report and continue.
-        if let Err(e) = check(unsafe { vtab_autocast_exit(self.dev, self.prev_enabled, self.prev_dtype) }) {
+        if let Err(e) =
+            check(unsafe { vtab_autocast_exit(self.dev, self.prev_enabled, self.prev_dtype) })
+        {
             eprintln!("warning: leaving autocast: {e}");
         }
     }
@@ -85,11 +108,19 @@ pub struct MemoryStats {
 
 /// Memory statistics for `device`; `None` on CPU (no caching allocator to ask).
 pub fn memory_stats(device: Device) -> Result<Option<MemoryStats>> {
-    let Device::Cuda(i) = device else { return Ok(None) };
+    let Device::Cuda(i) = device else {
+        return Ok(None);
+    };
     init_allocator(device);
     let mut s = MemoryStats::default();
     check(unsafe {
-        vtab_accel_memory(i as c_int, &mut s.allocated, &mut s.peak_allocated, &mut s.reserved, &mut s.peak_reserved)
+        vtab_accel_memory(
+            i as c_int,
+            &mut s.allocated,
+            &mut s.peak_allocated,
+            &mut s.reserved,
+            &mut s.peak_reserved,
+        )
     })?;
     Ok(Some(s))
 }
@@ -138,7 +169,13 @@ pub(crate) fn fused_adamw(
         return Ok(());
     }
     let ptrs = |ts: &[Tensor]| ts.iter().map(raw).collect::<Vec<_>>();
-    let (p, g, m, v, s) = (ptrs(params), ptrs(grads), ptrs(exp_avgs), ptrs(exp_avg_sqs), ptrs(steps));
+    let (p, g, m, v, s) = (
+        ptrs(params),
+        ptrs(grads),
+        ptrs(exp_avgs),
+        ptrs(exp_avg_sqs),
+        ptrs(steps),
+    );
     check(unsafe {
         vtab_fused_adamw(
             p.as_ptr(),

@@ -44,14 +44,36 @@ pub struct BenchRow {
 /// The methods of `peft_bench.py`, by its names, plus BitFit.
 pub fn standard_methods() -> Vec<(&'static str, Method)> {
     use Target::*;
-    let lora = |targets: Vec<Target>| Method::Lora(LoraSpec { r: 8, alpha: 8.0, dropout: 0.0, rslora: false, targets });
+    let lora = |targets: Vec<Target>| {
+        Method::Lora(LoraSpec {
+            r: 8,
+            alpha: 8.0,
+            dropout: 0.0,
+            rslora: false,
+            targets,
+        })
+    };
     vec![
         ("linear", Method::Linear),
         ("full", Method::Full),
         ("lora_qkv_r8", lora(vec![Qkv])),
         ("lora_all_r8", lora(vec![Qkv, Proj, Fc1, Fc2])),
-        ("vera_qkv_mlp_r256", Method::Vera(VeraSpec { r: 256, d_initial: 0.1, projection_prng_key: 0, dropout: 0.0, targets: vec![Qkv, Fc1, Fc2] })),
-        ("ia3_qkv_fc2", Method::Ia3(Ia3Spec { targets: vec![Qkv, Fc2] })),
+        (
+            "vera_qkv_mlp_r256",
+            Method::Vera(VeraSpec {
+                r: 256,
+                d_initial: 0.1,
+                projection_prng_key: 0,
+                dropout: 0.0,
+                targets: vec![Qkv, Fc1, Fc2],
+            }),
+        ),
+        (
+            "ia3_qkv_fc2",
+            Method::Ia3(Ia3Spec {
+                targets: vec![Qkv, Fc2],
+            }),
+        ),
         ("lora_qv_r8", lora(vec![Q, V])),
         ("bitfit", Method::Bitfit),
     ]
@@ -80,14 +102,25 @@ pub fn bench_method(name: &str, method: &Method, o: &BenchOptions) -> Result<Ben
     }
     let counts = model.counts();
     let cfg = TrainConfig {
-        schedule: WarmupCosine { base_lr: 1e-3, min_lr: 1e-3, warmup_steps: 0, total_steps: 1 },
-        adamw: AdamWConfig { weight_decay: 0.05, ..Default::default() },
+        schedule: WarmupCosine {
+            base_lr: 1e-3,
+            min_lr: 1e-3,
+            warmup_steps: 0,
+            total_steps: 1,
+        },
+        adamw: AdamWConfig {
+            weight_decay: 0.05,
+            ..Default::default()
+        },
         label_smoothing: 0.0,
         clip_grad_norm: None,
         precision: o.precision,
     };
     let mut trainer = Trainer::new(model, cfg);
-    let x = Tensor::randn([o.batch, o.cfg.in_chans, o.cfg.img_size, o.cfg.img_size], (Kind::Float, o.device));
+    let x = Tensor::randn(
+        [o.batch, o.cfg.in_chans, o.cfg.img_size, o.cfg.img_size],
+        (Kind::Float, o.device),
+    );
     let y = Tensor::randint(o.num_classes, [o.batch], (Kind::Int64, o.device));
     synchronize(o.device);
     reset_peak_memory(o.device)?;
@@ -104,11 +137,16 @@ pub fn bench_method(name: &str, method: &Method, o: &BenchOptions) -> Result<Ben
     let peak_gib = memory_stats(o.device)?.map(|s| s.peak_allocated as f64 / (1u64 << 30) as f64);
     let mut model = trainer.model;
     model.merge();
-    let xe = Tensor::randn([o.eval_batch, o.cfg.in_chans, o.cfg.img_size, o.cfg.img_size], (Kind::Float, o.device));
+    let xe = Tensor::randn(
+        [o.eval_batch, o.cfg.in_chans, o.cfg.img_size, o.cfg.img_size],
+        (Kind::Float, o.device),
+    );
     for _ in 0..2 {
         let _ = eval_logits(&model, &xe, o.precision)?;
     }
-    let de = time_it(o.device, o.eval_steps, || eval_logits(&model, &xe, o.precision).map(|_| ()))?;
+    let de = time_it(o.device, o.eval_steps, || {
+        eval_logits(&model, &xe, o.precision).map(|_| ())
+    })?;
     Ok(BenchRow {
         method: name.to_string(),
         trainable: counts.trainable,

@@ -19,14 +19,23 @@ pub enum HeadPolicy {
 /// Reads every tensor of a safetensors file (any float dtype) as fp32 on the CPU.
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     if !path.exists() {
-        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        ));
     }
-    let tensors = Tensor::read_safetensors(path)
-        .map_err(|e| Error::Safetensors { path: path.to_path_buf(), msg: e.to_string() })?;
+    let tensors = Tensor::read_safetensors(path).map_err(|e| Error::Safetensors {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
     Ok(tensors
         .into_iter()
         .map(|(n, t)| {
-            let t = if t.is_floating_point() { t.to_kind(Kind::Float) } else { t };
+            let t = if t.is_floating_point() {
+                t.to_kind(Kind::Float)
+            } else {
+                t
+            };
             (n, t)
         })
         .collect())
@@ -43,12 +52,19 @@ pub fn load_timm(model: &mut VisionTransformer, path: &Path, head: HeadPolicy) -
     if let Some(pe) = file.get("pos_embed") {
         let want = model.pos_embed.size();
         if pe.size() != want && pe.dim() == 3 && pe.size()[2] == want[2] {
-            let resampled = resample_abs_pos_embed(pe, model.cfg.grid_size(), 1)
-                .map_err(|msg| Error::File { path: path.to_path_buf(), msg })?;
+            let resampled =
+                resample_abs_pos_embed(pe, model.cfg.grid_size(), 1).map_err(|msg| {
+                    Error::File {
+                        path: path.to_path_buf(),
+                        msg,
+                    }
+                })?;
             file.insert("pos_embed".into(), resampled);
         }
     }
-    copy_into(model, file, path, |_, role| role != Role::Adapter && (role != Role::Head || head == HeadPolicy::Load))
+    copy_into(model, file, path, |_, role| {
+        role != Role::Adapter && (role != Role::Head || head == HeadPolicy::Load)
+    })
 }
 
 /// Copies `file` tensors into the model parameters selected by `wanted(role)`, checking
@@ -66,7 +82,13 @@ pub(crate) fn copy_into(
                 return;
             }
             match file.remove(name) {
-                None => err = Some(Error::MissingTensor { path: path.into(), name: name.into(), expected: t.size() }),
+                None => {
+                    err = Some(Error::MissingTensor {
+                        path: path.into(),
+                        name: name.into(),
+                        expected: t.size(),
+                    })
+                }
                 Some(src) if src.size() != t.size() => {
                     err = Some(Error::ShapeMismatch {
                         path: path.into(),
@@ -83,7 +105,10 @@ pub(crate) fn copy_into(
         return Err(e);
     }
     if !file.is_empty() {
-        return Err(Error::UnexpectedTensors { path: path.into(), names: file.into_keys().collect() });
+        return Err(Error::UnexpectedTensors {
+            path: path.into(),
+            names: file.into_keys().collect(),
+        });
     }
     Ok(())
 }
@@ -91,7 +116,11 @@ pub(crate) fn copy_into(
 /// timm `resample_abs_pos_embed(posemb, (g, g), num_prefix_tokens, 'bicubic', antialias=True)`:
 /// the square grid of [1, prefix + n*n, D] is resized to `new_grid`^2 with PyTorch's
 /// antialiased bicubic interpolation; prefix (class) tokens are kept as they are.
-pub fn resample_abs_pos_embed(posemb: &Tensor, new_grid: i64, num_prefix: i64) -> std::result::Result<Tensor, String> {
+pub fn resample_abs_pos_embed(
+    posemb: &Tensor,
+    new_grid: i64,
+    num_prefix: i64,
+) -> std::result::Result<Tensor, String> {
     let (one, n, d) = posemb.size3().map_err(|e| e.to_string())?;
     let old = ((n - num_prefix) as f64).sqrt().round() as i64;
     if one != 1 || old * old != n - num_prefix {
@@ -101,8 +130,13 @@ pub fn resample_abs_pos_embed(posemb: &Tensor, new_grid: i64, num_prefix: i64) -
         return Ok(posemb.shallow_clone());
     }
     let prefix = posemb.narrow(1, 0, num_prefix);
-    let grid = posemb.narrow(1, num_prefix, n - num_prefix).reshape([1, old, old, d]).permute([0, 3, 1, 2]);
+    let grid = posemb
+        .narrow(1, num_prefix, n - num_prefix)
+        .reshape([1, old, old, d])
+        .permute([0, 3, 1, 2]);
     let grid = grid.internal_upsample_bicubic2d_aa([new_grid, new_grid], false, None, None);
-    let grid = grid.permute([0, 2, 3, 1]).reshape([1, new_grid * new_grid, d]);
+    let grid = grid
+        .permute([0, 2, 3, 1])
+        .reshape([1, new_grid * new_grid, d]);
     Ok(Tensor::cat(&[prefix, grid], 1))
 }

@@ -38,17 +38,20 @@ const PRESETS: [(&str, i64, i64, i64); 4] = [
 impl VitConfig {
     /// A timm preset by name (`vit_base_patch16_224`, ...) with ImageNet's 1000 classes.
     pub fn preset(name: &str) -> Option<Self> {
-        PRESETS.iter().find(|p| p.0 == name).map(|&(_, embed_dim, depth, num_heads)| VitConfig {
-            img_size: 224,
-            patch_size: 16,
-            in_chans: 3,
-            num_classes: 1000,
-            embed_dim,
-            depth,
-            num_heads,
-            mlp_ratio: 4.0,
-            qkv_bias: true,
-        })
+        PRESETS
+            .iter()
+            .find(|p| p.0 == name)
+            .map(|&(_, embed_dim, depth, num_heads)| VitConfig {
+                img_size: 224,
+                patch_size: 16,
+                in_chans: 3,
+                num_classes: 1000,
+                embed_dim,
+                depth,
+                num_heads,
+                mlp_ratio: 4.0,
+                qkv_bias: true,
+            })
     }
 
     pub fn preset_names() -> impl Iterator<Item = &'static str> {
@@ -85,16 +88,28 @@ impl VitConfig {
             return Err(format!("{k} must be positive, got {v}"));
         }
         if self.num_classes < 0 {
-            return Err(format!("num_classes must be >= 0, got {}", self.num_classes));
+            return Err(format!(
+                "num_classes must be >= 0, got {}",
+                self.num_classes
+            ));
         }
         if self.img_size % self.patch_size != 0 {
-            return Err(format!("img_size {} is not a multiple of patch_size {}", self.img_size, self.patch_size));
+            return Err(format!(
+                "img_size {} is not a multiple of patch_size {}",
+                self.img_size, self.patch_size
+            ));
         }
         if self.embed_dim % self.num_heads != 0 {
-            return Err(format!("embed_dim {} is not a multiple of num_heads {}", self.embed_dim, self.num_heads));
+            return Err(format!(
+                "embed_dim {} is not a multiple of num_heads {}",
+                self.embed_dim, self.num_heads
+            ));
         }
         if self.mlp_hidden() <= 0 {
-            return Err(format!("mlp_ratio {} gives no hidden units", self.mlp_ratio));
+            return Err(format!(
+                "mlp_ratio {} gives no hidden units",
+                self.mlp_ratio
+            ));
         }
         Ok(())
     }

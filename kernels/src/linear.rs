@@ -79,7 +79,11 @@ pub struct AdaptedLinear {
 
 impl AdaptedLinear {
     pub fn new(base: Linear) -> Self {
-        AdaptedLinear { base, adapters: Vec::new(), merged: false }
+        AdaptedLinear {
+            base,
+            adapters: Vec::new(),
+            merged: false,
+        }
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
@@ -110,7 +114,12 @@ impl AdaptedLinear {
 
     pub fn unmerge(&mut self) {
         if self.merged {
-            tch::no_grad(|| self.adapters.iter().rev().for_each(|a| a.unmerge(&mut self.base)));
+            tch::no_grad(|| {
+                self.adapters
+                    .iter()
+                    .rev()
+                    .for_each(|a| a.unmerge(&mut self.base))
+            });
             self.merged = false;
         }
     }

@@ -18,7 +18,15 @@ pub enum Target {
 }
 
 impl Target {
-    pub const ALL: [Target; 7] = [Target::Q, Target::K, Target::V, Target::Qkv, Target::Proj, Target::Fc1, Target::Fc2];
+    pub const ALL: [Target; 7] = [
+        Target::Q,
+        Target::K,
+        Target::V,
+        Target::Qkv,
+        Target::Proj,
+        Target::Fc1,
+        Target::Fc2,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -127,9 +135,19 @@ impl Method {
 
     /// A short human label, e.g. `lora r=8 a=8 q,v`.
     pub fn label(&self) -> String {
-        let t = self.targets().iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",");
+        let t = self
+            .targets()
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         match self {
-            Method::Lora(s) => format!("lora r={} a={}{} {t}", s.r, s.alpha, if s.rslora { " rs" } else { "" }),
+            Method::Lora(s) => format!(
+                "lora r={} a={}{} {t}",
+                s.r,
+                s.alpha,
+                if s.rslora { " rs" } else { "" }
+            ),
             Method::Vera(s) => format!("vera r={} {t}", s.r),
             Method::Ia3(_) => format!("ia3 {t}"),
             other => other.name().to_string(),
@@ -141,25 +159,45 @@ impl Method {
         let targets = self.targets();
         if matches!(self, Method::Lora(_) | Method::Vera(_) | Method::Ia3(_)) {
             if targets.is_empty() {
-                return Err(format!("{}: `targets` is empty (choose from q, k, v, qkv, proj, fc1, fc2)", self.name()));
+                return Err(format!(
+                    "{}: `targets` is empty (choose from q, k, v, qkv, proj, fc1, fc2)",
+                    self.name()
+                ));
             }
             let mut seen = targets.to_vec();
             seen.sort();
             if seen.windows(2).any(|w| w[0] == w[1]) {
-                return Err(format!("{}: `targets` lists a layer twice: {targets:?}", self.name()));
+                return Err(format!(
+                    "{}: `targets` lists a layer twice: {targets:?}",
+                    self.name()
+                ));
             }
             if seen.contains(&Target::Qkv) && seen.iter().any(|t| t.qkv_slice().is_some()) {
-                return Err(format!("{}: `targets` has both qkv and a q/k/v slice of it", self.name()));
+                return Err(format!(
+                    "{}: `targets` has both qkv and a q/k/v slice of it",
+                    self.name()
+                ));
             }
         }
         let dropout_ok = |p: f64| (0.0..1.0).contains(&p);
         match self {
             Method::Lora(s) if s.r <= 0 => Err(format!("lora: `r` must be >= 1, got {}", s.r)),
-            Method::Lora(s) if !(s.alpha > 0.0 && s.alpha.is_finite()) => Err(format!("lora: `alpha` must be > 0, got {}", s.alpha)),
-            Method::Lora(s) if !dropout_ok(s.dropout) => Err(format!("lora: `dropout` must be in [0, 1), got {}", s.dropout)),
+            Method::Lora(s) if !(s.alpha > 0.0 && s.alpha.is_finite()) => {
+                Err(format!("lora: `alpha` must be > 0, got {}", s.alpha))
+            }
+            Method::Lora(s) if !dropout_ok(s.dropout) => Err(format!(
+                "lora: `dropout` must be in [0, 1), got {}",
+                s.dropout
+            )),
             Method::Vera(s) if s.r <= 0 => Err(format!("vera: `r` must be >= 1, got {}", s.r)),
-            Method::Vera(s) if !s.d_initial.is_finite() => Err(format!("vera: `d_initial` must be finite, got {}", s.d_initial)),
-            Method::Vera(s) if !dropout_ok(s.dropout) => Err(format!("vera: `dropout` must be in [0, 1), got {}", s.dropout)),
+            Method::Vera(s) if !s.d_initial.is_finite() => Err(format!(
+                "vera: `d_initial` must be finite, got {}",
+                s.d_initial
+            )),
+            Method::Vera(s) if !dropout_ok(s.dropout) => Err(format!(
+                "vera: `dropout` must be in [0, 1), got {}",
+                s.dropout
+            )),
             _ => Ok(()),
         }
     }

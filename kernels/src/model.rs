@@ -39,7 +39,12 @@ pub struct AdaptedVit {
 impl AdaptedVit {
     /// Applies `method` to `vit`. With `num_classes = Some(n)` a fresh n-way head replaces
     /// the backbone's; random draws (head, LoRA A, dropout later) follow `seed`.
-    pub fn new(mut vit: VisionTransformer, method: &Method, num_classes: Option<i64>, seed: i64) -> Result<Self> {
+    pub fn new(
+        mut vit: VisionTransformer,
+        method: &Method,
+        num_classes: Option<i64>,
+        seed: i64,
+    ) -> Result<Self> {
         method.validate().map_err(Error::Config)?;
         let device = vit.device();
         tch::manual_seed(seed);
@@ -47,14 +52,29 @@ impl AdaptedVit {
             if n <= 0 {
                 return Err(Error::Config(format!("num_classes must be >= 1, got {n}")));
             }
-            vit.head = Some(tch::no_grad(|| Linear::new(vit.cfg.embed_dim, n, true, device)));
+            vit.head = Some(tch::no_grad(|| {
+                Linear::new(vit.cfg.embed_dim, n, true, device)
+            }));
             vit.cfg.num_classes = n;
         }
         if vit.head.is_none() {
-            return Err(Error::Config("the model has no head: pass num_classes".into()));
+            return Err(Error::Config(
+                "the model has no head: pass num_classes".into(),
+            ));
         }
         let vera = tch::no_grad(|| insert_adapters(&mut vit, method, seed))?;
-        let mut model = AdaptedVit { vit, method: method.clone(), vera, trainable: Vec::new(), counts: ParamCounts { trainable: 0, trainable_backbone: 0, total: 0 }, merged: false };
+        let mut model = AdaptedVit {
+            vit,
+            method: method.clone(),
+            vera,
+            trainable: Vec::new(),
+            counts: ParamCounts {
+                trainable: 0,
+                trainable_backbone: 0,
+                total: 0,
+            },
+            merged: false,
+        };
         model.freeze();
         Ok(model)
     }
@@ -63,7 +83,11 @@ impl AdaptedVit {
     fn freeze(&mut self) {
         let method = self.method.clone();
         let mut trainable = Vec::new();
-        let mut counts = ParamCounts { trainable: 0, trainable_backbone: 0, total: 0 };
+        let mut counts = ParamCounts {
+            trainable: 0,
+            trainable_backbone: 0,
+            total: 0,
+        };
         self.vit.visit(&mut |name, t, role| {
             let train = match (&method, role) {
                 (_, Role::Head) | (_, Role::Adapter) => true,
@@ -101,8 +125,15 @@ impl AdaptedVit {
 
     /// Writes the trainable tensors (adapter + head, or everything for full fine-tuning).
     pub fn save_trainable(&self, path: &Path) -> Result<()> {
-        let named: Vec<(&str, Tensor)> = self.trainable.iter().map(|(n, t)| (n.as_str(), t.detach().to_device(tch::Device::Cpu))).collect();
-        Tensor::write_safetensors(&named, path).map_err(|e| Error::File { path: path.into(), msg: e.to_string() })
+        let named: Vec<(&str, Tensor)> = self
+            .trainable
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.detach().to_device(tch::Device::Cpu)))
+            .collect();
+        Tensor::write_safetensors(&named, path).map_err(|e| Error::File {
+            path: path.into(),
+            msg: e.to_string(),
+        })
     }
 
     /// Reads tensors written by `save_trainable` for the same method and architecture.
@@ -112,7 +143,11 @@ impl AdaptedVit {
     }
 
     /// Like `load_trainable`, from tensors already in memory (`path` names their origin).
-    pub fn load_trainable_map(&mut self, file: std::collections::BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
+    pub fn load_trainable_map(
+        &mut self,
+        file: std::collections::BTreeMap<String, Tensor>,
+        path: &Path,
+    ) -> Result<()> {
         let names: BTreeSet<String> = self.trainable.iter().map(|(n, _)| n.clone()).collect();
         copy_into_named(&mut self.vit, file, path, &names)
     }
@@ -152,7 +187,12 @@ impl AdaptedVit {
     }
 }
 
-fn copy_into_named(vit: &mut VisionTransformer, file: std::collections::BTreeMap<String, Tensor>, path: &Path, names: &BTreeSet<String>) -> Result<()> {
+fn copy_into_named(
+    vit: &mut VisionTransformer,
+    file: std::collections::BTreeMap<String, Tensor>,
+    path: &Path,
+    names: &BTreeSet<String>,
+) -> Result<()> {
     copy_into(vit, file, path, |name, _| names.contains(name))
 }
 
@@ -170,7 +210,9 @@ fn target_geometry(t: Target, d: i64, hidden: i64) -> (i64, i64, OutRange) {
 /// Name of the (virtual) module a target adapts in block `i`.
 fn target_name(i: usize, t: Target) -> String {
     match t {
-        Target::Q | Target::K | Target::V | Target::Qkv | Target::Proj => format!("blocks.{i}.attn.{t}"),
+        Target::Q | Target::K | Target::V | Target::Qkv | Target::Proj => {
+            format!("blocks.{i}.attn.{t}")
+        }
         Target::Fc1 | Target::Fc2 => format!("blocks.{i}.mlp.{t}"),
     }
 }
@@ -185,7 +227,11 @@ fn layer_mut(vit: &mut VisionTransformer, i: usize, t: Target) -> &mut AdaptedLi
     }
 }
 
-fn insert_adapters(vit: &mut VisionTransformer, method: &Method, seed: i64) -> Result<Option<VeraProjections>> {
+fn insert_adapters(
+    vit: &mut VisionTransformer,
+    method: &Method,
+    seed: i64,
+) -> Result<Option<VeraProjections>> {
     let (d, hidden, depth) = (vit.cfg.embed_dim, vit.cfg.mlp_hidden(), vit.blocks.len());
     let device = vit.device();
     let mut targets = method.targets().to_vec();
@@ -198,21 +244,42 @@ fn insert_adapters(vit: &mut VisionTransformer, method: &Method, seed: i64) -> R
             for i in 0..depth {
                 for &t in &targets {
                     let (fi, fo, range) = target_geometry(t, d, hidden);
-                    let a = Lora::new(target_name(i, t), fi, fo, s.r, scale, s.dropout, range, device);
+                    let a = Lora::new(
+                        target_name(i, t),
+                        fi,
+                        fo,
+                        s.r,
+                        scale,
+                        s.dropout,
+                        range,
+                        device,
+                    );
                     layer_mut(vit, i, t).adapters.push(Box::new(a));
                 }
             }
         }
         Method::Vera(s) => {
             // peft sizes the shared pair by the largest adapted input and output.
-            let geo: Vec<_> = targets.iter().map(|&t| target_geometry(t, d, hidden)).collect();
+            let geo: Vec<_> = targets
+                .iter()
+                .map(|&t| target_geometry(t, d, hidden))
+                .collect();
             let max_in = geo.iter().map(|g| g.0).max().unwrap_or(d);
             let max_out = geo.iter().map(|g| g.1).max().unwrap_or(d);
-            let shared = VeraProjections::generate(s.r, max_in, max_out, s.projection_prng_key, device);
+            let shared =
+                VeraProjections::generate(s.r, max_in, max_out, s.projection_prng_key, device);
             tch::manual_seed(seed.wrapping_add(1)); // leave the key's stream
             for i in 0..depth {
                 for (&t, &(fi, fo, range)) in targets.iter().zip(&geo) {
-                    let a = Vera::new(target_name(i, t), &shared, fi, fo, s.d_initial, s.dropout, range);
+                    let a = Vera::new(
+                        target_name(i, t),
+                        &shared,
+                        fi,
+                        fo,
+                        s.d_initial,
+                        s.dropout,
+                        range,
+                    );
                     layer_mut(vit, i, t).adapters.push(Box::new(a));
                 }
             }
@@ -222,19 +289,31 @@ fn insert_adapters(vit: &mut VisionTransformer, method: &Method, seed: i64) -> R
             for i in 0..depth {
                 // q, k, v slices share one vector over the fused qkv output; a slice that is
                 // not adapted keeps fixed ones.
-                let slices: Vec<Target> = targets.iter().copied().filter(|t| t.qkv_slice().is_some()).collect();
+                let slices: Vec<Target> = targets
+                    .iter()
+                    .copied()
+                    .filter(|t| t.qkv_slice().is_some())
+                    .collect();
                 if !slices.is_empty() {
                     let parts: Vec<(Option<String>, i64)> = [Target::Q, Target::K, Target::V]
                         .iter()
                         .map(|t| (slices.contains(t).then(|| target_name(i, *t)), d))
                         .collect();
-                    vit.blocks[i].attn.qkv.adapters.push(Box::new(Ia3::new(&parts, false, device)));
+                    vit.blocks[i]
+                        .attn
+                        .qkv
+                        .adapters
+                        .push(Box::new(Ia3::new(&parts, false, device)));
                 }
                 for &t in targets.iter().filter(|t| t.qkv_slice().is_none()) {
                     let (fi, fo, _) = target_geometry(t, d, hidden);
                     let on_input = t == Target::Fc2;
                     let len = if on_input { fi } else { fo };
-                    let a: Box<dyn Adapter> = Box::new(Ia3::new(&[(Some(target_name(i, t)), len)], on_input, device));
+                    let a: Box<dyn Adapter> = Box::new(Ia3::new(
+                        &[(Some(target_name(i, t)), len)],
+                        on_input,
+                        device,
+                    ));
                     layer_mut(vit, i, t).adapters.push(a);
                 }
             }

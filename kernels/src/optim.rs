@@ -24,7 +24,11 @@ fn eps() -> f64 {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig { weight_decay: 0.05, betas: betas(), eps: eps() }
+        AdamWConfig {
+            weight_decay: 0.05,
+            betas: betas(),
+            eps: eps(),
+        }
     }
 }
 
@@ -54,9 +58,14 @@ impl AdamW {
     pub fn new(named: &[(String, Tensor)], cfg: AdamWConfig) -> Self {
         let mut groups = Vec::new();
         for decay in [true, false] {
-            let params: Vec<Tensor> =
-                named.iter().filter(|(n, t)| no_weight_decay(n, t) != decay).map(|(_, t)| t.shallow_clone()).collect();
-            let Some(first) = params.first() else { continue };
+            let params: Vec<Tensor> = named
+                .iter()
+                .filter(|(n, t)| no_weight_decay(n, t) != decay)
+                .map(|(_, t)| t.shallow_clone())
+                .collect();
+            let Some(first) = params.first() else {
+                continue;
+            };
             let device = first.device();
             groups.push(Group {
                 exp_avg: params.iter().map(|p| p.zeros_like().detach()).collect(),
@@ -75,12 +84,25 @@ impl AdamW {
             for g in &mut self.groups {
                 let grads: Vec<Tensor> = g.params.iter().map(|p| p.grad()).collect();
                 if grads.iter().any(|t| !t.defined()) {
-                    return Err(crate::Error::Config("AdamW::step: a trainable tensor has no gradient (was backward run?)".into()));
+                    return Err(crate::Error::Config(
+                        "AdamW::step: a trainable tensor has no gradient (was backward run?)"
+                            .into(),
+                    ));
                 }
                 let _ = g.step.g_add_scalar_(1.0);
                 let steps: Vec<Tensor> = g.params.iter().map(|_| g.step.shallow_clone()).collect();
                 let params: Vec<Tensor> = g.params.iter().map(|p| p.shallow_clone()).collect();
-                fused_adamw(&params, &grads, &g.exp_avg, &g.exp_avg_sq, &steps, lr, self.cfg.betas, g.weight_decay, self.cfg.eps)?;
+                fused_adamw(
+                    &params,
+                    &grads,
+                    &g.exp_avg,
+                    &g.exp_avg_sq,
+                    &steps,
+                    lr,
+                    self.cfg.betas,
+                    g.weight_decay,
+                    self.cfg.eps,
+                )?;
             }
             Ok(())
         })
@@ -88,7 +110,10 @@ impl AdamW {
 
     /// Drops every gradient (`zero_grad(set_to_none=True)`).
     pub fn zero_grad(&self) -> Result<()> {
-        self.groups.iter().flat_map(|g| &g.params).try_for_each(clear_grad)
+        self.groups
+            .iter()
+            .flat_map(|g| &g.params)
+            .try_for_each(clear_grad)
     }
 
     /// All trainable tensors, decay group first.

@@ -27,7 +27,10 @@ fn peft_module(t: Target) -> &'static str {
 }
 
 fn file_err(dir: &Path, msg: impl Into<String>) -> Error {
-    Error::File { path: dir.to_path_buf(), msg: msg.into() }
+    Error::File {
+        path: dir.to_path_buf(),
+        msg: msg.into(),
+    }
 }
 
 /// Writes `model`'s adapter and head so that `peft.PeftModel.from_pretrained(timm_model, dir)`
@@ -86,13 +89,23 @@ pub fn export_peft(model: &AdaptedVit, dir: &Path) -> Result<()> {
     for (name, t) in model.trainable() {
         let t = t.detach();
         if let (Method::Ia3(_), Some(rest)) = (&model.method, name.strip_suffix(".ia3_l")) {
-            if let Some((block, part)) = rest.rsplit_once(".attn.").filter(|(_, p)| ["q", "k", "v"].contains(p)) {
+            if let Some((block, part)) = rest
+                .rsplit_once(".attn.")
+                .filter(|(_, p)| ["q", "k", "v"].contains(p))
+            {
                 let idx = ["q", "k", "v"].iter().position(|p| *p == part).unwrap_or(0);
-                ia3_qkv.entry(format!("{block}.attn.qkv")).or_default().push((idx, t));
+                ia3_qkv
+                    .entry(format!("{block}.attn.qkv"))
+                    .or_default()
+                    .push((idx, t));
                 continue;
             }
             // Output scaling is [out, 1]; feed-forward input scaling [1, in].
-            let shaped = if rest.ends_with(".fc2") { t.unsqueeze(0) } else { t.unsqueeze(-1) };
+            let shaped = if rest.ends_with(".fc2") {
+                t.unsqueeze(0)
+            } else {
+                t.unsqueeze(-1)
+            };
             tensors.push((format!("{PREFIX}{rest}.ia3_l"), shaped));
             continue;
         }
@@ -100,24 +113,43 @@ pub fn export_peft(model: &AdaptedVit, dir: &Path) -> Result<()> {
     }
     for (module, parts) in ia3_qkv {
         let d = parts[0].1.size()[0];
-        let mut full: Vec<Tensor> = (0..3).map(|_| Tensor::ones([d], (tch::Kind::Float, parts[0].1.device()))).collect();
+        let mut full: Vec<Tensor> = (0..3)
+            .map(|_| Tensor::ones([d], (tch::Kind::Float, parts[0].1.device())))
+            .collect();
         for (i, t) in parts {
             full[i] = t;
         }
-        tensors.push((format!("{PREFIX}{module}.ia3_l"), Tensor::cat(&full, 0).unsqueeze(-1)));
+        tensors.push((
+            format!("{PREFIX}{module}.ia3_l"),
+            Tensor::cat(&full, 0).unsqueeze(-1),
+        ));
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let text = serde_json::to_string_pretty(&cfg).expect("json");
     std::fs::write(dir.join(CONFIG_FILE), text).map_err(|e| Error::io(dir.join(CONFIG_FILE), e))?;
-    let cpu: Vec<(String, Tensor)> = tensors.into_iter().map(|(n, t)| (n, t.to_device(tch::Device::Cpu).contiguous())).collect();
+    let cpu: Vec<(String, Tensor)> = tensors
+        .into_iter()
+        .map(|(n, t)| (n, t.to_device(tch::Device::Cpu).contiguous()))
+        .collect();
     let path = dir.join(WEIGHTS_FILE);
-    Tensor::write_safetensors(&cpu, &path).map_err(|e| Error::File { path, msg: e.to_string() })
+    Tensor::write_safetensors(&cpu, &path).map_err(|e| Error::File {
+        path,
+        msg: e.to_string(),
+    })
 }
 
 fn targets_from(cfg: &Value, dir: &Path) -> Result<Vec<Target>> {
     let list = match &cfg["target_modules"] {
-        Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect::<Vec<_>>(),
-        Value::String(s) => return Err(file_err(dir, format!("regex target_modules `{s}` is not supported; list module names"))),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect::<Vec<_>>(),
+        Value::String(s) => {
+            return Err(file_err(
+                dir,
+                format!("regex target_modules `{s}` is not supported; list module names"),
+            ))
+        }
         _ => return Err(file_err(dir, "adapter_config.json has no target_modules")),
     };
     let mut out = Vec::new();
@@ -127,7 +159,14 @@ fn targets_from(cfg: &Value, dir: &Path) -> Result<Vec<Target>> {
             "proj" => Target::Proj,
             "fc1" => Target::Fc1,
             "fc2" => Target::Fc2,
-            _ => return Err(file_err(dir, format!("target module `{m}` is not a ViT block linear (qkv, attn.proj, fc1, fc2)"))),
+            _ => {
+                return Err(file_err(
+                    dir,
+                    format!(
+                        "target module `{m}` is not a ViT block linear (qkv, attn.proj, fc1, fc2)"
+                    ),
+                ))
+            }
         };
         out.push(t);
     }
@@ -143,9 +182,19 @@ fn reject_unsupported(cfg: &Value, dir: &Path) -> Result<()> {
         Value::Array(a) => !a.is_empty(),
         _ => true,
     };
-    for k in ["use_dora", "layers_to_transform", "rank_pattern", "alpha_pattern", "fan_in_fan_out", "lora_bias"] {
+    for k in [
+        "use_dora",
+        "layers_to_transform",
+        "rank_pattern",
+        "alpha_pattern",
+        "fan_in_fan_out",
+        "lora_bias",
+    ] {
         if set(k) {
-            return Err(file_err(dir, format!("`{k}` is set in adapter_config.json; vtab-orch does not support it")));
+            return Err(file_err(
+                dir,
+                format!("`{k}` is set in adapter_config.json; vtab-orch does not support it"),
+            ));
         }
     }
     if cfg["bias"].as_str().is_some_and(|b| b != "none") {
@@ -158,11 +207,15 @@ fn reject_unsupported(cfg: &Value, dir: &Path) -> Result<()> {
 pub fn read_peft_method(dir: &Path) -> Result<Method> {
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let cfg: Value = serde_json::from_str(&text).map_err(|e| file_err(&path, format!("invalid JSON: {e}")))?;
+    let cfg: Value =
+        serde_json::from_str(&text).map_err(|e| file_err(&path, format!("invalid JSON: {e}")))?;
     reject_unsupported(&cfg, &path)?;
     let targets = targets_from(&cfg, &path)?;
     let num = |k: &str, default: Option<f64>| {
-        cfg[k].as_f64().or(default).ok_or_else(|| file_err(&path, format!("missing numeric `{k}`")))
+        cfg[k]
+            .as_f64()
+            .or(default)
+            .ok_or_else(|| file_err(&path, format!("missing numeric `{k}`")))
     };
     let method = match cfg["peft_type"].as_str() {
         Some("LORA") => Method::Lora(LoraSpec {
@@ -182,14 +235,25 @@ pub fn read_peft_method(dir: &Path) -> Result<Method> {
         Some("IA3") => {
             let ff: Vec<String> = cfg["feedforward_modules"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
-            if ff.iter().any(|m| !m.ends_with("fc2")) || (targets.contains(&Target::Fc2) && ff.is_empty()) {
+            if ff.iter().any(|m| !m.ends_with("fc2"))
+                || (targets.contains(&Target::Fc2) && ff.is_empty())
+            {
                 return Err(file_err(&path, "IA3 feedforward_modules must be exactly fc2 (input scaling) when fc2 is targeted"));
             }
             Method::Ia3(Ia3Spec { targets })
         }
-        other => return Err(file_err(&path, format!("peft_type {other:?} is not supported (LORA, VERA, IA3)"))),
+        other => {
+            return Err(file_err(
+                &path,
+                format!("peft_type {other:?} is not supported (LORA, VERA, IA3)"),
+            ))
+        }
     };
     method.validate().map_err(|m| file_err(&path, m))?;
     Ok(method)
@@ -200,15 +264,30 @@ pub fn import_peft(backbone: VisionTransformer, dir: &Path) -> Result<AdaptedVit
     let method = read_peft_method(dir)?;
     let path = dir.join(WEIGHTS_FILE);
     let mut file = read_safetensors(&path)?;
-    let head = file
-        .get(&format!("{PREFIX}head.weight"))
-        .ok_or_else(|| file_err(&path, "no head (`base_model.model.head.weight`): save with modules_to_save=[\"head\"]"))?;
+    let head = file.get(&format!("{PREFIX}head.weight")).ok_or_else(|| {
+        file_err(
+            &path,
+            "no head (`base_model.model.head.weight`): save with modules_to_save=[\"head\"]",
+        )
+    })?;
     let num_classes = head.size()[0];
-    let vera_ab = (file.remove("base_model.vera_A"), file.remove("base_model.vera_B"));
+    let vera_ab = (
+        file.remove("base_model.vera_A"),
+        file.remove("base_model.vera_B"),
+    );
     let mut model = AdaptedVit::new(backbone, &method, Some(num_classes), 0)?;
     if let (Some(vera), (Some(a), Some(b))) = (&model.vera, vera_ab) {
         if a.size() != vera.a.size() || b.size() != vera.b.size() {
-            return Err(file_err(&path, format!("vera_A/vera_B shapes {:?}/{:?} differ from {:?}/{:?}", a.size(), b.size(), vera.a.size(), vera.b.size())));
+            return Err(file_err(
+                &path,
+                format!(
+                    "vera_A/vera_B shapes {:?}/{:?} differ from {:?}/{:?}",
+                    a.size(),
+                    b.size(),
+                    vera.a.size(),
+                    vera.b.size()
+                ),
+            ));
         }
         // Layers hold views of these two tensors: copying updates every layer.
         tch::no_grad(|| {
@@ -222,9 +301,16 @@ pub fn import_peft(backbone: VisionTransformer, dir: &Path) -> Result<AdaptedVit
             return Err(file_err(&path, format!("unexpected tensor `{name}`")));
         };
         if rest.starts_with("patch_embed") {
-            return Err(file_err(&path, format!("`{name}`: adapters on the patch embedding are not supported")));
+            return Err(file_err(
+                &path,
+                format!("`{name}`: adapters on the patch embedding are not supported"),
+            ));
         }
-        let t = if rest.ends_with(".ia3_l") { t.flatten(0, -1) } else { t };
+        let t = if rest.ends_with(".ia3_l") {
+            t.flatten(0, -1)
+        } else {
+            t
+        };
         ours.insert(rest.to_string(), t);
     }
     model.load_trainable_map(ours, &path)?;

@@ -31,7 +31,9 @@ impl Precision {
     }
 
     pub fn enter(self, device: Device) -> Result<Option<Autocast>> {
-        self.autocast_kind(device).map(|k| Autocast::enter(device, k)).transpose()
+        self.autocast_kind(device)
+            .map(|k| Autocast::enter(device, k))
+            .transpose()
     }
 }
 
@@ -72,7 +74,12 @@ pub struct Trainer {
 impl Trainer {
     pub fn new(model: AdaptedVit, cfg: TrainConfig) -> Self {
         let opt = AdamW::new(model.trainable(), cfg.adamw.clone());
-        Trainer { model, opt, cfg, step: 0 }
+        Trainer {
+            model,
+            opt,
+            cfg,
+            step: 0,
+        }
     }
 
     /// Forward, backward and update on one batch; returns the loss as a 0-d tensor (reading
@@ -82,7 +89,13 @@ impl Trainer {
         let loss = {
             let _ac = self.cfg.precision.enter(device)?;
             let logits = self.model.forward(x, true);
-            logits.cross_entropy_loss::<Tensor>(y, None, Reduction::Mean, -100, self.cfg.label_smoothing)
+            logits.cross_entropy_loss::<Tensor>(
+                y,
+                None,
+                Reduction::Mean,
+                -100,
+                self.cfg.label_smoothing,
+            )
         };
         loss.backward();
         if let Some(max) = self.cfg.clip_grad_norm {
@@ -101,7 +114,8 @@ pub fn clip_grad_norm<'a>(params: impl Iterator<Item = &'a Tensor>, max_norm: f6
         let grads: Vec<Tensor> = params.map(|p| p.grad()).filter(|g| g.defined()).collect();
         let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
         let total = Tensor::stack(&norms, 0).norm();
-        let coef = (Tensor::from(max_norm).to_device(total.device()) / (&total + 1e-6)).clamp_max(1.0);
+        let coef =
+            (Tensor::from(max_norm).to_device(total.device()) / (&total + 1e-6)).clamp_max(1.0);
         for mut g in grads {
             let _ = g.g_mul_(&coef);
         }

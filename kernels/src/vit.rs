@@ -27,7 +27,11 @@ impl LayerNorm {
     }
 
     fn visit(&mut self, prefix: &str, f: &mut Visit) {
-        f(&format!("{prefix}.weight"), &mut self.weight, Role::Backbone);
+        f(
+            &format!("{prefix}.weight"),
+            &mut self.weight,
+            Role::Backbone,
+        );
         f(&format!("{prefix}.bias"), &mut self.bias, Role::Backbone);
     }
 }
@@ -43,7 +47,9 @@ impl PatchEmbed {
     fn forward(&self, x: &Tensor) -> Tensor {
         let p = self.patch_size;
         // [B, C, H, W] -> [B, D, H/p, W/p] -> [B, N, D]
-        x.conv2d(&self.weight, Some(&self.bias), [p, p], [0, 0], [1, 1], 1).flatten(2, 3).transpose(1, 2)
+        x.conv2d(&self.weight, Some(&self.bias), [p, p], [0, 0], [1, 1], 1)
+            .flatten(2, 3)
+            .transpose(1, 2)
     }
 }
 
@@ -58,10 +64,17 @@ impl Attention {
         let (b, n, c) = x.size3().expect("attention input is [B, N, C]");
         let h = self.num_heads;
         // [B, N, 3C] -> [3, B, heads, N, head_dim]
-        let qkv = self.qkv.forward(x, train).reshape([b, n, 3, h, c / h]).permute([2, 0, 3, 1, 4]);
+        let qkv = self
+            .qkv
+            .forward(x, train)
+            .reshape([b, n, 3, h, c / h])
+            .permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let o = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, false);
-        self.proj.forward(&o.transpose(1, 2).reshape([b, n, c]), train)
+        let o = Tensor::scaled_dot_product_attention::<Tensor>(
+            &q, &k, &v, None, 0.0, false, None, false,
+        );
+        self.proj
+            .forward(&o.transpose(1, 2).reshape([b, n, c]), train)
     }
 }
 
@@ -72,7 +85,8 @@ pub struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        self.fc2.forward(&self.fc1.forward(x, train).gelu("none"), train)
+        self.fc2
+            .forward(&self.fc1.forward(x, train).gelu("none"), train)
     }
 }
 
@@ -120,13 +134,17 @@ impl VisionTransformer {
                     num_heads: cfg.num_heads,
                 },
                 norm2: LayerNorm::new(d, device),
-                mlp: Mlp { fc1: lin(d, cfg.mlp_hidden()), fc2: lin(cfg.mlp_hidden(), d) },
+                mlp: Mlp {
+                    fc1: lin(d, cfg.mlp_hidden()),
+                    fc2: lin(cfg.mlp_hidden(), d),
+                },
             })
             .collect();
         Ok(VisionTransformer {
             cfg: cfg.clone(),
             patch_embed: PatchEmbed {
-                weight: Tensor::randn([d, cfg.in_chans, cfg.patch_size, cfg.patch_size], opts) * 0.02,
+                weight: Tensor::randn([d, cfg.in_chans, cfg.patch_size, cfg.patch_size], opts)
+                    * 0.02,
                 bias: Tensor::zeros([d], opts),
                 patch_size: cfg.patch_size,
             },
@@ -182,8 +200,16 @@ impl VisionTransformer {
 
     /// Visits every parameter (backbone, adapters, head) under its timm name, in a fixed order.
     pub fn visit(&mut self, f: &mut Visit) {
-        f("patch_embed.proj.weight", &mut self.patch_embed.weight, Role::Backbone);
-        f("patch_embed.proj.bias", &mut self.patch_embed.bias, Role::Backbone);
+        f(
+            "patch_embed.proj.weight",
+            &mut self.patch_embed.weight,
+            Role::Backbone,
+        );
+        f(
+            "patch_embed.proj.bias",
+            &mut self.patch_embed.bias,
+            Role::Backbone,
+        );
         f("cls_token", &mut self.cls_token, Role::Backbone);
         f("pos_embed", &mut self.pos_embed, Role::Backbone);
         for (i, b) in self.blocks.iter_mut().enumerate() {

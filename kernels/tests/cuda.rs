@@ -5,7 +5,8 @@ use kernels::accel::{memory_stats, reset_peak_memory, Autocast};
 use tch::{Device, Kind, Tensor};
 
 fn machine_has_nvidia_gpu() -> bool {
-    std::path::Path::new("/dev/nvidia0").exists() || std::path::Path::new("/proc/driver/nvidia/gpus").exists()
+    std::path::Path::new("/dev/nvidia0").exists()
+        || std::path::Path::new("/proc/driver/nvidia/gpus").exists()
 }
 
 #[test]
@@ -24,7 +25,11 @@ fn cuda_is_wired_when_a_gpu_is_present() {
     };
     assert_eq!(y.kind(), Kind::BFloat16, "bf16 autocast did not apply");
     let stats = memory_stats(dev).unwrap().expect("CUDA memory stats");
-    assert!(stats.peak_allocated >= 256 * 256 * 4, "peak allocated {} is too small", stats.peak_allocated);
+    assert!(
+        stats.peak_allocated >= 256 * 256 * 4,
+        "peak allocated {} is too small",
+        stats.peak_allocated
+    );
 }
 
 #[test]
@@ -34,6 +39,10 @@ fn autocast_on_cpu_is_scoped() {
         let _ac = Autocast::enter(Device::Cpu, Kind::BFloat16).unwrap();
         assert_eq!(a.matmul(&a).kind(), Kind::BFloat16);
     }
-    assert_eq!(a.matmul(&a).kind(), Kind::Float, "autocast leaked out of its scope");
+    assert_eq!(
+        a.matmul(&a).kind(),
+        Kind::Float,
+        "autocast leaked out of its scope"
+    );
     assert!(memory_stats(Device::Cpu).unwrap().is_none());
 }

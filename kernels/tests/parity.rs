@@ -14,7 +14,11 @@ fn adapter_entry(name: &str) -> serde_json::Value {
 }
 
 fn import(name: &str) -> AdaptedVit {
-    import_peft(vit_a(), &fixtures().join(adapter_entry(name)["dir"].as_str().unwrap())).unwrap()
+    import_peft(
+        vit_a(),
+        &fixtures().join(adapter_entry(name)["dir"].as_str().unwrap()),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -30,7 +34,12 @@ fn vit_resampled_pos_embed_matches_timm() {
     let mut cfg = vit_config(&m["vit_b"]);
     cfg.img_size = m["vit_b"]["model_img_size"].as_i64().unwrap();
     let mut vit = VisionTransformer::new(&cfg, Device::Cpu).unwrap();
-    load_timm(&mut vit, &fixtures().join("vit_b32.safetensors"), HeadPolicy::Load).unwrap();
+    load_timm(
+        &mut vit,
+        &fixtures().join("vit_b32.safetensors"),
+        HeadPolicy::Load,
+    )
+    .unwrap();
     let io = tensors("vit_b48_io.safetensors");
     assert_close("resampled pos_embed", &vit.pos_embed, &io["pos_embed"], TOL);
     let got = tch::no_grad(|| vit.forward(&io["x"], false));
@@ -40,8 +49,16 @@ fn vit_resampled_pos_embed_matches_timm() {
 #[test]
 fn resample_is_identity_at_same_size() {
     let pe = Tensor::randn([1, 17, 8], (Kind::Float, Device::Cpu));
-    assert_close("same grid", &resample_abs_pos_embed(&pe, 4, 1).unwrap(), &pe, 0.0);
-    assert!(resample_abs_pos_embed(&Tensor::zeros([1, 18, 8], (Kind::Float, Device::Cpu)), 4, 1).is_err());
+    assert_close(
+        "same grid",
+        &resample_abs_pos_embed(&pe, 4, 1).unwrap(),
+        &pe,
+        0.0,
+    );
+    assert!(
+        resample_abs_pos_embed(&Tensor::zeros([1, 18, 8], (Kind::Float, Device::Cpu)), 4, 1)
+            .is_err()
+    );
 }
 
 #[test]
@@ -53,17 +70,39 @@ fn peft_adapters_match_peft_logits_and_counts() {
         let mut model = import(name);
         let got = tch::no_grad(|| model.forward(&x, false));
         assert_close(&format!("{name} logits vs peft"), &got, &io["logits"], TOL);
-        assert!(max_abs_diff(&got, &base_logits) > 1e-2, "{name}: the adapter changes nothing; the test would be blind");
-        assert_eq!(model.counts().trainable, entry["trainable"].as_i64().unwrap(), "{name}: trainable count differs from peft");
+        assert!(
+            max_abs_diff(&got, &base_logits) > 1e-2,
+            "{name}: the adapter changes nothing; the test would be blind"
+        );
+        assert_eq!(
+            model.counts().trainable,
+            entry["trainable"].as_i64().unwrap(),
+            "{name}: trainable count differs from peft"
+        );
         // peft's fresh adapter is the identity: its logits are the base model's.
-        assert_close(&format!("{name} fresh peft logits"), &io["fresh_logits"], &base_logits, TOL);
+        assert_close(
+            &format!("{name} fresh peft logits"),
+            &io["fresh_logits"],
+            &base_logits,
+            TOL,
+        );
         // Merged and unmerged forwards agree; unmerge restores the base weights.
-        let before: Vec<Tensor> = model.vit.named_tensors().into_iter().map(|(_, t, _)| t.copy()).collect();
+        let before: Vec<Tensor> = model
+            .vit
+            .named_tensors()
+            .into_iter()
+            .map(|(_, t, _)| t.copy())
+            .collect();
         model.merge();
         let merged = tch::no_grad(|| model.forward(&x, false));
         assert_close(&format!("{name} merged vs unmerged"), &merged, &got, TOL);
         model.unmerge();
-        let after: Vec<Tensor> = model.vit.named_tensors().into_iter().map(|(_, t, _)| t.copy()).collect();
+        let after: Vec<Tensor> = model
+            .vit
+            .named_tensors()
+            .into_iter()
+            .map(|(_, t, _)| t.copy())
+            .collect();
         for (a, b) in before.iter().zip(&after) {
             assert_close(&format!("{name} unmerge restores weights"), a, b, 1e-6);
         }
@@ -73,9 +112,16 @@ fn peft_adapters_match_peft_logits_and_counts() {
 #[test]
 fn vera_projections_are_peft_s() {
     let dir = fixtures().join(adapter_entry("vera")["dir"].as_str().unwrap());
-    let file = kernels::checkpoint::read_safetensors(&dir.join("adapter_model.safetensors")).unwrap();
+    let file =
+        kernels::checkpoint::read_safetensors(&dir.join("adapter_model.safetensors")).unwrap();
     let (a, b) = (&file["base_model.vera_A"], &file["base_model.vera_B"]);
-    let ours = kernels::adapters::VeraProjections::generate(a.size()[0], a.size()[1], b.size()[0], 7, Device::Cpu);
+    let ours = kernels::adapters::VeraProjections::generate(
+        a.size()[0],
+        a.size()[1],
+        b.size()[0],
+        7,
+        Device::Cpu,
+    );
     assert_close("vera_A from the seeded generator", &ours.a, a, 0.0);
     assert_close("vera_B from the seeded generator", &ours.b, b, 0.0);
 }
@@ -85,9 +131,23 @@ fn fresh_adapters_are_the_identity() {
     let (x, want) = vit_a_io();
     use Target::*;
     let methods = [
-        Method::Lora(LoraSpec { r: 4, alpha: 8.0, dropout: 0.0, rslora: false, targets: vec![Q, V, Proj, Fc1, Fc2] }),
-        Method::Vera(VeraSpec { r: 8, d_initial: 0.1, projection_prng_key: 0, dropout: 0.0, targets: vec![Qkv, Fc1, Fc2] }),
-        Method::Ia3(Ia3Spec { targets: vec![K, V, Fc2] }),
+        Method::Lora(LoraSpec {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            rslora: false,
+            targets: vec![Q, V, Proj, Fc1, Fc2],
+        }),
+        Method::Vera(VeraSpec {
+            r: 8,
+            d_initial: 0.1,
+            projection_prng_key: 0,
+            dropout: 0.0,
+            targets: vec![Qkv, Fc1, Fc2],
+        }),
+        Method::Ia3(Ia3Spec {
+            targets: vec![K, V, Fc2],
+        }),
         Method::Bitfit,
         Method::Full,
         Method::Linear,
@@ -112,25 +172,43 @@ fn lora_on_qkv_slices_matches_hand_merge() {
         targets: vec![Target::Q, Target::V],
     });
     let mut model = AdaptedVit::new(vit_a(), &method, None, 0).unwrap();
-    assert_eq!(model.counts().trainable_backbone, e["trainable"].as_i64().unwrap());
+    assert_eq!(
+        model.counts().trainable_backbone,
+        e["trainable"].as_i64().unwrap()
+    );
     let mut file = tensors(e["weights"].as_str().unwrap());
     let head = model.vit.head.as_ref().unwrap();
     file.insert("head.weight".into(), head.weight.copy());
     file.insert("head.bias".into(), head.bias.as_ref().unwrap().copy());
-    model.load_trainable_map(file, Path::new("lora_qv.safetensors")).unwrap();
+    model
+        .load_trainable_map(file, Path::new("lora_qv.safetensors"))
+        .unwrap();
     let (x, _) = vit_a_io();
     let want = &tensors(e["io"].as_str().unwrap())["logits"];
     let got = tch::no_grad(|| model.forward(&x, false));
     assert_close("lora q,v slices", &got, want, TOL);
     model.merge();
-    assert_close("lora q,v merged", &tch::no_grad(|| model.forward(&x, false)), want, TOL);
+    assert_close(
+        "lora q,v merged",
+        &tch::no_grad(|| model.forward(&x, false)),
+        want,
+        TOL,
+    );
 }
 
 /// The scale multiplies only the adapter's delta, never the base output.
 #[test]
 fn lora_scale_multiplies_only_the_delta() {
     let (x, base) = vit_a_io();
-    let spec = |alpha| Method::Lora(LoraSpec { r: 4, alpha, dropout: 0.0, rslora: false, targets: vec![Target::Fc2] });
+    let spec = |alpha| {
+        Method::Lora(LoraSpec {
+            r: 4,
+            alpha,
+            dropout: 0.0,
+            rslora: false,
+            targets: vec![Target::Fc2],
+        })
+    };
     let mut outs = Vec::new();
     for alpha in [4.0, 8.0] {
         let mut model = AdaptedVit::new(vit_a(), &spec(alpha), None, 5).unwrap();
@@ -143,11 +221,24 @@ fn lora_scale_multiplies_only_the_delta() {
             }
         });
         let _ = &mut model;
-        outs.push(tch::no_grad(|| model.vit.blocks[0].mlp.fc2.forward(&x.flatten(1, -1).narrow(1, 0, 192).view([4, 1, 192]), false)));
+        outs.push(tch::no_grad(|| {
+            model.vit.blocks[0]
+                .mlp
+                .fc2
+                .forward(&x.flatten(1, -1).narrow(1, 0, 192).view([4, 1, 192]), false)
+        }));
     }
-    let plain = tch::no_grad(|| vit_a().blocks[0].mlp.fc2.forward(&x.flatten(1, -1).narrow(1, 0, 192).view([4, 1, 192]), false));
+    let plain = tch::no_grad(|| {
+        vit_a().blocks[0]
+            .mlp
+            .fc2
+            .forward(&x.flatten(1, -1).narrow(1, 0, 192).view([4, 1, 192]), false)
+    });
     let (d4, d8) = (&outs[0] - &plain, &outs[1] - &plain);
-    assert!(d4.abs().max().double_value(&[]) > 1e-3, "delta is zero: test would be blind");
+    assert!(
+        d4.abs().max().double_value(&[]) > 1e-3,
+        "delta is zero: test would be blind"
+    );
     assert_close("delta doubles with alpha", &d8, &(&d4 * 2.0), 1e-6);
     let _ = base;
 }
@@ -158,8 +249,15 @@ fn adamw_matches_pytorch() {
     let e = &m["adamw"];
     let io = tensors(e["file"].as_str().unwrap());
     let names = ["w", "b", "norm"];
-    let params: Vec<(String, Tensor)> =
-        names.iter().map(|n| (n.to_string(), io[&format!("init.{n}")].copy().set_requires_grad(true))).collect();
+    let params: Vec<(String, Tensor)> = names
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                io[&format!("init.{n}")].copy().set_requires_grad(true),
+            )
+        })
+        .collect();
     let betas = e["betas"].as_array().unwrap();
     let cfg = AdamWConfig {
         weight_decay: e["weight_decay"].as_f64().unwrap(),
@@ -170,12 +268,19 @@ fn adamw_matches_pytorch() {
     for step in 0..e["steps"].as_i64().unwrap() {
         for (n, p) in &params {
             // Set .grad through autograd: d/dp sum(p * g) = g.
-            (p * &io[&format!("grad{step}.{n}")]).sum(Kind::Float).backward();
+            (p * &io[&format!("grad{step}.{n}")])
+                .sum(Kind::Float)
+                .backward();
         }
         opt.step(e["lr"].as_f64().unwrap()).unwrap();
         opt.zero_grad().unwrap();
         for (n, p) in &params {
-            assert_close(&format!("AdamW step {step} {n}"), p, &io[&format!("after{step}.{n}")], TOL);
+            assert_close(
+                &format!("AdamW step {step} {n}"),
+                p,
+                &io[&format!("after{step}.{n}")],
+                TOL,
+            );
         }
     }
 }
@@ -191,9 +296,22 @@ fn trainable_tensors_roundtrip() {
     let mut other = AdaptedVit::new(vit_a(), &method, Some(10), 99).unwrap();
     other.load_trainable(&path).unwrap();
     let (x, _) = vit_a_io();
-    assert_close("reloaded", &tch::no_grad(|| other.forward(&x, false)), &tch::no_grad(|| model.forward(&x, false)), 0.0);
+    assert_close(
+        "reloaded",
+        &tch::no_grad(|| other.forward(&x, false)),
+        &tch::no_grad(|| model.forward(&x, false)),
+        0.0,
+    );
     // A file for another method is refused with the tensor's name.
-    let mut wrong = AdaptedVit::new(vit_a(), &Method::Ia3(Ia3Spec { targets: vec![Target::Fc2] }), Some(10), 0).unwrap();
+    let mut wrong = AdaptedVit::new(
+        vit_a(),
+        &Method::Ia3(Ia3Spec {
+            targets: vec![Target::Fc2],
+        }),
+        Some(10),
+        0,
+    )
+    .unwrap();
     let err = wrong.load_trainable(&path).unwrap_err().to_string();
     assert!(err.contains("ia3_l"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
@@ -204,18 +322,39 @@ fn checkpoint_errors_name_the_tensor() {
     let m = manifest();
     // Config b weights into a config-a model: shapes differ.
     let mut vit = VisionTransformer::new(&vit_config(&m["vit_a"]), Device::Cpu).unwrap();
-    let err = load_timm(&mut vit, &fixtures().join("vit_b32.safetensors"), HeadPolicy::Load).unwrap_err().to_string();
-    assert!(err.contains("has shape") && err.contains("expects"), "{err}");
+    let err = load_timm(
+        &mut vit,
+        &fixtures().join("vit_b32.safetensors"),
+        HeadPolicy::Load,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("has shape") && err.contains("expects"),
+        "{err}"
+    );
     // A headless checkpoint: fine when the head is ignored, an error when it is required.
     let dir = std::env::temp_dir().join(format!("vtab-headless-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut file = tensors("vit_a.safetensors");
     file.retain(|k, _| !k.starts_with("head."));
     let path = dir.join("headless.safetensors");
-    Tensor::write_safetensors(&file.iter().map(|(k, v)| (k.as_str(), v.shallow_clone())).collect::<Vec<_>>(), &path).unwrap();
+    Tensor::write_safetensors(
+        &file
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.shallow_clone()))
+            .collect::<Vec<_>>(),
+        &path,
+    )
+    .unwrap();
     load_timm(&mut vit, &path, HeadPolicy::Ignore).unwrap();
-    let err = load_timm(&mut vit, &path, HeadPolicy::Load).unwrap_err().to_string();
-    assert!(err.contains("head.weight") && err.contains("missing"), "{err}");
+    let err = load_timm(&mut vit, &path, HeadPolicy::Load)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("head.weight") && err.contains("missing"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -240,10 +379,25 @@ fn export_loads_in_peft_with_our_logits() {
     std::fs::write(dir.join("cfg.json"), cfg.to_string()).unwrap();
     let (x, _) = vit_a_io();
     Tensor::write_safetensors(&[("x", x.shallow_clone())], dir.join("x.safetensors")).unwrap();
-    let mut models: Vec<(String, AdaptedVit)> = ["lora", "vera", "ia3"].iter().map(|n| (n.to_string(), import(n))).collect();
+    let mut models: Vec<(String, AdaptedVit)> = ["lora", "vera", "ia3"]
+        .iter()
+        .map(|n| (n.to_string(), import(n)))
+        .collect();
     // IA3 on k and v only: exported as a qkv vector whose q part is 1.
-    let mut kv = AdaptedVit::new(vit_a(), &Method::Ia3(Ia3Spec { targets: vec![Target::K, Target::V, Target::Fc2] }), Some(10), 1).unwrap();
-    tch::no_grad(|| kv.trainable().iter().for_each(|(_, t)| t.shallow_clone().copy_(&(Tensor::rand_like(t) + 0.5))));
+    let mut kv = AdaptedVit::new(
+        vit_a(),
+        &Method::Ia3(Ia3Spec {
+            targets: vec![Target::K, Target::V, Target::Fc2],
+        }),
+        Some(10),
+        1,
+    )
+    .unwrap();
+    tch::no_grad(|| {
+        kv.trainable()
+            .iter()
+            .for_each(|(_, t)| t.shallow_clone().copy_(&(Tensor::rand_like(t) + 0.5)))
+    });
     let _ = &mut kv;
     models.push(("ia3_kv".into(), kv));
     for (name, model) in &models {
@@ -251,16 +405,32 @@ fn export_loads_in_peft_with_our_logits() {
         export_peft(model, &out).unwrap();
         let ours = tch::no_grad(|| model.forward(&x, false));
         let reimported = import_peft(vit_a(), &out).unwrap();
-        assert_close(&format!("{name} re-imported"), &tch::no_grad(|| reimported.forward(&x, false)), &ours, TOL);
+        assert_close(
+            &format!("{name} re-imported"),
+            &tch::no_grad(|| reimported.forward(&x, false)),
+            &ours,
+            TOL,
+        );
         let result = dir.join(format!("{name}_out.safetensors"));
         let status = std::process::Command::new(python())
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/peft_check.py"))
-            .args([dir.join("cfg.json"), fixtures().join("vit_a.safetensors"), out.clone(), dir.join("x.safetensors"), result.clone()])
+            .args([
+                dir.join("cfg.json"),
+                fixtures().join("vit_a.safetensors"),
+                out.clone(),
+                dir.join("x.safetensors"),
+                result.clone(),
+            ])
             .status()
             .expect("running the peft check script");
         assert!(status.success(), "{name}: peft could not load our export");
         let got = tensors_at(&result);
-        assert_close(&format!("{name}: peft logits of our export"), &got["logits"], &ours, TOL);
+        assert_close(
+            &format!("{name}: peft logits of our export"),
+            &got["logits"],
+            &ours,
+            TOL,
+        );
     }
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -271,7 +441,21 @@ fn tensors_at(p: &Path) -> std::collections::BTreeMap<String, Tensor> {
 
 #[test]
 fn slice_lora_is_refused_by_peft_export() {
-    let m = AdaptedVit::new(vit_a(), &Method::Lora(LoraSpec { r: 2, alpha: 2.0, dropout: 0.0, rslora: false, targets: vec![Target::Q, Target::V] }), Some(10), 0).unwrap();
-    let err = export_peft(&m, &std::env::temp_dir().join("never")).unwrap_err().to_string();
+    let m = AdaptedVit::new(
+        vit_a(),
+        &Method::Lora(LoraSpec {
+            r: 2,
+            alpha: 2.0,
+            dropout: 0.0,
+            rslora: false,
+            targets: vec![Target::Q, Target::V],
+        }),
+        Some(10),
+        0,
+    )
+    .unwrap();
+    let err = export_peft(&m, &std::env::temp_dir().join("never"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no peft equivalent"), "{err}");
 }

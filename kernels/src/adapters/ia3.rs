@@ -22,7 +22,10 @@ impl Ia3 {
     pub fn new(parts: &[(Option<String>, i64)], on_input: bool, device: Device) -> Self {
         let parts = parts
             .iter()
-            .map(|(name, len)| Ia3Part { name: name.clone(), l: Tensor::ones([*len], (Kind::Float, device)) })
+            .map(|(name, len)| Ia3Part {
+                name: name.clone(),
+                l: Tensor::ones([*len], (Kind::Float, device)),
+            })
             .collect();
         Ia3 { parts, on_input }
     }

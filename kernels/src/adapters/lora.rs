@@ -28,11 +28,27 @@ impl Lora {
     /// A fresh adapter: A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform_ with a = sqrt 5),
     /// B = 0, so the layer starts as the identity change.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(name: String, in_f: i64, out_f: i64, r: i64, scale: f64, dropout: f64, range: OutRange, device: Device) -> Self {
+    pub fn new(
+        name: String,
+        in_f: i64,
+        out_f: i64,
+        r: i64,
+        scale: f64,
+        dropout: f64,
+        range: OutRange,
+        device: Device,
+    ) -> Self {
         let bound = 1.0 / (in_f as f64).sqrt();
         let a = Tensor::empty([r, in_f], (Kind::Float, device)).uniform_(-bound, bound);
         let b = Tensor::zeros([out_f, r], (Kind::Float, device));
-        Lora { name, a, b, scale, dropout, range }
+        Lora {
+            name,
+            a,
+            b,
+            scale,
+            dropout,
+            range,
+        }
     }
 
     /// s * B A, shaped like the adapted rows of the base weight.
@@ -43,8 +59,15 @@ impl Lora {
 
 impl Adapter for Lora {
     fn on_output(&self, x: &Tensor, y: Tensor, train: bool) -> Tensor {
-        let x = if self.dropout > 0.0 && train { x.dropout(self.dropout, true) } else { x.shallow_clone() };
-        let delta = x.linear::<&Tensor>(&self.a, None).linear::<&Tensor>(&self.b, None) * self.scale;
+        let x = if self.dropout > 0.0 && train {
+            x.dropout(self.dropout, true)
+        } else {
+            x.shallow_clone()
+        };
+        let delta = x
+            .linear::<&Tensor>(&self.a, None)
+            .linear::<&Tensor>(&self.b, None)
+            * self.scale;
         add_on_range(y, &delta, self.range)
     }
 
@@ -57,7 +80,15 @@ impl Adapter for Lora {
     }
 
     fn visit(&mut self, f: &mut Visit) {
-        f(&format!("{}.lora_A.weight", self.name), &mut self.a, Role::Adapter);
-        f(&format!("{}.lora_B.weight", self.name), &mut self.b, Role::Adapter);
+        f(
+            &format!("{}.lora_A.weight", self.name),
+            &mut self.a,
+            Role::Adapter,
+        );
+        f(
+            &format!("{}.lora_B.weight", self.name),
+            &mut self.b,
+            Role::Adapter,
+        );
     }
 }

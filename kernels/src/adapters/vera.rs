@@ -25,7 +25,10 @@ impl VeraProjections {
         };
         let a = kaiming(r, max_in);
         let b = kaiming(max_out, r);
-        VeraProjections { a: a.to_device(device), b: b.to_device(device) }
+        VeraProjections {
+            a: a.to_device(device),
+            b: b.to_device(device),
+        }
     }
 }
 
@@ -42,7 +45,15 @@ pub struct Vera {
 
 impl Vera {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(name: String, shared: &VeraProjections, in_f: i64, out_f: i64, d_initial: f64, dropout: f64, range: OutRange) -> Self {
+    pub fn new(
+        name: String,
+        shared: &VeraProjections,
+        in_f: i64,
+        out_f: i64,
+        d_initial: f64,
+        dropout: f64,
+        range: OutRange,
+    ) -> Self {
         let r = shared.a.size()[0];
         let device = shared.a.device();
         Vera {
@@ -59,13 +70,20 @@ impl Vera {
 
     /// diag(lambda_b) B diag(lambda_d) A.
     pub fn delta_weight(&self) -> Tensor {
-        (self.b.matmul(&(self.a.shallow_clone() * self.lambda_d.unsqueeze(-1)))) * self.lambda_b.unsqueeze(-1)
+        (self
+            .b
+            .matmul(&(self.a.shallow_clone() * self.lambda_d.unsqueeze(-1))))
+            * self.lambda_b.unsqueeze(-1)
     }
 }
 
 impl Adapter for Vera {
     fn on_output(&self, x: &Tensor, y: Tensor, train: bool) -> Tensor {
-        let x = if self.dropout > 0.0 && train { x.dropout(self.dropout, true) } else { x.shallow_clone() };
+        let x = if self.dropout > 0.0 && train {
+            x.dropout(self.dropout, true)
+        } else {
+            x.shallow_clone()
+        };
         let h = x.linear::<&Tensor>(&self.a, None) * &self.lambda_d;
         let delta = h.linear::<&Tensor>(&self.b, None) * &self.lambda_b;
         add_on_range(y, &delta, self.range)
@@ -80,7 +98,15 @@ impl Adapter for Vera {
     }
 
     fn visit(&mut self, f: &mut Visit) {
-        f(&format!("{}.vera_lambda_b", self.name), &mut self.lambda_b, Role::Adapter);
-        f(&format!("{}.vera_lambda_d", self.name), &mut self.lambda_d, Role::Adapter);
+        f(
+            &format!("{}.vera_lambda_b", self.name),
+            &mut self.lambda_b,
+            Role::Adapter,
+        );
+        f(
+            &format!("{}.vera_lambda_d", self.name),
+            &mut self.lambda_d,
+            Role::Adapter,
+        );
     }
 }

@@ -14,7 +14,8 @@ pub fn fixtures() -> PathBuf {
 }
 
 pub fn manifest() -> Value {
-    let text = std::fs::read_to_string(fixtures().join("manifest.json")).expect("fixtures/manifest.json (run ./x fixtures)");
+    let text = std::fs::read_to_string(fixtures().join("manifest.json"))
+        .expect("fixtures/manifest.json (run ./x fixtures)");
     serde_json::from_str(&text).expect("manifest.json is JSON")
 }
 
@@ -52,7 +53,12 @@ pub fn vit_config(entry: &Value) -> VitConfig {
 pub fn vit_a() -> VisionTransformer {
     let m = manifest();
     let mut vit = VisionTransformer::new(&vit_config(&m["vit_a"]), Device::Cpu).unwrap();
-    load_timm(&mut vit, &fixtures().join("vit_a.safetensors"), HeadPolicy::Load).unwrap();
+    load_timm(
+        &mut vit,
+        &fixtures().join("vit_a.safetensors"),
+        HeadPolicy::Load,
+    )
+    .unwrap();
     vit
 }
 

@@ -1,0 +1,106 @@
+//! `vtab-orch exec <key>`: runs one node inside a child process — reads its spec, runs the
+//! executor into a staging directory, commits to the store. The scheduler spawns it; a
+//! cluster back-end could too.
+use crate::graph::Node;
+use crate::nodes::{self, NodeError};
+use crate::store::{host_name, Manifest, Store};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const SPEC: &str = "spec.json";
+
+/// Where the scheduler leaves the spec of a node it is about to run.
+pub fn spec_path(store: &Store, key: &str) -> PathBuf {
+    store.root.join("specs").join(format!("{key}.json"))
+}
+
+pub fn write_spec(store: &Store, key: &str, node: &Node) -> std::io::Result<()> {
+    let p = spec_path(store, key);
+    std::fs::create_dir_all(p.parent().expect("specs dir"))?;
+    std::fs::write(
+        p,
+        serde_json::to_string_pretty(node).expect("node serialises"),
+    )
+}
+
+fn read_node(path: &Path) -> nodes::Result<Node> {
+    nodes::read_json(path)
+}
+
+/// The spec of a finished input node (kept inside its store entry).
+fn input(store: &Store, kind: &str, key: &str) -> nodes::Result<(Node, PathBuf)> {
+    let dir = store.entry(kind, key);
+    if !store.is_complete(kind, key) {
+        return Err(NodeError::Failed(format!(
+            "input {kind} {key} is not in the store (run its node first)"
+        )));
+    }
+    Ok((read_node(&dir.join(SPEC))?, dir))
+}
+
+pub fn exec(store_root: &Path, key: &str, cpu: bool) -> nodes::Result<()> {
+    let store = Store::open(store_root)?;
+    let node = read_node(&spec_path(&store, key))?;
+    let fp = node.fingerprint();
+    if fp.key() != key {
+        return Err(NodeError::Failed(format!(
+            "spec for {key} hashes to {}: stale spec file",
+            fp.key()
+        )));
+    }
+    let t0 = Instant::now();
+    let staged = store.stage(key)?;
+    let device = nodes::train::device(cpu);
+    match &node {
+        Node::Prep(p) => {
+            nodes::prep::run(p, &staged)?;
+        }
+        Node::Build(b) => nodes::build::run(b, &staged, device)?,
+        Node::Train(t) => {
+            let (_, prep_dir) = input(&store, "prep", &t.prep)?;
+            let (bn, build_dir) = input(&store, "build", &t.build)?;
+            let Node::Build(b) = bn else {
+                return Err(NodeError::Failed("build input is not a build node".into()));
+            };
+            nodes::train::run(t, &b, &prep_dir, &build_dir, &staged, device)?;
+        }
+        Node::Eval(e) => {
+            let (tn, train_dir) = input(&store, "train", &e.train)?;
+            let (_, prep_dir) = input(&store, "prep", &e.prep)?;
+            let (bn, build_dir) = input(&store, "build", &e.build)?;
+            let (Node::Train(t), Node::Build(b)) = (tn, bn) else {
+                return Err(NodeError::Failed("eval inputs have the wrong kinds".into()));
+            };
+            nodes::eval::run(
+                e,
+                &t,
+                &b,
+                [&train_dir, &prep_dir, &build_dir],
+                &staged,
+                device,
+            )?;
+        }
+    }
+    std::fs::write(
+        staged.join(SPEC),
+        serde_json::to_string_pretty(&node).expect("node serialises"),
+    )
+    .map_err(nodes::io_err(&staged))?;
+    let manifest = Manifest {
+        kind: node.kind().to_string(),
+        key: key.to_string(),
+        label: node.label(),
+        identity: node.identity(),
+        fingerprint: fp,
+        artifacts: Default::default(),
+        wall_s: t0.elapsed().as_secs_f64(),
+        host: host_name(),
+        code_version: env!("CARGO_PKG_VERSION").to_string(),
+        finished_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    store.commit(&staged, manifest)?;
+    let _ = std::fs::remove_file(spec_path(&store, key));
+    Ok(())
+}

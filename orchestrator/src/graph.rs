@@ -1,0 +1,342 @@
+//! Expansion of a suite into the DAG of prep / build / train / eval nodes, keyed by their
+//! fingerprints; shared upstream work appears once. Reads dataset fingerprints (file
+//! metadata) but runs nothing.
+use crate::datasets::{self, Split};
+use crate::hash::Fingerprint;
+use crate::suite::{Backbone, Opt, Pretrain, Run, Source, Suite, Weights};
+use kernels::train::Precision;
+use kernels::{Method, VitConfig};
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrepNode {
+    pub dataset: String,
+    pub source: Source,
+    /// Content fingerprint of a real source (file list, sizes, mtimes); "" for synthetic.
+    pub source_digest: String,
+    pub split: Split,
+    pub img_size: i64,
+    pub sample_seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BuildWeights {
+    /// A timm safetensors file; only its digest is semantic.
+    File { path: PathBuf, blake3: String },
+    /// Pretrain on a synthetic task at `img_size`.
+    Pretrain { recipe: Pretrain, img_size: i64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildNode {
+    pub arch: VitConfig,
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
+    pub weights: BuildWeights,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainNode {
+    pub dataset: String,
+    pub config: String,
+    pub family: String,
+    pub method: Method,
+    pub opt: Opt,
+    pub seed: u64,
+    pub prep: String,
+    pub build: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalNode {
+    pub dataset: String,
+    pub config: String,
+    pub family: String,
+    pub seed: u64,
+    pub hparams: BTreeMap<String, String>,
+    pub precision: Precision,
+    pub eval_batch_size: i64,
+    pub train: String,
+    pub prep: String,
+    pub build: String,
+}
+
+/// One node of the DAG; serialised with a `kind` tag (this is also the spec a child
+/// process receives).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Node {
+    Prep(PrepNode),
+    Build(BuildNode),
+    Train(TrainNode),
+    Eval(EvalNode),
+}
+
+fn split_name(s: Split) -> &'static str {
+    match s {
+        Split::Train800 => "train800",
+        Split::Val200 => "val200",
+        Split::Train800val200 => "train800val200",
+        Split::Test => "test",
+    }
+}
+
+impl Node {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Node::Prep(_) => "prep",
+            Node::Build(_) => "build",
+            Node::Train(_) => "train",
+            Node::Eval(_) => "eval",
+        }
+    }
+
+    /// e.g. "train shape lora r=8 a=8 q,v s0".
+    pub fn label(&self) -> String {
+        match self {
+            Node::Prep(p) => format!(
+                "prep {} {} {}px",
+                p.dataset,
+                split_name(p.split),
+                p.img_size
+            ),
+            Node::Build(b) => match &b.weights {
+                BuildWeights::File { path, .. } => format!(
+                    "build {}",
+                    path.file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                ),
+                BuildWeights::Pretrain { recipe, .. } => {
+                    format!("build pretrain {:?} {}ep", recipe.task, recipe.epochs).to_lowercase()
+                }
+            },
+            Node::Train(t) => format!("train {} {} s{}", t.dataset, t.config, t.seed),
+            Node::Eval(e) => format!("eval {} {} s{}", e.dataset, e.config, e.seed),
+        }
+    }
+
+    /// What "the same node" is across edits of the suite, for change reasons.
+    pub fn identity(&self) -> String {
+        match self {
+            Node::Prep(p) => format!("{} {}", p.dataset, split_name(p.split)),
+            Node::Build(_) => "backbone".into(),
+            Node::Train(t) => format!("{} {} {}", t.dataset, t.family, t.seed),
+            Node::Eval(e) => format!("{} {} {}", e.dataset, e.family, e.seed),
+        }
+    }
+
+    /// Train and eval (and pretraining) need the accelerator; prep and file builds do not.
+    pub fn uses_device(&self) -> bool {
+        matches!(
+            self,
+            Node::Train(_)
+                | Node::Eval(_)
+                | Node::Build(BuildNode {
+                    weights: BuildWeights::Pretrain { .. },
+                    ..
+                })
+        )
+    }
+
+    /// The semantic content of this node. Labels, paths, batch sizes for evaluation and
+    /// anything about where or how it runs are left out.
+    pub fn fingerprint(&self) -> Fingerprint {
+        match self {
+            Node::Prep(p) => {
+                let fp = Fingerprint::new("prep")
+                    .param("split", p.split)
+                    .param("img_size", p.img_size);
+                match &p.source {
+                    Source::Synthetic { task, test_images } => fp
+                        .param("synthetic", task)
+                        .param("test_images", test_images),
+                    Source::Real(r) => fp
+                        .param("format", &r.format)
+                        .param("source_digest", &p.source_digest)
+                        .param("sample_seed", p.sample_seed)
+                        .param("dtd_split", r.dtd_split),
+                }
+            }
+            Node::Build(b) => {
+                let fp = Fingerprint::new("build")
+                    .param("arch", &b.arch)
+                    .param("mean", b.mean)
+                    .param("std", b.std);
+                match &b.weights {
+                    BuildWeights::File { blake3, .. } => fp.param("weights_blake3", blake3),
+                    BuildWeights::Pretrain { recipe, img_size } => {
+                        fp.param("pretrain", recipe).param("img_size", img_size)
+                    }
+                }
+            }
+            Node::Train(t) => Fingerprint::new("train")
+                .param("method", &t.method)
+                .param("seed", t.seed)
+                .param("epochs", t.opt.epochs)
+                .param("batch_size", t.opt.batch_size)
+                .param("lr", t.opt.lr)
+                .param("min_lr", t.opt.min_lr)
+                .param("weight_decay", t.opt.weight_decay)
+                .param("warmup_epochs", t.opt.warmup_epochs)
+                .param("label_smoothing", t.opt.label_smoothing)
+                .param("clip_grad_norm", t.opt.clip_grad_norm)
+                .param("precision", t.opt.precision)
+                .param("augment", &t.opt.augment)
+                .input("prep", &t.prep)
+                .input("build", &t.build),
+            Node::Eval(e) => Fingerprint::new("eval")
+                .param("precision", e.precision)
+                .input("train", &e.train)
+                .input("prep", &e.prep)
+                .input("build", &e.build),
+        }
+    }
+
+    /// Keys of the nodes this one reads.
+    pub fn deps(&self) -> Vec<String> {
+        match self {
+            Node::Prep(_) | Node::Build(_) => Vec::new(),
+            Node::Train(t) => vec![t.prep.clone(), t.build.clone()],
+            Node::Eval(e) => vec![e.train.clone(), e.prep.clone(), e.build.clone()],
+        }
+    }
+}
+
+/// The sealed DAG: nodes in a petgraph graph (edges input -> consumer) plus a key index.
+pub struct Graph {
+    pub graph: DiGraph<(String, Node), ()>,
+    pub index: BTreeMap<String, NodeIndex>,
+    /// Eval node keys per suite run, in suite order.
+    pub runs: Vec<(Run, String)>,
+}
+
+impl Graph {
+    pub fn node(&self, key: &str) -> Option<&Node> {
+        self.index.get(key).map(|i| &self.graph[*i].1)
+    }
+
+    /// Keys in a topological order (inputs before consumers), stable across calls.
+    pub fn topo(&self) -> Vec<String> {
+        petgraph::algo::toposort(&self.graph, None)
+            .expect("the expansion never makes cycles")
+            .into_iter()
+            .map(|i| self.graph[i].0.clone())
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.graph.node_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.graph.node_count() == 0
+    }
+
+    fn add(&mut self, node: Node) -> String {
+        let key = node.fingerprint().key();
+        if !self.index.contains_key(&key) {
+            let deps = node.deps();
+            let i = self.graph.add_node((key.clone(), node));
+            self.index.insert(key.clone(), i);
+            for d in deps {
+                let j = self.index[&d];
+                self.graph.add_edge(j, i, ());
+            }
+        }
+        key
+    }
+}
+
+/// Weights digests cost a full read; `digests` caches them per (path, size, mtime).
+pub fn expand(
+    suite: &Suite,
+    weights_digest: &dyn Fn(&std::path::Path) -> Result<String, String>,
+) -> Result<Graph, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut g = Graph {
+        graph: DiGraph::new(),
+        index: BTreeMap::new(),
+        runs: Vec::new(),
+    };
+    let build = build_node(&suite.backbone, weights_digest).map_err(|e| vec![e])?;
+    let build_key = g.add(Node::Build(build));
+    let mut digests: BTreeMap<String, String> = BTreeMap::new();
+    for (name, d) in &suite.datasets {
+        if let Source::Real(r) = &d.source {
+            match datasets::fingerprint(r) {
+                Ok(fp) => {
+                    digests.insert(name.clone(), fp);
+                }
+                Err(e) => errors.push(format!("`datasets.{name}`: {e}")),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    for run in &suite.runs {
+        let ds = &suite.datasets[&run.dataset];
+        let prep = |split: Split, opt: &Opt| {
+            Node::Prep(PrepNode {
+                dataset: run.dataset.clone(),
+                source: ds.source.clone(),
+                source_digest: digests.get(&run.dataset).cloned().unwrap_or_default(),
+                split,
+                img_size: opt.img_size,
+                sample_seed: opt.sample_seed,
+            })
+        };
+        let train_prep = g.add(prep(run.opt.train_split, &run.opt));
+        let eval_prep = g.add(prep(run.opt.eval_split, &run.opt));
+        let train = g.add(Node::Train(TrainNode {
+            dataset: run.dataset.clone(),
+            config: run.config.clone(),
+            family: run.family.clone(),
+            method: run.method.clone(),
+            opt: run.opt.clone(),
+            seed: run.seed,
+            prep: train_prep,
+            build: build_key.clone(),
+        }));
+        let eval = g.add(Node::Eval(EvalNode {
+            dataset: run.dataset.clone(),
+            config: run.config.clone(),
+            family: run.family.clone(),
+            seed: run.seed,
+            hparams: run.hparams.clone(),
+            precision: run.opt.precision,
+            eval_batch_size: run.opt.eval_batch_size,
+            train,
+            prep: eval_prep,
+            build: build_key.clone(),
+        }));
+        g.runs.push((run.clone(), eval));
+    }
+    Ok(g)
+}
+
+fn build_node(
+    b: &Backbone,
+    weights_digest: &dyn Fn(&std::path::Path) -> Result<String, String>,
+) -> Result<BuildNode, String> {
+    let weights = match &b.weights {
+        Weights::File(p) => BuildWeights::File {
+            path: p.clone(),
+            blake3: weights_digest(p)?,
+        },
+        Weights::Pretrain(r) => BuildWeights::Pretrain {
+            recipe: r.clone(),
+            img_size: b.arch.img_size,
+        },
+    };
+    Ok(BuildNode {
+        arch: b.arch.clone(),
+        mean: b.mean,
+        std: b.std,
+        weights,
+    })
+}

@@ -1,0 +1,145 @@
+//! prep: a dataset split decoded, resized (bicubic) and stored as uint8 [N,3,H,W] chunks
+//! with int64 labels (safetensors) and the class names. Decoding is parallel (rayon) and
+//! chunked, so a large test split never sits in memory whole.
+use super::{write_json, NodeError, Result};
+use crate::datasets::synthetic::{self, Task};
+use crate::datasets::{self, Split};
+use crate::graph::PrepNode;
+use crate::suite::Source;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::Tensor;
+
+/// Images per chunk file (at 224 px, 2048 images are 308 MB of uint8).
+pub const CHUNK: usize = 2048;
+pub const CLASSES: &str = "classes.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrepInfo {
+    pub class_names: Vec<String>,
+    pub count: usize,
+    pub per_class: Vec<usize>,
+    pub img_size: i64,
+    pub chunks: Vec<String>,
+}
+
+/// Seeds of the synthetic train and test streams (fixed: they define the benchmark).
+const SYNTH_TRAIN_SEED: u64 = 1;
+const SYNTH_TEST_SEED: u64 = 2;
+
+enum Item {
+    Synthetic(Task, u64, u64),
+    Real(datasets::Example),
+}
+
+pub fn run(p: &PrepNode, out: &Path) -> Result<PrepInfo> {
+    let size = p.img_size as u32;
+    let (items, class_names): (Vec<Item>, Vec<String>) = match &p.source {
+        Source::Synthetic { task, test_images } => {
+            let (seed, range) = match p.split {
+                Split::Train800val200 => (SYNTH_TRAIN_SEED, 0..1000),
+                Split::Train800 => (SYNTH_TRAIN_SEED, 0..800),
+                Split::Val200 => (SYNTH_TRAIN_SEED, 800..1000),
+                Split::Test => (SYNTH_TEST_SEED, 0..*test_images),
+            };
+            (
+                range.map(|i| Item::Synthetic(*task, seed, i)).collect(),
+                task.class_names(),
+            )
+        }
+        Source::Real(r) => {
+            let list = datasets::list_split(r, p.split, p.sample_seed)?;
+            (
+                list.examples.into_iter().map(Item::Real).collect(),
+                list.class_names,
+            )
+        }
+    };
+    if items.is_empty() {
+        return Err(NodeError::Failed(format!(
+            "{}: the split is empty",
+            p.dataset
+        )));
+    }
+    let mut per_class = vec![0usize; class_names.len()];
+    let mut chunks = Vec::new();
+    let total = items.len();
+    for (ci, chunk) in items.chunks(CHUNK).enumerate() {
+        let decoded: Vec<(Vec<u8>, i64)> = chunk
+            .par_iter()
+            .map(|it| match it {
+                Item::Synthetic(task, seed, i) => Ok(synthetic::example(*task, size, *seed, *i)),
+                Item::Real(e) => datasets::load_image(&e.image, size).map(|px| (px, e.label)),
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        let mut pixels = Vec::with_capacity(decoded.len() * 3 * (size * size) as usize);
+        let mut labels = Vec::with_capacity(decoded.len());
+        for (px, l) in decoded {
+            let slot = per_class.get_mut(l as usize).ok_or_else(|| {
+                NodeError::Failed(format!(
+                    "{}: label {l} outside the {} classes",
+                    p.dataset,
+                    class_names.len()
+                ))
+            })?;
+            *slot += 1;
+            pixels.extend_from_slice(&px);
+            labels.push(l);
+        }
+        let n = labels.len() as i64;
+        let images = Tensor::from_slice(&pixels).reshape([n, 3, p.img_size, p.img_size]);
+        let name = format!("images-{ci:05}.safetensors");
+        let path = out.join(&name);
+        Tensor::write_safetensors(
+            &[("images", images), ("labels", Tensor::from_slice(&labels))],
+            &path,
+        )
+        .map_err(NodeError::Torch)?;
+        chunks.push(name);
+        super::progress(serde_json::json!({"done": (ci * CHUNK + chunk.len()), "total": total}));
+    }
+    let info = PrepInfo {
+        class_names,
+        count: total,
+        per_class,
+        img_size: p.img_size,
+        chunks,
+    };
+    write_json(&out.join(CLASSES), &info)?;
+    Ok(info)
+}
+
+/// Reads a committed prep entry's info.
+pub fn info(dir: &Path) -> Result<PrepInfo> {
+    super::read_json(&dir.join(CLASSES))
+}
+
+/// Loads one chunk: (uint8 images [n,3,H,W], int64 labels [n]).
+pub fn load_chunk(dir: &Path, name: &str) -> Result<(Tensor, Tensor)> {
+    let path = dir.join(name);
+    let mut t: std::collections::BTreeMap<String, Tensor> = Tensor::read_safetensors(&path)
+        .map_err(|e| NodeError::Failed(format!("{}: {e}", path.display())))?
+        .into_iter()
+        .collect();
+    match (t.remove("images"), t.remove("labels")) {
+        (Some(i), Some(l)) => Ok((i, l)),
+        _ => Err(NodeError::Failed(format!(
+            "{}: missing images/labels",
+            path.display()
+        ))),
+    }
+}
+
+/// The whole split in memory (training splits are small: 1000 images).
+pub fn load_all(dir: &Path) -> Result<(Tensor, Tensor, PrepInfo)> {
+    let info = info(dir)?;
+    let parts: Vec<(Tensor, Tensor)> = info
+        .chunks
+        .iter()
+        .map(|c| load_chunk(dir, c))
+        .collect::<Result<_>>()?;
+    let images = Tensor::cat(&parts.iter().map(|p| &p.0).collect::<Vec<_>>(), 0);
+    let labels = Tensor::cat(&parts.iter().map(|p| &p.1).collect::<Vec<_>>(), 0);
+    Ok((images, labels, info))
+}

@@ -1,0 +1,243 @@
+//! train: adapts the backbone to a prepared split (method + optimisation + seed) and saves
+//! the trainable tensors and a per-epoch log. The whole split lives on the device as uint8;
+//! normalisation and flips happen there, so no image is decoded twice.
+use super::{write_json, NodeError, Result};
+use crate::graph::{BuildNode, TrainNode};
+use crate::nodes::{build, prep};
+use kernels::accel::{memory_stats, reset_peak_memory, synchronize};
+use kernels::optim::AdamWConfig;
+use kernels::schedule::WarmupCosine;
+use kernels::train::{Precision, TrainConfig, Trainer};
+use kernels::{AdaptedVit, Method, ParamCounts, VisionTransformer};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+pub const TRAINABLE: &str = "trainable.safetensors";
+pub const LOG: &str = "log.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochLog {
+    pub epoch: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub time_s: f64,
+    pub img_s: f64,
+    pub peak_mem_mib: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainLog {
+    pub epochs: Vec<EpochLog>,
+    pub counts: ParamCounts,
+    pub trainable_pct: f64,
+    pub num_classes: i64,
+    pub device: String,
+    pub wall_s: f64,
+}
+
+impl TrainLog {
+    pub fn mean_epoch_s(&self) -> f64 {
+        self.epochs.iter().map(|e| e.time_s).sum::<f64>() / self.epochs.len().max(1) as f64
+    }
+    pub fn peak_mem_mib(&self) -> Option<f64> {
+        self.epochs
+            .iter()
+            .filter_map(|e| e.peak_mem_mib)
+            .reduce(f64::max)
+    }
+    pub fn mean_img_s(&self) -> f64 {
+        self.epochs.iter().map(|e| e.img_s).sum::<f64>() / self.epochs.len().max(1) as f64
+    }
+}
+
+/// Everything `fit` needs besides the model and the data.
+pub struct FitConfig {
+    pub epochs: u64,
+    pub batch_size: i64,
+    pub warmup_epochs: u64,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub weight_decay: f64,
+    pub label_smoothing: f64,
+    pub clip_grad_norm: Option<f64>,
+    pub precision: Precision,
+    pub flip: bool,
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
+}
+
+/// uint8 [B,3,H,W] on the device -> normalised float.
+pub fn normalise(x: &Tensor, mean: [f64; 3], std: [f64; 3]) -> Tensor {
+    let dev = x.device();
+    let m = Tensor::from_slice(&mean.map(|v| v as f32))
+        .to_device(dev)
+        .view([1, 3, 1, 1]);
+    let s = Tensor::from_slice(&std.map(|v| v as f32))
+        .to_device(dev)
+        .view([1, 3, 1, 1]);
+    (x.to_kind(Kind::Float) / 255.0 - m) / s
+}
+
+/// Trains `model` on (images u8, labels) already on the device, seeded draws throughout.
+pub fn fit(
+    model: AdaptedVit,
+    images: &Tensor,
+    labels: &Tensor,
+    c: &FitConfig,
+    seed: u64,
+) -> Result<(AdaptedVit, Vec<EpochLog>)> {
+    let device = images.device();
+    let n = images.size()[0];
+    let steps_per_epoch = ((n + c.batch_size - 1) / c.batch_size) as u64;
+    let cfg = TrainConfig {
+        schedule: WarmupCosine {
+            base_lr: c.lr,
+            min_lr: c.min_lr,
+            warmup_steps: c.warmup_epochs * steps_per_epoch,
+            total_steps: c.epochs * steps_per_epoch,
+        },
+        adamw: AdamWConfig {
+            weight_decay: c.weight_decay,
+            ..Default::default()
+        },
+        label_smoothing: c.label_smoothing,
+        clip_grad_norm: c.clip_grad_norm,
+        precision: c.precision,
+    };
+    let mut trainer = Trainer::new(model, cfg);
+    tch::manual_seed(seed as i64 ^ 0x5EED);
+    let mut logs = Vec::new();
+    reset_peak_memory(device)?;
+    for epoch in 1..=c.epochs {
+        let t0 = Instant::now();
+        let lr = trainer.cfg.schedule.lr(trainer.step);
+        let perm = Tensor::randperm(n, (Kind::Int64, device));
+        let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
+        for b in 0..steps_per_epoch as i64 {
+            let idx = perm.narrow(0, b * c.batch_size, c.batch_size.min(n - b * c.batch_size));
+            let mut x = normalise(&images.index_select(0, &idx), c.mean, c.std);
+            if c.flip {
+                let flip = Tensor::rand([idx.size()[0], 1, 1, 1], (Kind::Float, device)).lt(0.5);
+                x = x.flip([3]).where_self(&flip, &x);
+            }
+            let y = labels.index_select(0, &idx);
+            let loss = trainer.train_step(&x, &y)?;
+            loss_sum += loss * idx.size()[0] as f64;
+        }
+        synchronize(device);
+        let time_s = t0.elapsed().as_secs_f64();
+        let loss = loss_sum.double_value(&[]) / n as f64;
+        if !loss.is_finite() {
+            return Err(NodeError::Failed(format!("loss is {loss} in epoch {epoch} (lr {lr:.3e}): lower the learning rate or enable clip_grad_norm")));
+        }
+        let peak_mem_mib =
+            memory_stats(device)?.map(|s| s.peak_allocated as f64 / (1 << 20) as f64);
+        let log = EpochLog {
+            epoch,
+            loss,
+            lr,
+            time_s,
+            img_s: n as f64 / time_s,
+            peak_mem_mib,
+        };
+        super::progress(
+            serde_json::json!({"epoch": epoch, "epochs": c.epochs, "loss": loss, "img_s": log.img_s}),
+        );
+        logs.push(log);
+    }
+    Ok((trainer.model, logs))
+}
+
+/// The device a child process computes on: CUDA (as pinned by CUDA_VISIBLE_DEVICES) unless
+/// the parent said `--device cpu`.
+pub fn device(cpu: bool) -> Device {
+    if cpu {
+        Device::Cpu
+    } else {
+        Device::cuda_if_available()
+    }
+}
+
+/// Backbone from a build entry at `img_size` (the position embedding is resampled when the
+/// size differs), with `method` applied and a fresh `num_classes` head.
+pub fn model(
+    build_dir: &Path,
+    b: &BuildNode,
+    img_size: i64,
+    method: &Method,
+    num_classes: i64,
+    seed: u64,
+    device: Device,
+) -> Result<AdaptedVit> {
+    let mut arch = b.arch.clone();
+    arch.img_size = img_size;
+    arch.num_classes = 0;
+    let mut vit = tch::no_grad(|| VisionTransformer::new(&arch, device))?;
+    kernels::checkpoint::load_timm(
+        &mut vit,
+        &build_dir.join(build::BACKBONE),
+        kernels::checkpoint::HeadPolicy::Ignore,
+    )?;
+    Ok(AdaptedVit::new(
+        vit,
+        method,
+        Some(num_classes),
+        seed as i64,
+    )?)
+}
+
+pub fn run(
+    t: &TrainNode,
+    b: &BuildNode,
+    prep_dir: &Path,
+    build_dir: &Path,
+    out: &Path,
+    device: Device,
+) -> Result<TrainLog> {
+    let t0 = Instant::now();
+    let (images, labels, info) = prep::load_all(prep_dir)?;
+    let (images, labels) = (images.to_device(device), labels.to_device(device));
+    let mut model = model(
+        build_dir,
+        b,
+        t.opt.img_size,
+        &t.method,
+        info.class_names.len() as i64,
+        t.seed,
+        device,
+    )?;
+    if device.is_cuda() {
+        if let Some(kind) = t.opt.precision.autocast_kind(device) {
+            model.cast_frozen(kind);
+        }
+    }
+    let counts = model.counts();
+    let c = FitConfig {
+        epochs: t.opt.epochs,
+        batch_size: t.opt.batch_size,
+        warmup_epochs: t.opt.warmup_epochs,
+        lr: t.opt.lr,
+        min_lr: t.opt.min_lr,
+        weight_decay: t.opt.weight_decay,
+        label_smoothing: t.opt.label_smoothing,
+        clip_grad_norm: t.opt.clip_grad_norm,
+        precision: t.opt.precision,
+        flip: t.opt.augment == "flip",
+        mean: b.mean,
+        std: b.std,
+    };
+    let (model, epochs) = fit(model, &images, &labels, &c, t.seed)?;
+    model.save_trainable(&out.join(TRAINABLE))?;
+    let log = TrainLog {
+        epochs,
+        counts,
+        trainable_pct: counts.trainable_percent(),
+        num_classes: info.class_names.len() as i64,
+        device: format!("{device:?}"),
+        wall_s: t0.elapsed().as_secs_f64(),
+    };
+    write_json(&out.join(LOG), &log)?;
+    Ok(log)
+}

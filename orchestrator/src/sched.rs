@@ -1,0 +1,301 @@
+//! The scheduler: runs a sealed graph in dependency order, skipping cached nodes. Every
+//! node runs in a child process (`vtab-orch exec <key>`); device nodes take a numbered GPU
+//! slot (CUDA_VISIBLE_DEVICES pinned for the child's lifetime), prep nodes a CPU lane. A
+//! failure blocks only its dependants. It emits events; it prints nothing itself.
+use crate::exec::write_spec;
+use crate::graph::Graph;
+use crate::store::Store;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Instant;
+
+/// Where device nodes run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gpus {
+    /// Every GPU libtorch sees (CPU when there is none).
+    Auto,
+    /// CPU only.
+    None,
+    List(Vec<usize>),
+}
+
+impl std::str::FromStr for Gpus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Gpus::Auto),
+            "none" => Ok(Gpus::None),
+            list => list
+                .split(',')
+                .map(|x| {
+                    x.trim().parse::<usize>().map_err(|_| {
+                        format!("--gpus `{s}`: expected auto, none or a list like 0,2")
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Gpus::List),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub gpus: Gpus,
+    pub jobs_per_gpu: usize,
+    /// The `vtab-orch` binary to spawn for `exec`.
+    pub exe: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    Cached {
+        key: String,
+        label: String,
+    },
+    Started {
+        key: String,
+        label: String,
+        slot: String,
+    },
+    /// A JSON progress line from the child (epoch, loss, img/s, ...).
+    Progress {
+        key: String,
+        label: String,
+        data: serde_json::Value,
+    },
+    Finished {
+        key: String,
+        label: String,
+        wall_s: f64,
+    },
+    Failed {
+        key: String,
+        label: String,
+        log: PathBuf,
+        tail: String,
+    },
+    Blocked {
+        key: String,
+        label: String,
+        by: String,
+    },
+}
+
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub cached: usize,
+    pub ran: usize,
+    pub failed: Vec<(String, PathBuf)>,
+    pub blocked: usize,
+    pub wall_s: f64,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum State {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    Blocked,
+}
+
+enum Msg {
+    Line(String, String),
+    Exit(String, bool),
+}
+
+/// Slot names for device nodes: `gpu<i>` repeated `jobs_per_gpu` times, or one `cpu` slot.
+fn device_slots(o: &RunOptions) -> Vec<(String, Option<usize>)> {
+    let gpus: Vec<usize> = match &o.gpus {
+        Gpus::None => Vec::new(),
+        Gpus::List(l) => l.clone(),
+        Gpus::Auto => (0..tch::Cuda::device_count().max(0) as usize).collect(),
+    };
+    if gpus.is_empty() {
+        return vec![("cpu".into(), None)];
+    }
+    gpus.iter()
+        .flat_map(|g| (0..o.jobs_per_gpu.max(1)).map(move |j| (format!("gpu{g}.{j}"), Some(*g))))
+        .collect()
+}
+
+pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&Event)) -> Summary {
+    let t0 = Instant::now();
+    let mut summary = Summary::default();
+    let order = g.topo();
+    let mut state: BTreeMap<String, State> = BTreeMap::new();
+    for key in &order {
+        let node = g.node(key).expect("node");
+        if store.is_complete(node.kind(), key) {
+            state.insert(key.clone(), State::Done);
+            summary.cached += 1;
+            on_event(&Event::Cached {
+                key: key.clone(),
+                label: node.label(),
+            });
+        } else {
+            state.insert(key.clone(), State::Pending);
+        }
+    }
+    let slots = device_slots(o);
+    let cpu_only = slots.iter().all(|s| s.1.is_none());
+    let mut free_slots: BTreeSet<usize> = (0..slots.len()).collect();
+    let mut prep_busy = false;
+    let mut running: BTreeMap<String, (Option<usize>, Instant)> = BTreeMap::new();
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let logs = store.root.join("logs");
+    let _ = std::fs::create_dir_all(&logs);
+    loop {
+        // Block what cannot run; start what can.
+        for key in &order {
+            if state[key] != State::Pending {
+                continue;
+            }
+            let node = g.node(key).expect("node");
+            let deps = node.deps();
+            if let Some(bad) = deps
+                .iter()
+                .find(|d| matches!(state[*d], State::Failed | State::Blocked))
+            {
+                state.insert(key.clone(), State::Blocked);
+                summary.blocked += 1;
+                on_event(&Event::Blocked {
+                    key: key.clone(),
+                    label: node.label(),
+                    by: g.node(bad).map(|n| n.label()).unwrap_or_default(),
+                });
+                continue;
+            }
+            if !deps.iter().all(|d| state[d] == State::Done) {
+                continue;
+            }
+            let slot = if node.uses_device() {
+                match free_slots.iter().next().copied() {
+                    Some(s) => Some(s),
+                    None => continue,
+                }
+            } else if prep_busy {
+                continue;
+            } else {
+                None
+            };
+            let log = logs.join(format!("{key}.log"));
+            let spawned = write_spec(store, key, node)
+                .map_err(|e| e.to_string())
+                .and_then(|_| {
+                    let mut cmd = Command::new(&o.exe);
+                    cmd.arg("exec").arg(key).arg("--store").arg(&store.root);
+                    match slot.and_then(|s| slots[s].1) {
+                        Some(gpu) => {
+                            cmd.env("CUDA_VISIBLE_DEVICES", gpu.to_string());
+                        }
+                        None if cpu_only || slot.is_none() => {
+                            cmd.arg("--cpu");
+                        }
+                        None => {}
+                    }
+                    let err = std::fs::File::create(&log)
+                        .map_err(|e| format!("{}: {e}", log.display()))?;
+                    cmd.stdout(Stdio::piped())
+                        .stderr(Stdio::from(err))
+                        .stdin(Stdio::null())
+                        .spawn()
+                        .map_err(|e| format!("spawning {}: {e}", o.exe.display()))
+                });
+            match spawned {
+                Err(e) => {
+                    state.insert(key.clone(), State::Failed);
+                    summary.failed.push((node.label(), log.clone()));
+                    on_event(&Event::Failed {
+                        key: key.clone(),
+                        label: node.label(),
+                        log,
+                        tail: e,
+                    });
+                }
+                Ok(mut child) => {
+                    let stdout = child.stdout.take().expect("piped stdout");
+                    let (tx, k) = (tx.clone(), key.clone());
+                    std::thread::spawn(move || {
+                        for line in std::io::BufReader::new(stdout)
+                            .lines()
+                            .map_while(Result::ok)
+                        {
+                            let _ = tx.send(Msg::Line(k.clone(), line));
+                        }
+                        let ok = child.wait().map(|s| s.success()).unwrap_or(false);
+                        let _ = tx.send(Msg::Exit(k, ok));
+                    });
+                    match slot {
+                        Some(s) => {
+                            free_slots.remove(&s);
+                        }
+                        None => prep_busy = true,
+                    }
+                    state.insert(key.clone(), State::Running);
+                    running.insert(key.clone(), (slot, Instant::now()));
+                    let slot_name = slot.map_or("cpu-prep".to_string(), |s| slots[s].0.clone());
+                    on_event(&Event::Started {
+                        key: key.clone(),
+                        label: node.label(),
+                        slot: slot_name,
+                    });
+                }
+            }
+        }
+        if running.is_empty() {
+            break;
+        }
+        match rx.recv().expect("a running child always reports") {
+            Msg::Line(key, line) => {
+                let label = g.node(&key).map(|n| n.label()).unwrap_or_default();
+                let data = serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
+                on_event(&Event::Progress { key, label, data });
+            }
+            Msg::Exit(key, ok) => {
+                let node = g.node(&key).expect("node");
+                let (slot, started) = running.remove(&key).expect("was running");
+                match slot {
+                    Some(s) => {
+                        free_slots.insert(s);
+                    }
+                    None => prep_busy = false,
+                }
+                if ok && store.is_complete(node.kind(), &key) {
+                    state.insert(key.clone(), State::Done);
+                    summary.ran += 1;
+                    on_event(&Event::Finished {
+                        key,
+                        label: node.label(),
+                        wall_s: started.elapsed().as_secs_f64(),
+                    });
+                } else {
+                    let log = logs.join(format!("{key}.log"));
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let tail = text
+                        .lines()
+                        .rev()
+                        .take(5)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    state.insert(key.clone(), State::Failed);
+                    summary.failed.push((node.label(), log.clone()));
+                    on_event(&Event::Failed {
+                        key,
+                        label: node.label(),
+                        log,
+                        tail,
+                    });
+                }
+            }
+        }
+    }
+    summary.wall_s = t0.elapsed().as_secs_f64();
+    summary
+}

@@ -1,0 +1,278 @@
+//! The content-addressed store: `<root>/<kind>/<key>/` holding artifacts and a
+//! `manifest.json` written last. Writes are staged under `<root>/tmp/` and renamed into
+//! place, so a killed run never leaves an entry that looks finished.
+use crate::hash::Fingerprint;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid manifest: {msg}")]
+    Manifest { path: PathBuf, msg: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub blake3: String,
+    pub bytes: u64,
+    /// Modification time (ns since the epoch) when hashed: an unchanged size and mtime
+    /// skip re-hashing on every plan; `vtab-orch verify` always re-hashes.
+    pub mtime_ns: u128,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub kind: String,
+    pub key: String,
+    pub label: String,
+    /// What "the same node" means across suite edits (dataset/method/seed), for `plan`'s
+    /// "what changed" reasons.
+    pub identity: String,
+    pub fingerprint: Fingerprint,
+    pub artifacts: BTreeMap<String, Artifact>,
+    pub wall_s: f64,
+    pub host: String,
+    pub code_version: String,
+    pub finished_unix: u64,
+}
+
+pub const MANIFEST: &str = "manifest.json";
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub root: PathBuf,
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> u128 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// blake3 of a file's content, hex.
+pub fn digest_file(path: &Path) -> Result<String, StoreError> {
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
+impl Store {
+    /// Opens (creating) a store and marks it with CACHEDIR.TAG so backup tools skip it.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(root.join("tmp")).map_err(io(root))?;
+        let tag = root.join("CACHEDIR.TAG");
+        if !tag.exists() {
+            std::fs::write(&tag, "Signature: 8a477f597d28d172789f06886806bc55\n# vtab-orch store: results and caches.\n").map_err(io(&tag))?;
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The root without creating anything (for read-only commands).
+    pub fn at(root: &Path) -> Store {
+        Store {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn entry(&self, kind: &str, key: &str) -> PathBuf {
+        self.root.join(kind).join(key)
+    }
+
+    pub fn manifest(&self, kind: &str, key: &str) -> Option<Manifest> {
+        let p = self.entry(kind, key).join(MANIFEST);
+        let text = std::fs::read_to_string(&p).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// True iff the entry's manifest is complete and every artifact matches it (size and
+    /// mtime as recorded, else a fresh blake3 equal to the recorded one).
+    pub fn is_complete(&self, kind: &str, key: &str) -> bool {
+        let Some(m) = self.manifest(kind, key) else {
+            return false;
+        };
+        m.key == key && m.kind == kind && self.artifacts_match(&m, false).is_empty()
+    }
+
+    /// The artifacts of `m` that do not match (missing, resized, or with another digest);
+    /// `rehash` re-hashes even when size and mtime are unchanged.
+    pub fn artifacts_match(&self, m: &Manifest, rehash: bool) -> Vec<String> {
+        let dir = self.entry(&m.kind, &m.key);
+        let mut bad = Vec::new();
+        for (name, a) in &m.artifacts {
+            let p = dir.join(name);
+            let ok = match std::fs::metadata(&p) {
+                Err(_) => false,
+                Ok(meta) if meta.len() != a.bytes => false,
+                Ok(meta) if !rehash && mtime_ns(&meta) == a.mtime_ns => true,
+                Ok(_) => digest_file(&p).map(|d| d == a.blake3).unwrap_or(false),
+            };
+            if !ok {
+                bad.push(name.clone());
+            }
+        }
+        bad
+    }
+
+    /// A fresh staging directory for one node's outputs.
+    pub fn stage(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = self
+            .root
+            .join("tmp")
+            .join(format!("{key}.{}.{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        Ok(dir)
+    }
+
+    /// Hashes the staged artifacts, writes the manifest last (fsynced), and renames the
+    /// staging directory into place, replacing any incomplete entry.
+    pub fn commit(&self, staged: &Path, mut manifest: Manifest) -> Result<PathBuf, StoreError> {
+        manifest.artifacts.clear();
+        for e in std::fs::read_dir(staged).map_err(io(staged))? {
+            let e = e.map_err(io(staged))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == MANIFEST || !e.file_type().map_err(io(staged))?.is_file() {
+                continue;
+            }
+            let p = e.path();
+            let f = std::fs::File::open(&p).map_err(io(&p))?;
+            f.sync_all().map_err(io(&p))?;
+            let meta = f.metadata().map_err(io(&p))?;
+            let blake3 = digest_file(&p)?;
+            manifest.artifacts.insert(
+                name,
+                Artifact {
+                    blake3,
+                    bytes: meta.len(),
+                    mtime_ns: mtime_ns(&meta),
+                },
+            );
+        }
+        let mp = staged.join(MANIFEST);
+        let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
+        std::fs::write(&mp, text).map_err(io(&mp))?;
+        std::fs::File::open(&mp)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&mp))?;
+        let dest = self.entry(&manifest.kind, &manifest.key);
+        std::fs::create_dir_all(dest.parent().expect("entry has a parent")).map_err(io(&dest))?;
+        if dest.exists() {
+            // An incomplete or corrupt entry: move it aside first, then remove it.
+            let trash = self.root.join("tmp").join(format!(
+                "trash.{}.{}",
+                manifest.key,
+                std::process::id()
+            ));
+            std::fs::rename(&dest, &trash).map_err(io(&dest))?;
+            std::fs::remove_dir_all(&trash).map_err(io(&trash))?;
+        }
+        std::fs::rename(staged, &dest).map_err(io(&dest))?;
+        Ok(dest)
+    }
+
+    /// Manifests of every complete-looking entry of `kind` (for "what changed" reasons).
+    pub fn manifests(&self, kind: &str) -> Vec<Manifest> {
+        let Ok(rd) = std::fs::read_dir(self.root.join(kind)) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| e.ok())
+            .filter_map(|e| std::fs::read_to_string(e.path().join(MANIFEST)).ok())
+            .filter_map(|t| serde_json::from_str(&t).ok())
+            .collect()
+    }
+}
+
+pub fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("vtab-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn manifest(key: &str) -> Manifest {
+        Manifest {
+            kind: "prep".into(),
+            key: key.into(),
+            label: "prep x".into(),
+            identity: "x".into(),
+            fingerprint: Fingerprint::new("prep"),
+            artifacts: BTreeMap::new(),
+            wall_s: 0.0,
+            host: host_name(),
+            code_version: "test".into(),
+            finished_unix: 0,
+        }
+    }
+
+    #[test]
+    fn commit_then_complete_and_corruption_detected() {
+        let root = tmp("commit");
+        let s = Store::open(&root).unwrap();
+        assert!(root.join("CACHEDIR.TAG").exists());
+        assert!(!s.is_complete("prep", "k1"));
+        let st = s.stage("k1").unwrap();
+        std::fs::write(st.join("a.bin"), b"hello").unwrap();
+        s.commit(&st, manifest("k1")).unwrap();
+        assert!(s.is_complete("prep", "k1"));
+        // Same size, different bytes, newer mtime: detected by re-hashing.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(s.entry("prep", "k1").join("a.bin"), b"hellp").unwrap();
+        assert!(!s.is_complete("prep", "k1"));
+        // Truncation.
+        std::fs::write(s.entry("prep", "k1").join("a.bin"), b"he").unwrap();
+        assert!(!s.is_complete("prep", "k1"));
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
+    fn entry_without_manifest_is_not_complete() {
+        let root = tmp("partial");
+        let s = Store::open(&root).unwrap();
+        std::fs::create_dir_all(s.entry("prep", "k2")).unwrap();
+        std::fs::write(s.entry("prep", "k2").join("a.bin"), b"x").unwrap();
+        assert!(!s.is_complete("prep", "k2"));
+        // A commit replaces the partial entry.
+        let st = s.stage("k2").unwrap();
+        std::fs::write(st.join("a.bin"), b"y").unwrap();
+        s.commit(&st, manifest("k2")).unwrap();
+        assert!(s.is_complete("prep", "k2"));
+        std::fs::remove_dir_all(&root).ok();
+    }
+}

@@ -1,0 +1,283 @@
+//! The suite commands (`run`, `plan`, `report`, `exec`): argument types, loading and
+//! expanding the suite, and the terminal view of scheduler events.
+use anyhow::{Context, Result};
+use orchestrator::graph::{expand, Graph, Node};
+use orchestrator::plan::{plan as make_plan, render, Status};
+use orchestrator::report::{self, RunRecord};
+use orchestrator::sched::{self, Event, Gpus, RunOptions};
+use orchestrator::store::{digest_file, Store};
+use orchestrator::suite::{self, Suite};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct SuiteArgs {
+    /// The suite file.
+    #[arg(default_value = "suite.toml")]
+    suite: PathBuf,
+    /// Override a suite setting, e.g. `--set defaults.epochs=2` (TOML value syntax; repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Store directory (default: the suite's `store`, else results/ next to the suite).
+    #[arg(long)]
+    store: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    s: SuiteArgs,
+    /// GPUs for train/eval nodes: auto (all that libtorch sees), none (CPU), or a list like 0,2.
+    #[arg(long, default_value = "auto")]
+    gpus: String,
+    /// Concurrent nodes per GPU.
+    #[arg(long, default_value_t = 1)]
+    jobs_per_gpu: usize,
+}
+
+#[derive(clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    s: SuiteArgs,
+    /// Print one JSON array (key, kind, label, status, reason, deps per node).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    s: SuiteArgs,
+    /// Format of the table printed on stdout: md, csv or json.
+    #[arg(long, default_value = "md")]
+    format: String,
+}
+
+#[derive(clap::Args)]
+pub struct ExecArgs {
+    key: String,
+    #[arg(long)]
+    store: PathBuf,
+    /// Compute on the CPU even if CUDA is visible.
+    #[arg(long)]
+    cpu: bool,
+}
+
+struct Loaded {
+    suite: Suite,
+    store: Store,
+    graph: Graph,
+    /// Nodes that cannot run, with why (missing dataset root or weights file).
+    blocked: BTreeMap<String, String>,
+}
+
+/// Weights digests, cached per (path, size, mtime) in the store: hashing a ViT-B file on
+/// every `plan` would cost a third of a second.
+fn weights_digest(store_root: &Path) -> impl Fn(&Path) -> std::result::Result<String, String> + '_ {
+    move |p: &Path| {
+        let meta = std::fs::metadata(p)
+            .map_err(|e| format!("`backbone.weights`: {}: {e}", p.display()))?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let id = format!("{}|{}|{mtime}", p.display(), meta.len());
+        let cache = store_root.join("digests.json");
+        let mut map: BTreeMap<String, String> = std::fs::read_to_string(&cache)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        if let Some(d) = map.get(&id) {
+            return Ok(d.clone());
+        }
+        let d = digest_file(p).map_err(|e| e.to_string())?;
+        map.insert(id, d.clone());
+        if std::fs::create_dir_all(store_root).is_ok() {
+            let _ = std::fs::write(
+                &cache,
+                serde_json::to_string_pretty(&map).unwrap_or_default(),
+            );
+        }
+        Ok(d)
+    }
+}
+
+fn load(a: &SuiteArgs) -> Result<Loaded> {
+    let suite = suite::load(&a.suite, &a.sets)?;
+    let root = a.store.clone().unwrap_or_else(|| suite.store.clone());
+    if let Err(e) = suite::check_inputs(&suite) {
+        return Err(e.into());
+    }
+    let graph = expand(&suite, &weights_digest(&root)).map_err(|errors| suite::SuiteError {
+        file: a.suite.clone(),
+        errors,
+    })?;
+    Ok(Loaded {
+        suite,
+        store: Store::at(&root),
+        graph,
+        blocked: BTreeMap::new(),
+    })
+}
+
+pub fn plan(a: PlanArgs) -> Result<i32> {
+    let l = load(&a.s)?;
+    let entries = make_plan(&l.graph, &l.store, &l.blocked);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+    } else {
+        print!("{}", render(&entries));
+    }
+    Ok(if entries.iter().any(|e| e.status == Status::Blocked) {
+        1
+    } else {
+        0
+    })
+}
+
+pub fn run(a: RunArgs) -> Result<i32> {
+    let gpus: Gpus = a.gpus.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let l = load(&a.s)?;
+    let store = Store::open(&l.store.root)
+        .with_context(|| format!("opening the store {}", l.store.root.display()))?;
+    let opts = RunOptions {
+        gpus,
+        jobs_per_gpu: a.jobs_per_gpu,
+        exe: std::env::current_exe()?,
+    };
+    let total = l.graph.len();
+    let mut done = 0usize;
+    let mut view = |e: &Event| match e {
+        Event::Cached { .. } => done += 1,
+        Event::Started { label, slot, .. } => {
+            eprintln!("[{done:>4}/{total}] start  {label}  ({slot})")
+        }
+        Event::Progress { label, data, .. } => {
+            if let Some(ep) = data.get("epoch") {
+                eprintln!(
+                    "            {label}: epoch {ep}/{} loss {:.4} {:.0} img/s",
+                    data["epochs"],
+                    data["loss"].as_f64().unwrap_or(f64::NAN),
+                    data["img_s"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
+        Event::Finished { label, wall_s, .. } => {
+            done += 1;
+            eprintln!("[{done:>4}/{total}] done   {label}  ({wall_s:.1} s)");
+        }
+        Event::Failed {
+            label, log, tail, ..
+        } => {
+            done += 1;
+            eprintln!(
+                "[{done:>4}/{total}] FAILED {label}\n            log: {}\n{}",
+                log.display(),
+                indent(tail)
+            );
+        }
+        Event::Blocked { label, by, .. } => {
+            done += 1;
+            eprintln!("[{done:>4}/{total}] blocked {label}  (input {by} failed)");
+        }
+    };
+    eprintln!(
+        "suite {}: {} runs, {} nodes, store {}",
+        l.suite.name,
+        l.suite.runs.len(),
+        total,
+        store.root.display()
+    );
+    let s = sched::run(&l.graph, &store, &opts, &mut view);
+    eprintln!(
+        "\n{} ran, {} cached, {} failed, {} blocked in {:.1} s",
+        s.ran,
+        s.cached,
+        s.failed.len(),
+        s.blocked,
+        s.wall_s
+    );
+    for (label, log) in &s.failed {
+        eprintln!("  failed: {label}  (log: {})", log.display());
+    }
+    Ok(if s.failed.is_empty() && s.blocked == 0 {
+        0
+    } else {
+        1
+    })
+}
+
+fn indent(s: &str) -> String {
+    s.lines()
+        .map(|l| format!("            | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn exec(a: ExecArgs) -> Result<i32> {
+    orchestrator::exec::exec(&a.store, &a.key, a.cpu).with_context(|| format!("node {}", a.key))?;
+    Ok(0)
+}
+
+/// One record per finished run of the suite (runs not evaluated yet are skipped, and
+/// counted on stderr).
+fn records(l: &Loaded) -> Result<(Vec<RunRecord>, usize)> {
+    let mut out = Vec::new();
+    let mut missing = 0;
+    for (run, key) in &l.graph.runs {
+        if !l.store.is_complete("eval", key) {
+            missing += 1;
+            continue;
+        }
+        let dir = l.store.entry("eval", key);
+        let m: orchestrator::nodes::eval::Metrics =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json"))?)?;
+        let Some(Node::Eval(_)) = l.graph.node(key) else {
+            continue;
+        };
+        out.push(RunRecord {
+            dataset: run.dataset.clone(),
+            method: run.method.name().to_string(),
+            config: run.config.clone(),
+            hparams: run.hparams.clone(),
+            seed: run.seed,
+            top1: m.top1,
+            trainable: m.train.counts.trainable,
+            trainable_pct: m.train.trainable_pct,
+            epoch_time_s: m.train.mean_epoch_s(),
+            peak_mem_mib: m.train.peak_mem_mib(),
+            train_img_s: m.train.mean_img_s(),
+            wall_s: m.train.wall_s,
+            key: key.clone(),
+        });
+    }
+    Ok((out, missing))
+}
+
+pub fn report(a: ReportArgs) -> Result<i32> {
+    let format: report::Format = a
+        .format
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
+    let l = load(&a.s)?;
+    let (recs, missing) = records(&l)?;
+    if missing > 0 {
+        eprintln!("note: {missing} of {} runs are not finished yet and are left out (run `vtab-orch run` first)", l.graph.runs.len());
+    }
+    let dir = &l.store.root;
+    std::fs::create_dir_all(dir)?;
+    let table = report::build_table(&recs);
+    report::write_summary_csv(&recs, &dir.join("summary.csv"))?;
+    report::write_table_csv(&table, &dir.join("table.csv"))?;
+    let plots = report::write_plots(&recs, &dir.join("plots"))?;
+    print!("{}", report::render(&table, &recs, format));
+    eprintln!(
+        "wrote {}, {} and {} plot(s) under {}",
+        dir.join("summary.csv").display(),
+        dir.join("table.csv").display(),
+        plots.len(),
+        dir.join("plots").display()
+    );
+    Ok(0)
+}

@@ -1,0 +1,221 @@
+//! End-to-end: the built `vtab-orch` binary on the default suite.toml with tiny settings
+//! (a 1-block ViT, 1 epoch, small test splits) in a temporary store.
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const TINY: [&str; 11] = [
+    "defaults.epochs=1",
+    "backbone.depth=1",
+    "backbone.embed_dim=24",
+    "backbone.pretrain.images=200",
+    "backbone.pretrain.epochs=1",
+    "datasets.shape.test_images=60",
+    "datasets.count.test_images=60",
+    "datasets.orientation.test_images=60",
+    "methods.vera.r=[4, 8]",
+    "defaults.batch_size=100",
+    "defaults.warmup_epochs=0",
+];
+
+fn suite() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("suite.toml")
+}
+
+fn store(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vtab-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn vtab(cmd: &str, store: &Path, extra: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vtab-orch"));
+    c.arg(cmd).arg(suite()).arg("--store").arg(store);
+    for s in TINY.iter().chain(extra) {
+        c.arg("--set").arg(s);
+    }
+    if cmd == "run" {
+        c.args(["--gpus", "none"]);
+    }
+    c.output().expect("running vtab-orch")
+}
+
+fn ok(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success(),
+        "vtab-orch failed ({}):\n{err}",
+        o.status
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn plan(store: &Path, extra: &[&str]) -> Vec<Value> {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vtab-orch"));
+    c.arg("plan")
+        .arg(suite())
+        .arg("--store")
+        .arg(store)
+        .arg("--json");
+    for s in TINY.iter().chain(extra) {
+        c.arg("--set").arg(s);
+    }
+    let o = c.output().expect("plan");
+    let text = ok(&o);
+    serde_json::from_str::<Value>(&text)
+        .expect("plan --json is JSON")
+        .as_array()
+        .expect("an array")
+        .clone()
+}
+
+fn to_run(p: &[Value]) -> Vec<(String, String)> {
+    p.iter()
+        .filter(|e| e["status"] == "run")
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["label"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn default_suite_runs_caches_and_reruns_only_what_changed() {
+    let st = store("main");
+    // Everything is new at first.
+    let p0 = plan(&st, &[]);
+    assert!(
+        !p0.is_empty()
+            && p0
+                .iter()
+                .all(|e| e["status"] == "run" && e["reason"] == "new")
+    );
+    for e in &p0 {
+        for k in ["key", "kind", "label", "status", "reason", "deps"] {
+            assert!(e.get(k).is_some(), "plan entry lacks `{k}`: {e}");
+        }
+    }
+    let runs = p0.iter().filter(|e| e["kind"] == "eval").count();
+    // 3 datasets x 9 configurations + full on 2, plus 2 more seeds on `shape` (9 + full).
+    assert_eq!(runs, 3 * 9 + 2 + 2 * 10);
+    ok(&vtab("run", &st, &[]));
+
+    // The report: one summary row per run, with the documented columns.
+    let md = ok(&vtab("report", &st, &[]));
+    assert!(md.contains("| lora r=8 a=8 q,v"), "{md}");
+    let csv = std::fs::read_to_string(st.join("summary.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header = lines.next().unwrap();
+    for col in [
+        "dataset",
+        "method",
+        "config",
+        "seed",
+        "top1",
+        "trainable",
+        "trainable_pct",
+        "epoch_time_s",
+        "peak_mem_mib",
+        "train_img_s",
+        "wall_s",
+        "key",
+    ] {
+        assert!(
+            header.split(',').any(|h| h == col),
+            "summary.csv lacks `{col}`: {header}"
+        );
+    }
+    assert_eq!(lines.count(), runs);
+    assert!(st.join("table.csv").exists() && st.join("plots/plot_shape.svg").exists());
+
+    // A second run executes nothing.
+    let again = vtab("run", &st, &[]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success() && err.contains("0 ran"), "{err}");
+    assert!(plan(&st, &[]).iter().all(|e| e["status"] == "cached"));
+
+    // Non-semantic settings change no key: another eval batch size.
+    let keys = |p: &[Value]| {
+        p.iter()
+            .map(|e| e["key"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&plan(&st, &["defaults.eval_batch_size=7"])), keys(&p0));
+
+    // One method's hyper-parameter: exactly that method's train and eval nodes rerun.
+    let p1 = plan(&st, &["methods.ia3.targets=\"v,fc2\""]);
+    let changed = to_run(&p1);
+    let ia3_runs = 3 + 2; // 3 datasets + 2 extra seeds on shape
+    assert_eq!(changed.len(), 2 * ia3_runs, "{changed:?}");
+    assert!(
+        changed.iter().all(|(_, l)| l.contains(" ia3 ")),
+        "{changed:?}"
+    );
+    let train = p1
+        .iter()
+        .find(|e| e["status"] == "run" && e["kind"] == "train")
+        .unwrap();
+    assert!(
+        train["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("changed: method.targets"),
+        "{train}"
+    );
+
+    // A new seed runs only the new nodes (train + eval per configuration on the seed-0 datasets).
+    let p2 = plan(&st, &["seeds=[0, 5]"]);
+    let new = to_run(&p2);
+    assert!(
+        !new.is_empty() && new.iter().all(|(_, l)| l.ends_with(" s5")),
+        "{new:?}"
+    );
+    assert_eq!(
+        new.len(),
+        2 * (2 * 9 + 1),
+        "count and orientation (9 configs) + full on orientation"
+    );
+    std::fs::remove_dir_all(&st).ok();
+}
+
+#[test]
+fn a_failing_node_blocks_only_its_dependants() {
+    let st = store("fail");
+    // A learning rate that diverges: the VeRA train nodes fail (non-finite loss).
+    let o = vtab(
+        "run",
+        &st,
+        &[
+            "methods.vera.lr=1e30",
+            "seeds=[0]",
+            "datasets.shape.seeds=[0]",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("FAILED train shape vera"), "{err}");
+    assert!(err.contains("blocked eval shape vera"), "{err}");
+    assert!(err.contains("log: "), "{err}");
+    // Every sibling finished and is cached.
+    let p = plan(
+        &st,
+        &[
+            "methods.vera.lr=1e30",
+            "seeds=[0]",
+            "datasets.shape.seeds=[0]",
+        ],
+    );
+    let pending: Vec<_> = to_run(&p);
+    assert!(
+        pending.iter().all(|(_, l)| l.contains(" vera ")),
+        "{pending:?}"
+    );
+    assert_eq!(
+        pending.len(),
+        2 * 2 * 3,
+        "2 VeRA ranks x 3 datasets x (train, eval)"
+    );
+    std::fs::remove_dir_all(&st).ok();
+}
