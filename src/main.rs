@@ -33,6 +33,8 @@ enum Cmd {
     /// Run one node (used by the scheduler in child processes).
     #[command(hide = true)]
     Exec(cli::ExecArgs),
+    /// Orchestration overhead benchmark: plan and fully cached run of a generated suite.
+    Overhead(cli::OverheadArgs),
     /// Print libtorch, CUDA and device information.
     Env,
     /// Train-step benchmark of every adaptation method on random data.
@@ -167,6 +169,7 @@ fn main() {
         Cmd::Plan(a) => cli::plan(a),
         Cmd::Report(a) => cli::report(a),
         Cmd::Exec(a) => cli::exec(a),
+        Cmd::Overhead(a) => cli::overhead(a),
         Cmd::Env => {
             env();
             Ok(0)

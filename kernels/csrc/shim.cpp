@@ -3,6 +3,7 @@
 // Every entry point catches C++ exceptions and returns them as a message: nothing unwinds
 // into Rust.
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/DeviceAccelerator.h>
 #include <ATen/autocast_mode.h>
 #include <cstring>
@@ -92,6 +93,17 @@ char *vtab_fused_adamw(at::Tensor **params, at::Tensor **grads, at::Tensor **exp
     std::vector<at::Tensor> none;
     at::_fused_adamw_(p, g, m, v, none, s, lr, beta1, beta2, weight_decay, eps,
                       /*amsgrad=*/false, /*maximize=*/false);
+    return nullptr;
+  } catch (const std::exception &e) {
+    return dup_message(e);
+  }
+}
+
+// torch.backends.cuda.matmul.allow_tf32 / torch.backends.cudnn.allow_tf32.
+char *vtab_set_tf32(int enabled) {
+  try {
+    at::globalContext().setAllowTF32CuBLAS(enabled != 0);
+    at::globalContext().setAllowTF32CuDNN(enabled != 0);
     return nullptr;
   } catch (const std::exception &e) {
     return dup_message(e);

@@ -37,6 +37,7 @@ extern "C" {
         eps: f64,
     ) -> *mut c_char;
     fn vtab_clear_grad(t: CTensor) -> *mut c_char;
+    fn vtab_set_tf32(enabled: c_int) -> *mut c_char;
 }
 
 fn check(msg: *mut c_char) -> Result<()> {
@@ -191,6 +192,12 @@ pub(crate) fn fused_adamw(
             eps,
         )
     })
+}
+
+/// Lets fp32 matmuls and convolutions on CUDA use TF32 tensor cores
+/// (`torch.backends.cuda.matmul.allow_tf32 = True`, and the cuDNN flag). Process-wide.
+pub fn set_tf32(enabled: bool) -> Result<()> {
+    check(unsafe { vtab_set_tf32(c_int::from(enabled)) })
 }
 
 /// `param.grad = None`.

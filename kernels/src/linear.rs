@@ -50,15 +50,20 @@ impl Linear {
     }
 }
 
-/// A parameter-efficient change to one linear layer. `on_input` runs before the base
-/// layer, `on_output` after it; merging folds the change into the base weights so that
-/// the plain layer computes the same function.
+/// A parameter-efficient change to one linear layer: `on_input` runs before the base
+/// layer, `delta` is added to its output (on some output rows), `on_output` runs last.
+/// Merging folds the change into the base weights so that the plain layer computes the
+/// same function.
 pub trait Adapter: Send {
     fn on_input(&self, x: Tensor) -> Tensor {
         x
     }
-    /// `x` is the layer input (before `on_input`), `y` the base output.
-    fn on_output(&self, _x: &Tensor, y: Tensor, _train: bool) -> Tensor {
+    /// An additive change computed from the layer input `x` (before `on_input`): LoRA, VeRA.
+    fn delta(&self, _x: &Tensor, _train: bool) -> Option<(Tensor, OutRange)> {
+        None
+    }
+    /// A change to the output after the deltas are added: IA3's output scaling.
+    fn on_output(&self, y: Tensor) -> Tensor {
         y
     }
     /// Folds the adapter into `base` (in place, without autograd).
@@ -95,8 +100,16 @@ impl AdaptedLinear {
             h = a.on_input(h);
         }
         let mut y = self.base.forward(&h);
+        let deltas: Vec<(Tensor, OutRange)> = self
+            .adapters
+            .iter()
+            .filter_map(|a| a.delta(x, train))
+            .collect();
+        if !deltas.is_empty() {
+            y = y + combine_deltas(deltas, self.base.out_features());
+        }
         for a in &self.adapters {
-            y = a.on_output(x, y, train);
+            y = a.on_output(y);
         }
         y
     }
@@ -136,18 +149,39 @@ impl AdaptedLinear {
 /// `None` is the whole output.
 pub type OutRange = Option<(i64, i64)>;
 
-/// y + delta on the output columns `range` (additive adapters: LoRA, VeRA).
-pub(crate) fn add_on_range(y: Tensor, delta: &Tensor, range: OutRange) -> Tensor {
-    match range {
-        None => y + delta,
-        Some((start, len)) => {
-            // In-place add on a view of a non-leaf: autograd records it (add needs no saved
-            // values), and it avoids materialising a zero-padded delta of the full width.
-            let y = y;
-            let _ = y.narrow(-1, start, len).g_add_(delta);
-            y
-        }
+/// One full-width delta from per-range deltas (q and v slices of a qkv): the slices in
+/// order with zeros between them, joined by one `cat`. Its backward is free (views of the
+/// incoming gradient), unlike an in-place add into a slice of the output, whose backward
+/// copies the whole gradient once per slice.
+fn combine_deltas(mut deltas: Vec<(Tensor, OutRange)>, out_features: i64) -> Tensor {
+    if deltas.len() == 1 && deltas[0].1.is_none() {
+        return deltas.pop().expect("one delta").0;
     }
+    deltas.sort_by_key(|(_, r)| r.map_or(0, |r| r.0));
+    let like = &deltas[0].0;
+    let mut shape = like.size();
+    let zeros = |shape: &mut Vec<i64>, n: i64| {
+        *shape.last_mut().expect("delta has a feature dim") = n;
+        Tensor::zeros(shape.as_slice(), (like.kind(), like.device()))
+    };
+    let mut parts = Vec::new();
+    let mut at = 0;
+    for (d, r) in &deltas {
+        let (start, len) = r.unwrap_or((0, out_features));
+        assert!(
+            start >= at,
+            "overlapping adapter ranges (validated away by Method::validate)"
+        );
+        if start > at {
+            parts.push(zeros(&mut shape, start - at));
+        }
+        parts.push(d.shallow_clone());
+        at = start + len;
+    }
+    if at < out_features {
+        parts.push(zeros(&mut shape, out_features - at));
+    }
+    Tensor::cat(&parts, -1)
 }
 
 /// W += sign * delta_w on the output rows `range` (merge / unmerge of additive adapters).

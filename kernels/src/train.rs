@@ -18,6 +18,9 @@ pub enum Precision {
     Fp32,
     /// bf16 autocast (as `torch.autocast(dtype=torch.bfloat16)`).
     Bf16,
+    /// fp32 tensors, TF32 tensor-core matmuls on CUDA (what PyTorch code that sets
+    /// `allow_tf32 = True` calls fp32); plain fp32 on the CPU.
+    Tf32,
 }
 
 impl Precision {
@@ -44,7 +47,10 @@ impl std::str::FromStr for Precision {
             "auto" => Ok(Precision::Auto),
             "fp32" => Ok(Precision::Fp32),
             "bf16" => Ok(Precision::Bf16),
-            other => Err(format!("unknown precision `{other}` (auto, fp32, bf16)")),
+            "tf32" => Ok(Precision::Tf32),
+            other => Err(format!(
+                "unknown precision `{other}` (auto, fp32, bf16, tf32)"
+            )),
         }
     }
 }

@@ -52,19 +52,24 @@ impl Ia3 {
 }
 
 impl Adapter for Ia3 {
+    // The vector is cast to the activations' dtype (bf16 under autocast) so the product
+    // stays in that dtype: multiplying by an fp32 vector would promote a [B, N, 3D] qkv
+    // output to fp32 and cost extra passes over it. In fp32 nothing changes.
     fn on_input(&self, x: Tensor) -> Tensor {
         if self.on_input {
-            x * self.vector()
+            let v = self.vector().to_kind(x.kind());
+            x * v
         } else {
             x
         }
     }
 
-    fn on_output(&self, _x: &Tensor, y: Tensor, _train: bool) -> Tensor {
+    fn on_output(&self, y: Tensor) -> Tensor {
         if self.on_input {
             y
         } else {
-            y * self.vector()
+            let v = self.vector().to_kind(y.kind());
+            y * v
         }
     }
 

@@ -1,6 +1,6 @@
 //! LoRA (Hu et al. 2021) with peft's semantics: y = W0 x + b + s * B A drop(x),
 //! A kaiming-uniform(a = sqrt 5), B zeros, s = alpha / r (rsLoRA: alpha / sqrt r).
-use crate::linear::{add_on_range, add_weight_on_range, Adapter, Linear, OutRange, Role, Visit};
+use crate::linear::{add_weight_on_range, Adapter, Linear, OutRange, Role, Visit};
 use tch::{Device, Kind, Tensor};
 
 pub struct Lora {
@@ -58,17 +58,15 @@ impl Lora {
 }
 
 impl Adapter for Lora {
-    fn on_output(&self, x: &Tensor, y: Tensor, train: bool) -> Tensor {
+    fn delta(&self, x: &Tensor, train: bool) -> Option<(Tensor, OutRange)> {
         let x = if self.dropout > 0.0 && train {
             x.dropout(self.dropout, true)
         } else {
             x.shallow_clone()
         };
-        let delta = x
-            .linear::<&Tensor>(&self.a, None)
-            .linear::<&Tensor>(&self.b, None)
-            * self.scale;
-        add_on_range(y, &delta, self.range)
+        // The scale is applied to the rank-r activations, the smallest tensor on the path.
+        let h = x.linear::<&Tensor>(&self.a, None) * self.scale;
+        Some((h.linear::<&Tensor>(&self.b, None), self.range))
     }
 
     fn merge(&self, base: &mut Linear) {

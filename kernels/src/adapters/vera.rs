@@ -2,7 +2,7 @@
 //! B [max_out, r] shared by every adapted layer and sliced per layer; trainable
 //! lambda_d [r] (init d_initial) and lambda_b [out] (zeros);
 //! y = W0 x + b + lambda_b * B (lambda_d * A drop(x)).
-use crate::linear::{add_on_range, add_weight_on_range, Adapter, Linear, OutRange, Role, Visit};
+use crate::linear::{add_weight_on_range, Adapter, Linear, OutRange, Role, Visit};
 use tch::{Device, Kind, Tensor};
 
 /// The shared frozen projections.
@@ -78,15 +78,19 @@ impl Vera {
 }
 
 impl Adapter for Vera {
-    fn on_output(&self, x: &Tensor, y: Tensor, train: bool) -> Tensor {
+    fn delta(&self, x: &Tensor, train: bool) -> Option<(Tensor, OutRange)> {
         let x = if self.dropout > 0.0 && train {
             x.dropout(self.dropout, true)
         } else {
             x.shallow_clone()
         };
-        let h = x.linear::<&Tensor>(&self.a, None) * &self.lambda_d;
-        let delta = h.linear::<&Tensor>(&self.b, None) * &self.lambda_b;
-        add_on_range(y, &delta, self.range)
+        // Lambdas are cast to the activations' dtype so a bf16 path stays bf16 (peft lets
+        // the fp32 lambda_b promote the whole layer output to fp32); in fp32 nothing changes.
+        let h = x.linear::<&Tensor>(&self.a, None);
+        let h = &h * self.lambda_d.to_kind(h.kind());
+        let delta = h.linear::<&Tensor>(&self.b, None);
+        let delta = &delta * self.lambda_b.to_kind(delta.kind());
+        Some((delta, self.range))
     }
 
     fn merge(&self, base: &mut Linear) {
