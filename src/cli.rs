@@ -93,7 +93,8 @@ fn weights_digest(store_root: &Path) -> impl Fn(&Path) -> std::result::Result<St
         }
         let d = digest_file(p).map_err(|e| e.to_string())?;
         map.insert(id, d.clone());
-        if std::fs::create_dir_all(store_root).is_ok() {
+        // Only into an existing store: planning an invalid suite must write nothing.
+        if store_root.is_dir() {
             let _ = std::fs::write(
                 &cache,
                 serde_json::to_string_pretty(&map).unwrap_or_default(),
@@ -154,6 +155,9 @@ pub fn run(a: RunArgs) -> Result<i32> {
             eprintln!("[{done:>4}/{total}] start  {label}  ({slot})")
         }
         Event::Progress { label, data, .. } => {
+            if let Some(ep) = data.get("resumed_after_epoch") {
+                eprintln!("            {label}: resumed from the checkpoint of epoch {ep}");
+            }
             if let Some(ep) = data.get("epoch") {
                 eprintln!(
                     "            {label}: epoch {ep}/{} loss {:.4} {:.0} img/s",
@@ -374,5 +378,93 @@ pub fn overhead(a: OverheadArgs) -> Result<i32> {
         s.cached, s.ran
     );
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(0)
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// The store to check.
+    #[arg(default_value = "results")]
+    store: PathBuf,
+}
+
+/// Re-hashes every artifact in the store; corrupt or incomplete entries are moved to
+/// `<store>/quarantine/` and will be recomputed by the next run. Exit 1 if any was found.
+pub fn verify(a: VerifyArgs) -> Result<i32> {
+    let store = Store::at(&a.store);
+    let entries = store.entries().len();
+    let bad = store.verify();
+    for (entry, why) in &bad {
+        println!("CORRUPT {entry}: {why}");
+    }
+    println!("{entries} entries checked, {} corrupt", bad.len());
+    Ok(if bad.is_empty() { 0 } else { 1 })
+}
+
+#[derive(clap::Args)]
+pub struct GcArgs {
+    /// Suites whose nodes are kept (default: suite.toml).
+    #[arg(default_value = "suite.toml")]
+    suites: Vec<PathBuf>,
+    /// The store (default: the first suite's).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Delete; without it, only list.
+    #[arg(long)]
+    yes: bool,
+}
+
+/// Store entries that none of the given suites reaches; listed, and deleted with `--yes`.
+pub fn gc(a: GcArgs) -> Result<i32> {
+    let mut keep = std::collections::BTreeSet::new();
+    let mut root = a.store.clone();
+    for path in &a.suites {
+        let l = load(&SuiteArgs {
+            suite: path.clone(),
+            sets: Vec::new(),
+            store: a.store.clone(),
+        })?;
+        root.get_or_insert(l.store.root.clone());
+        keep.extend(l.graph.topo());
+    }
+    let store = Store::at(&root.expect("at least one suite"));
+    let mut freed = 0u64;
+    let mut n = 0;
+    for (kind, key) in store.entries() {
+        if keep.contains(&key) {
+            continue;
+        }
+        let dir = store.entry(&kind, &key);
+        let label = store
+            .manifest(&kind, &key)
+            .map(|m| m.label)
+            .unwrap_or_else(|| "(incomplete)".into());
+        let bytes: u64 = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        freed += bytes;
+        n += 1;
+        println!(
+            "{} {kind}/{key} {label} ({:.1} MB)",
+            if a.yes { "deleted" } else { "unreachable" },
+            bytes as f64 / 1e6
+        );
+        if a.yes {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("deleting {}", dir.display()))?;
+        }
+    }
+    let verb = if a.yes {
+        "deleted"
+    } else {
+        "would free (rerun with --yes to delete)"
+    };
+    println!(
+        "{n} unreachable entries, {:.1} MB {verb}",
+        freed as f64 / 1e6
+    );
     Ok(0)
 }

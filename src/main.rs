@@ -30,6 +30,10 @@ enum Cmd {
     Plan(cli::PlanArgs),
     /// Tables (CSV, Markdown, JSON) and plots from a suite's finished runs.
     Report(cli::ReportArgs),
+    /// Re-hash every artifact of a store; quarantine corrupt entries so they are recomputed.
+    Verify(cli::VerifyArgs),
+    /// List (and with --yes delete) store entries that no given suite reaches.
+    Gc(cli::GcArgs),
     /// Run one node (used by the scheduler in child processes).
     #[command(hide = true)]
     Exec(cli::ExecArgs),
@@ -170,6 +174,8 @@ fn main() {
         Cmd::Report(a) => cli::report(a),
         Cmd::Exec(a) => cli::exec(a),
         Cmd::Overhead(a) => cli::overhead(a),
+        Cmd::Verify(a) => cli::verify(a),
+        Cmd::Gc(a) => cli::gc(a),
         Cmd::Env => {
             env();
             Ok(0)

@@ -195,7 +195,10 @@ fn a_failing_node_blocks_only_its_dependants() {
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("FAILED train shape vera"), "{err}");
+    assert!(
+        err.contains("FAILED train shape vera") && err.contains("non-finite loss in epoch 1, step"),
+        "{err}"
+    );
     assert!(err.contains("blocked eval shape vera"), "{err}");
     assert!(err.contains("log: "), "{err}");
     // Every sibling finished and is cached.

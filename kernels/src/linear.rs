@@ -106,7 +106,7 @@ impl AdaptedLinear {
             .filter_map(|a| a.delta(x, train))
             .collect();
         if !deltas.is_empty() {
-            y = y + combine_deltas(deltas, self.base.out_features());
+            y += combine_deltas(deltas, self.base.out_features());
         }
         for a in &self.adapters {
             y = a.on_output(y);

@@ -39,6 +39,7 @@ pub fn no_weight_decay(name: &str, t: &Tensor) -> bool {
 }
 
 struct Group {
+    names: Vec<String>,
     params: Vec<Tensor>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
@@ -58,11 +59,11 @@ impl AdamW {
     pub fn new(named: &[(String, Tensor)], cfg: AdamWConfig) -> Self {
         let mut groups = Vec::new();
         for decay in [true, false] {
-            let params: Vec<Tensor> = named
+            let (names, params): (Vec<String>, Vec<Tensor>) = named
                 .iter()
                 .filter(|(n, t)| no_weight_decay(n, t) != decay)
-                .map(|(_, t)| t.shallow_clone())
-                .collect();
+                .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                .unzip();
             let Some(first) = params.first() else {
                 continue;
             };
@@ -72,6 +73,7 @@ impl AdamW {
                 exp_avg_sq: params.iter().map(|p| p.zeros_like().detach()).collect(),
                 step: Tensor::zeros([], (Kind::Float, device)),
                 weight_decay: if decay { cfg.weight_decay } else { 0.0 },
+                names,
                 params,
             });
         }
@@ -114,6 +116,35 @@ impl AdamW {
             .iter()
             .flat_map(|g| &g.params)
             .try_for_each(clear_grad)
+    }
+
+    /// The optimiser state by name (`exp_avg.<param>`, `exp_avg_sq.<param>`,
+    /// `step.<group>`), for checkpoints. Handles share storage with the live state.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (gi, g) in self.groups.iter().enumerate() {
+            for (j, n) in g.names.iter().enumerate() {
+                out.push((format!("exp_avg.{n}"), g.exp_avg[j].shallow_clone()));
+                out.push((format!("exp_avg_sq.{n}"), g.exp_avg_sq[j].shallow_clone()));
+            }
+            out.push((format!("step.{gi}"), g.step.shallow_clone()));
+        }
+        out
+    }
+
+    /// Restores a state written by `state` (same parameters); names a missing entry.
+    pub fn load_state(&mut self, saved: &std::collections::BTreeMap<String, Tensor>) -> Result<()> {
+        tch::no_grad(|| {
+            for (name, mut t) in self.state() {
+                let src = saved.get(&name).ok_or_else(|| {
+                    crate::Error::Config(format!(
+                        "optimiser state `{name}` missing from the checkpoint"
+                    ))
+                })?;
+                t.copy_(src);
+            }
+            Ok(())
+        })
     }
 
     /// All trainable tensors, decay group first.

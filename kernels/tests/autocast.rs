@@ -12,16 +12,41 @@ use tch::{Device, Kind, Tensor};
 fn adapters_stay_in_bf16_under_autocast() {
     use Target::*;
     let methods = [
-        Method::Lora(LoraSpec { r: 4, alpha: 8.0, dropout: 0.0, rslora: false, targets: vec![Q, V, Fc2] }),
-        Method::Vera(VeraSpec { r: 8, d_initial: 0.1, projection_prng_key: 0, dropout: 0.0, targets: vec![Qkv, Fc1, Fc2] }),
-        Method::Ia3(Ia3Spec { targets: vec![K, V, Fc2] }),
-        Method::Ia3(Ia3Spec { targets: vec![Qkv, Fc1] }),
+        Method::Lora(LoraSpec {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            rslora: false,
+            targets: vec![Q, V, Fc2],
+        }),
+        Method::Vera(VeraSpec {
+            r: 8,
+            d_initial: 0.1,
+            projection_prng_key: 0,
+            dropout: 0.0,
+            targets: vec![Qkv, Fc1, Fc2],
+        }),
+        Method::Ia3(Ia3Spec {
+            targets: vec![K, V, Fc2],
+        }),
+        Method::Ia3(Ia3Spec {
+            targets: vec![Qkv, Fc1],
+        }),
     ];
     let (x, _) = vit_a_io();
     for m in methods {
         let mut model = AdaptedVit::new(vit_a(), &m, Some(10), 0).unwrap();
-        // Non-trivial adapter values.
-        tch::no_grad(|| model.trainable().iter().for_each(|(_, t)| t.shallow_clone().copy_(&(Tensor::rand_like(t) * 0.2 + 0.9))));
+        // Non-trivial adapter values of a trained adapter's size (IA3 vectors near 1,
+        // everything else small; the head is left as initialised).
+        tch::no_grad(|| {
+            for (name, t) in model.trainable() {
+                let base = if name.ends_with("ia3_l") { 1.0 } else { 0.0 };
+                if !name.starts_with("head.") {
+                    t.shallow_clone()
+                        .copy_(&((Tensor::rand_like(t) - 0.5) * 0.2 + base));
+                }
+            }
+        });
         let _ = &mut model;
         let tokens = Tensor::randn([2, 17, 48], (Kind::Float, Device::Cpu));
         let fp32 = tch::no_grad(|| model.forward(&x, false));
@@ -32,11 +57,27 @@ fn adapters_stay_in_bf16_under_autocast() {
             let fc2 = b.mlp.fc2.forward(&b.mlp.fc1.forward(&tokens, false), false);
             (qkv, fc2, model.forward(&x, false))
         });
-        assert_eq!(qkv.kind(), Kind::BFloat16, "{}: qkv output promoted to {:?}", m.label(), qkv.kind());
-        assert_eq!(fc2.kind(), Kind::BFloat16, "{}: fc2 output promoted to {:?}", m.label(), fc2.kind());
+        assert_eq!(
+            qkv.kind(),
+            Kind::BFloat16,
+            "{}: qkv output promoted to {:?}",
+            m.label(),
+            qkv.kind()
+        );
+        assert_eq!(
+            fc2.kind(),
+            Kind::BFloat16,
+            "{}: fc2 output promoted to {:?}",
+            m.label(),
+            fc2.kind()
+        );
         let err = max_abs_diff(&bf16.to_kind(Kind::Float), &fp32);
         let scale = fp32.abs().max().double_value(&[]);
-        assert!(err <= 0.05 * scale, "{}: bf16 logits off by {err} (logit scale {scale})", m.label());
+        assert!(
+            err <= 0.05 * scale,
+            "{}: bf16 logits off by {err} (logit scale {scale})",
+            m.label()
+        );
     }
 }
 
@@ -45,13 +86,34 @@ fn adapters_stay_in_bf16_under_autocast() {
 #[test]
 fn slice_lora_gradients_match_block_lora() {
     let d = 48;
-    let spec = |targets| Method::Lora(LoraSpec { r: 2, alpha: 2.0, dropout: 0.0, rslora: false, targets });
+    let spec = |targets| {
+        Method::Lora(LoraSpec {
+            r: 2,
+            alpha: 2.0,
+            dropout: 0.0,
+            rslora: false,
+            targets,
+        })
+    };
     let slices = AdaptedVit::new(vit_a(), &spec(vec![Target::Q, Target::V]), Some(10), 0).unwrap();
     let full = AdaptedVit::new(vit_a(), &spec(vec![Target::Qkv]), Some(10), 0).unwrap();
     let x = Tensor::randn([3, 5, d], (Kind::Float, Device::Cpu));
-    let get = |m: &AdaptedVit, name: &str| m.trainable().iter().find(|(n, _)| n == name).unwrap().1.shallow_clone();
-    let (aq, bq) = (get(&slices, "blocks.0.attn.q.lora_A.weight"), get(&slices, "blocks.0.attn.q.lora_B.weight"));
-    let (av, bv) = (get(&slices, "blocks.0.attn.v.lora_A.weight"), get(&slices, "blocks.0.attn.v.lora_B.weight"));
+    let get = |m: &AdaptedVit, name: &str| {
+        m.trainable()
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1
+            .shallow_clone()
+    };
+    let (aq, bq) = (
+        get(&slices, "blocks.0.attn.q.lora_A.weight"),
+        get(&slices, "blocks.0.attn.q.lora_B.weight"),
+    );
+    let (av, bv) = (
+        get(&slices, "blocks.0.attn.v.lora_A.weight"),
+        get(&slices, "blocks.0.attn.v.lora_B.weight"),
+    );
     tch::no_grad(|| {
         bq.shallow_clone().copy_(&Tensor::randn_like(&bq));
         bv.shallow_clone().copy_(&Tensor::randn_like(&bv));
@@ -59,8 +121,15 @@ fn slice_lora_gradients_match_block_lora() {
     // Full-width equivalent: A = [A_q; A_v] (2r x d), B = [[B_q, 0], [0, 0], [0, B_v]].
     let a = Tensor::cat(&[&aq, &av], 0).detach().set_requires_grad(true);
     let z = Tensor::zeros([d, 2], (Kind::Float, Device::Cpu));
-    let b = Tensor::cat(&[Tensor::cat(&[&bq.detach(), &z], 1), Tensor::cat(&[&z, &z], 1), Tensor::cat(&[&z, &bv.detach()], 1)], 0)
-        .set_requires_grad(true);
+    let b = Tensor::cat(
+        &[
+            Tensor::cat(&[&bq.detach(), &z], 1),
+            Tensor::cat(&[&z, &z], 1),
+            Tensor::cat(&[&z, &bv.detach()], 1),
+        ],
+        0,
+    )
+    .set_requires_grad(true);
     let base = &full.vit.blocks[0].attn.qkv.base;
     let y_ref = base.forward(&x) + x.linear::<Tensor>(&a, None).linear::<Tensor>(&b, None);
     let y = slices.vit.blocks[0].attn.qkv.forward(&x, true);
@@ -72,6 +141,16 @@ fn slice_lora_gradients_match_block_lora() {
     let gb = b.grad();
     assert_close("dA_q", &aq.grad(), &ga.narrow(0, 0, 2), 1e-4);
     assert_close("dA_v", &av.grad(), &ga.narrow(0, 2, 2), 1e-4);
-    assert_close("dB_q", &bq.grad(), &gb.narrow(0, 0, d).narrow(1, 0, 2), 1e-4);
-    assert_close("dB_v", &bv.grad(), &gb.narrow(0, 2 * d, d).narrow(1, 2, 2), 1e-4);
+    assert_close(
+        "dB_q",
+        &bq.grad(),
+        &gb.narrow(0, 0, d).narrow(1, 0, 2),
+        1e-4,
+    );
+    assert_close(
+        "dB_v",
+        &bv.grad(),
+        &gb.narrow(0, 2 * d, d).narrow(1, 2, 2),
+        1e-4,
+    );
 }

@@ -38,6 +38,12 @@ fn input(store: &Store, kind: &str, key: &str) -> nodes::Result<(Node, PathBuf)>
     Ok((read_node(&dir.join(SPEC))?, dir))
 }
 
+/// Where a training node keeps its epoch checkpoints: outside the store entry (which
+/// appears only when finished), keyed by the node key, removed after the commit.
+pub fn checkpoints(store: &Store, key: &str) -> PathBuf {
+    store.root.join("checkpoints").join(key)
+}
+
 pub fn exec(store_root: &Path, key: &str, cpu: bool) -> nodes::Result<()> {
     let store = Store::open(store_root)?;
     let node = read_node(&spec_path(&store, key))?;
@@ -62,7 +68,15 @@ pub fn exec(store_root: &Path, key: &str, cpu: bool) -> nodes::Result<()> {
             let Node::Build(b) = bn else {
                 return Err(NodeError::Failed("build input is not a build node".into()));
             };
-            nodes::train::run(t, &b, &prep_dir, &build_dir, &staged, device)?;
+            nodes::train::run(
+                t,
+                &b,
+                &prep_dir,
+                &build_dir,
+                &staged,
+                &checkpoints(&store, key),
+                device,
+            )?;
         }
         Node::Eval(e) => {
             let (tn, train_dir) = input(&store, "train", &e.train)?;
@@ -102,5 +116,6 @@ pub fn exec(store_root: &Path, key: &str, cpu: bool) -> nodes::Result<()> {
     };
     store.commit(&staged, manifest)?;
     let _ = std::fs::remove_file(spec_path(&store, key));
+    let _ = std::fs::remove_dir_all(checkpoints(&store, key));
     Ok(())
 }

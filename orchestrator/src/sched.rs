@@ -107,6 +107,58 @@ enum Msg {
     Exit(String, bool),
 }
 
+/// Per-node leases: `<store>/leases/<key>` holds "<pid> <host>" of the run executing the
+/// node, created exclusively, so two runs on one store never execute a node twice. A lease
+/// whose process is gone (same host, no such pid) is stale and taken over.
+fn lease_path(store: &Store, key: &str) -> PathBuf {
+    store.root.join("leases").join(key)
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The live holder of a node's lease ("pid host"), if any; removes a stale lease.
+fn lease_holder(store: &Store, key: &str) -> Option<String> {
+    let p = lease_path(store, key);
+    let text = std::fs::read_to_string(&p).ok()?;
+    let mut it = text.split_whitespace();
+    let (pid, host) = (
+        it.next().and_then(|x| x.parse::<u32>().ok()),
+        it.next().unwrap_or(""),
+    );
+    match pid {
+        Some(pid) if pid == std::process::id() && host == crate::store::host_name() => None,
+        Some(pid) if host == crate::store::host_name() && !pid_alive(pid) => {
+            let _ = std::fs::remove_file(&p);
+            None
+        }
+        _ => Some(text),
+    }
+}
+
+/// Takes the node's lease for this process; false if another live run holds it.
+fn take_lease(store: &Store, key: &str) -> bool {
+    let p = lease_path(store, key);
+    let _ = std::fs::create_dir_all(p.parent().expect("leases dir"));
+    let me = format!("{} {}", std::process::id(), crate::store::host_name());
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&p)
+    {
+        Ok(mut f) => {
+            use std::io::Write;
+            f.write_all(me.as_bytes()).is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+fn release_lease(store: &Store, key: &str) {
+    let _ = std::fs::remove_file(lease_path(store, key));
+}
+
 /// Slot names for device nodes: `gpu<i>` repeated `jobs_per_gpu` times, or one `cpu` slot.
 fn device_slots(o: &RunOptions) -> Vec<(String, Option<usize>)> {
     let gpus: Vec<usize> = match &o.gpus {
@@ -124,6 +176,7 @@ fn device_slots(o: &RunOptions) -> Vec<(String, Option<usize>)> {
 
 pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&Event)) -> Summary {
     let t0 = Instant::now();
+    store.clean_stale_staging();
     let mut summary = Summary::default();
     let order = g.topo();
     let mut state: BTreeMap<String, State> = BTreeMap::new();
@@ -150,6 +203,7 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
     let _ = std::fs::create_dir_all(&logs);
     loop {
         // Block what cannot run; start what can.
+        let mut waiting = false;
         for key in &order {
             if state[key] != State::Pending {
                 continue;
@@ -172,6 +226,20 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
             if !deps.iter().all(|d| state[d] == State::Done) {
                 continue;
             }
+            // Another run may have finished it meanwhile, or be running it now.
+            if store.is_complete(node.kind(), key) {
+                state.insert(key.clone(), State::Done);
+                summary.cached += 1;
+                on_event(&Event::Cached {
+                    key: key.clone(),
+                    label: node.label(),
+                });
+                continue;
+            }
+            if lease_holder(store, key).is_some() {
+                waiting = true;
+                continue;
+            }
             let slot = if node.uses_device() {
                 match free_slots.iter().next().copied() {
                     Some(s) => Some(s),
@@ -182,6 +250,10 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
             } else {
                 None
             };
+            if !take_lease(store, key) {
+                waiting = true;
+                continue;
+            }
             let log = logs.join(format!("{key}.log"));
             let spawned = write_spec(store, key, node)
                 .map_err(|e| e.to_string())
@@ -207,6 +279,7 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
                 });
             match spawned {
                 Err(e) => {
+                    release_lease(store, key);
                     state.insert(key.clone(), State::Failed);
                     summary.failed.push((node.label(), log.clone()));
                     on_event(&Event::Failed {
@@ -246,16 +319,26 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
                 }
             }
         }
-        if running.is_empty() {
+        if running.is_empty() && !waiting {
             break;
         }
-        match rx.recv().expect("a running child always reports") {
+        // Nodes leased by another run are polled twice a second.
+        let msg = if waiting {
+            match rx.recv_timeout(std::time::Duration::from_millis(500)) {
+                Ok(m) => m,
+                Err(_) => continue,
+            }
+        } else {
+            rx.recv().expect("a running child always reports")
+        };
+        match msg {
             Msg::Line(key, line) => {
                 let label = g.node(&key).map(|n| n.label()).unwrap_or_default();
                 let data = serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
                 on_event(&Event::Progress { key, label, data });
             }
             Msg::Exit(key, ok) => {
+                release_lease(store, &key);
                 let node = g.node(&key).expect("node");
                 let (slot, started) = running.remove(&key).expect("was running");
                 match slot {
@@ -284,6 +367,11 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
                         .rev()
                         .collect::<Vec<_>>()
                         .join("\n");
+                    let tail = if text.contains("out of memory") {
+                        format!("{tail}\nhint: the GPU ran out of memory; lower --jobs-per-gpu or the suite's batch_size")
+                    } else {
+                        tail
+                    };
                     state.insert(key.clone(), State::Failed);
                     summary.failed.push((node.label(), log.clone()));
                     on_event(&Event::Failed {

@@ -52,6 +52,7 @@ pub struct Manifest {
 }
 
 pub const MANIFEST: &str = "manifest.json";
+pub const KINDS: [&str; 4] = ["prep", "build", "train", "eval"];
 
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -198,6 +199,76 @@ impl Store {
         Ok(dest)
     }
 
+    /// Removes staging directories left by processes that no longer exist (a run killed
+    /// while a node was writing). Names are `<key>.<pid>.<nanos>` and `trash.<key>.<pid>`.
+    pub fn clean_stale_staging(&self) {
+        let Ok(rd) = std::fs::read_dir(self.root.join("tmp")) else {
+            return;
+        };
+        for e in rd.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let parts: Vec<&str> = name.split('.').collect();
+            let pid = if name.starts_with("trash.") {
+                parts.last()
+            } else {
+                parts.get(parts.len().saturating_sub(2))
+            };
+            if let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) {
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+
+    /// Every entry directory of the store: (kind, key).
+    pub fn entries(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for kind in KINDS {
+            if let Ok(rd) = std::fs::read_dir(self.root.join(kind)) {
+                for e in rd.filter_map(|e| e.ok()) {
+                    out.push((
+                        kind.to_string(),
+                        e.file_name().to_string_lossy().into_owned(),
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Re-hashes every artifact. Entries that do not match their manifest (or have none) are
+    /// moved to `<store>/quarantine/` so that the next run recomputes exactly those nodes.
+    /// Returns (entry, what is wrong) for each.
+    pub fn verify(&self) -> Vec<(String, String)> {
+        let mut bad = Vec::new();
+        for (kind, key) in self.entries() {
+            let problem = match self.manifest(&kind, &key) {
+                None => Some("no readable manifest (incomplete entry)".to_string()),
+                Some(m) => {
+                    let wrong = self.artifacts_match(&m, true);
+                    (!wrong.is_empty()).then(|| {
+                        format!("artifact(s) differ from the manifest: {}", wrong.join(", "))
+                    })
+                }
+            };
+            if let Some(p) = problem {
+                let q = self.root.join("quarantine").join(format!("{kind}-{key}"));
+                let _ = std::fs::create_dir_all(self.root.join("quarantine"));
+                let _ = std::fs::remove_dir_all(&q);
+                let moved = std::fs::rename(self.entry(&kind, &key), &q).is_ok();
+                let note = if moved {
+                    format!("{p}; moved to {}", q.display())
+                } else {
+                    p
+                };
+                bad.push((format!("{kind}/{key}"), note));
+            }
+        }
+        bad
+    }
+
     /// Manifests of every complete-looking entry of `kind` (for "what changed" reasons).
     pub fn manifests(&self, kind: &str) -> Vec<Manifest> {
         let Ok(rd) = std::fs::read_dir(self.root.join(kind)) else {
@@ -258,6 +329,39 @@ mod tests {
         // Truncation.
         std::fs::write(s.entry("prep", "k1").join("a.bin"), b"he").unwrap();
         assert!(!s.is_complete("prep", "k1"));
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
+    fn verify_quarantines_a_flipped_byte_even_with_the_old_mtime() {
+        let root = tmp("verify");
+        let s = Store::open(&root).unwrap();
+        for k in ["good", "bad"] {
+            let st = s.stage(k).unwrap();
+            std::fs::write(st.join("a.bin"), b"hello").unwrap();
+            s.commit(&st, manifest(k)).unwrap();
+        }
+        // Flip a byte and restore the mtime: only a re-hash can see it.
+        let p = s.entry("prep", "bad").join("a.bin");
+        let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
+        std::fs::write(&p, b"hellp").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert!(
+            s.is_complete("prep", "bad"),
+            "size and mtime unchanged: the cheap check trusts it"
+        );
+        let bad = s.verify();
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(
+            bad[0].0 == "prep/bad" && bad[0].1.contains("a.bin"),
+            "{bad:?}"
+        );
+        assert!(!s.is_complete("prep", "bad") && s.is_complete("prep", "good"));
         std::fs::remove_dir_all(&root).ok();
     }
 

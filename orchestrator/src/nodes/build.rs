@@ -68,7 +68,8 @@ pub fn run(b: &BuildNode, out: &Path, device: Device) -> Result<()> {
                 mean: b.mean,
                 std: b.std,
             };
-            let (mut model, epochs) = super::train::fit(model, &images, &labels, &c, recipe.seed)?;
+            let (mut model, epochs) =
+                super::train::fit(model, &images, &labels, &c, recipe.seed, None)?;
             write_json(&out.join("pretrain_log.json"), &epochs)?;
             save_backbone(&mut model.vit, &out.join(BACKBONE))
         }

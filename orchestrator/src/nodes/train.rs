@@ -81,12 +81,80 @@ pub fn normalise(x: &Tensor, mean: [f64; 3], std: [f64; 3]) -> Tensor {
 }
 
 /// Trains `model` on (images u8, labels) already on the device, seeded draws throughout.
+/// Resumable state at an epoch end: `ckpt.safetensors` (trainable tensors as `param.<name>`,
+/// optimiser state) and `ckpt.json` (epoch, optimiser step, epoch logs), both replaced
+/// atomically. The data order and flips of epoch e are drawn from a generator seeded by
+/// (seed, e), so a resumed run makes the same draws as an uninterrupted one.
+#[derive(Debug, Serialize, Deserialize)]
+struct Checkpoint {
+    epoch: u64,
+    step: u64,
+    logs: Vec<EpochLog>,
+}
+
+fn save_checkpoint(dir: &Path, trainer: &Trainer, logs: &[EpochLog], epoch: u64) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(super::io_err(dir))?;
+    let mut named: Vec<(String, Tensor)> = trainer
+        .model
+        .trainable()
+        .iter()
+        .map(|(n, t)| (format!("param.{n}"), t.detach().to_device(Device::Cpu)))
+        .collect();
+    named.extend(
+        trainer
+            .opt
+            .state()
+            .into_iter()
+            .map(|(n, t)| (n, t.to_device(Device::Cpu))),
+    );
+    let tmp = dir.join("ckpt.safetensors.tmp");
+    Tensor::write_safetensors(&named, &tmp)?;
+    std::fs::rename(&tmp, dir.join("ckpt.safetensors")).map_err(super::io_err(dir))?;
+    let meta = Checkpoint {
+        epoch,
+        step: trainer.step,
+        logs: logs.to_vec(),
+    };
+    let tmp = dir.join("ckpt.json.tmp");
+    write_json(&tmp, &meta)?;
+    std::fs::rename(&tmp, dir.join("ckpt.json")).map_err(super::io_err(dir))
+}
+
+/// Restores the last checkpoint in `dir`, if there is a readable one; returns the epoch it
+/// ended and the logs so far.
+fn load_checkpoint(dir: &Path, trainer: &mut Trainer) -> Result<Option<(u64, Vec<EpochLog>)>> {
+    let (meta, weights) = (dir.join("ckpt.json"), dir.join("ckpt.safetensors"));
+    if !meta.exists() || !weights.exists() {
+        return Ok(None);
+    }
+    let meta: Checkpoint = super::read_json(&meta)?;
+    let mut all = kernels::checkpoint::read_safetensors(&weights)?;
+    let params = all
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("param.")
+                .map(|n| (n.to_string(), v.shallow_clone()))
+        })
+        .collect();
+    trainer.model.load_trainable_map(params, &weights)?;
+    all.retain(|k, _| !k.starts_with("param."));
+    trainer.opt.load_state(&all)?;
+    trainer.step = meta.step;
+    Ok(Some((meta.epoch, meta.logs)))
+}
+
+/// Test hook standing in for `kill -9`: abort right after checkpointing this epoch.
+const CRASH_AFTER_EPOCH: &str = "VTAB_ORCH_TEST_CRASH_AFTER_EPOCH";
+
+/// Trains `model` on (images u8, labels) already on the device. With `ckpt_dir`, resumes
+/// from the checkpoint found there and writes one at every epoch end.
 pub fn fit(
     model: AdaptedVit,
     images: &Tensor,
     labels: &Tensor,
     c: &FitConfig,
     seed: u64,
+    ckpt_dir: Option<&Path>,
 ) -> Result<(AdaptedVit, Vec<EpochLog>)> {
     let device = images.device();
     let n = images.size()[0];
@@ -107,14 +175,30 @@ pub fn fit(
         precision: c.precision,
     };
     let mut trainer = Trainer::new(model, cfg);
-    tch::manual_seed(seed as i64 ^ 0x5EED);
-    let mut logs = Vec::new();
+    let (done, mut logs) = match ckpt_dir {
+        Some(dir) => load_checkpoint(dir, &mut trainer)?.unwrap_or_default(),
+        None => (0, Vec::new()),
+    };
+    if done > 0 {
+        super::progress(serde_json::json!({"resumed_after_epoch": done}));
+    }
+    let crash_after: Option<u64> = std::env::var(CRASH_AFTER_EPOCH)
+        .ok()
+        .and_then(|v| v.parse().ok());
     reset_peak_memory(device)?;
-    for epoch in 1..=c.epochs {
+    for epoch in done + 1..=c.epochs {
+        tch::manual_seed(
+            (seed as i64 ^ 0x5EED)
+                .wrapping_mul(1_000_003)
+                .wrapping_add(epoch as i64),
+        );
         let t0 = Instant::now();
         let lr = trainer.cfg.schedule.lr(trainer.step);
         let perm = Tensor::randperm(n, (Kind::Int64, device));
         let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
+        // First step (within the epoch) with a non-finite loss, tracked on the device so
+        // that no step waits for the host; i64::MAX while all are finite.
+        let mut first_bad = Tensor::full([], i64::MAX, (Kind::Int64, device));
         for b in 0..steps_per_epoch as i64 {
             let idx = perm.narrow(0, b * c.batch_size, c.batch_size.min(n - b * c.batch_size));
             let mut x = normalise(&images.index_select(0, &idx), c.mean, c.std);
@@ -124,13 +208,19 @@ pub fn fit(
             }
             let y = labels.index_select(0, &idx);
             let loss = trainer.train_step(&x, &y)?;
+            let bad_here = Tensor::where_scalar(&loss.isfinite().logical_not(), b, i64::MAX);
+            first_bad = first_bad.minimum(&bad_here);
             loss_sum += loss * idx.size()[0] as f64;
         }
         synchronize(device);
         let time_s = t0.elapsed().as_secs_f64();
         let loss = loss_sum.double_value(&[]) / n as f64;
-        if !loss.is_finite() {
-            return Err(NodeError::Failed(format!("loss is {loss} in epoch {epoch} (lr {lr:.3e}): lower the learning rate or enable clip_grad_norm")));
+        let bad_step = first_bad.int64_value(&[]);
+        if bad_step != i64::MAX || !loss.is_finite() {
+            let step = bad_step.min(steps_per_epoch as i64 - 1) + 1;
+            return Err(NodeError::Failed(format!(
+                "non-finite loss in epoch {epoch}, step {step} of {steps_per_epoch} (lr {lr:.3e}): lower the learning rate or set clip_grad_norm"
+            )));
         }
         let peak_mem_mib =
             memory_stats(device)?.map(|s| s.peak_allocated as f64 / (1 << 20) as f64);
@@ -146,6 +236,12 @@ pub fn fit(
             serde_json::json!({"epoch": epoch, "epochs": c.epochs, "loss": loss, "img_s": log.img_s}),
         );
         logs.push(log);
+        if let Some(dir) = ckpt_dir {
+            save_checkpoint(dir, &trainer, &logs, epoch)?;
+        }
+        if crash_after == Some(epoch) {
+            std::process::abort();
+        }
     }
     Ok((trainer.model, logs))
 }
@@ -194,6 +290,7 @@ pub fn run(
     prep_dir: &Path,
     build_dir: &Path,
     out: &Path,
+    ckpt_dir: &Path,
     device: Device,
 ) -> Result<TrainLog> {
     let t0 = Instant::now();
@@ -228,7 +325,7 @@ pub fn run(
         mean: b.mean,
         std: b.std,
     };
-    let (model, epochs) = fit(model, &images, &labels, &c, t.seed)?;
+    let (model, epochs) = fit(model, &images, &labels, &c, t.seed, Some(ckpt_dir))?;
     model.save_trainable(&out.join(TRAINABLE))?;
     let log = TrainLog {
         epochs,

@@ -1,0 +1,295 @@
+//! The corpus of malformed suites in tests/bad_suites/ (one defect per file, named for it):
+//! each must make the built `vtab-orch` exit 2 before it writes anything, with a short
+//! message that names the suite file and the key at fault.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// (corpus file, substrings its error must contain). Keys are quoted as the messages quote
+/// them; TOML syntax errors give `line:column`.
+#[rustfmt::skip]
+const CASES: &[(&str, &[&str])] = &[
+    ("toml_syntax_error.toml", &["5:10:", "TOML syntax error", "unclosed table", "`[defaults`"]),
+    ("toml_duplicate_table.toml", &["32:11:", "TOML syntax error", "duplicate key `shape`", "`[datasets.shape]`"]),
+    ("toml_duplicate_key.toml", &["9:1:", "TOML syntax error", "duplicate key `lr`"]),
+    ("unknown_key_top.toml", &["`sedes`", "unknown key", "did you mean `seeds`?"]),
+    ("unknown_key_defaults.toml", &["`defaults.epoch`", "unknown key", "did you mean `epochs`?"]),
+    ("unknown_key_method.toml", &["`methods.lora.aplha`", "unknown key", "did you mean `alpha`?"]),
+    ("unknown_key_dataset.toml", &["`datasets.shape.test_image`", "did you mean `test_images`?"]),
+    ("unknown_key_pretrain.toml", &["`backbone.pretrain.image`", "did you mean `images`?"]),
+    ("unknown_key_for_method.toml", &["`methods.vera.alpha`", "not a parameter of vera"]),
+    ("wrong_type_string_for_number.toml", &["`defaults.epochs`", "expected a positive integer", "the string \"3\""]),
+    ("wrong_type_number_for_list.toml", &["`seeds`", "expected a list of seeds", "the number 0"]),
+    ("wrong_type_table_for_value.toml", &["`defaults.lr`", "expected a number, found a table"]),
+    ("wrong_type_float_for_integer.toml", &["`defaults.epochs`", "expected a positive integer", "the number 2.5"]),
+    ("wrong_type_bool_for_bool.toml", &["`methods.lora.rslora`", "expected true or false", "\"yes\""]),
+    ("negative_integer.toml", &["`defaults.warmup_epochs`", "must be a non-negative integer, got -1"]),
+    ("empty_grid_axis.toml", &["`methods.lora.r`", "empty grid axis"]),
+    ("rank_zero.toml", &["`methods.lora.r`", "must be >= 1, got 0"]),
+    ("negative_lr.toml", &["`defaults.lr`", "must be > 0, got -0.001"]),
+    ("zero_epochs.toml", &["`defaults.epochs`", "must be >= 1, got 0"]),
+    ("unknown_method.toml", &["`methods.lroa`", "not a method", "did you mean `lora`?"]),
+    ("unknown_method_kind.toml", &["`methods.attn.method`", "unknown method `lora2`"]),
+    ("unknown_dataset_in_method.toml", &["`methods.lora.datasets`", "unknown dataset `shapes`", "did you mean `shape`?"]),
+    ("unknown_target.toml", &["`methods.lora.targets`", "unknown layer `z`"]),
+    ("duplicate_target.toml", &["`methods.lora.targets`", "lists `q` twice"]),
+    ("qkv_with_q.toml", &["`methods.lora.targets`", "both `qkv` and `q`"]),
+    ("unknown_synthetic_task.toml", &["`datasets.shape.task`", "unknown synthetic task `shapes`"]),
+    ("unknown_dataset_format.toml", &["`datasets.shape.format`", "unknown dataset format `imagenet`"]),
+    ("missing_dataset_root.toml", &["`datasets.eurosat.root`", "no-such-folder/2750 does not exist"]),
+    ("real_dataset_without_root.toml", &["`datasets.eurosat.root`", "missing"]),
+    ("weights_wrong_shapes.toml", &["`backbone.weights`", "does not fit the backbone", "`patch_embed.proj.weight` is [12, 3, 8, 8], the backbone needs [24, 3, 8, 8]"]),
+    ("weights_missing_file.toml", &["`backbone.weights`", "no-such-weights.safetensors does not exist"]),
+    ("duplicate_runs.toml", &["`methods.lora_again`", "repeats runs of [methods.lora]"]),
+    ("override_matches_nothing.toml", &["`override[0]`", "matches no run", "[methods.lora] has no run on dataset `count`"]),
+    ("override_unknown_dataset.toml", &["`override[0].dataset`", "unknown dataset `shapes`"]),
+    ("override_unknown_method.toml", &["`override[0].method`", "unknown method table `full`"]),
+    ("seeds_empty.toml", &["`seeds`", "is empty"]),
+    ("duplicate_seed.toml", &["`seeds`", "lists seed 0 twice"]),
+    ("weights_and_pretrain.toml", &["`backbone`", "both `weights`", "[backbone.pretrain]"]),
+    ("no_weights.toml", &["`backbone`", "missing `weights", "[backbone.pretrain]"]),
+    ("bad_precision.toml", &["`defaults.precision`", "\"fp16\""]),
+    ("label_smoothing_one.toml", &["`defaults.label_smoothing`", "must be in [0, 1), got 1"]),
+    ("embed_dim_not_divisible.toml", &["`backbone.embed_dim`", "25 is not a multiple of num_heads 3"]),
+    ("img_size_not_divisible.toml", &["`backbone.img_size`", "30 is not a multiple of patch_size 8"]),
+    ("run_img_size_not_divisible.toml", &["`defaults.img_size`", "36 is not a multiple of backbone.patch_size 8"]),
+    ("unknown_arch.toml", &["`backbone.arch`", "unknown architecture `vit_tiny_patch8_224`"]),
+    ("zero_test_images.toml", &["`datasets.shape.test_images`", "must be >= 1, got 0"]),
+    ("no_methods.toml", &["`methods`", "missing"]),
+];
+
+/// Files in the corpus folder that are not suites but inputs of one.
+const FIXTURES: [&str; 2] = ["README.md", "wrong_shapes.safetensors"];
+
+/// The suite every corpus file starts from: it must plan cleanly.
+const VALID: &str = r#"
+name = "bad"
+seeds = [0]
+
+[defaults]
+img_size = 32
+epochs = 1
+lr = 1e-3
+
+[backbone]
+arch = "vit_tiny_patch16_224"
+img_size = 32
+patch_size = 8
+embed_dim = 24
+depth = 1
+num_heads = 3
+
+[backbone.pretrain]
+task = "source"
+images = 100
+epochs = 1
+
+[datasets.shape]
+format = "synthetic"
+task = "shape"
+test_images = 50
+
+[methods.lora]
+r = [2, 4]
+targets = "q,v"
+"#;
+
+fn corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad_suites")
+}
+
+/// A scratch folder of one test; each case's store is a path inside that does not exist yet.
+fn scratch(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vtab-bad-suites-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("creating the scratch folder");
+    d
+}
+
+fn vtab(args: &[&str], suite: &Path, store: &Path) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vtab-orch"));
+    c.arg(args[0])
+        .arg(suite)
+        .arg("--store")
+        .arg(store)
+        .args(&args[1..]);
+    // No VTAB_ORCH_* overrides from the environment of whoever runs the tests.
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("VTAB_ORCH_")) {
+        c.env_remove(k);
+    }
+    c.output().expect("running vtab-orch")
+}
+
+/// Everything wrong with how `vtab-orch ARGS SUITE` refused (empty: it refused correctly).
+fn refusal_problems(args: &[&str], suite: &Path, store: &Path, expect: &[&str]) -> Vec<String> {
+    let o = vtab(args, suite, store);
+    let err = String::from_utf8_lossy(&o.stderr);
+    let mut problems = Vec::new();
+    if o.status.code() != Some(2) {
+        problems.push(format!("exit status {} (expected 2)", o.status));
+    }
+    if err.lines().count() > 6 {
+        problems.push(format!(
+            "{} lines on stderr (at most 6)",
+            err.lines().count()
+        ));
+    }
+    if !err.contains(&suite.display().to_string()) {
+        problems.push("stderr does not name the suite file".into());
+    }
+    for e in expect {
+        if !err.contains(e) {
+            problems.push(format!("stderr lacks {e:?}"));
+        }
+    }
+    let written = std::fs::read_dir(store).map_or(0, |d| d.count());
+    if written > 0 {
+        problems.push(format!("{written} entries written to the store"));
+    }
+    if !problems.is_empty() {
+        problems.push(format!("stderr was:\n{err}"));
+    }
+    problems
+}
+
+#[test]
+fn every_bad_suite_is_refused_before_anything_is_written() {
+    let scratch = scratch("corpus");
+    // The corpus and the table must agree: a new file needs its expectation.
+    let files: Vec<String> = std::fs::read_dir(corpus())
+        .expect("listing tests/bad_suites")
+        .map(|e| {
+            e.expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|f| !FIXTURES.contains(&f.as_str()))
+        .collect();
+    let unlisted: Vec<&String> = files
+        .iter()
+        .filter(|f| !CASES.iter().any(|(c, _)| c == f))
+        .collect();
+    let stale: Vec<&str> = CASES
+        .iter()
+        .map(|(c, _)| *c)
+        .filter(|c| !files.iter().any(|f| f == c))
+        .collect();
+    assert!(
+        unlisted.is_empty() && stale.is_empty(),
+        "tests/bad_suites/ files without a row in CASES: {unlisted:?}; rows without a file: {stale:?}"
+    );
+    // Two workers: each run loads libtorch.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((file, expect)) = CASES.get(i) else {
+                    break;
+                };
+                let store = scratch.join(file.replace('.', "_"));
+                let problems = refusal_problems(&["plan"], &corpus().join(file), &store, expect);
+                if !problems.is_empty() {
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{file}: {}", problems.join("; ")));
+                }
+            });
+        }
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    let failures = failures.into_inner().unwrap();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn run_refuses_before_opening_the_store() {
+    // The latest check before a run: the weights file exists but does not fit.
+    let scratch = scratch("run");
+    let store = scratch.join("store");
+    let problems = refusal_problems(
+        &["run", "--gpus", "none"],
+        &corpus().join("weights_wrong_shapes.toml"),
+        &store,
+        &["`backbone.weights`", "does not fit the backbone"],
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn set_with_a_bad_key_is_refused() {
+    let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("suite.toml");
+    let scratch = scratch("set");
+    for (set, expect) in [
+        (
+            "defaults.epoch=2",
+            &[
+                "`defaults.epoch`",
+                "did you mean `epochs`?",
+                "(from --set defaults.epoch=2)",
+            ][..],
+        ),
+        (
+            "defaults..epochs=2",
+            &["--set `defaults..epochs=2`", "not a dotted key"][..],
+        ),
+        (
+            "defaults.epochs",
+            &["--set `defaults.epochs`", "expected KEY=VALUE"][..],
+        ),
+    ] {
+        let store = scratch.join("store");
+        let problems = refusal_problems(&["plan", "--set", set], &suite, &store, expect);
+        assert!(problems.is_empty(), "--set {set}: {}", problems.join("\n"));
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+#[test]
+fn the_corpus_base_suite_is_valid() {
+    let scratch = scratch("valid");
+    let suite = scratch.join("valid.toml");
+    std::fs::write(&suite, VALID).unwrap();
+    let o = vtab(&["plan"], &suite, &scratch.join("store"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    assert!(
+        o.status.success(),
+        "the base of the corpus does not plan:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn a_weights_file_that_fits_passes_the_check() {
+    // A timm checkpoint (with a head, made at 32 px) for a backbone at 48 px: the head is
+    // dropped and the position embedding resampled, so it fits.
+    let weights =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels/tests/fixtures/vit_b32.safetensors");
+    let scratch = scratch("weights");
+    let suite = scratch.join("weights.toml");
+    let text = VALID
+        .replace(
+            "[backbone.pretrain]\ntask = \"source\"\nimages = 100\nepochs = 1\n",
+            "",
+        )
+        .replace("img_size = 32", "img_size = 48")
+        .replace("embed_dim = 24", "embed_dim = 64")
+        .replace("depth = 1", "depth = 2")
+        .replace(
+            "num_heads = 3",
+            &format!(
+                "num_heads = 4\nmlp_ratio = 2.0\nweights = '{}'",
+                weights.display()
+            ),
+        );
+    std::fs::write(&suite, text).unwrap();
+    let o = vtab(&["plan"], &suite, &scratch.join("store"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    assert!(
+        o.status.success(),
+        "a fitting checkpoint was refused:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -1,0 +1,256 @@
+//! Reliability through the built binary: resume after a crash gives identical tensors,
+//! concurrent runs never execute a node twice, `verify` finds corruption and only that node
+//! reruns, `gc` removes only unreachable entries.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vtab-rel-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A tiny suite: synthetic `datasets`, the given methods, a 1-block ViT pretrained briefly.
+fn suite(dir: &Path, name: &str, datasets: &[&str], methods: &str, epochs: u32) -> PathBuf {
+    let mut s = format!(
+        "name = \"{name}\"\nstore = \"store\"\n[defaults]\nimg_size = 16\nepochs = {epochs}\nbatch_size = 100\nwarmup_epochs = 0\n\
+         [backbone]\narch = \"vit_tiny_patch16_224\"\nimg_size = 16\npatch_size = 8\nembed_dim = 24\ndepth = 1\nnum_heads = 2\n\
+         [backbone.pretrain]\nimages = 100\nepochs = 1\n"
+    );
+    for d in datasets {
+        s += &format!("[datasets.{d}]\nformat = \"synthetic\"\ntask = \"{d}\"\ntest_images = 40\n");
+    }
+    s += methods;
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+fn vtab(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vtab-orch"));
+    c.args(args);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().expect("running vtab-orch")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn only_entry(store: &Path, kind: &str) -> PathBuf {
+    let entries: Vec<_> = std::fs::read_dir(store.join(kind))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    entries[0].clone()
+}
+
+#[test]
+fn resume_after_a_crash_gives_identical_tensors() {
+    let methods = "[methods.lora]\nr = 2\ntargets = \"q,v\"\n";
+    let a = dir("resume-a");
+    let b = dir("resume-b");
+    let (sa, sb) = (
+        suite(&a, "s", &["shape"], methods, 4),
+        suite(&b, "s", &["shape"], methods, 4),
+    );
+    let ok = vtab(&["run", sa.to_str().unwrap(), "--gpus", "none"], &[]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    // The same suite, killed (abort) right after the epoch-2 checkpoint of the train node.
+    let crashed = vtab(
+        &["run", sb.to_str().unwrap(), "--gpus", "none"],
+        &[("VTAB_ORCH_TEST_CRASH_AFTER_EPOCH", "2")],
+    );
+    assert_eq!(crashed.status.code(), Some(1), "{}", stderr(&crashed));
+    assert!(
+        !b.join("store/train").exists()
+            || std::fs::read_dir(b.join("store/train")).unwrap().count() == 0,
+        "a crashed node must not look finished"
+    );
+    let resumed = vtab(&["run", sb.to_str().unwrap(), "--gpus", "none"], &[]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let (ta, tb) = (
+        only_entry(&a.join("store"), "train"),
+        only_entry(&b.join("store"), "train"),
+    );
+    assert_eq!(ta.file_name(), tb.file_name(), "same key");
+    let bytes = |d: &Path| std::fs::read(d.join("trainable.safetensors")).unwrap();
+    assert!(
+        bytes(&ta) == bytes(&tb),
+        "resumed training differs from the uninterrupted run"
+    );
+    // It really resumed: epochs 3 and 4 only.
+    let out = stderr(&resumed);
+    assert!(
+        out.contains("resumed from the checkpoint of epoch 2"),
+        "{out}"
+    );
+    assert!(
+        out.contains("epoch 3/4") && !out.contains("epoch 1/4"),
+        "{out}"
+    );
+    assert!(
+        !b.join("store/checkpoints")
+            .join(tb.file_name().unwrap())
+            .exists(),
+        "checkpoints are removed after the commit"
+    );
+    std::fs::remove_dir_all(&a).ok();
+    std::fs::remove_dir_all(&b).ok();
+}
+
+#[test]
+fn concurrent_runs_never_execute_a_node_twice() {
+    let d = dir("concurrent");
+    let methods = "[methods.linear]\n[methods.bitfit]\n";
+    let x = suite(&d, "x", &["shape", "count"], methods, 2);
+    let y = suite(&d, "y", &["count", "texture"], methods, 2);
+    let spawn = |s: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_vtab-orch"))
+            .args(["run", s.to_str().unwrap(), "--gpus", "none"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (px, py) = (spawn(&x), spawn(&y));
+    let (ox, oy) = (
+        px.wait_with_output().unwrap(),
+        py.wait_with_output().unwrap(),
+    );
+    let (ex, ey) = (stderr(&ox), stderr(&oy));
+    assert!(
+        ox.status.success() && oy.status.success(),
+        "{ex}\n---\n{ey}"
+    );
+    let starts = |e: &str| {
+        e.lines()
+            .filter(|l| l.contains("] start "))
+            .map(|l| {
+                l.split("] start ")
+                    .nth(1)
+                    .unwrap()
+                    .split("  (")
+                    .next()
+                    .unwrap()
+                    .trim()
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut all = starts(&ex);
+    all.extend(starts(&ey));
+    let mut uniq = all.clone();
+    uniq.sort();
+    uniq.dedup();
+    assert_eq!(all.len(), uniq.len(), "some node ran twice: {all:?}");
+    // Shared work (the backbone, the `count` nodes) ran once; everything was produced.
+    assert!(uniq.iter().filter(|l| l.starts_with("build")).count() == 1);
+    let entries = std::fs::read_dir(d.join("store/eval")).unwrap().count();
+    assert_eq!(entries, 6, "2 methods x 3 distinct datasets");
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn verify_finds_corruption_and_only_that_node_reruns() {
+    let d = dir("verify");
+    let s = suite(
+        &d,
+        "v",
+        &["shape"],
+        "[methods.linear]\n[methods.ia3]\ntargets = \"k,v\"\n",
+        1,
+    );
+    let sp = s.to_str().unwrap();
+    assert!(vtab(&["run", sp, "--gpus", "none"], &[]).status.success());
+    let store = d.join("store");
+    let clean = vtab(&["verify", store.to_str().unwrap()], &[]);
+    assert!(
+        clean.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clean.stdout)
+    );
+    // Flip one byte of one train node's weights, keeping size and mtime.
+    let train = std::fs::read_dir(store.join("train"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let f = train.join("trainable.safetensors");
+    let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&f).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&f, bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let v = vtab(&["verify", store.to_str().unwrap()], &[]);
+    let out = String::from_utf8_lossy(&v.stdout).into_owned();
+    assert_eq!(v.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("CORRUPT train/")
+            && out.contains("trainable.safetensors")
+            && out.contains("1 corrupt"),
+        "{out}"
+    );
+    let plan = vtab(&["plan", sp, "--json"], &[]);
+    let p: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let run: Vec<_> = p
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["status"] == "run")
+        .collect();
+    assert_eq!(run.len(), 1, "only the corrupted node reruns: {run:?}");
+    assert_eq!(
+        run[0]["key"].as_str().unwrap(),
+        train.file_name().unwrap().to_str().unwrap()
+    );
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn gc_lists_then_deletes_only_unreachable_entries() {
+    let d = dir("gc");
+    let two = suite(
+        &d,
+        "two",
+        &["shape"],
+        "[methods.linear]\n[methods.bitfit]\n",
+        1,
+    );
+    assert!(vtab(&["run", two.to_str().unwrap(), "--gpus", "none"], &[])
+        .status
+        .success());
+    let one = suite(&d, "one", &["shape"], "[methods.linear]\n", 1);
+    let dry = vtab(&["gc", one.to_str().unwrap()], &[]);
+    let out = String::from_utf8_lossy(&dry.stdout).into_owned();
+    assert!(
+        dry.status.success() && out.contains("2 unreachable entries"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_dir(d.join("store/train")).unwrap().count(),
+        2,
+        "a dry run deletes nothing"
+    );
+    let del = vtab(&["gc", one.to_str().unwrap(), "--yes"], &[]);
+    assert!(del.status.success());
+    assert_eq!(std::fs::read_dir(d.join("store/train")).unwrap().count(), 1);
+    let plan = vtab(&["plan", one.to_str().unwrap()], &[]);
+    assert!(
+        String::from_utf8_lossy(&plan.stdout).contains("0 to run"),
+        "{}",
+        String::from_utf8_lossy(&plan.stdout)
+    );
+    std::fs::remove_dir_all(&d).ok();
+}
