@@ -148,44 +148,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
         exe: std::env::current_exe()?,
     };
     let total = l.graph.len();
-    let mut done = 0usize;
-    let mut view = |e: &Event| match e {
-        Event::Cached { .. } => done += 1,
-        Event::Started { label, slot, .. } => {
-            eprintln!("[{done:>4}/{total}] start  {label}  ({slot})")
-        }
-        Event::Progress { label, data, .. } => {
-            if let Some(ep) = data.get("resumed_after_epoch") {
-                eprintln!("            {label}: resumed from the checkpoint of epoch {ep}");
-            }
-            if let Some(ep) = data.get("epoch") {
-                eprintln!(
-                    "            {label}: epoch {ep}/{} loss {:.4} {:.0} img/s",
-                    data["epochs"],
-                    data["loss"].as_f64().unwrap_or(f64::NAN),
-                    data["img_s"].as_f64().unwrap_or(0.0)
-                );
-            }
-        }
-        Event::Finished { label, wall_s, .. } => {
-            done += 1;
-            eprintln!("[{done:>4}/{total}] done   {label}  ({wall_s:.1} s)");
-        }
-        Event::Failed {
-            label, log, tail, ..
-        } => {
-            done += 1;
-            eprintln!(
-                "[{done:>4}/{total}] FAILED {label}\n            log: {}\n{}",
-                log.display(),
-                indent(tail)
-            );
-        }
-        Event::Blocked { label, by, .. } => {
-            done += 1;
-            eprintln!("[{done:>4}/{total}] blocked {label}  (input {by} failed)");
-        }
-    };
+    let mut view = crate::view::View::new(total);
     eprintln!(
         "suite {}: {} runs, {} nodes, store {}",
         l.suite.name,
@@ -193,7 +156,8 @@ pub fn run(a: RunArgs) -> Result<i32> {
         total,
         store.root.display()
     );
-    let s = sched::run(&l.graph, &store, &opts, &mut view);
+    let s = sched::run(&l.graph, &store, &opts, &mut |e: &Event| view.on(e));
+    view.finish();
     eprintln!(
         "\n{} ran, {} cached, {} failed, {} blocked in {:.1} s",
         s.ran,
@@ -210,13 +174,6 @@ pub fn run(a: RunArgs) -> Result<i32> {
     } else {
         1
     })
-}
-
-fn indent(s: &str) -> String {
-    s.lines()
-        .map(|l| format!("            | {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 pub fn exec(a: ExecArgs) -> Result<i32> {

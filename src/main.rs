@@ -2,6 +2,7 @@
 //! lives in the `kernels` and `orchestrator` crates. Exit codes: 0 success, 1 a node
 //! failed, 2 the suite or the command line is invalid.
 mod cli;
+mod view;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};

@@ -143,6 +143,10 @@ fn default_suite_runs_caches_and_reruns_only_what_changed() {
             .collect::<Vec<_>>()
     };
     assert_eq!(keys(&plan(&st, &["defaults.eval_batch_size=7"])), keys(&p0));
+    // ... nor another store location.
+    let elsewhere = store("elsewhere");
+    assert_eq!(keys(&plan(&elsewhere, &[])), keys(&p0));
+    assert!(!elsewhere.exists(), "plan writes nothing");
 
     // One method's hyper-parameter: exactly that method's train and eval nodes rerun.
     let p1 = plan(&st, &["methods.ia3.targets=\"v,fc2\""]);

@@ -340,3 +340,39 @@ fn build_node(
         weights,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datasets::{Format, RealSource};
+
+    /// A child process receives its node as JSON: every kind must survive the round trip
+    /// (a real source once failed with "duplicate field `format`").
+    #[test]
+    fn prep_specs_roundtrip_through_json() {
+        let real = Source::Real(RealSource {
+            format: Format::Imagefolder,
+            root: "/data/x".into(),
+            dtd_split: None,
+            train_csv: None,
+            test_csv: None,
+        });
+        let synth = Source::Synthetic {
+            task: crate::datasets::synthetic::Task::Count,
+            test_images: 9,
+        };
+        for source in [real, synth] {
+            let node = Node::Prep(PrepNode {
+                dataset: "d".into(),
+                source,
+                source_digest: "abc".into(),
+                split: Split::Test,
+                img_size: 32,
+                sample_seed: 0,
+            });
+            let back: Node = serde_json::from_str(&serde_json::to_string(&node).unwrap()).unwrap();
+            assert_eq!(back, node);
+            assert_eq!(back.fingerprint().key(), node.fingerprint().key());
+        }
+    }
+}

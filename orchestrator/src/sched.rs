@@ -118,22 +118,27 @@ fn pid_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// The live holder of a node's lease ("pid host"), if any; removes a stale lease.
+/// The live holder of a node's lease ("<run pid> <host> [<child pid>]"), if any; removes a
+/// stale lease (same host, neither process alive: a killed run and its node are both gone).
 fn lease_holder(store: &Store, key: &str) -> Option<String> {
     let p = lease_path(store, key);
     let text = std::fs::read_to_string(&p).ok()?;
-    let mut it = text.split_whitespace();
-    let (pid, host) = (
-        it.next().and_then(|x| x.parse::<u32>().ok()),
-        it.next().unwrap_or(""),
-    );
-    match pid {
-        Some(pid) if pid == std::process::id() && host == crate::store::host_name() => None,
-        Some(pid) if host == crate::store::host_name() && !pid_alive(pid) => {
-            let _ = std::fs::remove_file(&p);
-            None
-        }
-        _ => Some(text),
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let pid = |i: usize| fields.get(i).and_then(|x| x.parse::<u32>().ok());
+    let same_host = fields
+        .get(1)
+        .is_some_and(|h| *h == crate::store::host_name());
+    if !same_host {
+        return Some(text);
+    }
+    if pid(0) == Some(std::process::id()) {
+        return None;
+    }
+    if [pid(0), pid(2)].into_iter().flatten().any(pid_alive) {
+        Some(text)
+    } else {
+        let _ = std::fs::remove_file(&p);
+        None
     }
 }
 
@@ -153,6 +158,17 @@ fn take_lease(store: &Store, key: &str) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// Records the child executing the node in its lease: if this run is killed, the orphaned
+/// child keeps the lease alive until it ends, so no second run starts the same node.
+fn note_lease_child(store: &Store, key: &str, child: u32) {
+    let me = format!(
+        "{} {} {child}",
+        std::process::id(),
+        crate::store::host_name()
+    );
+    let _ = std::fs::write(lease_path(store, key), me);
 }
 
 fn release_lease(store: &Store, key: &str) {
@@ -290,6 +306,7 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
                     });
                 }
                 Ok(mut child) => {
+                    note_lease_child(store, key, child.id());
                     let stdout = child.stdout.take().expect("piped stdout");
                     let (tx, k) = (tx.clone(), key.clone());
                     std::thread::spawn(move || {

@@ -52,7 +52,8 @@ pub struct Opt {
     pub clip_grad_norm: Option<f64>,
     pub precision: Precision,
     pub img_size: i64,
-    /// `none` or `flip` (random horizontal flip on the device).
+    /// `none`, `flip` (random horizontal flips) or `crop+flip` (random resized crops, then
+    /// flips), applied on the device.
     pub augment: String,
     /// Seed of the VTAB-1k 800/200 draw for datasets without official lists.
     pub sample_seed: u64,
@@ -101,8 +102,11 @@ const OPT_KEYS: [&str; 15] = [
     "eval_batch_size",
 ];
 
+/// Where a dataset's images come from. Externally tagged in specs (`{"real": {...}}`):
+/// a `format` tag would collide with `RealSource::format`. Keys never depend on this
+/// encoding (see `Node::fingerprint`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "format", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum Source {
     /// The embedded procedural benchmark.
     Synthetic {
@@ -529,7 +533,8 @@ impl Parser {
                 }
             }
             "augment" => {
-                if let Some(s) = self.one_of(key, v, "augmentation", &["none", "flip"]) {
+                if let Some(s) = self.one_of(key, v, "augmentation", &["none", "flip", "crop+flip"])
+                {
                     opt.augment = s.to_string();
                 }
             }

@@ -65,6 +65,7 @@ pub fn run(b: &BuildNode, out: &Path, device: Device) -> Result<()> {
                 clip_grad_norm: Some(1.0),
                 precision: Precision::Auto,
                 flip: true,
+                crop: false,
                 mean: b.mean,
                 std: b.std,
             };

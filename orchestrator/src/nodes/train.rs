@@ -63,7 +63,10 @@ pub struct FitConfig {
     pub label_smoothing: f64,
     pub clip_grad_norm: Option<f64>,
     pub precision: Precision,
+    /// Random horizontal flips.
     pub flip: bool,
+    /// Random resized crops (before flips).
+    pub crop: bool,
     pub mean: [f64; 3],
     pub std: [f64; 3],
 }
@@ -81,6 +84,33 @@ pub fn normalise(x: &Tensor, mean: [f64; 3], std: [f64; 3]) -> Tensor {
 }
 
 /// Trains `model` on (images u8, labels) already on the device, seeded draws throughout.
+/// Random resized crops of a batch on its device, one per image, resized back to the input
+/// size with bilinear interpolation (one `affine_grid` + `grid_sample`): area fraction
+/// U(0.08, 1), log aspect ratio U(log 3/4, log 4/3), as torchvision's RandomResizedCrop
+/// draws them; a crop side that would exceed the image is clamped to it instead of redrawn.
+pub fn random_resized_crop(x: &Tensor) -> Tensor {
+    let (b, c, h, w) = x.size4().expect("images are [B, C, H, W]");
+    let opts = (Kind::Float, x.device());
+    let area = Tensor::rand([b], opts) * 0.92 + 0.08;
+    let log_ratio = (Tensor::rand([b], opts) - 0.5) * (2.0 * (4.0f64 / 3.0).ln());
+    let ratio = log_ratio.exp();
+    // Half-extents in normalised coordinates ([-1, 1] spans the image).
+    let sx = (&area * &ratio).sqrt().clamp_max(1.0);
+    let sy = (&area / &ratio).sqrt().clamp_max(1.0);
+    let tx = (Tensor::rand([b], opts) * 2.0 - 1.0) * (1.0 - &sx);
+    let ty = (Tensor::rand([b], opts) * 2.0 - 1.0) * (1.0 - &sy);
+    let zero = Tensor::zeros([b], opts);
+    let theta = Tensor::stack(
+        &[
+            Tensor::stack(&[&sx, &zero, &tx], 1),
+            Tensor::stack(&[&zero, &sy, &ty], 1),
+        ],
+        1,
+    );
+    let grid = Tensor::affine_grid_generator(&theta.to_kind(x.kind()), [b, c, h, w], false);
+    x.grid_sampler(&grid, 0, 1, false)
+}
+
 /// Resumable state at an epoch end: `ckpt.safetensors` (trainable tensors as `param.<name>`,
 /// optimiser state) and `ckpt.json` (epoch, optimiser step, epoch logs), both replaced
 /// atomically. The data order and flips of epoch e are drawn from a generator seeded by
@@ -202,6 +232,9 @@ pub fn fit(
         for b in 0..steps_per_epoch as i64 {
             let idx = perm.narrow(0, b * c.batch_size, c.batch_size.min(n - b * c.batch_size));
             let mut x = normalise(&images.index_select(0, &idx), c.mean, c.std);
+            if c.crop {
+                x = random_resized_crop(&x);
+            }
             if c.flip {
                 let flip = Tensor::rand([idx.size()[0], 1, 1, 1], (Kind::Float, device)).lt(0.5);
                 x = x.flip([3]).where_self(&flip, &x);
@@ -321,7 +354,8 @@ pub fn run(
         label_smoothing: t.opt.label_smoothing,
         clip_grad_norm: t.opt.clip_grad_norm,
         precision: t.opt.precision,
-        flip: t.opt.augment == "flip",
+        flip: t.opt.augment == "flip" || t.opt.augment == "crop+flip",
+        crop: t.opt.augment == "crop+flip",
         mean: b.mean,
         std: b.std,
     };
@@ -337,4 +371,38 @@ pub fn run(
     };
     write_json(&out.join(LOG), &log)?;
     Ok(log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_resized_crops_stay_inside_and_differ_per_image() {
+        tch::manual_seed(0);
+        // A horizontal ramp 0..1: a crop can only show values from inside it.
+        let ramp = Tensor::linspace(0.0, 1.0, 32, (Kind::Float, Device::Cpu))
+            .view([1, 1, 1, 32])
+            .expand([8, 3, 32, 32], false)
+            .contiguous();
+        let out = random_resized_crop(&ramp);
+        assert_eq!(out.size(), vec![8, 3, 32, 32]);
+        assert!(out.min().double_value(&[]) >= -1e-6 && out.max().double_value(&[]) <= 1.0 + 1e-6);
+        // Zoomed in: each crop spans less of the ramp than the image, and crops differ.
+        let span = out.amax([1, 2, 3], false) - out.amin([1, 2, 3], false);
+        assert!(span.max().double_value(&[]) <= 1.0 + 1e-6);
+        assert!(
+            span.min().double_value(&[]) < 0.99,
+            "no crop zoomed in: {span:?}"
+        );
+        let first = out.get(0);
+        assert!((0..8).any(|i| (out.get(i) - &first).abs().max().double_value(&[]) > 1e-3));
+        // A constant image stays constant.
+        let flat = random_resized_crop(&Tensor::full(
+            [4, 3, 16, 16],
+            0.25,
+            (Kind::Float, Device::Cpu),
+        ));
+        assert!((flat - 0.25).abs().max().double_value(&[]) < 1e-6);
+    }
 }
