@@ -44,8 +44,20 @@ pub fn checkpoints(store: &Store, key: &str) -> PathBuf {
     store.root.join("checkpoints").join(key)
 }
 
+/// Runs the node; on failure its staging directory is removed (a full disk must not stay
+/// full of a failed node's partial outputs).
 pub fn exec(store_root: &Path, key: &str, cpu: bool) -> nodes::Result<()> {
     let store = Store::open(store_root)?;
+    let staged = store.stage(key)?;
+    let result = exec_into(&store, key, cpu, &staged);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staged);
+    }
+    result
+}
+
+fn exec_into(store: &Store, key: &str, cpu: bool, staged: &Path) -> nodes::Result<()> {
+    let store = store.clone();
     let node = read_node(&spec_path(&store, key))?;
     let fp = node.fingerprint();
     if fp.key() != key {
@@ -55,13 +67,12 @@ pub fn exec(store_root: &Path, key: &str, cpu: bool) -> nodes::Result<()> {
         )));
     }
     let t0 = Instant::now();
-    let staged = store.stage(key)?;
     let device = nodes::train::device(cpu);
     match &node {
         Node::Prep(p) => {
-            nodes::prep::run(p, &staged)?;
+            nodes::prep::run(p, staged)?;
         }
-        Node::Build(b) => nodes::build::run(b, &staged, device)?,
+        Node::Build(b) => nodes::build::run(b, staged, device)?,
         Node::Train(t) => {
             let (_, prep_dir) = input(&store, "prep", &t.prep)?;
             let (bn, build_dir) = input(&store, "build", &t.build)?;
@@ -73,7 +84,7 @@ pub fn exec(store_root: &Path, key: &str, cpu: bool) -> nodes::Result<()> {
                 &b,
                 &prep_dir,
                 &build_dir,
-                &staged,
+                staged,
                 &checkpoints(&store, key),
                 device,
             )?;
@@ -90,7 +101,7 @@ pub fn exec(store_root: &Path, key: &str, cpu: bool) -> nodes::Result<()> {
                 &t,
                 &b,
                 [&train_dir, &prep_dir, &build_dir],
-                &staged,
+                staged,
                 device,
             )?;
         }
@@ -99,7 +110,7 @@ pub fn exec(store_root: &Path, key: &str, cpu: bool) -> nodes::Result<()> {
         staged.join(SPEC),
         serde_json::to_string_pretty(&node).expect("node serialises"),
     )
-    .map_err(nodes::io_err(&staged))?;
+    .map_err(nodes::io_err(staged))?;
     let manifest = Manifest {
         kind: node.kind().to_string(),
         key: key.to_string(),
@@ -114,7 +125,7 @@ pub fn exec(store_root: &Path, key: &str, cpu: bool) -> nodes::Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     };
-    store.commit(&staged, manifest)?;
+    store.commit(staged, manifest)?;
     let _ = std::fs::remove_file(spec_path(&store, key));
     let _ = std::fs::remove_dir_all(checkpoints(&store, key));
     Ok(())

@@ -124,6 +124,19 @@ fn lease_holder(store: &Store, key: &str) -> Option<String> {
     let p = lease_path(store, key);
     let text = std::fs::read_to_string(&p).ok()?;
     let fields: Vec<&str> = text.split_whitespace().collect();
+    // An empty lease is one being written right now, or one whose writer died before
+    // writing: trust it for a few seconds only.
+    if fields.is_empty() {
+        let age = std::fs::metadata(&p)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if age.is_some_and(|a| a > std::time::Duration::from_secs(10)) {
+            let _ = std::fs::remove_file(&p);
+            return None;
+        }
+        return Some(text);
+    }
     let pid = |i: usize| fields.get(i).and_then(|x| x.parse::<u32>().ok());
     let same_host = fields
         .get(1)
@@ -142,8 +155,10 @@ fn lease_holder(store: &Store, key: &str) -> Option<String> {
     }
 }
 
-/// Takes the node's lease for this process; false if another live run holds it.
-fn take_lease(store: &Store, key: &str) -> bool {
+/// Takes the node's lease for this process: Ok(false) if another live run holds it, an
+/// error if the lease cannot be written (a full disk, permissions): the node then fails
+/// rather than waiting for a lease nobody holds.
+fn take_lease(store: &Store, key: &str) -> Result<bool, String> {
     let p = lease_path(store, key);
     let _ = std::fs::create_dir_all(p.parent().expect("leases dir"));
     let me = format!("{} {}", std::process::id(), crate::store::host_name());
@@ -154,9 +169,16 @@ fn take_lease(store: &Store, key: &str) -> bool {
     {
         Ok(mut f) => {
             use std::io::Write;
-            f.write_all(me.as_bytes()).is_ok()
+            f.write_all(me.as_bytes())
+                .and_then(|_| f.sync_all())
+                .map(|_| true)
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(&p);
+                    format!("writing the lease {}: {e}", p.display())
+                })
         }
-        Err(_) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(format!("creating the lease {}: {e}", p.display())),
     }
 }
 
@@ -266,11 +288,25 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
             } else {
                 None
             };
-            if !take_lease(store, key) {
-                waiting = true;
-                continue;
-            }
             let log = logs.join(format!("{key}.log"));
+            match take_lease(store, key) {
+                Ok(true) => {}
+                Ok(false) => {
+                    waiting = true;
+                    continue;
+                }
+                Err(e) => {
+                    state.insert(key.clone(), State::Failed);
+                    summary.failed.push((node.label(), log.clone()));
+                    on_event(&Event::Failed {
+                        key: key.clone(),
+                        label: node.label(),
+                        log,
+                        tail: e,
+                    });
+                    continue;
+                }
+            }
             let spawned = write_spec(store, key, node)
                 .map_err(|e| e.to_string())
                 .and_then(|_| {
