@@ -440,3 +440,60 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
     summary.wall_s = t0.elapsed().as_secs_f64();
     summary
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child that dies of a CUDA out-of-memory error fails only its node, and the failure
+    /// points at --jobs-per-gpu and the batch size. (The child is a stand-in script: CI has
+    /// no GPU to run out of.)
+    #[test]
+    fn an_oom_child_fails_only_its_node_with_a_hint() {
+        let dir = std::env::temp_dir().join(format!("vtab-sched-oom-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("fake-vtab-orch");
+        std::fs::write(&exe, "#!/bin/sh\necho 'torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB' >&2\nexit 1\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let suite = dir.join("s.toml");
+        std::fs::write(
+            &suite,
+            "[backbone]\narch = \"vit_tiny_patch16_224\"\nimg_size = 16\npatch_size = 8\n[backbone.pretrain]\n\
+             [defaults]\nimg_size = 16\n[datasets.a]\nformat = \"synthetic\"\ntask = \"count\"\n[methods.linear]\n",
+        )
+        .unwrap();
+        let s = crate::suite::load(&suite, &[]).unwrap();
+        let g = crate::graph::expand(&s, &|_| Err("no weights file".into())).unwrap();
+        let store = Store::open(&dir.join("store")).unwrap();
+        let mut events = Vec::new();
+        let o = RunOptions {
+            gpus: Gpus::None,
+            jobs_per_gpu: 1,
+            exe,
+        };
+        let summary = run(&g, &store, &o, &mut |e| events.push(e.clone()));
+        let failed: Vec<&String> = events
+            .iter()
+            .filter_map(|e| {
+                if let Event::Failed { tail, .. } = e {
+                    Some(tail)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        // The three roots (build, two preps) fail; train and eval are blocked, not run.
+        assert_eq!(failed.len(), 3, "{events:?}");
+        assert!(
+            failed
+                .iter()
+                .all(|t| t.contains("CUDA out of memory") && t.contains("--jobs-per-gpu")),
+            "{failed:?}"
+        );
+        assert_eq!(summary.blocked, 2);
+        assert_eq!(summary.ran, 0);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
