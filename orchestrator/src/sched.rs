@@ -197,6 +197,26 @@ fn release_lease(store: &Store, key: &str) {
     let _ = std::fs::remove_file(lease_path(store, key));
 }
 
+/// Records a failed node and reports it.
+fn mark_failed(
+    state: &mut BTreeMap<String, State>,
+    summary: &mut Summary,
+    on_event: &mut dyn FnMut(&Event),
+    key: &str,
+    label: String,
+    log: PathBuf,
+    tail: String,
+) {
+    state.insert(key.to_string(), State::Failed);
+    summary.failed.push((label.clone(), log.clone()));
+    on_event(&Event::Failed {
+        key: key.to_string(),
+        label,
+        log,
+        tail,
+    });
+}
+
 /// Slot names for device nodes: `gpu<i>` repeated `jobs_per_gpu` times, or one `cpu` slot.
 fn device_slots(o: &RunOptions) -> Vec<(String, Option<usize>)> {
     let gpus: Vec<usize> = match &o.gpus {
@@ -296,14 +316,15 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
                     continue;
                 }
                 Err(e) => {
-                    state.insert(key.clone(), State::Failed);
-                    summary.failed.push((node.label(), log.clone()));
-                    on_event(&Event::Failed {
-                        key: key.clone(),
-                        label: node.label(),
+                    mark_failed(
+                        &mut state,
+                        &mut summary,
+                        on_event,
+                        key,
+                        node.label(),
                         log,
-                        tail: e,
-                    });
+                        e,
+                    );
                     continue;
                 }
             }
@@ -332,14 +353,15 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
             match spawned {
                 Err(e) => {
                     release_lease(store, key);
-                    state.insert(key.clone(), State::Failed);
-                    summary.failed.push((node.label(), log.clone()));
-                    on_event(&Event::Failed {
-                        key: key.clone(),
-                        label: node.label(),
+                    mark_failed(
+                        &mut state,
+                        &mut summary,
+                        on_event,
+                        key,
+                        node.label(),
                         log,
-                        tail: e,
-                    });
+                        e,
+                    );
                 }
                 Ok(mut child) => {
                     note_lease_child(store, key, child.id());
@@ -425,14 +447,15 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
                     } else {
                         tail
                     };
-                    state.insert(key.clone(), State::Failed);
-                    summary.failed.push((node.label(), log.clone()));
-                    on_event(&Event::Failed {
-                        key,
-                        label: node.label(),
+                    mark_failed(
+                        &mut state,
+                        &mut summary,
+                        on_event,
+                        &key,
+                        node.label(),
                         log,
                         tail,
-                    });
+                    );
                 }
             }
         }
