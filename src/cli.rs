@@ -58,6 +58,9 @@ pub struct ExecArgs {
     key: String,
     #[arg(long)]
     store: PathBuf,
+    /// The node's spec (JSON of the graph node), written by the scheduler.
+    #[arg(long)]
+    spec: PathBuf,
     /// Compute on the CPU even if CUDA is visible.
     #[arg(long)]
     cpu: bool,
@@ -139,6 +142,12 @@ pub fn plan(a: PlanArgs) -> Result<i32> {
 
 pub fn run(a: RunArgs) -> Result<i32> {
     let gpus: Gpus = a.gpus.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    if let Gpus::List(list) = &gpus {
+        let visible = tch::Cuda::device_count().max(0) as usize;
+        if let Some(bad) = list.iter().find(|g| **g >= visible) {
+            anyhow::bail!("--gpus {}: GPU {bad} does not exist (libtorch sees {visible}; `vtab-orch env` lists them)", a.gpus);
+        }
+    }
     let l = load(&a.s)?;
     let store = Store::open(&l.store.root)
         .with_context(|| format!("opening the store {}", l.store.root.display()))?;
@@ -177,8 +186,13 @@ pub fn run(a: RunArgs) -> Result<i32> {
 }
 
 pub fn exec(a: ExecArgs) -> Result<i32> {
-    orchestrator::exec::exec(&a.store, &a.key, a.cpu).with_context(|| format!("node {}", a.key))?;
-    Ok(0)
+    use orchestrator::exec::Outcome;
+    match orchestrator::exec::exec(&a.store, &a.key, &a.spec, a.cpu)
+        .with_context(|| format!("node {}", a.key))?
+    {
+        Outcome::Leased => Ok(sched::EXIT_LEASED),
+        Outcome::Done | Outcome::AlreadyDone => Ok(0),
+    }
 }
 
 /// One record per finished run of the suite (runs not evaluated yet are skipped, and
@@ -366,6 +380,9 @@ pub struct GcArgs {
     /// The store (default: the first suite's).
     #[arg(long)]
     store: Option<PathBuf>,
+    /// Suite overrides the kept runs were made with (applied to every suite; repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
     /// Delete; without it, only list.
     #[arg(long)]
     yes: bool,
@@ -378,7 +395,7 @@ pub fn gc(a: GcArgs) -> Result<i32> {
     for path in &a.suites {
         let l = load(&SuiteArgs {
             suite: path.clone(),
-            sets: Vec::new(),
+            sets: a.sets.clone(),
             store: a.store.clone(),
         })?;
         root.get_or_insert(l.store.root.clone());

@@ -113,6 +113,11 @@ impl View {
                     overall.inc(1);
                     let _ = multi.println(format!("blocked {label}  (input {by} failed)"));
                 }
+                Event::Waiting { label, .. } => {
+                    let _ = multi.println(format!(
+                        "waiting {label}  (another vtab-orch run is executing it)"
+                    ));
+                }
             },
         }
     }
@@ -155,5 +160,8 @@ fn lines(done: &mut usize, total: usize, e: &Event) {
             *done += 1;
             eprintln!("[{done:>4}/{total}] blocked {label}  (input {by} failed)");
         }
+        Event::Waiting { label, .. } => eprintln!(
+            "[{done:>4}/{total}] waiting {label}  (another vtab-orch run is executing it)"
+        ),
     }
 }

@@ -33,7 +33,12 @@ impl Precision {
         }
     }
 
+    /// Enters this precision's autocast region (if any) and sets libtorch's TF32 flags for
+    /// it (on for `tf32`, off otherwise) on CUDA.
     pub fn enter(self, device: Device) -> Result<Option<Autocast>> {
+        if device.is_cuda() {
+            crate::accel::set_tf32(self == Precision::Tf32)?;
+        }
         self.autocast_kind(device)
             .map(|k| Autocast::enter(device, k))
             .transpose()

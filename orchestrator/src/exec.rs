@@ -9,18 +9,24 @@ use std::time::Instant;
 
 pub const SPEC: &str = "spec.json";
 
-/// Where the scheduler leaves the spec of a node it is about to run.
+/// Where this scheduler process leaves the spec of a node it is about to run (one file
+/// per run: two runs on one store must not remove each other's specs).
 pub fn spec_path(store: &Store, key: &str) -> PathBuf {
-    store.root.join("specs").join(format!("{key}.json"))
+    store
+        .root
+        .join("specs")
+        .join(format!("{key}.{}.json", std::process::id()))
 }
 
-pub fn write_spec(store: &Store, key: &str, node: &Node) -> std::io::Result<()> {
+/// Writes the spec for `vtab-orch exec <key> --spec PATH`; returns the path.
+pub fn write_spec(store: &Store, key: &str, node: &Node) -> std::io::Result<PathBuf> {
     let p = spec_path(store, key);
     std::fs::create_dir_all(p.parent().expect("specs dir"))?;
     std::fs::write(
-        p,
+        &p,
         serde_json::to_string_pretty(node).expect("node serialises"),
-    )
+    )?;
+    Ok(p)
 }
 
 fn read_node(path: &Path) -> nodes::Result<Node> {
@@ -46,19 +52,57 @@ pub fn checkpoints(store: &Store, key: &str) -> PathBuf {
 
 /// Runs the node; on failure its staging directory is removed (a full disk must not stay
 /// full of a failed node's partial outputs).
-pub fn exec(store_root: &Path, key: &str, cpu: bool) -> nodes::Result<()> {
+/// What `exec` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Ran the node and committed it.
+    Done,
+    /// Another process holds the node's lease (it is running the node now).
+    Leased,
+    /// The node was already in the store (finished by another run meanwhile).
+    AlreadyDone,
+}
+
+/// Runs a node under its lease: an exclusive lock (flock) on `<store>/leases/<key>` held
+/// for the life of this process, so two runs never execute a node at once, and a killed
+/// process (kill -9 included) releases it. On failure the staging directory is removed (a
+/// full disk must not stay full of a failed node's partial outputs).
+pub fn exec(store_root: &Path, key: &str, spec: &Path, cpu: bool) -> nodes::Result<Outcome> {
     let store = Store::open(store_root)?;
+    let lease_path = store.root.join("leases").join(key);
+    std::fs::create_dir_all(lease_path.parent().expect("leases dir"))
+        .map_err(nodes::io_err(&lease_path))?;
+    let lease = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lease_path)
+        .map_err(nodes::io_err(&lease_path))?;
+    match lease.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(Outcome::Leased),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(NodeError::Io {
+                path: lease_path,
+                source: e,
+            })
+        }
+    }
+    let node = read_node(spec)?;
+    if store.is_complete(node.kind(), key) {
+        return Ok(Outcome::AlreadyDone);
+    }
+    nodes::progress(serde_json::json!({"started": true}));
     let staged = store.stage(key)?;
-    let result = exec_into(&store, key, cpu, &staged);
+    let result = exec_into(&store, key, node, cpu, &staged);
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&staged);
     }
-    result
+    result.map(|_| Outcome::Done)
 }
 
-fn exec_into(store: &Store, key: &str, cpu: bool, staged: &Path) -> nodes::Result<()> {
+fn exec_into(store: &Store, key: &str, node: Node, cpu: bool, staged: &Path) -> nodes::Result<()> {
     let store = store.clone();
-    let node = read_node(&spec_path(&store, key))?;
     let fp = node.fingerprint();
     if fp.key() != key {
         return Err(NodeError::Failed(format!(
@@ -67,7 +111,7 @@ fn exec_into(store: &Store, key: &str, cpu: bool, staged: &Path) -> nodes::Resul
         )));
     }
     let t0 = Instant::now();
-    let device = nodes::train::device(cpu);
+    let device = nodes::train::device(cpu)?;
     match &node {
         Node::Prep(p) => {
             nodes::prep::run(p, staged)?;
@@ -126,7 +170,6 @@ fn exec_into(store: &Store, key: &str, cpu: bool, staged: &Path) -> nodes::Resul
             .map_or(0, |d| d.as_secs()),
     };
     store.commit(staged, manifest)?;
-    let _ = std::fs::remove_file(spec_path(&store, key));
     let _ = std::fs::remove_dir_all(checkpoints(&store, key));
     Ok(())
 }

@@ -154,11 +154,21 @@ impl Node {
                     Source::Synthetic { task, test_images } => fp
                         .param("synthetic", task)
                         .param("test_images", test_images),
-                    Source::Real(r) => fp
-                        .param("format", &r.format)
-                        .param("source_digest", &p.source_digest)
-                        .param("sample_seed", p.sample_seed)
-                        .param("dtd_split", r.dtd_split),
+                    Source::Real(r) => {
+                        let fp = fp
+                            .param("format", &r.format)
+                            .param("source_digest", &p.source_digest)
+                            .param("dtd_split", r.dtd_split);
+                        // The seed only draws the 1000 training examples of datasets that
+                        // ship no VTAB-1k lists; elsewhere it would only cause reruns.
+                        let draws =
+                            p.split != Split::Test && r.format != crate::datasets::Format::Vtab1k;
+                        if draws {
+                            fp.param("sample_seed", p.sample_seed)
+                        } else {
+                            fp
+                        }
+                    }
                 }
             }
             Node::Build(b) => {

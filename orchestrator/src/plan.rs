@@ -70,6 +70,10 @@ pub fn plan(g: &Graph, store: &Store, blocked: &BTreeMap<String, String>) -> Vec
                         .min_by_key(|d| d.len())
                 });
             match closest {
+                _ if store.entry(kind, &key).exists() => (
+                    Status::Run,
+                    "stored entry incomplete or corrupt".to_string(),
+                ),
                 Some(d) => (Status::Run, format!("changed: {}", d.join(", "))),
                 None => (Status::Run, "new".to_string()),
             }

@@ -82,6 +82,11 @@ pub enum Event {
         label: String,
         by: String,
     },
+    /// Another `vtab-orch run` holds the node's lease; it is retried until done there.
+    Waiting {
+        key: String,
+        label: String,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -104,98 +109,14 @@ enum State {
 
 enum Msg {
     Line(String, String),
-    Exit(String, bool),
+    /// The child's exit code (None: killed by a signal).
+    Exit(String, Option<i32>),
 }
 
-/// Per-node leases: `<store>/leases/<key>` holds "<pid> <host>" of the run executing the
-/// node, created exclusively, so two runs on one store never execute a node twice. A lease
-/// whose process is gone (same host, no such pid) is stale and taken over.
-fn lease_path(store: &Store, key: &str) -> PathBuf {
-    store.root.join("leases").join(key)
-}
-
-fn pid_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// The live holder of a node's lease ("<run pid> <host> [<child pid>]"), if any; removes a
-/// stale lease (same host, neither process alive: a killed run and its node are both gone).
-fn lease_holder(store: &Store, key: &str) -> Option<String> {
-    let p = lease_path(store, key);
-    let text = std::fs::read_to_string(&p).ok()?;
-    let fields: Vec<&str> = text.split_whitespace().collect();
-    // An empty lease is one being written right now, or one whose writer died before
-    // writing: trust it for a few seconds only.
-    if fields.is_empty() {
-        let age = std::fs::metadata(&p)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok());
-        if age.is_some_and(|a| a > std::time::Duration::from_secs(10)) {
-            let _ = std::fs::remove_file(&p);
-            return None;
-        }
-        return Some(text);
-    }
-    let pid = |i: usize| fields.get(i).and_then(|x| x.parse::<u32>().ok());
-    let same_host = fields
-        .get(1)
-        .is_some_and(|h| *h == crate::store::host_name());
-    if !same_host {
-        return Some(text);
-    }
-    if pid(0) == Some(std::process::id()) {
-        return None;
-    }
-    if [pid(0), pid(2)].into_iter().flatten().any(pid_alive) {
-        Some(text)
-    } else {
-        let _ = std::fs::remove_file(&p);
-        None
-    }
-}
-
-/// Takes the node's lease for this process: Ok(false) if another live run holds it, an
-/// error if the lease cannot be written (a full disk, permissions): the node then fails
-/// rather than waiting for a lease nobody holds.
-fn take_lease(store: &Store, key: &str) -> Result<bool, String> {
-    let p = lease_path(store, key);
-    let _ = std::fs::create_dir_all(p.parent().expect("leases dir"));
-    let me = format!("{} {}", std::process::id(), crate::store::host_name());
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&p)
-    {
-        Ok(mut f) => {
-            use std::io::Write;
-            f.write_all(me.as_bytes())
-                .and_then(|_| f.sync_all())
-                .map(|_| true)
-                .map_err(|e| {
-                    let _ = std::fs::remove_file(&p);
-                    format!("writing the lease {}: {e}", p.display())
-                })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(format!("creating the lease {}: {e}", p.display())),
-    }
-}
-
-/// Records the child executing the node in its lease: if this run is killed, the orphaned
-/// child keeps the lease alive until it ends, so no second run starts the same node.
-fn note_lease_child(store: &Store, key: &str, child: u32) {
-    let me = format!(
-        "{} {} {child}",
-        std::process::id(),
-        crate::store::host_name()
-    );
-    let _ = std::fs::write(lease_path(store, key), me);
-}
-
-fn release_lease(store: &Store, key: &str) {
-    let _ = std::fs::remove_file(lease_path(store, key));
-}
+/// Exit code of `vtab-orch exec` when another process holds the node's lease (EX_TEMPFAIL).
+pub const EXIT_LEASED: i32 = 75;
+/// How long a node leased by another run waits before it is tried again.
+const LEASE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Records a failed node and reports it.
 fn mark_failed(
@@ -255,7 +176,10 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
     let cpu_only = slots.iter().all(|s| s.1.is_none());
     let mut free_slots: BTreeSet<usize> = (0..slots.len()).collect();
     let mut prep_busy = false;
-    let mut running: BTreeMap<String, (Option<usize>, Instant)> = BTreeMap::new();
+    // key -> (slot, spawn time, whether the child reported holding the lease)
+    let mut running: BTreeMap<String, (Option<usize>, Instant, bool)> = BTreeMap::new();
+    let mut retry_at: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut announced: BTreeSet<String> = BTreeSet::new();
     let (tx, rx) = mpsc::channel::<Msg>();
     let logs = store.root.join("logs");
     let _ = std::fs::create_dir_all(&logs);
@@ -294,7 +218,7 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
                 });
                 continue;
             }
-            if lease_holder(store, key).is_some() {
+            if retry_at.get(key).is_some_and(|t| Instant::now() < *t) {
                 waiting = true;
                 continue;
             }
@@ -309,30 +233,16 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
                 None
             };
             let log = logs.join(format!("{key}.log"));
-            match take_lease(store, key) {
-                Ok(true) => {}
-                Ok(false) => {
-                    waiting = true;
-                    continue;
-                }
-                Err(e) => {
-                    mark_failed(
-                        &mut state,
-                        &mut summary,
-                        on_event,
-                        key,
-                        node.label(),
-                        log,
-                        e,
-                    );
-                    continue;
-                }
-            }
             let spawned = write_spec(store, key, node)
                 .map_err(|e| e.to_string())
-                .and_then(|_| {
+                .and_then(|spec| {
                     let mut cmd = Command::new(&o.exe);
-                    cmd.arg("exec").arg(key).arg("--store").arg(&store.root);
+                    cmd.arg("exec")
+                        .arg(key)
+                        .arg("--store")
+                        .arg(&store.root)
+                        .arg("--spec")
+                        .arg(spec);
                     match slot.and_then(|s| slots[s].1) {
                         Some(gpu) => {
                             cmd.env("CUDA_VISIBLE_DEVICES", gpu.to_string());
@@ -342,7 +252,11 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
                         }
                         None => {}
                     }
-                    let err = std::fs::File::create(&log)
+                    // Appended: another run's child may be writing this node's log.
+                    let err = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&log)
                         .map_err(|e| format!("{}: {e}", log.display()))?;
                     cmd.stdout(Stdio::piped())
                         .stderr(Stdio::from(err))
@@ -352,7 +266,6 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
                 });
             match spawned {
                 Err(e) => {
-                    release_lease(store, key);
                     mark_failed(
                         &mut state,
                         &mut summary,
@@ -364,7 +277,6 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
                     );
                 }
                 Ok(mut child) => {
-                    note_lease_child(store, key, child.id());
                     let stdout = child.stdout.take().expect("piped stdout");
                     let (tx, k) = (tx.clone(), key.clone());
                     std::thread::spawn(move || {
@@ -374,8 +286,8 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
                         {
                             let _ = tx.send(Msg::Line(k.clone(), line));
                         }
-                        let ok = child.wait().map(|s| s.success()).unwrap_or(false);
-                        let _ = tx.send(Msg::Exit(k, ok));
+                        let code = child.wait().ok().and_then(|s| s.code());
+                        let _ = tx.send(Msg::Exit(k, code));
                     });
                     match slot {
                         Some(s) => {
@@ -384,22 +296,17 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
                         None => prep_busy = true,
                     }
                     state.insert(key.clone(), State::Running);
-                    running.insert(key.clone(), (slot, Instant::now()));
-                    let slot_name = slot.map_or("cpu-prep".to_string(), |s| slots[s].0.clone());
-                    on_event(&Event::Started {
-                        key: key.clone(),
-                        label: node.label(),
-                        slot: slot_name,
-                    });
+                    // `Started` is reported when the child says it holds the lease.
+                    running.insert(key.clone(), (slot, Instant::now(), false));
                 }
             }
         }
         if running.is_empty() && !waiting {
             break;
         }
-        // Nodes leased by another run are polled twice a second.
+        // Nodes leased by another run are tried again after LEASE_RETRY.
         let msg = if waiting {
-            match rx.recv_timeout(std::time::Duration::from_millis(500)) {
+            match rx.recv_timeout(LEASE_RETRY) {
                 Ok(m) => m,
                 Err(_) => continue,
             }
@@ -409,27 +316,55 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
         match msg {
             Msg::Line(key, line) => {
                 let label = g.node(&key).map(|n| n.label()).unwrap_or_default();
-                let data = serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
-                on_event(&Event::Progress { key, label, data });
+                let data: serde_json::Value =
+                    serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
+                if data.get("started").is_some() {
+                    if let Some(r) = running.get_mut(&key) {
+                        r.2 = true;
+                        let slot = r.0.map_or("cpu-prep".to_string(), |s| slots[s].0.clone());
+                        on_event(&Event::Started { key, label, slot });
+                    }
+                } else {
+                    on_event(&Event::Progress { key, label, data });
+                }
             }
-            Msg::Exit(key, ok) => {
-                release_lease(store, &key);
+            Msg::Exit(key, code) => {
+                let _ = std::fs::remove_file(crate::exec::spec_path(store, &key));
                 let node = g.node(&key).expect("node");
-                let (slot, started) = running.remove(&key).expect("was running");
+                let (slot, started, began) = running.remove(&key).expect("was running");
                 match slot {
                     Some(s) => {
                         free_slots.insert(s);
                     }
                     None => prep_busy = false,
                 }
-                if ok && store.is_complete(node.kind(), &key) {
+                if code == Some(EXIT_LEASED) {
+                    // Another run is executing it: wait, then look again.
+                    state.insert(key.clone(), State::Pending);
+                    retry_at.insert(key.clone(), Instant::now() + LEASE_RETRY);
+                    if announced.insert(key.clone()) {
+                        on_event(&Event::Waiting {
+                            key,
+                            label: node.label(),
+                        });
+                    }
+                } else if code == Some(0) && store.is_complete(node.kind(), &key) {
                     state.insert(key.clone(), State::Done);
-                    summary.ran += 1;
-                    on_event(&Event::Finished {
-                        key,
-                        label: node.label(),
-                        wall_s: started.elapsed().as_secs_f64(),
-                    });
+                    if began {
+                        summary.ran += 1;
+                        on_event(&Event::Finished {
+                            key,
+                            label: node.label(),
+                            wall_s: started.elapsed().as_secs_f64(),
+                        });
+                    } else {
+                        // Finished by another run between our check and the child's.
+                        summary.cached += 1;
+                        on_event(&Event::Cached {
+                            key,
+                            label: node.label(),
+                        });
+                    }
                 } else {
                     let log = logs.join(format!("{key}.log"));
                     let text = std::fs::read_to_string(&log).unwrap_or_default();

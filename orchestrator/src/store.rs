@@ -145,10 +145,11 @@ impl Store {
         let nanos = std::time::SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let dir = self
-            .root
-            .join("tmp")
-            .join(format!("{key}.{}.{nanos}", std::process::id()));
+        let dir = self.root.join("tmp").join(format!(
+            "{key}@{}@{}@{nanos}",
+            host_name(),
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         Ok(dir)
     }
@@ -188,8 +189,9 @@ impl Store {
         if dest.exists() {
             // An incomplete or corrupt entry: move it aside first, then remove it.
             let trash = self.root.join("tmp").join(format!(
-                "trash.{}.{}",
+                "{}@{}@{}@trash",
                 manifest.key,
+                host_name(),
                 std::process::id()
             ));
             std::fs::rename(&dest, &trash).map_err(io(&dest))?;
@@ -199,21 +201,21 @@ impl Store {
         Ok(dest)
     }
 
-    /// Removes staging directories left by processes that no longer exist (a run killed
-    /// while a node was writing). Names are `<key>.<pid>.<nanos>` and `trash.<key>.<pid>`.
+    /// Removes staging directories left by processes of this host that no longer exist (a
+    /// run killed while a node was writing). Names are `<key>@<host>@<pid>@<nanos|trash>`;
+    /// another host's directories are left alone (its processes cannot be checked here).
     pub fn clean_stale_staging(&self) {
         let Ok(rd) = std::fs::read_dir(self.root.join("tmp")) else {
             return;
         };
+        let host = host_name();
         for e in rd.filter_map(|e| e.ok()) {
             let name = e.file_name().to_string_lossy().into_owned();
-            let parts: Vec<&str> = name.split('.').collect();
-            let pid = if name.starts_with("trash.") {
-                parts.last()
-            } else {
-                parts.get(parts.len().saturating_sub(2))
-            };
-            if let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) {
+            let parts: Vec<&str> = name.split('@').collect();
+            if parts.len() != 4 || parts[1] != host {
+                continue;
+            }
+            if let Ok(pid) = parts[2].parse::<u32>() {
                 if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
                     let _ = std::fs::remove_dir_all(e.path());
                 }

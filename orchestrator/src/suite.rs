@@ -528,7 +528,9 @@ impl Parser {
             }
             "clip_grad_norm" => opt.clip_grad_norm = self.positive(key, v).or(opt.clip_grad_norm),
             "precision" => {
-                if let Some(p) = self.enum_of(key, v, "one of \"auto\", \"fp32\", \"bf16\"") {
+                if let Some(p) =
+                    self.enum_of(key, v, "one of \"auto\", \"fp32\", \"bf16\", \"tf32\"")
+                {
                     opt.precision = p;
                 }
             }
@@ -1193,6 +1195,8 @@ impl Parser {
                 }
                 out.push(x);
             }
+            // Order does not matter to the model: "v,q" is the same run (and key) as "q,v".
+            out.sort();
             Some(out)
         };
         let num = |p: &mut Parser, k: &str, d: f64| {

@@ -537,7 +537,7 @@ pub(crate) fn load(bytes: &[u8]) -> Result<Value, String> {
         let Value::Dict(d) = target else {
             return Err(format!("SETITEM on {}", target.kind()));
         };
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err("SETITEMS with an odd number of items".into());
         }
         let mut d = d.borrow_mut();

@@ -24,7 +24,16 @@ fn save_backbone(vit: &mut VisionTransformer, path: &Path) -> Result<()> {
 
 pub fn run(b: &BuildNode, out: &Path, device: Device) -> Result<()> {
     match &b.weights {
-        BuildWeights::File { path, .. } => {
+        BuildWeights::File { path, blake3 } => {
+            // The key was made from this digest; weights replaced since then must not be
+            // stored under it.
+            let now = crate::store::digest_file(path)?;
+            if &now != blake3 {
+                return Err(NodeError::Failed(format!(
+                    "{}: the file changed since the suite was planned (blake3 {now}, planned {blake3}); run again",
+                    path.display()
+                )));
+            }
             let mut arch = b.arch.clone();
             arch.num_classes = 0;
             let mut vit = tch::no_grad(|| VisionTransformer::new(&arch, Device::Cpu))?;

@@ -111,16 +111,19 @@ pub fn random_resized_crop(x: &Tensor) -> Tensor {
     x.grid_sampler(&grid, 0, 1, false)
 }
 
-/// Resumable state at an epoch end: `ckpt.safetensors` (trainable tensors as `param.<name>`,
-/// optimiser state) and `ckpt.json` (epoch, optimiser step, epoch logs), both replaced
-/// atomically. The data order and flips of epoch e are drawn from a generator seeded by
-/// (seed, e), so a resumed run makes the same draws as an uninterrupted one.
+/// Resumable state at an epoch end, in one file replaced atomically (written, fsynced,
+/// renamed): `ckpt.safetensors` holds the trainable tensors (`param.<name>`), the optimiser
+/// state, and `meta.json` (this struct as UTF-8 bytes: epoch, optimiser step, epoch logs).
+/// The data order and flips of epoch e are drawn from a generator seeded by (seed, e), so a
+/// resumed run makes the same draws as an uninterrupted one.
 #[derive(Debug, Serialize, Deserialize)]
 struct Checkpoint {
     epoch: u64,
     step: u64,
     logs: Vec<EpochLog>,
 }
+
+const CKPT: &str = "ckpt.safetensors";
 
 fn save_checkpoint(dir: &Path, trainer: &Trainer, logs: &[EpochLog], epoch: u64) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(super::io_err(dir))?;
@@ -137,28 +140,48 @@ fn save_checkpoint(dir: &Path, trainer: &Trainer, logs: &[EpochLog], epoch: u64)
             .into_iter()
             .map(|(n, t)| (n, t.to_device(Device::Cpu))),
     );
-    let tmp = dir.join("ckpt.safetensors.tmp");
-    Tensor::write_safetensors(&named, &tmp)?;
-    std::fs::rename(&tmp, dir.join("ckpt.safetensors")).map_err(super::io_err(dir))?;
-    let meta = Checkpoint {
+    let meta = serde_json::to_vec(&Checkpoint {
         epoch,
         step: trainer.step,
         logs: logs.to_vec(),
-    };
-    let tmp = dir.join("ckpt.json.tmp");
-    write_json(&tmp, &meta)?;
-    std::fs::rename(&tmp, dir.join("ckpt.json")).map_err(super::io_err(dir))
+    })
+    .expect("serialisable");
+    named.push(("meta.json".into(), Tensor::from_slice(&meta)));
+    let tmp = dir.join(format!("{CKPT}.tmp"));
+    Tensor::write_safetensors(&named, &tmp)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(super::io_err(&tmp))?;
+    std::fs::rename(&tmp, dir.join(CKPT)).map_err(super::io_err(dir))
 }
 
-/// Restores the last checkpoint in `dir`, if there is a readable one; returns the epoch it
-/// ended and the logs so far.
+/// Restores the checkpoint in `dir`; returns the epoch it ended and the logs so far. A
+/// missing checkpoint starts from scratch; so does an unreadable one, with a warning.
 fn load_checkpoint(dir: &Path, trainer: &mut Trainer) -> Result<Option<(u64, Vec<EpochLog>)>> {
-    let (meta, weights) = (dir.join("ckpt.json"), dir.join("ckpt.safetensors"));
-    if !meta.exists() || !weights.exists() {
+    let path = dir.join(CKPT);
+    if !path.exists() {
         return Ok(None);
     }
-    let meta: Checkpoint = super::read_json(&meta)?;
-    let mut all = kernels::checkpoint::read_safetensors(&weights)?;
+    let read = || -> Result<(Checkpoint, std::collections::BTreeMap<String, Tensor>)> {
+        let mut all = kernels::checkpoint::read_safetensors(&path)?;
+        let meta = all
+            .remove("meta.json")
+            .ok_or_else(|| NodeError::Failed("no meta.json".into()))?;
+        let bytes: Vec<u8> = Vec::try_from(meta)?;
+        let meta: Checkpoint =
+            serde_json::from_slice(&bytes).map_err(|e| NodeError::Failed(e.to_string()))?;
+        Ok((meta, all))
+    };
+    let (meta, mut all) = match read() {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!(
+                "warning: ignoring unreadable checkpoint {}: {e}",
+                path.display()
+            );
+            return Ok(None);
+        }
+    };
     let params = all
         .iter()
         .filter_map(|(k, v)| {
@@ -166,7 +189,7 @@ fn load_checkpoint(dir: &Path, trainer: &mut Trainer) -> Result<Option<(u64, Vec
                 .map(|n| (n.to_string(), v.shallow_clone()))
         })
         .collect();
-    trainer.model.load_trainable_map(params, &weights)?;
+    trainer.model.load_trainable_map(params, &path)?;
     all.retain(|k, _| !k.starts_with("param."));
     trainer.opt.load_state(&all)?;
     trainer.step = meta.step;
@@ -281,11 +304,17 @@ pub fn fit(
 
 /// The device a child process computes on: CUDA (as pinned by CUDA_VISIBLE_DEVICES) unless
 /// the parent said `--device cpu`.
-pub fn device(cpu: bool) -> Device {
+/// A child given a GPU slot (CUDA_VISIBLE_DEVICES set) that cannot see CUDA fails rather
+/// than quietly training on the CPU (an fp32 result under a slot meant for bf16 on a GPU).
+pub fn device(cpu: bool) -> Result<Device> {
     if cpu {
-        Device::Cpu
-    } else {
-        Device::cuda_if_available()
+        return Ok(Device::Cpu);
+    }
+    match std::env::var("CUDA_VISIBLE_DEVICES") {
+        Ok(v) if !tch::Cuda::is_available() => Err(NodeError::Failed(format!(
+            "this node was given GPU {v} (CUDA_VISIBLE_DEVICES) but libtorch sees no CUDA device; check --gpus against `vtab-orch env`"
+        ))),
+        _ => Ok(Device::cuda_if_available()),
     }
 }
 
