@@ -118,6 +118,22 @@ pub const EXIT_LEASED: i32 = 75;
 /// How long a node leased by another run waits before it is tried again.
 const LEASE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// Records a node found in the store and reports it.
+fn mark_cached(
+    state: &mut BTreeMap<String, State>,
+    summary: &mut Summary,
+    on_event: &mut dyn FnMut(&Event),
+    key: &str,
+    label: String,
+) {
+    state.insert(key.to_string(), State::Done);
+    summary.cached += 1;
+    on_event(&Event::Cached {
+        key: key.to_string(),
+        label,
+    });
+}
+
 /// Records a failed node and reports it.
 fn mark_failed(
     state: &mut BTreeMap<String, State>,
@@ -162,12 +178,7 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
     for key in &order {
         let node = g.node(key).expect("node");
         if store.is_complete(node.kind(), key) {
-            state.insert(key.clone(), State::Done);
-            summary.cached += 1;
-            on_event(&Event::Cached {
-                key: key.clone(),
-                label: node.label(),
-            });
+            mark_cached(&mut state, &mut summary, on_event, key, node.label());
         } else {
             state.insert(key.clone(), State::Pending);
         }
@@ -210,12 +221,7 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
             }
             // Another run may have finished it meanwhile, or be running it now.
             if store.is_complete(node.kind(), key) {
-                state.insert(key.clone(), State::Done);
-                summary.cached += 1;
-                on_event(&Event::Cached {
-                    key: key.clone(),
-                    label: node.label(),
-                });
+                mark_cached(&mut state, &mut summary, on_event, key, node.label());
                 continue;
             }
             if retry_at.get(key).is_some_and(|t| Instant::now() < *t) {
@@ -349,8 +355,8 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
                         });
                     }
                 } else if code == Some(0) && store.is_complete(node.kind(), &key) {
-                    state.insert(key.clone(), State::Done);
                     if began {
+                        state.insert(key.clone(), State::Done);
                         summary.ran += 1;
                         on_event(&Event::Finished {
                             key,
@@ -359,11 +365,7 @@ pub fn run(g: &Graph, store: &Store, o: &RunOptions, on_event: &mut dyn FnMut(&E
                         });
                     } else {
                         // Finished by another run between our check and the child's.
-                        summary.cached += 1;
-                        on_event(&Event::Cached {
-                            key,
-                            label: node.label(),
-                        });
+                        mark_cached(&mut state, &mut summary, on_event, &key, node.label());
                     }
                 } else {
                     let log = logs.join(format!("{key}.log"));
