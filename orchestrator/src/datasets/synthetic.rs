@@ -168,16 +168,8 @@ struct Canvas {
 impl Canvas {
     /// A smooth random background with pixel noise.
     fn new(size: u32, rng: &mut SplitMix64) -> Self {
-        let a = [
-            rng.range(0.1, 0.6),
-            rng.range(0.1, 0.6),
-            rng.range(0.1, 0.6),
-        ];
-        let b = [
-            rng.range(0.1, 0.6),
-            rng.range(0.1, 0.6),
-            rng.range(0.1, 0.6),
-        ];
+        let a = Self::colour(rng, 0.1, 0.6);
+        let b = Self::colour(rng, 0.1, 0.6);
         let (fx, fy) = (rng.range(-1.0, 1.0), rng.range(-1.0, 1.0));
         let mut rgb = Vec::with_capacity((size * size) as usize);
         for y in 0..size {
@@ -213,29 +205,33 @@ impl Canvas {
         }
     }
 
-    /// A shape filled with a two-colour texture.
-    fn shape(&mut self, shape: usize, tex: usize, cx: f32, cy: f32, r: f32, rng: &mut SplitMix64) {
-        let fg = [
-            rng.range(0.6, 1.0),
-            rng.range(0.6, 1.0),
-            rng.range(0.6, 1.0),
-        ];
-        let bg = [
-            rng.range(0.0, 0.3),
-            rng.range(0.0, 0.3),
-            rng.range(0.0, 0.3),
-        ];
-        let period = (r / 2.5).max(1.5);
+    /// A random colour, each channel uniform in [lo, hi) (drawn in channel order).
+    fn colour(rng: &mut SplitMix64, lo: f32, hi: f32) -> [f32; 3] {
+        [0, 1, 2].map(|_| rng.range(lo, hi))
+    }
+
+    /// Sets every pixel for which `f(dx, dy)` (pixel centre minus (cx, cy)) gives a colour.
+    fn paint(&mut self, cx: f32, cy: f32, f: impl Fn(f32, f32) -> Option<[f32; 3]>) {
         for y in 0..self.size {
             for x in 0..self.size {
-                let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
-                if Self::inside(shape, px - cx, py - cy, r) {
-                    let t = Self::texture(tex, px - cx + 64.0, py - cy + 64.0, period);
-                    self.rgb[(y * self.size + x) as usize] =
-                        [0, 1, 2].map(|c| fg[c] * t + bg[c] * (1.0 - t));
+                if let Some(c) = f(x as f32 + 0.5 - cx, y as f32 + 0.5 - cy) {
+                    self.rgb[(y * self.size + x) as usize] = c;
                 }
             }
         }
+    }
+
+    /// A shape filled with a two-colour texture.
+    fn shape(&mut self, shape: usize, tex: usize, cx: f32, cy: f32, r: f32, rng: &mut SplitMix64) {
+        let fg = Self::colour(rng, 0.6, 1.0);
+        let bg = Self::colour(rng, 0.0, 0.3);
+        let period = (r / 2.5).max(1.5);
+        self.paint(cx, cy, |dx, dy| {
+            Self::inside(shape, dx, dy, r).then(|| {
+                let t = Self::texture(tex, dx + 64.0, dy + 64.0, period);
+                [0, 1, 2].map(|c| fg[c] * t + bg[c] * (1.0 - t))
+            })
+        });
     }
 
     /// A rotated bar.
@@ -248,21 +244,12 @@ impl Canvas {
         angle: f32,
         rng: &mut SplitMix64,
     ) {
-        let col = [
-            rng.range(0.7, 1.0),
-            rng.range(0.7, 1.0),
-            rng.range(0.7, 1.0),
-        ];
+        let col = Self::colour(rng, 0.7, 1.0);
         let (c, s) = (angle.cos(), angle.sin());
-        for y in 0..self.size {
-            for x in 0..self.size {
-                let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
-                let (along, across) = (dx * c + dy * s, -dx * s + dy * c);
-                if along.abs() <= half_len && across.abs() <= half_width {
-                    self.rgb[(y * self.size + x) as usize] = col;
-                }
-            }
-        }
+        self.paint(cx, cy, |dx, dy| {
+            let (along, across) = (dx * c + dy * s, -dx * s + dy * c);
+            (along.abs() <= half_len && across.abs() <= half_width).then_some(col)
+        });
     }
 
     fn into_chw(self) -> Vec<u8> {
