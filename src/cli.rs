@@ -1,14 +1,14 @@
 //! The suite commands (`run`, `plan`, `report`, `exec`): argument types, loading and
 //! expanding the suite, and the terminal view of scheduler events.
 use anyhow::{Context, Result};
-use orchestrator::graph::{expand, Graph, Node};
+use orchestrator::graph::{Graph, Node};
+use orchestrator::load::Loaded;
+use orchestrator::numerics::DeviceKind;
 use orchestrator::plan::{plan as make_plan, render, Status};
 use orchestrator::report::{self, RunRecord};
 use orchestrator::sched::{self, Event, Gpus, RunOptions};
-use orchestrator::store::{digest_file, Store};
-use orchestrator::suite::{self, Suite};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use orchestrator::store::Store;
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct SuiteArgs {
@@ -21,15 +21,32 @@ pub struct SuiteArgs {
     /// Store directory (default: the suite's `store`, else results/ next to the suite).
     #[arg(long)]
     store: Option<PathBuf>,
+    /// GPUs for train/eval nodes: auto (all that libtorch sees, else the CPU), none (CPU), or
+    /// a list like 0,2. Decides what runs are keyed for: `cuda-bf16` on GPUs, `cpu-fp32`
+    /// on the CPU (with the default `precision = "auto"`); which GPUs is not part of a key.
+    #[arg(long, default_value = "auto")]
+    gpus: Gpus,
+}
+
+/// An invalid argument found after parsing (exit code 2, like clap's own errors).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The device kind device nodes compute on for `--gpus`.
+fn device_kind(gpus: &Gpus) -> DeviceKind {
+    match gpus {
+        Gpus::None => DeviceKind::Cpu,
+        Gpus::List(_) => DeviceKind::Cuda,
+        Gpus::Auto if tch::Cuda::is_available() => DeviceKind::Cuda,
+        Gpus::Auto => DeviceKind::Cpu,
+    }
 }
 
 #[derive(clap::Args)]
 pub struct RunArgs {
     #[command(flatten)]
     s: SuiteArgs,
-    /// GPUs for train/eval nodes: auto (all that libtorch sees), none (CPU), or a list like 0,2.
-    #[arg(long, default_value = "auto")]
-    gpus: String,
     /// Concurrent nodes per GPU.
     #[arg(long, default_value_t = 1)]
     jobs_per_gpu: usize,
@@ -50,7 +67,7 @@ pub struct ReportArgs {
     s: SuiteArgs,
     /// Format of the table printed on stdout: md, csv or json.
     #[arg(long, default_value = "md")]
-    format: String,
+    format: report::Format,
 }
 
 #[derive(clap::Args)]
@@ -66,68 +83,18 @@ pub struct ExecArgs {
     cpu: bool,
 }
 
-struct Loaded {
-    suite: Suite,
-    store: Store,
-    graph: Graph,
-    /// Nodes that cannot run, with why (missing dataset root or weights file).
-    blocked: BTreeMap<String, String>,
-}
-
-/// Weights digests, cached per (path, size, mtime) in the store: hashing a ViT-B file on
-/// every `plan` would cost a third of a second.
-fn weights_digest(store_root: &Path) -> impl Fn(&Path) -> std::result::Result<String, String> + '_ {
-    move |p: &Path| {
-        let meta = std::fs::metadata(p)
-            .map_err(|e| format!("`backbone.weights`: {}: {e}", p.display()))?;
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        let id = format!("{}|{}|{mtime}", p.display(), meta.len());
-        let cache = store_root.join("digests.json");
-        let mut map: BTreeMap<String, String> = std::fs::read_to_string(&cache)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        if let Some(d) = map.get(&id) {
-            return Ok(d.clone());
-        }
-        let d = digest_file(p).map_err(|e| e.to_string())?;
-        map.insert(id, d.clone());
-        // Only into an existing store: planning an invalid suite must write nothing.
-        if store_root.is_dir() {
-            let _ = std::fs::write(
-                &cache,
-                serde_json::to_string_pretty(&map).unwrap_or_default(),
-            );
-        }
-        Ok(d)
-    }
-}
-
 fn load(a: &SuiteArgs) -> Result<Loaded> {
-    let suite = suite::load(&a.suite, &a.sets)?;
-    let root = a.store.clone().unwrap_or_else(|| suite.store.clone());
-    if let Err(e) = suite::check_inputs(&suite) {
-        return Err(e.into());
-    }
-    let graph = expand(&suite, &weights_digest(&root)).map_err(|errors| suite::SuiteError {
-        file: a.suite.clone(),
-        errors,
-    })?;
-    Ok(Loaded {
-        suite,
-        store: Store::at(&root),
-        graph,
-        blocked: BTreeMap::new(),
-    })
+    Ok(orchestrator::load::load(
+        &a.suite,
+        &a.sets,
+        a.store.as_deref(),
+        device_kind(&a.gpus),
+    )?)
 }
 
 pub fn plan(a: PlanArgs) -> Result<i32> {
     let l = load(&a.s)?;
-    let entries = make_plan(&l.graph, &l.store, &l.blocked);
+    let entries = make_plan(&l.graph, &l.store, &Default::default());
     if a.json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
     } else {
@@ -141,11 +108,16 @@ pub fn plan(a: PlanArgs) -> Result<i32> {
 }
 
 pub fn run(a: RunArgs) -> Result<i32> {
-    let gpus: Gpus = a.gpus.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let gpus = a.s.gpus.clone();
     if let Gpus::List(list) = &gpus {
         let visible = tch::Cuda::device_count().max(0) as usize;
         if let Some(bad) = list.iter().find(|g| **g >= visible) {
-            anyhow::bail!("--gpus {}: GPU {bad} does not exist (libtorch sees {visible}; `vtab-orch env` lists them)", a.gpus);
+            let hint = if visible == 0 {
+                "; use --gpus none to run on the CPU".to_string()
+            } else {
+                String::new()
+            };
+            return Err(UsageError(format!("--gpus: GPU {bad} does not exist (libtorch sees {visible}; `vtab-orch env` lists them){hint}")).into());
         }
     }
     let l = load(&a.s)?;
@@ -196,19 +168,23 @@ pub fn exec(a: ExecArgs) -> Result<i32> {
 }
 
 /// One record per finished run of the suite (runs not evaluated yet are skipped, and
-/// counted on stderr).
-fn records(l: &Loaded) -> Result<(Vec<RunRecord>, usize)> {
+/// counted on stderr). A run evaluated only for the other device kind (`other`: made on
+/// a GPU machine, reported from a CPU one) is taken from there.
+fn records(l: &Loaded, other: &Graph) -> Result<(Vec<RunRecord>, usize)> {
     let mut out = Vec::new();
     let mut missing = 0;
-    for (run, key) in &l.graph.runs {
-        if !l.store.is_complete("eval", key) {
+    for ((run, here), (_, there)) in l.graph.runs.iter().zip(&other.runs) {
+        let Some(key) = [here, there]
+            .into_iter()
+            .find(|k| l.store.is_complete("eval", k))
+        else {
             missing += 1;
             continue;
-        }
+        };
         let dir = l.store.entry("eval", key);
         let m: orchestrator::nodes::eval::Metrics =
             serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json"))?)?;
-        let Some(Node::Eval(_)) = l.graph.node(key) else {
+        let Some(Node::Eval(_)) = l.graph.node(key).or_else(|| other.node(key)) else {
             continue;
         };
         out.push(RunRecord {
@@ -231,12 +207,9 @@ fn records(l: &Loaded) -> Result<(Vec<RunRecord>, usize)> {
 }
 
 pub fn report(a: ReportArgs) -> Result<i32> {
-    let format: report::Format = a
-        .format
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
+    let format = a.format;
     let l = load(&a.s)?;
-    let (recs, missing) = records(&l)?;
+    let (recs, missing) = records(&l, &l.other_device()?)?;
     if missing > 0 {
         eprintln!("note: {missing} of {} runs are not finished yet and are left out (run `vtab-orch run` first)", l.graph.runs.len());
     }
@@ -299,13 +272,14 @@ pub fn overhead(a: OverheadArgs) -> Result<i32> {
         suite: path,
         sets: Vec::new(),
         store: None,
+        gpus: Gpus::None,
     };
 
     let t = Instant::now();
     let l = load(&args)?;
     let t_load = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let entries = make_plan(&l.graph, &l.store, &l.blocked);
+    let entries = make_plan(&l.graph, &l.store, &Default::default());
     let t_plan = t.elapsed().as_secs_f64();
 
     // Fill the store: a complete (artifact-less) entry for every node.
@@ -393,13 +367,17 @@ pub fn gc(a: GcArgs) -> Result<i32> {
     let mut keep = std::collections::BTreeSet::new();
     let mut root = a.store.clone();
     for path in &a.suites {
-        let l = load(&SuiteArgs {
+        let args = SuiteArgs {
             suite: path.clone(),
             sets: a.sets.clone(),
             store: a.store.clone(),
-        })?;
+            gpus: Gpus::None,
+        };
+        let l = load(&args)?;
         root.get_or_insert(l.store.root.clone());
+        // Runs made for either device kind are the suite's.
         keep.extend(l.graph.topo());
+        keep.extend(l.other_device()?.topo());
     }
     let store = Store::at(&root.expect("at least one suite"));
     let mut freed = 0u64;

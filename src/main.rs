@@ -189,6 +189,7 @@ fn main() {
             let code = if e
                 .downcast_ref::<orchestrator::suite::SuiteError>()
                 .is_some()
+                || e.downcast_ref::<cli::UsageError>().is_some()
             {
                 2
             } else {

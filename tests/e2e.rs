@@ -187,42 +187,122 @@ fn default_suite_runs_caches_and_reruns_only_what_changed() {
 #[test]
 fn a_failing_node_blocks_only_its_dependants() {
     let st = store("fail");
-    // A learning rate that diverges: the VeRA train nodes fail (non-finite loss).
-    let o = vtab(
-        "run",
-        &st,
-        &[
-            "methods.vera.lr=1e30",
-            "seeds=[0]",
-            "datasets.shape.seeds=[0]",
-        ],
-    );
+    std::fs::create_dir_all(&st).unwrap();
+    // Two methods on two datasets; VeRA's learning rate diverges (non-finite loss).
+    let suite = st.join("fail.toml");
+    std::fs::write(
+        &suite,
+        "store = \"store\"\n[defaults]\nimg_size = 16\nepochs = 1\nbatch_size = 100\nwarmup_epochs = 0\n\
+         [backbone]\narch = \"vit_tiny_patch16_224\"\nimg_size = 16\npatch_size = 8\nembed_dim = 24\ndepth = 1\nnum_heads = 2\n\
+         [backbone.pretrain]\nimages = 100\nepochs = 1\n\
+         [datasets.shape]\nformat = \"synthetic\"\ntask = \"shape\"\ntest_images = 40\n\
+         [datasets.count]\nformat = \"synthetic\"\ntask = \"count\"\ntest_images = 40\n\
+         [methods.linear]\n[methods.vera]\nr = 4\ntargets = \"qkv\"\nlr = 1e30\n",
+    )
+    .unwrap();
+    let cmd = |c: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vtab-orch"));
+        cmd.args([c, suite.to_str().unwrap(), "--gpus", "none"]);
+        cmd
+    };
+    let o = cmd("run").output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("FAILED train shape vera") && err.contains("non-finite loss in epoch 1, step"),
-        "{err}"
-    );
-    assert!(err.contains("blocked eval shape vera"), "{err}");
+    for d in ["shape", "count"] {
+        assert!(err.contains(&format!("FAILED train {d} vera")), "{err}");
+        assert!(err.contains(&format!("blocked eval {d} vera")), "{err}");
+    }
+    assert!(err.contains("non-finite loss in epoch 1, step"), "{err}");
     assert!(err.contains("log: "), "{err}");
-    // Every sibling finished and is cached.
-    let p = plan(
-        &st,
-        &[
-            "methods.vera.lr=1e30",
-            "seeds=[0]",
-            "datasets.shape.seeds=[0]",
-        ],
-    );
-    let pending: Vec<_> = to_run(&p);
+    assert!(err.contains("2 failed, 2 blocked"), "{err}");
+    // Every sibling finished and is cached; only VeRA's nodes are left to run.
+    let p = cmd("plan").arg("--json").output().unwrap();
+    let p: Vec<Value> = serde_json::from_slice::<Value>(&p.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone();
+    let pending = to_run(&p);
     assert!(
         pending.iter().all(|(_, l)| l.contains(" vera ")),
         "{pending:?}"
     );
+    assert_eq!(pending.len(), 2 * 2, "2 datasets x (train, eval)");
     assert_eq!(
-        pending.len(),
-        2 * 2 * 3,
-        "2 VeRA ranks x 3 datasets x (train, eval)"
+        p.len() - pending.len(),
+        1 + 2 * 2 + 2 * 2,
+        "build, 2 x 2 preps, linear train+eval x 2 cached"
     );
     std::fs::remove_dir_all(&st).ok();
+}
+
+/// The device kind is part of device nodes' keys (`cpu-fp32` vs `cuda-bf16`); which GPU is
+/// not; prep keys do not depend on the device at all.
+#[test]
+fn keys_follow_the_device_kind_not_the_gpu_choice() {
+    let st = store("device");
+    let keys = |gpus: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vtab-orch"));
+        c.args(["plan", suite().to_str().unwrap(), "--json", "--gpus", gpus])
+            .arg("--store")
+            .arg(&st);
+        for s in TINY {
+            c.arg("--set").arg(s);
+        }
+        let text = ok(&c.output().unwrap());
+        serde_json::from_str::<Value>(&text)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["kind"].as_str().unwrap().to_string(),
+                    e["key"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let (gpu0, gpu1, cpu) = (keys("0"), keys("1"), keys("none"));
+    assert_eq!(gpu0, gpu1, "which GPU is not part of a key");
+    for ((kind, a), (_, b)) in gpu0.iter().zip(&cpu) {
+        if kind == "prep" {
+            assert_eq!(a, b, "prep does not depend on the device");
+        } else {
+            assert_ne!(
+                a, b,
+                "{kind}: cuda-bf16 and cpu-fp32 results are keyed apart"
+            );
+        }
+    }
+    assert!(!st.exists(), "plan writes nothing");
+}
+
+/// Every invalid argument exits with 2, as documented.
+#[test]
+fn invalid_arguments_exit_2() {
+    let st = store("args");
+    let cases: [&[&str]; 4] = [
+        &["run", "--gpus", "zero"],
+        &["plan", "--gpus", "0,x"],
+        &["report", "--format", "pdf"],
+        &["run", "--gpus", "99"],
+    ];
+    for args in cases {
+        let o = Command::new(env!("CARGO_BIN_EXE_vtab-orch"))
+            .args(&args[..1])
+            .arg(suite())
+            .arg("--store")
+            .arg(&st)
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    assert!(!st.exists(), "nothing written");
 }

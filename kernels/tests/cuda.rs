@@ -12,7 +12,7 @@ fn machine_has_nvidia_gpu() -> bool {
 #[test]
 fn cuda_is_wired_when_a_gpu_is_present() {
     if !machine_has_nvidia_gpu() {
-        eprintln!("\n*** SKIPPED cuda_is_wired_when_a_gpu_is_present: no NVIDIA GPU on this machine (tch::Cuda::is_available() = {}) ***\n", tch::Cuda::is_available());
+        skipped(&format!("cuda_is_wired_when_a_gpu_is_present: no NVIDIA GPU on this machine (tch::Cuda::is_available() = {})", tch::Cuda::is_available()));
         return;
     }
     assert!(tch::Cuda::is_available(), "an NVIDIA GPU is present but libtorch does not see CUDA: is libtorch_cuda linked (--no-as-needed)?");
@@ -45,4 +45,12 @@ fn autocast_on_cpu_is_scoped() {
         "autocast leaked out of its scope"
     );
     assert!(memory_stats(Device::Cpu).unwrap().is_none());
+}
+
+/// Says loudly that a test could not run here. Written to the stderr handle directly, not
+/// through `eprintln!`, which the test harness captures: the line shows in a plain
+/// `cargo test` run (and `./x test` lists every such line at the end).
+fn skipped(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "\n*** SKIPPED {why} ***\n");
 }

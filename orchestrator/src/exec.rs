@@ -111,7 +111,11 @@ fn exec_into(store: &Store, key: &str, node: Node, cpu: bool, staged: &Path) -> 
         )));
     }
     let t0 = Instant::now();
-    let device = nodes::train::device(cpu)?;
+    // Prep and checkpoint builds are CPU work; device nodes compute where their key says.
+    let device = match node.numerics() {
+        Some(n) => nodes::train::device(n, cpu)?,
+        None => tch::Device::Cpu,
+    };
     match &node {
         Node::Prep(p) => {
             nodes::prep::run(p, staged)?;

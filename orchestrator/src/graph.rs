@@ -3,8 +3,8 @@
 //! metadata) but runs nothing.
 use crate::datasets::{self, Split};
 use crate::hash::Fingerprint;
+use crate::numerics::{DeviceKind, Numerics};
 use crate::suite::{Backbone, Opt, Pretrain, Run, Source, Suite, Weights};
-use kernels::train::Precision;
 use kernels::{Method, VitConfig};
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::{Deserialize, Serialize};
@@ -26,8 +26,12 @@ pub struct PrepNode {
 pub enum BuildWeights {
     /// A timm safetensors file; only its digest is semantic.
     File { path: PathBuf, blake3: String },
-    /// Pretrain on a synthetic task at `img_size`.
-    Pretrain { recipe: Pretrain, img_size: i64 },
+    /// Pretrain on a synthetic task at `img_size`, in `numerics`.
+    Pretrain {
+        recipe: Pretrain,
+        img_size: i64,
+        numerics: Numerics,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +50,8 @@ pub struct TrainNode {
     pub method: Method,
     pub opt: Opt,
     pub seed: u64,
+    /// `opt.precision` resolved on the device kind the run targets.
+    pub numerics: Numerics,
     pub prep: String,
     pub build: String,
 }
@@ -57,7 +63,7 @@ pub struct EvalNode {
     pub family: String,
     pub seed: u64,
     pub hparams: BTreeMap<String, String>,
-    pub precision: Precision,
+    pub numerics: Numerics,
     pub eval_batch_size: i64,
     pub train: String,
     pub prep: String,
@@ -129,6 +135,20 @@ impl Node {
         }
     }
 
+    /// The arithmetic a device node is keyed for (train, eval, pretraining); None for CPU
+    /// work (prep, checkpoint builds).
+    pub fn numerics(&self) -> Option<Numerics> {
+        match self {
+            Node::Train(t) => Some(t.numerics),
+            Node::Eval(e) => Some(e.numerics),
+            Node::Build(BuildNode {
+                weights: BuildWeights::Pretrain { numerics, .. },
+                ..
+            }) => Some(*numerics),
+            Node::Prep(_) | Node::Build(_) => None,
+        }
+    }
+
     /// Train and eval (and pretraining) need the accelerator; prep and file builds do not.
     pub fn uses_device(&self) -> bool {
         matches!(
@@ -142,68 +162,11 @@ impl Node {
         )
     }
 
-    /// The semantic content of this node. Labels, paths, batch sizes for evaluation and
-    /// anything about where or how it runs are left out.
+    /// The semantic content of this node (`identity.rs` says field by field what enters
+    /// it). Labels, paths, batch sizes for evaluation and anything about where or how it
+    /// runs are left out; the device kind and arithmetic (`cuda-bf16`) are in.
     pub fn fingerprint(&self) -> Fingerprint {
-        match self {
-            Node::Prep(p) => {
-                let fp = Fingerprint::new("prep")
-                    .param("split", p.split)
-                    .param("img_size", p.img_size);
-                match &p.source {
-                    Source::Synthetic { task, test_images } => fp
-                        .param("synthetic", task)
-                        .param("test_images", test_images),
-                    Source::Real(r) => {
-                        let fp = fp
-                            .param("format", &r.format)
-                            .param("source_digest", &p.source_digest)
-                            .param("dtd_split", r.dtd_split);
-                        // The seed only draws the 1000 training examples of datasets that
-                        // ship no VTAB-1k lists; elsewhere it would only cause reruns.
-                        let draws =
-                            p.split != Split::Test && r.format != crate::datasets::Format::Vtab1k;
-                        if draws {
-                            fp.param("sample_seed", p.sample_seed)
-                        } else {
-                            fp
-                        }
-                    }
-                }
-            }
-            Node::Build(b) => {
-                let fp = Fingerprint::new("build")
-                    .param("arch", &b.arch)
-                    .param("mean", b.mean)
-                    .param("std", b.std);
-                match &b.weights {
-                    BuildWeights::File { blake3, .. } => fp.param("weights_blake3", blake3),
-                    BuildWeights::Pretrain { recipe, img_size } => {
-                        fp.param("pretrain", recipe).param("img_size", img_size)
-                    }
-                }
-            }
-            Node::Train(t) => Fingerprint::new("train")
-                .param("method", &t.method)
-                .param("seed", t.seed)
-                .param("epochs", t.opt.epochs)
-                .param("batch_size", t.opt.batch_size)
-                .param("lr", t.opt.lr)
-                .param("min_lr", t.opt.min_lr)
-                .param("weight_decay", t.opt.weight_decay)
-                .param("warmup_epochs", t.opt.warmup_epochs)
-                .param("label_smoothing", t.opt.label_smoothing)
-                .param("clip_grad_norm", t.opt.clip_grad_norm)
-                .param("precision", t.opt.precision)
-                .param("augment", &t.opt.augment)
-                .input("prep", &t.prep)
-                .input("build", &t.build),
-            Node::Eval(e) => Fingerprint::new("eval")
-                .param("precision", e.precision)
-                .input("train", &e.train)
-                .input("prep", &e.prep)
-                .input("build", &e.build),
-        }
+        crate::identity::fingerprint(self)
     }
 
     /// Keys of the nodes this one reads.
@@ -261,9 +224,12 @@ impl Graph {
     }
 }
 
-/// Weights digests cost a full read; `digests` caches them per (path, size, mtime).
+/// Expands `suite` for device nodes computing on `device` (every `precision = "auto"` is
+/// resolved for it). Weights digests cost a full read; the caller's `weights_digest` caches
+/// them per (path, size, mtime).
 pub fn expand(
     suite: &Suite,
+    device: DeviceKind,
     weights_digest: &dyn Fn(&std::path::Path) -> Result<String, String>,
 ) -> Result<Graph, Vec<String>> {
     let mut errors = Vec::new();
@@ -272,7 +238,7 @@ pub fn expand(
         index: BTreeMap::new(),
         runs: Vec::new(),
     };
-    let build = build_node(&suite.backbone, weights_digest).map_err(|e| vec![e])?;
+    let build = build_node(&suite.backbone, device, weights_digest).map_err(|e| vec![e])?;
     let build_key = g.add(Node::Build(build));
     let mut digests: BTreeMap<String, String> = BTreeMap::new();
     for (name, d) in &suite.datasets {
@@ -302,6 +268,7 @@ pub fn expand(
         };
         let train_prep = g.add(prep(run.opt.train_split, &run.opt));
         let eval_prep = g.add(prep(run.opt.eval_split, &run.opt));
+        let numerics = Numerics::resolve(run.opt.precision, device);
         let train = g.add(Node::Train(TrainNode {
             dataset: run.dataset.clone(),
             config: run.config.clone(),
@@ -309,6 +276,7 @@ pub fn expand(
             method: run.method.clone(),
             opt: run.opt.clone(),
             seed: run.seed,
+            numerics,
             prep: train_prep,
             build: build_key.clone(),
         }));
@@ -318,7 +286,7 @@ pub fn expand(
             family: run.family.clone(),
             seed: run.seed,
             hparams: run.hparams.clone(),
-            precision: run.opt.precision,
+            numerics,
             eval_batch_size: run.opt.eval_batch_size,
             train,
             prep: eval_prep,
@@ -331,6 +299,7 @@ pub fn expand(
 
 fn build_node(
     b: &Backbone,
+    device: DeviceKind,
     weights_digest: &dyn Fn(&std::path::Path) -> Result<String, String>,
 ) -> Result<BuildNode, String> {
     let weights = match &b.weights {
@@ -341,6 +310,7 @@ fn build_node(
         Weights::Pretrain(r) => BuildWeights::Pretrain {
             recipe: r.clone(),
             img_size: b.arch.img_size,
+            numerics: Numerics::resolve(kernels::train::Precision::Auto, device),
         },
     };
     Ok(BuildNode {

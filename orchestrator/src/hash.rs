@@ -5,7 +5,10 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// Bumped when the meaning of a node kind's outputs changes; part of every key of that kind.
-pub const REVISIONS: [(&str, u32); 4] = [("prep", 1), ("build", 1), ("train", 1), ("eval", 1)];
+/// Revision 2 (all kinds): explicit per-kind identities (`identity.rs`) and resolved
+/// numerics (`cpu-fp32`, `cuda-bf16`, ...) instead of `precision = "auto"`; stores made
+/// before it re-run everything once.
+pub const REVISIONS: [(&str, u32); 4] = [("prep", 2), ("build", 2), ("train", 2), ("eval", 2)];
 
 pub fn revision(kind: &str) -> u32 {
     REVISIONS
@@ -33,6 +36,18 @@ impl Fingerprint {
             params: BTreeMap::new(),
             inputs: BTreeMap::new(),
         }
+    }
+
+    /// A fingerprint whose parameters are the fields of `identity` (a struct of
+    /// `identity.rs`), each a top-level parameter.
+    pub fn of(kind: &str, identity: &impl Serialize) -> Self {
+        let Value::Object(fields) = serde_json::to_value(identity).expect("identity serialises")
+        else {
+            panic!("an identity serialises to a map of fields")
+        };
+        let mut fp = Fingerprint::new(kind);
+        fp.params.extend(fields);
+        fp
     }
 
     pub fn param(mut self, k: &str, v: impl Serialize) -> Self {
@@ -121,7 +136,7 @@ mod tests {
         // Pinned: changing the encoding changes every key in every store.
         assert_eq!(
             String::from_utf8(fp.canonical_bytes()).unwrap(),
-            r#"{"kind":"train","revision":1,"params":{"lr":0.001,"seed":3},"inputs":{"build":"cd","prep":"ab"}}"#
+            r#"{"kind":"train","revision":2,"params":{"lr":0.001,"seed":3},"inputs":{"build":"cd","prep":"ab"}}"#
         );
         assert_eq!(
             fp.key(),
@@ -129,7 +144,7 @@ mod tests {
         );
         assert_eq!(
             fp.key(),
-            "31c0ba32bcf275ad5da199099a8d2528a31c63dc52a051eae89891dcef5fc976"
+            "be55feccbd6d573fac0f460448bb0f49ffedebd2a54b775712f538de8b96c748"
         );
     }
 

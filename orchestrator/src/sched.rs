@@ -425,7 +425,10 @@ mod tests {
         )
         .unwrap();
         let s = crate::suite::load(&suite, &[]).unwrap();
-        let g = crate::graph::expand(&s, &|_| Err("no weights file".into())).unwrap();
+        let g = crate::graph::expand(&s, crate::numerics::DeviceKind::Cpu, &|_| {
+            Err("no weights file".into())
+        })
+        .unwrap();
         let store = Store::open(&dir.join("store")).unwrap();
         let mut events = Vec::new();
         let o = RunOptions {

@@ -283,10 +283,25 @@ impl Store {
     }
 }
 
+/// This machine's name as the OS reports it (uname/gethostname, not a file that may be
+/// missing): staging directories carry it so that cleanup on a shared store only touches
+/// this host's. A host whose name cannot be read gets a name no other host shares.
 pub fn host_name() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+    match gethostname::gethostname().into_string() {
+        Ok(h) if !h.is_empty() && !h.contains('@') => h,
+        _ => format!("unnamed-{:016x}", machine_id()),
+    }
+}
+
+/// A per-boot-stable identifier for a host without a usable name: /etc/machine-id where
+/// present, else the boot id; hashed so it fits a file name.
+fn machine_id() -> u64 {
+    let id = ["/etc/machine-id", "/proc/sys/kernel/random/boot_id"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    let h = blake3::hash(id.trim().as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 #[cfg(test)]

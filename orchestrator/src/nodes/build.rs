@@ -4,7 +4,6 @@ use super::{write_json, NodeError, Result};
 use crate::datasets::synthetic;
 use crate::graph::{BuildNode, BuildWeights};
 use kernels::checkpoint::{load_timm, HeadPolicy};
-use kernels::train::Precision;
 use kernels::{AdaptedVit, Method, VisionTransformer};
 use std::path::Path;
 use tch::{Device, Tensor};
@@ -40,7 +39,11 @@ pub fn run(b: &BuildNode, out: &Path, device: Device) -> Result<()> {
             load_timm(&mut vit, path, HeadPolicy::Ignore)?;
             save_backbone(&mut vit, &out.join(BACKBONE))
         }
-        BuildWeights::Pretrain { recipe, img_size } => {
+        BuildWeights::Pretrain {
+            recipe,
+            img_size,
+            numerics,
+        } => {
             let size = *img_size as u32;
             let classes = recipe.task.class_names().len() as i64;
             let mut pixels =
@@ -72,7 +75,7 @@ pub fn run(b: &BuildNode, out: &Path, device: Device) -> Result<()> {
                 weight_decay: recipe.weight_decay,
                 label_smoothing: 0.1,
                 clip_grad_norm: Some(1.0),
-                precision: Precision::Auto,
+                precision: numerics.precision,
                 flip: true,
                 crop: false,
                 mean: b.mean,

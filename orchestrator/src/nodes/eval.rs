@@ -45,7 +45,7 @@ pub fn run(
     model.load_trainable(&train_dir.join(train::TRAINABLE))?;
     model.merge();
     if device.is_cuda() {
-        if let Some(kind) = e.precision.autocast_kind(device) {
+        if let Some(kind) = e.numerics.precision.autocast_kind(device) {
             model.cast_frozen(kind);
         }
     }
@@ -63,7 +63,7 @@ pub fn run(
             let len = e.eval_batch_size.min(n - start);
             let x = train::normalise(&images.narrow(0, start, len), b.mean, b.std);
             let y = labels.narrow(0, start, len);
-            let pred = eval_logits(&model, &x, e.precision)?.argmax(-1, false);
+            let pred = eval_logits(&model, &x, e.numerics.precision)?.argmax(-1, false);
             let hit = pred.eq_tensor(&y).to_kind(Kind::Int64);
             correct = correct.index_add(0, &y, &hit);
             seen = seen.index_add(0, &y, &Tensor::ones_like(&y));

@@ -49,6 +49,7 @@ pub fn run(p: &PrepNode, out: &Path) -> Result<PrepInfo> {
             )
         }
         Source::Real(r) => {
+            unchanged_since_planned(p, r)?;
             let list = datasets::list_split(r, p.split, p.sample_seed)?;
             (
                 list.examples.into_iter().map(Item::Real).collect(),
@@ -99,6 +100,10 @@ pub fn run(p: &PrepNode, out: &Path) -> Result<PrepInfo> {
         chunks.push(name);
         super::progress(serde_json::json!({"done": (ci * CHUNK + chunk.len()), "total": total}));
     }
+    // Files replaced while they were decoded must not be stored under the planned key either.
+    if let Source::Real(r) = &p.source {
+        unchanged_since_planned(p, r)?;
+    }
     let info = PrepInfo {
         class_names,
         count: total,
@@ -108,6 +113,20 @@ pub fn run(p: &PrepNode, out: &Path) -> Result<PrepInfo> {
     };
     write_json(&out.join(CLASSES), &info)?;
     Ok(info)
+}
+
+/// The key was made from the source's fingerprint at planning time; data changed since then
+/// must not be stored under it (as build refuses changed weights).
+fn unchanged_since_planned(p: &PrepNode, r: &datasets::RealSource) -> Result<()> {
+    let now = datasets::fingerprint(r)?;
+    if now != p.source_digest {
+        return Err(NodeError::Failed(format!(
+            "{}: the dataset's files changed since the suite was planned (fingerprint {now}, planned {}); run again",
+            r.root.display(),
+            p.source_digest
+        )));
+    }
+    Ok(())
 }
 
 /// Reads a committed prep entry's info.

@@ -4,12 +4,14 @@
 use super::{write_json, NodeError, Result};
 use crate::graph::{BuildNode, TrainNode};
 use crate::nodes::{build, prep};
+use crate::numerics::{DeviceKind, Numerics};
 use kernels::accel::{memory_stats, reset_peak_memory, synchronize};
 use kernels::optim::AdamWConfig;
 use kernels::schedule::WarmupCosine;
 use kernels::train::{Precision, TrainConfig, Trainer};
 use kernels::{AdaptedVit, Method, ParamCounts, VisionTransformer};
 use serde::{Deserialize, Serialize};
+use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -199,6 +201,33 @@ fn load_checkpoint(dir: &Path, trainer: &mut Trainer) -> Result<Option<(u64, Vec
 /// Test hook standing in for `kill -9`: abort right after checkpointing this epoch.
 const CRASH_AFTER_EPOCH: &str = "VTAB_ORCH_TEST_CRASH_AFTER_EPOCH";
 
+/// Test hook, `VTAB_ORCH_TEST_PAUSE_AFTER_EPOCH=EPOCH:MARKER`: the first process to create
+/// the file MARKER (others go on) writes its pid into it after EPOCH's checkpoint and waits
+/// until `MARKER.go` exists. A test then acts while a node is certainly mid-run (its staging
+/// directory and lease live), however fast or slow the machine is.
+const PAUSE_AFTER_EPOCH: &str = "VTAB_ORCH_TEST_PAUSE_AFTER_EPOCH";
+
+fn pause_for_test(epoch: u64) {
+    let Some((at, marker)) = std::env::var(PAUSE_AFTER_EPOCH).ok().and_then(|v| {
+        v.split_once(':')
+            .map(|(e, m)| (e.to_string(), m.to_string()))
+    }) else {
+        return;
+    };
+    if at.parse() != Ok(epoch) {
+        return;
+    }
+    let Ok(mut f) = std::fs::File::create_new(&marker) else {
+        return;
+    };
+    let _ = write!(f, "{}", std::process::id());
+    drop(f);
+    let go = format!("{marker}.go");
+    while !Path::new(&go).exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Trains `model` on (images u8, labels) already on the device. With `ckpt_dir`, resumes
 /// from the checkpoint found there and writes one at every epoch end.
 pub fn fit(
@@ -295,6 +324,7 @@ pub fn fit(
         if let Some(dir) = ckpt_dir {
             save_checkpoint(dir, &trainer, &logs, epoch)?;
         }
+        pause_for_test(epoch);
         if crash_after == Some(epoch) {
             std::process::abort();
         }
@@ -306,16 +336,27 @@ pub fn fit(
 /// the parent said `--device cpu`.
 /// A child given a GPU slot (CUDA_VISIBLE_DEVICES set) that cannot see CUDA fails rather
 /// than quietly training on the CPU (an fp32 result under a slot meant for bf16 on a GPU).
-pub fn device(cpu: bool) -> Result<Device> {
-    if cpu {
+/// The device a node keyed for `numerics` computes on. A node keyed for CUDA never falls
+/// back to the CPU (its result would be stored under a key that says `cuda-...`).
+pub fn device(numerics: Numerics, cpu: bool) -> Result<Device> {
+    if numerics.device == DeviceKind::Cpu {
         return Ok(Device::Cpu);
     }
-    match std::env::var("CUDA_VISIBLE_DEVICES") {
-        Ok(v) if !tch::Cuda::is_available() => Err(NodeError::Failed(format!(
-            "this node was given GPU {v} (CUDA_VISIBLE_DEVICES) but libtorch sees no CUDA device; check --gpus against `vtab-orch env`"
-        ))),
-        _ => Ok(Device::cuda_if_available()),
+    let no_gpu = |why: String| {
+        NodeError::Failed(format!(
+            "this node is keyed for {numerics} but {why}; run it where CUDA is visible (`vtab-orch env`), or plan and run with --gpus none for CPU results"
+        ))
+    };
+    if cpu {
+        return Err(no_gpu("it was started with --cpu".into()));
     }
+    if !tch::Cuda::is_available() {
+        return Err(no_gpu(match std::env::var("CUDA_VISIBLE_DEVICES") {
+            Ok(v) => format!("libtorch sees no CUDA device (CUDA_VISIBLE_DEVICES={v})"),
+            Err(_) => "libtorch sees no CUDA device".into(),
+        }));
+    }
+    Ok(Device::Cuda(0))
 }
 
 /// Backbone from a build entry at `img_size` (the position embedding is resampled when the
@@ -368,7 +409,7 @@ pub fn run(
         device,
     )?;
     if device.is_cuda() {
-        if let Some(kind) = t.opt.precision.autocast_kind(device) {
+        if let Some(kind) = t.numerics.precision.autocast_kind(device) {
             model.cast_frozen(kind);
         }
     }
@@ -382,7 +423,7 @@ pub fn run(
         weight_decay: t.opt.weight_decay,
         label_smoothing: t.opt.label_smoothing,
         clip_grad_norm: t.opt.clip_grad_norm,
-        precision: t.opt.precision,
+        precision: t.numerics.precision,
         flip: t.opt.augment == "flip" || t.opt.augment == "crop+flip",
         crop: t.opt.augment == "crop+flip",
         mean: b.mean,
