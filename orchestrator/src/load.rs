@@ -4,7 +4,7 @@
 use crate::graph::{expand, Graph};
 use crate::numerics::DeviceKind;
 use crate::store::{digest_file, Store};
-use crate::suite::{self, Suite, SuiteError};
+use crate::suite::{self, Diagnostic, Suite, SuiteError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -49,9 +49,10 @@ pub fn load(
 }
 
 fn expand_for(suite: &Suite, root: &Path, device: DeviceKind) -> Result<Graph, SuiteError> {
-    expand(suite, device, &weights_digest(root)).map_err(|errors| SuiteError {
-        file: suite.path.clone(),
-        errors,
+    expand(suite, device, &weights_digest(root)).map_err(|errors| {
+        // Each names its key already (`datasets.NAME`: why).
+        let errors = errors.into_iter().map(|e| Diagnostic::invalid("", e));
+        SuiteError::new(&suite.path, errors.collect())
     })
 }
 

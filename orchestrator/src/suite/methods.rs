@@ -1,0 +1,287 @@
+//! A `[methods.NAME]` table: the method, its parameters, and the grid its list values span,
+//! expanded into runs over the datasets it applies to.
+use super::defaults::{Opt, OPT_KEYS};
+use super::diagnostic::{nearest, unknown_name};
+use super::grid::grid_points;
+use super::parser::{display, Parser};
+use super::{Run, METHODS};
+use kernels::{Ia3Spec, LoraSpec, Method, Target, VeraSpec};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Method-table keys that are method parameters (the rest are optimisation settings).
+pub(super) const SPEC: [&str; 7] = [
+    "r",
+    "alpha",
+    "dropout",
+    "rslora",
+    "targets",
+    "d_initial",
+    "projection_prng_key",
+];
+
+/// Method parameters that `Method::label` shows.
+const LABELLED: [&str; 4] = ["r", "alpha", "rslora", "targets"];
+
+impl Parser {
+    pub(super) fn method(
+        &mut self,
+        family: &str,
+        v: &Value,
+        ds: &BTreeMap<String, (Opt, Option<Vec<u64>>)>,
+        declared: &[&str],
+        seeds: &[u64],
+    ) -> Vec<Run> {
+        let key = format!("methods.{family}");
+        let mut allowed: Vec<&str> = SPEC.to_vec();
+        allowed.extend(OPT_KEYS);
+        allowed.extend(["method", "datasets", "seeds"]);
+        let Some(m) = self.table(&key, v, &allowed) else {
+            return Vec::new();
+        };
+        let Some(kind) = self.method_kind(&key, family, m) else {
+            return Vec::new();
+        };
+        let only = m
+            .get("datasets")
+            .map(|d| self.dataset_list(&format!("{key}.datasets"), d, declared));
+        let method_seeds = m
+            .get("seeds")
+            .map(|s| self.seeds(&format!("{key}.seeds"), s));
+        let grid_keys = allowed
+            .iter()
+            .copied()
+            .filter(|k| !["method", "datasets", "seeds"].contains(k));
+        let axes = self.grid_axes(&key, m, &grid_keys.collect::<Vec<_>>());
+        let points = grid_points(&axes);
+        // Varying settings go into the row label unless the method label shows them.
+        let varying: BTreeSet<&str> = axes
+            .iter()
+            .filter(|(k, v)| {
+                v.len() > 1 && (OPT_KEYS.contains(&k.as_str()) || !LABELLED.contains(&k.as_str()))
+            })
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let mut runs = Vec::new();
+        for point in points {
+            let Some(method) = self.method_spec(&key, kind, &point) else {
+                continue;
+            };
+            for (dname, (dopt, dseeds)) in ds {
+                if only.as_ref().is_some_and(|o| !o.contains(dname)) {
+                    continue;
+                }
+                let mut opt = dopt.clone();
+                let mut hparams = BTreeMap::new();
+                let mut config = method.label();
+                for (k, v) in &point {
+                    if OPT_KEYS.contains(&k.as_str()) {
+                        self.opt_key(&format!("{key}.{k}"), k, v, &mut opt);
+                    }
+                    if varying.contains(k.as_str()) {
+                        config += &format!(" {k}={}", display(v));
+                    }
+                    hparams.insert(k.clone(), display(v));
+                }
+                hparams.insert("lr".into(), opt.lr.to_string());
+                hparams.insert("epochs".into(), opt.epochs.to_string());
+                let run_seeds = method_seeds
+                    .clone()
+                    .or_else(|| dseeds.clone())
+                    .unwrap_or_else(|| seeds.to_vec());
+                for seed in run_seeds {
+                    runs.push(Run {
+                        dataset: dname.clone(),
+                        family: family.to_string(),
+                        method: method.clone(),
+                        opt: opt.clone(),
+                        seed,
+                        config: config.clone(),
+                        hparams: hparams.clone(),
+                    });
+                }
+            }
+        }
+        runs
+    }
+
+    /// The method a table configures: its `method` key, else its name.
+    fn method_kind<'a>(
+        &mut self,
+        key: &str,
+        family: &'a str,
+        m: &'a serde_json::Map<String, Value>,
+    ) -> Option<&'a str> {
+        match m.get("method") {
+            Some(v) => self.one_of(&format!("{key}.method"), v, "method", &METHODS),
+            None if METHODS.contains(&family) => Some(family),
+            None => {
+                let hint = nearest(family, &METHODS)
+                    .map(|n| format!(" (did you mean `{n}`?)"))
+                    .unwrap_or_default();
+                self.err(
+                    key,
+                    format!(
+                        "`{family}` is not a method{hint}: name the table after one of {}, or set `method = \"...\"` in it",
+                        METHODS.join(", ")
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A method's `datasets = [...]`: names of declared datasets.
+    pub(super) fn dataset_list(&mut self, key: &str, v: &Value, declared: &[&str]) -> Vec<String> {
+        let Some(list) = v.as_array() else {
+            self.wrong_type(key, "a list of dataset names", v);
+            return Vec::new();
+        };
+        if list.is_empty() {
+            self.err(
+                key,
+                "is empty: list datasets, or leave `datasets` out to run on all",
+            );
+        }
+        list.iter()
+            .filter_map(|x| self.one_of(key, x, "dataset", declared))
+            .map(String::from)
+            .collect()
+    }
+
+    pub(super) fn method_spec(
+        &mut self,
+        key: &str,
+        kind: &str,
+        point: &[(String, Value)],
+    ) -> Option<Method> {
+        let get = |k: &str| point.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.clone());
+        let allowed: &[&str] = match kind {
+            "lora" => &["r", "alpha", "dropout", "rslora", "targets"],
+            "vera" => &[
+                "r",
+                "d_initial",
+                "projection_prng_key",
+                "dropout",
+                "targets",
+            ],
+            "ia3" => &["targets"],
+            _ => &[],
+        };
+        for (k, _) in point
+            .iter()
+            .filter(|(k, _)| !OPT_KEYS.contains(&k.as_str()))
+        {
+            if !allowed.contains(&k.as_str()) {
+                self.err(
+                    &format!("{key}.{k}"),
+                    format!(
+                        "not a parameter of {kind} (its parameters: {})",
+                        if allowed.is_empty() {
+                            "none".to_string()
+                        } else {
+                            allowed.join(", ")
+                        }
+                    ),
+                );
+            }
+        }
+        let targets = |p: &mut Parser| p.targets(&format!("{key}.targets"), get("targets"));
+        let num = |p: &mut Parser, k: &str, d: f64| {
+            get(k).map_or(Some(d), |v| p.f64(&format!("{key}.{k}"), &v))
+        };
+        let rank = |p: &mut Parser, d: i64| {
+            get("r").map_or(Some(d), |v| {
+                p.count(&format!("{key}.r"), &v).map(|x| x as i64)
+            })
+        };
+        let method = match kind {
+            "linear" => Method::Linear,
+            "full" => Method::Full,
+            "bitfit" => Method::Bitfit,
+            "lora" => {
+                let r = rank(self, 8)?;
+                Method::Lora(LoraSpec {
+                    r,
+                    alpha: num(self, "alpha", r as f64)?,
+                    dropout: num(self, "dropout", 0.0)?,
+                    rslora: match get("rslora") {
+                        Some(v) => self.bool(&format!("{key}.rslora"), &v)?,
+                        None => false,
+                    },
+                    targets: targets(self)?,
+                })
+            }
+            "vera" => Method::Vera(VeraSpec {
+                r: rank(self, 256)?,
+                d_initial: num(self, "d_initial", 0.1)?,
+                projection_prng_key: match get("projection_prng_key") {
+                    Some(v) => self.u64(&format!("{key}.projection_prng_key"), &v)? as i64,
+                    None => 0,
+                },
+                dropout: num(self, "dropout", 0.0)?,
+                targets: targets(self)?,
+            }),
+            _ => Method::Ia3(Ia3Spec {
+                targets: targets(self)?,
+            }),
+        };
+        if let Err(e) = method.validate() {
+            // Its messages read "lora: `alpha` must be > 0, got 0": file them under the field.
+            let msg = e.split_once(": ").map_or(e.as_str(), |(_, m)| m);
+            let field = msg.split('`').nth(1).filter(|f| allowed.contains(f));
+            self.err(
+                &field.map_or(key.to_string(), |f| format!("{key}.{f}")),
+                msg,
+            );
+            return None;
+        }
+        Some(method)
+    }
+
+    /// `targets = "q,v"`: distinct known layers, not both qkv and one of its slices, sorted
+    /// (order does not matter to the model: "v,q" is the same run and key as "q,v").
+    fn targets(&mut self, tkey: &str, v: Option<Value>) -> Option<Vec<Target>> {
+        let layers = Target::ALL.map(Target::as_str);
+        let Some(v) = v else {
+            self.err(
+                tkey,
+                format!("missing (e.g. \"q,v\"; layers: {})", layers.join(", ")),
+            );
+            return None;
+        };
+        let mut out: Vec<Target> = Vec::new();
+        for t in self
+            .str(tkey, &v)?
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
+            let Some(x) = Target::ALL.into_iter().find(|x| x.as_str() == t) else {
+                self.problem(tkey, unknown_name("layer", t, &layers));
+                return None;
+            };
+            if out.contains(&x) {
+                self.err(tkey, format!("lists `{t}` twice"));
+                return None;
+            }
+            let clash = out.iter().find(|o| {
+                (**o == Target::Qkv && x.qkv_slice().is_some())
+                    || (x == Target::Qkv && o.qkv_slice().is_some())
+            });
+            if let Some(o) = clash {
+                self.err(
+                    tkey,
+                    format!(
+                        "has both `{}` and `{t}`: q, k and v are slices of qkv; choose one",
+                        o.as_str()
+                    ),
+                );
+                return None;
+            }
+            out.push(x);
+        }
+        out.sort();
+        Some(out)
+    }
+}

@@ -1,0 +1,118 @@
+//! Parser tests that need the whole suite: did-you-mean, grid labels, where values came from.
+use super::defaults::OPT_KEYS;
+use super::diagnostic::nearest;
+use super::*;
+use std::collections::BTreeSet;
+
+fn default_suite() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../suite.toml")
+}
+
+fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    vars.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn nearest_suggests_close_names_and_synonyms_only() {
+    assert_eq!(nearest("sedes", &TOP_KEYS), Some("seeds"));
+    assert_eq!(nearest("epoch", &OPT_KEYS), Some("epochs"));
+    assert_eq!(nearest("learning_rate", &OPT_KEYS), Some("lr"));
+    assert_eq!(nearest("x", &["r"]), None);
+    assert_eq!(nearest("colour", &TOP_KEYS), None);
+}
+
+#[test]
+fn a_grid_over_a_parameter_the_label_hides_gives_distinct_runs() {
+    let sets = ["methods.lora.dropout=[0.0, 0.1]".to_string()];
+    let suite = load_with_env(&default_suite(), &sets, []).expect("a valid suite");
+    let configs: BTreeSet<&str> = suite.runs.iter().map(|r| r.config.as_str()).collect();
+    for d in ["dropout=0.0", "dropout=0.1"] {
+        assert!(configs.iter().any(|c| c.ends_with(d)), "{configs:?}");
+    }
+}
+
+#[test]
+fn errors_from_set_say_so() {
+    let sets = ["defaults.epoch=2".to_string()];
+    let e = load_with_env(&default_suite(), &sets, []).unwrap_err();
+    assert_eq!(
+        e.errors,
+        [Diagnostic {
+            key: "defaults.epoch".into(),
+            problem: Problem::UnknownKey {
+                suggestion: Some("epochs".into()),
+                allowed: OPT_KEYS.iter().map(|k| k.to_string()).collect(),
+            },
+            origin: Some(Origin::Set("defaults.epoch=2".into())),
+        }]
+    );
+    assert_eq!(
+        e.errors[0].to_string(),
+        "`defaults.epoch`: unknown key; did you mean `epochs`? (from --set defaults.epoch=2)"
+    );
+}
+
+/// The README's uppercase form works, and goes through the same validation as `--set`.
+#[test]
+fn environment_overrides_are_validated_like_set() {
+    let epochs = |s: &Suite| s.runs[0].opt.epochs;
+    let plain = load_with_env(&default_suite(), &[], []).unwrap();
+    let upper = load_with_env(
+        &default_suite(),
+        &[],
+        env(&[("VTAB_ORCH_DEFAULTS__EPOCHS", "2")]),
+    )
+    .unwrap();
+    assert_ne!(epochs(&plain), 2);
+    assert_eq!(epochs(&upper), 2);
+    let lower = load_with_env(
+        &default_suite(),
+        &[],
+        env(&[("VTAB_ORCH_defaults__epochs", "3")]),
+    )
+    .unwrap();
+    assert_eq!(epochs(&lower), 3);
+    // --set wins over the environment.
+    let both = load_with_env(
+        &default_suite(),
+        &["defaults.epochs=4".into()],
+        env(&[("VTAB_ORCH_DEFAULTS__EPOCHS", "2")]),
+    )
+    .unwrap();
+    assert_eq!(epochs(&both), 4);
+    // The tool's own variables are not suite keys.
+    let tool = env(&[("VTAB_ORCH_HOME", "/x"), ("VTAB_ORCH_PYTHON", "py")]);
+    assert!(load_with_env(&default_suite(), &[], tool).is_ok());
+
+    let bad = load_with_env(
+        &default_suite(),
+        &[],
+        env(&[("VTAB_ORCH_DEFAULTS__LR", "abc")]),
+    )
+    .unwrap_err();
+    assert_eq!(bad.errors.len(), 1, "{bad}");
+    assert_eq!(bad.errors[0].key, "defaults.lr");
+    assert!(
+        matches!(bad.errors[0].problem, Problem::WrongType { .. }),
+        "{bad}"
+    );
+    assert_eq!(
+        bad.errors[0].origin,
+        Some(Origin::Env("VTAB_ORCH_DEFAULTS__LR".into()))
+    );
+    let typo = load_with_env(
+        &default_suite(),
+        &[],
+        env(&[("VTAB_ORCH_DEFAULTS__EPOCH", "2")]),
+    )
+    .unwrap_err();
+    assert_eq!(
+        typo.to_string(),
+        format!(
+            "{}: `defaults.epoch`: unknown key; did you mean `epochs`? (from the environment variable VTAB_ORCH_DEFAULTS__EPOCH)",
+            default_suite().display()
+        )
+    );
+}
