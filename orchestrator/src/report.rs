@@ -9,6 +9,12 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+mod reference;
+mod subsets;
+
+pub use reference::{comparisons, load_reference, Comparison, Reference, ReferenceRow};
+pub use subsets::{comparable_datasets, DataSubsets};
+
 /// One finished train/eval run, as the report needs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -34,6 +40,10 @@ pub struct RunRecord {
     pub wall_s: f64,
     /// The eval node's content hash (hex).
     pub key: String,
+    /// Which examples the run trained and was tested on (the prep entries' `subset.json`);
+    /// `None` where they were not recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subsets: Option<DataSubsets>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +55,12 @@ pub enum ReportError {
     },
     #[error("report: cannot write CSV {}: {source}", path.display())]
     Csv { path: PathBuf, source: csv::Error },
+    #[error(
+        "report: reference table {}: {problem} (expected a CSV with the columns dataset, \
+         method, top1, source; see docs/reference/)",
+        path.display()
+    )]
+    Reference { path: PathBuf, problem: String },
 }
 
 /// Output format of [`render`].
@@ -291,7 +307,7 @@ fn sorted_records(records: &[RunRecord]) -> Vec<&RunRecord> {
 }
 
 const SUMMARY_HEAD: [&str; 3] = ["dataset", "method", "config"];
-const SUMMARY_TAIL: [&str; 9] = [
+const SUMMARY_TAIL: [&str; 12] = [
     "seed",
     "top1",
     "trainable",
@@ -301,6 +317,9 @@ const SUMMARY_TAIL: [&str; 9] = [
     "train_img_s",
     "wall_s",
     "key",
+    "train_subset",
+    "eval_subset",
+    "vtab1k_comparable",
 ];
 
 /// The summary as rows of strings, header first.
@@ -336,6 +355,7 @@ fn summary_rows(records: &[RunRecord]) -> Vec<Vec<String>> {
             r.wall_s.to_string(),
             r.key.clone(),
         ]);
+        row.extend(subsets::summary_cells(r));
         rows.push(row);
     }
     rows
@@ -399,7 +419,9 @@ fn write_csv(rows: &[Vec<String>], path: &Path) -> Result<(), ReportError> {
 }
 
 /// One row per record, sorted (dataset, config, seed); one column per distinct hparam key
-/// over all records (sorted, empty where a record lacks it); `peak_mem_mib` empty on CPU.
+/// over all records (sorted, empty where a record lacks it); `peak_mem_mib` empty on CPU;
+/// `train_subset` / `eval_subset` say which examples the run used (empty where not recorded)
+/// and `vtab1k_comparable` whether it is comparable with published VTAB-1k (`true` / `false`).
 pub fn write_summary_csv(records: &[RunRecord], path: &Path) -> Result<(), ReportError> {
     write_csv(&summary_rows(records), path)
 }
@@ -411,14 +433,43 @@ pub fn write_table_csv(table: &Table, path: &Path) -> Result<(), ReportError> {
 
 /// Renders the table: Markdown, the table CSV, or JSON with the records and the table.
 pub fn render(table: &Table, records: &[RunRecord], format: Format) -> String {
+    render_with(table, records, format, None)
+}
+
+/// [`render`], with a reference table of published numbers for the datasets comparable with
+/// published VTAB-1k: beside the Markdown table, and as `"reference"` (the [`Comparison`]s) in
+/// JSON. The table CSV never holds it.
+pub fn render_with(
+    table: &Table,
+    records: &[RunRecord],
+    format: Format,
+    reference: Option<&Reference>,
+) -> String {
     match format {
-        Format::Md => markdown(table),
+        Format::Md => {
+            let mut s = markdown(table);
+            if !records.is_empty() {
+                s.push('\n');
+                s.push_str(&subsets::markdown_notes(records));
+            }
+            if let Some(r) = reference {
+                s.push('\n');
+                s.push_str(&reference::markdown(table, records, r));
+            }
+            s
+        }
         Format::Csv => csv_string(&table_rows(table)),
         Format::Json => {
-            let doc = serde_json::json!({
+            let mut doc = serde_json::json!({
                 "records": sorted_records(records),
                 "table": table,
             });
+            if let Some(r) = reference {
+                doc["reference"] = serde_json::json!({
+                    "file": r.path,
+                    "comparisons": comparisons(table, records, r),
+                });
+            }
             let mut s = serde_json::to_string_pretty(&doc).expect("records serialize to JSON");
             s.push('\n');
             s
@@ -871,6 +922,63 @@ mod tests {
             train_img_s: 310.0,
             wall_s: 130.0,
             key: format!("{:08x}", seed * 1000 + top1 as u64),
+            subsets: subsets_of(dataset),
+        }
+    }
+
+    /// cifar100 from the official VTAB-1k lists, dtd a seeded draw from fold 1 (tested on
+    /// fold 1's test list), anything else unrecorded.
+    fn subsets_of(dataset: &str) -> Option<DataSubsets> {
+        use crate::datasets::{Part, Split, SubsetDefinition, SubsetRecord};
+        let members = |prefix: &str, n: usize| -> Vec<String> {
+            (0..n).map(|i| format!("{prefix}/{i}.jpg")).collect()
+        };
+        let lists = |list: &str| SubsetDefinition::Vtab1kLists {
+            list: list.into(),
+            digests: [
+                "train800.txt",
+                "val200.txt",
+                "train800val200.txt",
+                "test.txt",
+            ]
+            .iter()
+            .map(|f| {
+                (
+                    f.to_string(),
+                    blake3::hash(f.as_bytes()).to_hex().to_string(),
+                )
+            })
+            .collect(),
+        };
+        match dataset {
+            "cifar100" => Some(DataSubsets {
+                train: SubsetRecord::new(
+                    Split::Train800val200,
+                    lists("train800val200.txt"),
+                    &members("train", 1000),
+                ),
+                eval: SubsetRecord::new(Split::Test, lists("test.txt"), &members("test", 300)),
+            }),
+            "dtd" => Some(DataSubsets {
+                train: SubsetRecord::new(
+                    Split::Train800val200,
+                    SubsetDefinition::SeededDraw {
+                        seed: 0,
+                        pool: Part::DtdFoldTrainval { fold: 1 },
+                        pool_size: 3760,
+                        drawn: 1000,
+                    },
+                    &members("images", 1000),
+                ),
+                eval: SubsetRecord::new(
+                    Split::Test,
+                    SubsetDefinition::Whole {
+                        part: Part::DtdFoldTest { fold: 1 },
+                    },
+                    &members("images", 1880),
+                ),
+            }),
+            _ => None,
         }
     }
 
@@ -1127,11 +1235,224 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "dataset,method,config,seed,top1,trainable,trainable_pct,epoch_time_s,\
-             peak_mem_mib,train_img_s,wall_s,key\n"
+             peak_mem_mib,train_img_s,wall_s,key,train_subset,eval_subset,vtab1k_comparable\n"
         );
         let plots_dir = dir.join("plots");
         assert!(write_plots(&[], &plots_dir).unwrap().is_empty());
         assert!(!plots_dir.exists());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn reference_file(name: &str, text: &str) -> (PathBuf, PathBuf) {
+        let dir = tmp_dir(name);
+        let path = dir.join("reference.csv");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    const REFERENCE: &str = "# published numbers\n\
+        dataset,method,top1,source,notes\n\
+        cifar100,Linear,63.4,Paper A,x\n\
+        cifar100,LoRA,67.1,Paper A,\n\
+        cifar100,Full,68.9,Paper B,\n\
+        dtd,LoRA,69.4,Paper A,\n";
+
+    #[test]
+    fn summary_marks_only_the_official_lists_comparable() {
+        let rows = summary_rows(&records());
+        let col = |name: &str| rows[0].iter().position(|h| h == name).unwrap();
+        let (ds, train, eval, cmp) = (
+            col("dataset"),
+            col("train_subset"),
+            col("eval_subset"),
+            col("vtab1k_comparable"),
+        );
+        for row in &rows[1..] {
+            let want = row[ds] == "cifar100";
+            assert_eq!(row[cmp], want.to_string(), "{row:?}");
+            match row[ds].as_str() {
+                "cifar100" => {
+                    assert!(row[train].starts_with("vtab1k-lists train800val200.txt (blake3 "));
+                    assert!(row[train].contains("train800val200: 1000 examples"));
+                    assert!(row[eval].starts_with("vtab1k-lists test.txt"));
+                }
+                "dtd" => {
+                    assert!(row[train].starts_with(
+                        "seeded-draw seed 0: 1000 of 3760 (dtd-fold 1 train+val), train800val200"
+                    ));
+                    assert!(row[eval].starts_with("dtd-fold 1 test, test: 1880 examples"));
+                }
+                _ => assert_eq!((row[train].as_str(), row[eval].as_str()), ("", "")),
+            }
+        }
+        assert_eq!(
+            comparable_datasets(&records())
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [("cifar100", true), ("dtd", false), ("flowers102", false)]
+        );
+        // One non-comparable run makes its dataset non-comparable.
+        let mut recs = records();
+        let r = recs.iter_mut().find(|r| r.dataset == "cifar100").unwrap();
+        r.subsets = subsets_of("dtd");
+        assert_eq!(comparable_datasets(&recs)["cifar100"], false);
+    }
+
+    #[test]
+    fn markdown_says_which_subsets_each_dataset_used() {
+        let md = render(&build_table(&records()), &records(), Format::Md);
+        let line = |ds: &str| {
+            md.lines()
+                .find(|l| l.starts_with(&format!("- `{ds}`")))
+                .unwrap_or_else(|| panic!("no line for {ds}:\n{md}"))
+                .to_string()
+        };
+        assert!(line("cifar100").contains("**comparable with published VTAB-1k**"));
+        assert!(line("dtd").contains("VTAB-1k-sized draw, **not comparable"));
+        assert!(line("dtd").contains("seeded-draw seed 0: 1000 of 3760"));
+        assert!(line("flowers102").contains("subsets not recorded"));
+        // Two distinct subsets of one dataset get a line each, with their run counts.
+        let mut recs = records();
+        for r in recs
+            .iter_mut()
+            .filter(|r| r.dataset == "dtd" && r.seed == 1)
+        {
+            if let Some(s) = &mut r.subsets {
+                s.train.members_blake3 = "0".repeat(64);
+            }
+        }
+        let md = render(&build_table(&recs), &recs, Format::Md);
+        assert_eq!(md.lines().filter(|l| l.starts_with("- `dtd`")).count(), 2);
+        assert!(
+            md.contains("- `dtd` (1 run)") && md.contains("- `dtd` (5 runs)"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn reference_is_shown_only_for_comparable_datasets() {
+        let (dir, path) = reference_file("reference", REFERENCE);
+        let reference = load_reference(&path).unwrap();
+        assert_eq!(reference.rows.len(), 4);
+        let recs = records();
+        let t = build_table(&recs);
+        let cmp = comparisons(&t, &recs, &reference);
+        // dtd is a seeded draw here: its published LoRA number is left out.
+        let shown: Vec<(&str, &str)> = cmp
+            .iter()
+            .map(|c| (c.dataset.as_str(), c.method.as_str()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("cifar100", "Linear"),
+                ("cifar100", "LoRA"),
+                ("cifar100", "Full")
+            ]
+        );
+        assert_eq!(cmp[1].ours, Some(91.5));
+        assert_eq!(cmp[1].ours_config.as_deref(), Some("lora r=8 a=8 q,v"));
+        assert_eq!(cmp[2].ours, Some(90.2));
+
+        let md = render_with(&t, &recs, Format::Md, Some(&reference));
+        assert!(md.contains("| published | cifar100 | source |"), "{md}");
+        assert!(
+            md.contains("| LoRA | 67.1 (ours 91.50) | Paper A |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| Full | 68.9 (ours 90.20) | Paper B |"),
+            "{md}"
+        );
+        assert!(!md.contains("69.4"), "dtd is not comparable:\n{md}");
+        assert!(md.contains("Not compared (in the reference, but not prepared from the official VTAB-1k lists here): dtd."));
+        // Without a reference nothing of it appears.
+        assert!(!render(&t, &recs, Format::Md).contains("Published results"));
+
+        let json: serde_json::Value =
+            serde_json::from_str(&render_with(&t, &recs, Format::Json, Some(&reference))).unwrap();
+        let back: Vec<Comparison> =
+            serde_json::from_value(json["reference"]["comparisons"].clone()).unwrap();
+        assert_eq!(back, cmp);
+        // The table CSV is the same with or without a reference.
+        assert_eq!(
+            render_with(&t, &recs, Format::Csv, Some(&reference)),
+            render(&t, &recs, Format::Csv)
+        );
+
+        // No comparable dataset: the reference says so and shows no number.
+        let dtd_only: Vec<RunRecord> = recs.into_iter().filter(|r| r.dataset == "dtd").collect();
+        let md = render_with(
+            &build_table(&dtd_only),
+            &dtd_only,
+            Format::Md,
+            Some(&reference),
+        );
+        assert!(md.contains("nothing is compared"), "{md}");
+        assert!(!md.contains("69.4"), "{md}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_reference_files_name_the_file_and_the_problem() {
+        for (text, want) in [
+            (
+                "dataset,method,top1\ncifar100,lora,60\n",
+                "lacks the column(s) source",
+            ),
+            (
+                "dataset,method,top1,source\ncifar100,lora,sixty,P\n",
+                "top1",
+            ),
+            (
+                "dataset,method,top1,source\ncifar100,lora,160,P\n",
+                "not a percentage",
+            ),
+            (
+                "dataset,method,top1,source\ncifar100,lora,60,P\ncifar100,LoRA,61,Q\n",
+                "a second number for cifar100 LoRA",
+            ),
+            (
+                "dataset,method,top1,source\ncifar100,,60,P\n",
+                "must not be empty",
+            ),
+        ] {
+            let (dir, path) = reference_file("bad-reference", text);
+            let msg = load_reference(&path).unwrap_err().to_string();
+            assert!(msg.contains("reference.csv") && msg.contains(want), "{msg}");
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+        let msg = load_reference(Path::new("/nonexistent/ref.csv"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("/nonexistent/ref.csv"), "{msg}");
+    }
+
+    #[test]
+    fn shipped_vpetl_reference_loads_with_the_issue_numbers() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/reference/vpetl-vitb16-in21k.csv");
+        let reference = load_reference(&path).unwrap();
+        assert_eq!(reference.rows.len(), 4 * 19);
+        let get = |ds: &str, m: &str| {
+            reference
+                .rows
+                .iter()
+                .find(|r| r.dataset == ds && r.method == m)
+                .map(|r| r.top1)
+        };
+        for (m, want) in [
+            ("full", [68.9, 64.3, 95.7]),
+            ("linear", [63.4, 63.2, 87.5]),
+            ("lora", [67.1, 69.4, 95.3]),
+        ] {
+            for (ds, w) in ["cifar100", "dtd", "eurosat"].iter().zip(want) {
+                assert_eq!(get(ds, m), Some(w), "{ds} {m}");
+            }
+        }
+        assert!(reference
+            .rows
+            .iter()
+            .all(|r| r.source.contains("V-PETL Bench")));
     }
 }
