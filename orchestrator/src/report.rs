@@ -1295,7 +1295,7 @@ mod tests {
         let mut recs = records();
         let r = recs.iter_mut().find(|r| r.dataset == "cifar100").unwrap();
         r.subsets = subsets_of("dtd");
-        assert_eq!(comparable_datasets(&recs)["cifar100"], false);
+        assert!(!comparable_datasets(&recs)["cifar100"]);
     }
 
     #[test]
