@@ -876,7 +876,7 @@ pub fn write_plots(records: &[RunRecord], dir: &Path) -> Result<Vec<PathBuf>, Re
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// ViT-B/16 backbone size; a head adds 768 * classes + classes.
@@ -894,7 +894,13 @@ mod tests {
         }
     }
 
-    fn rec(dataset: &str, method: &str, config: &str, seed: u64, top1: f64) -> RunRecord {
+    pub(super) fn rec(
+        dataset: &str,
+        method: &str,
+        config: &str,
+        seed: u64,
+        top1: f64,
+    ) -> RunRecord {
         let (extra, hparams): (i64, &[(&str, &str)]) = match method {
             "linear" => (0, &[("lr", "0.01")]),
             "bitfit" => (102_400, &[("lr", "0.001")]),
@@ -928,7 +934,7 @@ mod tests {
 
     /// cifar100 from the official VTAB-1k lists, dtd a seeded draw from fold 1 (tested on
     /// fold 1's test list), anything else unrecorded.
-    fn subsets_of(dataset: &str) -> Option<DataSubsets> {
+    pub(super) fn subsets_of(dataset: &str) -> Option<DataSubsets> {
         use crate::datasets::{Part, Split, SubsetDefinition, SubsetRecord};
         let members = |prefix: &str, n: usize| -> Vec<String> {
             (0..n).map(|i| format!("{prefix}/{i}.jpg")).collect()
@@ -984,7 +990,7 @@ mod tests {
 
     /// 3 datasets x 4 configs; lora has 3 seeds on dtd; full never ran on flowers102.
     /// Given out of order on purpose.
-    fn records() -> Vec<RunRecord> {
+    pub(super) fn records() -> Vec<RunRecord> {
         let lora = "lora r=8 a=8 q,v";
         vec![
             rec("flowers102", "lora", lora, 0, 99.1),
@@ -1003,7 +1009,7 @@ mod tests {
         ]
     }
 
-    fn tmp_dir(name: &str) -> PathBuf {
+    pub(super) fn tmp_dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("vtab-report-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
@@ -1241,218 +1247,5 @@ mod tests {
         assert!(write_plots(&[], &plots_dir).unwrap().is_empty());
         assert!(!plots_dir.exists());
         std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    fn reference_file(name: &str, text: &str) -> (PathBuf, PathBuf) {
-        let dir = tmp_dir(name);
-        let path = dir.join("reference.csv");
-        std::fs::write(&path, text).unwrap();
-        (dir, path)
-    }
-
-    const REFERENCE: &str = "# published numbers\n\
-        dataset,method,top1,source,notes\n\
-        cifar100,Linear,63.4,Paper A,x\n\
-        cifar100,LoRA,67.1,Paper A,\n\
-        cifar100,Full,68.9,Paper B,\n\
-        dtd,LoRA,69.4,Paper A,\n";
-
-    #[test]
-    fn summary_marks_only_the_official_lists_comparable() {
-        let rows = summary_rows(&records());
-        let col = |name: &str| rows[0].iter().position(|h| h == name).unwrap();
-        let (ds, train, eval, cmp) = (
-            col("dataset"),
-            col("train_subset"),
-            col("eval_subset"),
-            col("vtab1k_comparable"),
-        );
-        for row in &rows[1..] {
-            let want = row[ds] == "cifar100";
-            assert_eq!(row[cmp], want.to_string(), "{row:?}");
-            match row[ds].as_str() {
-                "cifar100" => {
-                    assert!(row[train].starts_with("vtab1k-lists train800val200.txt (blake3 "));
-                    assert!(row[train].contains("train800val200: 1000 examples"));
-                    assert!(row[eval].starts_with("vtab1k-lists test.txt"));
-                }
-                "dtd" => {
-                    assert!(row[train].starts_with(
-                        "seeded-draw seed 0: 1000 of 3760 (dtd-fold 1 train+val), train800val200"
-                    ));
-                    assert!(row[eval].starts_with("dtd-fold 1 test, test: 1880 examples"));
-                }
-                _ => assert_eq!((row[train].as_str(), row[eval].as_str()), ("", "")),
-            }
-        }
-        assert_eq!(
-            comparable_datasets(&records())
-                .into_iter()
-                .collect::<Vec<_>>(),
-            [("cifar100", true), ("dtd", false), ("flowers102", false)]
-        );
-        // One non-comparable run makes its dataset non-comparable.
-        let mut recs = records();
-        let r = recs.iter_mut().find(|r| r.dataset == "cifar100").unwrap();
-        r.subsets = subsets_of("dtd");
-        assert!(!comparable_datasets(&recs)["cifar100"]);
-    }
-
-    #[test]
-    fn markdown_says_which_subsets_each_dataset_used() {
-        let md = render(&build_table(&records()), &records(), Format::Md);
-        let line = |ds: &str| {
-            md.lines()
-                .find(|l| l.starts_with(&format!("- `{ds}`")))
-                .unwrap_or_else(|| panic!("no line for {ds}:\n{md}"))
-                .to_string()
-        };
-        assert!(line("cifar100").contains("**comparable with published VTAB-1k**"));
-        assert!(line("dtd").contains("VTAB-1k-sized draw, **not comparable"));
-        assert!(line("dtd").contains("seeded-draw seed 0: 1000 of 3760"));
-        assert!(line("flowers102").contains("subsets not recorded"));
-        // Two distinct subsets of one dataset get a line each, with their run counts.
-        let mut recs = records();
-        for r in recs
-            .iter_mut()
-            .filter(|r| r.dataset == "dtd" && r.seed == 1)
-        {
-            if let Some(s) = &mut r.subsets {
-                s.train.members_blake3 = "0".repeat(64);
-            }
-        }
-        let md = render(&build_table(&recs), &recs, Format::Md);
-        assert_eq!(md.lines().filter(|l| l.starts_with("- `dtd`")).count(), 2);
-        assert!(
-            md.contains("- `dtd` (1 run)") && md.contains("- `dtd` (5 runs)"),
-            "{md}"
-        );
-    }
-
-    #[test]
-    fn reference_is_shown_only_for_comparable_datasets() {
-        let (dir, path) = reference_file("reference", REFERENCE);
-        let reference = load_reference(&path).unwrap();
-        assert_eq!(reference.rows.len(), 4);
-        let recs = records();
-        let t = build_table(&recs);
-        let cmp = comparisons(&t, &recs, &reference);
-        // dtd is a seeded draw here: its published LoRA number is left out.
-        let shown: Vec<(&str, &str)> = cmp
-            .iter()
-            .map(|c| (c.dataset.as_str(), c.method.as_str()))
-            .collect();
-        assert_eq!(
-            shown,
-            [
-                ("cifar100", "Linear"),
-                ("cifar100", "LoRA"),
-                ("cifar100", "Full")
-            ]
-        );
-        assert_eq!(cmp[1].ours, Some(91.5));
-        assert_eq!(cmp[1].ours_config.as_deref(), Some("lora r=8 a=8 q,v"));
-        assert_eq!(cmp[2].ours, Some(90.2));
-
-        let md = render_with(&t, &recs, Format::Md, Some(&reference));
-        assert!(md.contains("| published | cifar100 | source |"), "{md}");
-        assert!(
-            md.contains("| LoRA | 67.1 (ours 91.50) | Paper A |"),
-            "{md}"
-        );
-        assert!(
-            md.contains("| Full | 68.9 (ours 90.20) | Paper B |"),
-            "{md}"
-        );
-        assert!(!md.contains("69.4"), "dtd is not comparable:\n{md}");
-        assert!(md.contains("Not compared (in the reference, but not prepared from the official VTAB-1k lists here): dtd."));
-        // Without a reference nothing of it appears.
-        assert!(!render(&t, &recs, Format::Md).contains("Published results"));
-
-        let json: serde_json::Value =
-            serde_json::from_str(&render_with(&t, &recs, Format::Json, Some(&reference))).unwrap();
-        let back: Vec<Comparison> =
-            serde_json::from_value(json["reference"]["comparisons"].clone()).unwrap();
-        assert_eq!(back, cmp);
-        // The table CSV is the same with or without a reference.
-        assert_eq!(
-            render_with(&t, &recs, Format::Csv, Some(&reference)),
-            render(&t, &recs, Format::Csv)
-        );
-
-        // No comparable dataset: the reference says so and shows no number.
-        let dtd_only: Vec<RunRecord> = recs.into_iter().filter(|r| r.dataset == "dtd").collect();
-        let md = render_with(
-            &build_table(&dtd_only),
-            &dtd_only,
-            Format::Md,
-            Some(&reference),
-        );
-        assert!(md.contains("nothing is compared"), "{md}");
-        assert!(!md.contains("69.4"), "{md}");
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn bad_reference_files_name_the_file_and_the_problem() {
-        for (text, want) in [
-            (
-                "dataset,method,top1\ncifar100,lora,60\n",
-                "lacks the column(s) source",
-            ),
-            (
-                "dataset,method,top1,source\ncifar100,lora,sixty,P\n",
-                "top1",
-            ),
-            (
-                "dataset,method,top1,source\ncifar100,lora,160,P\n",
-                "not a percentage",
-            ),
-            (
-                "dataset,method,top1,source\ncifar100,lora,60,P\ncifar100,LoRA,61,Q\n",
-                "a second number for cifar100 LoRA",
-            ),
-            (
-                "dataset,method,top1,source\ncifar100,,60,P\n",
-                "must not be empty",
-            ),
-        ] {
-            let (dir, path) = reference_file("bad-reference", text);
-            let msg = load_reference(&path).unwrap_err().to_string();
-            assert!(msg.contains("reference.csv") && msg.contains(want), "{msg}");
-            std::fs::remove_dir_all(dir).unwrap();
-        }
-        let msg = load_reference(Path::new("/nonexistent/ref.csv"))
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("/nonexistent/ref.csv"), "{msg}");
-    }
-
-    #[test]
-    fn shipped_vpetl_reference_loads_with_the_issue_numbers() {
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/reference/vpetl-vitb16-in21k.csv");
-        let reference = load_reference(&path).unwrap();
-        assert_eq!(reference.rows.len(), 4 * 19);
-        let get = |ds: &str, m: &str| {
-            reference
-                .rows
-                .iter()
-                .find(|r| r.dataset == ds && r.method == m)
-                .map(|r| r.top1)
-        };
-        for (m, want) in [
-            ("full", [68.9, 64.3, 95.7]),
-            ("linear", [63.4, 63.2, 87.5]),
-            ("lora", [67.1, 69.4, 95.3]),
-        ] {
-            for (ds, w) in ["cifar100", "dtd", "eurosat"].iter().zip(want) {
-                assert_eq!(get(ds, m), Some(w), "{ds} {m}");
-            }
-        }
-        assert!(reference
-            .rows
-            .iter()
-            .all(|r| r.source.contains("V-PETL Bench")));
     }
 }

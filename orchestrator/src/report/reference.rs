@@ -218,3 +218,151 @@ pub(crate) fn markdown(table: &Table, records: &[RunRecord], reference: &Referen
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{records, tmp_dir};
+    use super::super::{build_table, render, render_with, Format};
+    use super::*;
+
+    fn reference_file(name: &str, text: &str) -> (PathBuf, PathBuf) {
+        let dir = tmp_dir(name);
+        let path = dir.join("reference.csv");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    const REFERENCE: &str = "# published numbers\n\
+        dataset,method,top1,source,notes\n\
+        cifar100,Linear,63.4,Paper A,x\n\
+        cifar100,LoRA,67.1,Paper A,\n\
+        cifar100,Full,68.9,Paper B,\n\
+        dtd,LoRA,69.4,Paper A,\n";
+
+    #[test]
+    fn reference_is_shown_only_for_comparable_datasets() {
+        let (dir, path) = reference_file("reference", REFERENCE);
+        let reference = load_reference(&path).unwrap();
+        assert_eq!(reference.rows.len(), 4);
+        let recs = records();
+        let t = build_table(&recs);
+        let cmp = comparisons(&t, &recs, &reference);
+        // dtd is a seeded draw here: its published LoRA number is left out.
+        let shown: Vec<(&str, &str)> = cmp
+            .iter()
+            .map(|c| (c.dataset.as_str(), c.method.as_str()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("cifar100", "Linear"),
+                ("cifar100", "LoRA"),
+                ("cifar100", "Full")
+            ]
+        );
+        assert_eq!(cmp[1].ours, Some(91.5));
+        assert_eq!(cmp[1].ours_config.as_deref(), Some("lora r=8 a=8 q,v"));
+        assert_eq!(cmp[2].ours, Some(90.2));
+
+        let md = render_with(&t, &recs, Format::Md, Some(&reference));
+        assert!(md.contains("| published | cifar100 | source |"), "{md}");
+        assert!(
+            md.contains("| LoRA | 67.1 (ours 91.50) | Paper A |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| Full | 68.9 (ours 90.20) | Paper B |"),
+            "{md}"
+        );
+        assert!(!md.contains("69.4"), "dtd is not comparable:\n{md}");
+        assert!(md.contains("Not compared (in the reference, but not prepared from the official VTAB-1k lists here): dtd."));
+        // Without a reference nothing of it appears.
+        assert!(!render(&t, &recs, Format::Md).contains("Published results"));
+
+        let json: serde_json::Value =
+            serde_json::from_str(&render_with(&t, &recs, Format::Json, Some(&reference))).unwrap();
+        let back: Vec<Comparison> =
+            serde_json::from_value(json["reference"]["comparisons"].clone()).unwrap();
+        assert_eq!(back, cmp);
+        // The table CSV is the same with or without a reference.
+        assert_eq!(
+            render_with(&t, &recs, Format::Csv, Some(&reference)),
+            render(&t, &recs, Format::Csv)
+        );
+
+        // No comparable dataset: the reference says so and shows no number.
+        let dtd_only: Vec<RunRecord> = recs.into_iter().filter(|r| r.dataset == "dtd").collect();
+        let md = render_with(
+            &build_table(&dtd_only),
+            &dtd_only,
+            Format::Md,
+            Some(&reference),
+        );
+        assert!(md.contains("nothing is compared"), "{md}");
+        assert!(!md.contains("69.4"), "{md}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_reference_files_name_the_file_and_the_problem() {
+        for (text, want) in [
+            (
+                "dataset,method,top1\ncifar100,lora,60\n",
+                "lacks the column(s) source",
+            ),
+            (
+                "dataset,method,top1,source\ncifar100,lora,sixty,P\n",
+                "top1",
+            ),
+            (
+                "dataset,method,top1,source\ncifar100,lora,160,P\n",
+                "not a percentage",
+            ),
+            (
+                "dataset,method,top1,source\ncifar100,lora,60,P\ncifar100,LoRA,61,Q\n",
+                "a second number for cifar100 LoRA",
+            ),
+            (
+                "dataset,method,top1,source\ncifar100,,60,P\n",
+                "must not be empty",
+            ),
+        ] {
+            let (dir, path) = reference_file("bad-reference", text);
+            let msg = load_reference(&path).unwrap_err().to_string();
+            assert!(msg.contains("reference.csv") && msg.contains(want), "{msg}");
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+        let msg = load_reference(Path::new("/nonexistent/ref.csv"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("/nonexistent/ref.csv"), "{msg}");
+    }
+
+    #[test]
+    fn shipped_vpetl_reference_loads_with_the_issue_numbers() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/reference/vpetl-vitb16-in21k.csv");
+        let reference = load_reference(&path).unwrap();
+        assert_eq!(reference.rows.len(), 4 * 19);
+        let get = |ds: &str, m: &str| {
+            reference
+                .rows
+                .iter()
+                .find(|r| r.dataset == ds && r.method == m)
+                .map(|r| r.top1)
+        };
+        for (m, want) in [
+            ("full", [68.9, 64.3, 95.7]),
+            ("linear", [63.4, 63.2, 87.5]),
+            ("lora", [67.1, 69.4, 95.3]),
+        ] {
+            for (ds, w) in ["cifar100", "dtd", "eurosat"].iter().zip(want) {
+                assert_eq!(get(ds, m), Some(w), "{ds} {m}");
+            }
+        }
+        assert!(reference
+            .rows
+            .iter()
+            .all(|r| r.source.contains("V-PETL Bench")));
+    }
+}

@@ -106,3 +106,82 @@ pub(crate) fn markdown_notes(records: &[RunRecord]) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{records, subsets_of};
+    use super::super::{build_table, render, summary_rows, Format};
+    use super::*;
+
+    #[test]
+    fn summary_marks_only_the_official_lists_comparable() {
+        let rows = summary_rows(&records());
+        let col = |name: &str| rows[0].iter().position(|h| h == name).unwrap();
+        let (ds, train, eval, cmp) = (
+            col("dataset"),
+            col("train_subset"),
+            col("eval_subset"),
+            col("vtab1k_comparable"),
+        );
+        for row in &rows[1..] {
+            let want = row[ds] == "cifar100";
+            assert_eq!(row[cmp], want.to_string(), "{row:?}");
+            match row[ds].as_str() {
+                "cifar100" => {
+                    assert!(row[train].starts_with("vtab1k-lists train800val200.txt (blake3 "));
+                    assert!(row[train].contains("train800val200: 1000 examples"));
+                    assert!(row[eval].starts_with("vtab1k-lists test.txt"));
+                }
+                "dtd" => {
+                    assert!(row[train].starts_with(
+                        "seeded-draw seed 0: 1000 of 3760 (dtd-fold 1 train+val), train800val200"
+                    ));
+                    assert!(row[eval].starts_with("dtd-fold 1 test, test: 1880 examples"));
+                }
+                _ => assert_eq!((row[train].as_str(), row[eval].as_str()), ("", "")),
+            }
+        }
+        assert_eq!(
+            comparable_datasets(&records())
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [("cifar100", true), ("dtd", false), ("flowers102", false)]
+        );
+        // One non-comparable run makes its dataset non-comparable.
+        let mut recs = records();
+        let r = recs.iter_mut().find(|r| r.dataset == "cifar100").unwrap();
+        r.subsets = subsets_of("dtd");
+        assert!(!comparable_datasets(&recs)["cifar100"]);
+    }
+
+    #[test]
+    fn markdown_says_which_subsets_each_dataset_used() {
+        let md = render(&build_table(&records()), &records(), Format::Md);
+        let line = |ds: &str| {
+            md.lines()
+                .find(|l| l.starts_with(&format!("- `{ds}`")))
+                .unwrap_or_else(|| panic!("no line for {ds}:\n{md}"))
+                .to_string()
+        };
+        assert!(line("cifar100").contains("**comparable with published VTAB-1k**"));
+        assert!(line("dtd").contains("VTAB-1k-sized draw, **not comparable"));
+        assert!(line("dtd").contains("seeded-draw seed 0: 1000 of 3760"));
+        assert!(line("flowers102").contains("subsets not recorded"));
+        // Two distinct subsets of one dataset get a line each, with their run counts.
+        let mut recs = records();
+        for r in recs
+            .iter_mut()
+            .filter(|r| r.dataset == "dtd" && r.seed == 1)
+        {
+            if let Some(s) = &mut r.subsets {
+                s.train.members_blake3 = "0".repeat(64);
+            }
+        }
+        let md = render(&build_table(&recs), &recs, Format::Md);
+        assert_eq!(md.lines().filter(|l| l.starts_with("- `dtd`")).count(), 2);
+        assert!(
+            md.contains("- `dtd` (1 run)") && md.contains("- `dtd` (5 runs)"),
+            "{md}"
+        );
+    }
+}
