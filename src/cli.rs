@@ -68,6 +68,10 @@ pub struct ReportArgs {
     /// Format of the table printed on stdout: md, csv or json.
     #[arg(long, default_value = "md")]
     format: report::Format,
+    /// A CSV of published numbers (dataset,method,top1,source) to show beside ours, for the
+    /// datasets prepared from the official VTAB-1k lists (e.g. docs/reference/*.csv).
+    #[arg(long, value_name = "FILE")]
+    reference: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -184,8 +188,14 @@ fn records(l: &Loaded, other: &Graph) -> Result<(Vec<RunRecord>, usize)> {
         let dir = l.store.entry("eval", key);
         let m: orchestrator::nodes::eval::Metrics =
             serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json"))?)?;
-        let Some(Node::Eval(_)) = l.graph.node(key).or_else(|| other.node(key)) else {
+        let graph_node = l.graph.node(key).or_else(|| other.node(key));
+        let Some(Node::Eval(e)) = graph_node else {
             continue;
+        };
+        let subset = |prep: &str| orchestrator::nodes::prep::subset(&l.store.entry("prep", prep));
+        let subsets = match l.graph.node(&e.train).or_else(|| other.node(&e.train)) {
+            Some(Node::Train(t)) => subset(&t.prep).ok().zip(subset(&e.prep).ok()),
+            _ => None,
         };
         out.push(RunRecord {
             dataset: run.dataset.clone(),
@@ -201,6 +211,7 @@ fn records(l: &Loaded, other: &Graph) -> Result<(Vec<RunRecord>, usize)> {
             train_img_s: m.train.mean_img_s(),
             wall_s: m.train.wall_s,
             key: key.clone(),
+            subsets: subsets.map(|(train, eval)| report::DataSubsets { train, eval }),
         });
     }
     Ok((out, missing))
@@ -208,6 +219,11 @@ fn records(l: &Loaded, other: &Graph) -> Result<(Vec<RunRecord>, usize)> {
 
 pub fn report(a: ReportArgs) -> Result<i32> {
     let format = a.format;
+    let reference = match &a.reference {
+        // A bad file is an invalid argument: main exits with code 2 on ReportError::Reference.
+        Some(path) => Some(report::load_reference(path)?),
+        None => None,
+    };
     let l = load(&a.s)?;
     let (recs, missing) = records(&l, &l.other_device()?)?;
     if missing > 0 {
@@ -219,7 +235,10 @@ pub fn report(a: ReportArgs) -> Result<i32> {
     report::write_summary_csv(&recs, &dir.join("summary.csv"))?;
     report::write_table_csv(&table, &dir.join("table.csv"))?;
     let plots = report::write_plots(&recs, &dir.join("plots"))?;
-    print!("{}", report::render(&table, &recs, format));
+    print!(
+        "{}",
+        report::render_with(&table, &recs, format, reference.as_ref())
+    );
     eprintln!(
         "wrote {}, {} and {} plot(s) under {}",
         dir.join("summary.csv").display(),

@@ -186,9 +186,14 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            let code = if e
-                .downcast_ref::<orchestrator::suite::SuiteError>()
-                .is_some()
+            use orchestrator::report::ReportError;
+            let bad_reference = matches!(
+                e.downcast_ref::<ReportError>(),
+                Some(ReportError::Reference { .. })
+            );
+            let code = if bad_reference
+                || e.downcast_ref::<orchestrator::suite::SuiteError>()
+                    .is_some()
                 || e.downcast_ref::<cli::UsageError>().is_some()
             {
                 2

@@ -99,3 +99,130 @@ fn imagefolder_runs_end_to_end_and_tracks_file_changes() {
     assert_eq!(run.len(), 2 + 2 + 2, "2 prep + 2 train + 2 eval: {run:?}");
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// A VTAB-1k layout (`train800val200.txt` with 1000 PNGs, `test.txt`) under `root`; labels by
+/// colour as in `write_folder`.
+fn write_vtab1k(root: &Path) {
+    let colours = [[200u8, 30, 30], [30, 200, 30], [30, 30, 200]];
+    let mut lists = [String::new(), String::new(), String::new(), String::new()];
+    for i in 0..1060u32 {
+        let label = (i % 3) as usize;
+        let rgb = colours[label];
+        let n = ((i * 31) % 41) as u8;
+        let name = format!("images/{i:04}.png");
+        let path = root.join(&name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        image::RgbImage::from_pixel(8, 8, image::Rgb(rgb.map(|c| c.saturating_add(n))))
+            .save(&path)
+            .unwrap();
+        let line = format!("{name} {label}\n");
+        match i {
+            0..800 => lists[0] += &line,
+            800..1000 => lists[1] += &line,
+            _ => lists[3] += &line,
+        }
+        if i < 1000 {
+            lists[2] += &line;
+        }
+    }
+    for (file, text) in [
+        "train800.txt",
+        "val200.txt",
+        "train800val200.txt",
+        "test.txt",
+    ]
+    .iter()
+    .zip(lists)
+    {
+        std::fs::write(root.join(file), text).unwrap();
+    }
+}
+
+#[test]
+fn report_marks_official_lists_comparable_and_places_the_reference_beside_them() {
+    let d: PathBuf = std::env::temp_dir().join(format!("vtab-subsets-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    write_folder(&d.join("colours"));
+    write_vtab1k(&d.join("lists"));
+    let suite = d.join("suite.toml");
+    std::fs::write(
+        &suite,
+        "name = \"subsets\"\nstore = \"store\"\n[defaults]\nimg_size = 16\nepochs = 1\nbatch_size = 100\nwarmup_epochs = 0\nlr = 1e-2\n\
+         [backbone]\narch = \"vit_tiny_patch16_224\"\nimg_size = 16\npatch_size = 8\nembed_dim = 24\ndepth = 1\nnum_heads = 2\n\
+         [backbone.pretrain]\nimages = 100\nepochs = 1\n\
+         [datasets.official]\nformat = \"vtab1k\"\nroot = \"lists\"\n\
+         [datasets.draw]\nformat = \"imagefolder\"\nroot = \"colours\"\n[methods.linear]\n",
+    )
+    .unwrap();
+    let reference = d.join("reference.csv");
+    std::fs::write(
+        &reference,
+        "dataset,method,top1,source\nofficial,linear,12.5,Paper A\ndraw,linear,77.7,Paper B\n",
+    )
+    .unwrap();
+    let s = suite.to_str().unwrap();
+    let run = vtab(&["run", s, "--gpus", "none"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    // Every prep entry records its subset; members.txt hashes to the recorded digest.
+    let mut kinds = Vec::new();
+    for entry in std::fs::read_dir(d.join("store/prep")).unwrap() {
+        let dir = entry.unwrap().path();
+        let rec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("subset.json")).unwrap())
+                .unwrap();
+        let members = orchestrator::store::digest_file(&dir.join("members.txt")).unwrap();
+        assert_eq!(
+            rec["members_blake3"].as_str().unwrap(),
+            members,
+            "{}",
+            dir.display()
+        );
+        kinds.push(rec["definition"]["kind"].as_str().unwrap().to_string());
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        ["seeded-draw", "vtab1k-lists", "vtab1k-lists", "whole"]
+    );
+
+    let report = vtab(&["report", s, "--reference", reference.to_str().unwrap()]);
+    let md = String::from_utf8_lossy(&report.stdout);
+    assert!(report.status.success(), "{md}");
+    assert!(
+        md.contains("- `official`: **comparable with published VTAB-1k**"),
+        "{md}"
+    );
+    assert!(md.contains("- `draw`: **not comparable"), "{md}");
+    assert!(md.contains("| linear | 12.5 (ours "), "{md}");
+    assert!(!md.contains("77.7"), "the draw is not compared:\n{md}");
+    let summary = std::fs::read_to_string(d.join("store/summary.csv")).unwrap();
+    let mut rows = summary.lines();
+    assert!(rows
+        .next()
+        .unwrap()
+        .ends_with(",train_subset,eval_subset,vtab1k_comparable"));
+    for row in rows {
+        let want = if row.starts_with("official,") {
+            "true"
+        } else {
+            "false"
+        };
+        assert!(row.ends_with(want), "{row}");
+    }
+
+    // A malformed reference file is an invalid argument: exit 2, naming the file.
+    std::fs::write(&reference, "dataset,method\nofficial,linear\n").unwrap();
+    let bad = vtab(&["report", s, "--reference", reference.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("reference.csv") && err.contains("top1"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -5,8 +5,9 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// Bumped when the meaning of a node kind's outputs changes; part of every key of that kind.
-/// Revision 2 (all kinds): explicit per-kind identities (`identity.rs`) and resolved
-/// numerics (`cpu-fp32`, `cuda-bf16`, ...) instead of `precision = "auto"`; stores made
+/// Revision 2 (all kinds): explicit per-kind identities (`identity.rs`), resolved
+/// numerics (`cpu-fp32`, `cuda-bf16`, ...) instead of `precision = "auto"`, and prep entries
+/// that record their subset (`subset.json`, `members.txt`); stores made
 /// before it re-run everything once.
 pub const REVISIONS: [(&str, u32); 4] = [("prep", 2), ("build", 2), ("train", 2), ("eval", 2)];
 

@@ -9,6 +9,12 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+mod reference;
+mod subsets;
+
+pub use reference::{comparisons, load_reference, Comparison, Reference, ReferenceRow};
+pub use subsets::{comparable_datasets, DataSubsets};
+
 /// One finished train/eval run, as the report needs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -34,6 +40,10 @@ pub struct RunRecord {
     pub wall_s: f64,
     /// The eval node's content hash (hex).
     pub key: String,
+    /// Which examples the run trained and was tested on (the prep entries' `subset.json`);
+    /// `None` where they were not recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subsets: Option<DataSubsets>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +55,12 @@ pub enum ReportError {
     },
     #[error("report: cannot write CSV {}: {source}", path.display())]
     Csv { path: PathBuf, source: csv::Error },
+    #[error(
+        "report: reference table {}: {problem} (expected a CSV with the columns dataset, \
+         method, top1, source; see docs/reference/)",
+        path.display()
+    )]
+    Reference { path: PathBuf, problem: String },
 }
 
 /// Output format of [`render`].
@@ -291,7 +307,7 @@ fn sorted_records(records: &[RunRecord]) -> Vec<&RunRecord> {
 }
 
 const SUMMARY_HEAD: [&str; 3] = ["dataset", "method", "config"];
-const SUMMARY_TAIL: [&str; 9] = [
+const SUMMARY_TAIL: [&str; 12] = [
     "seed",
     "top1",
     "trainable",
@@ -301,6 +317,9 @@ const SUMMARY_TAIL: [&str; 9] = [
     "train_img_s",
     "wall_s",
     "key",
+    "train_subset",
+    "eval_subset",
+    "vtab1k_comparable",
 ];
 
 /// The summary as rows of strings, header first.
@@ -336,6 +355,7 @@ fn summary_rows(records: &[RunRecord]) -> Vec<Vec<String>> {
             r.wall_s.to_string(),
             r.key.clone(),
         ]);
+        row.extend(subsets::summary_cells(r));
         rows.push(row);
     }
     rows
@@ -399,7 +419,9 @@ fn write_csv(rows: &[Vec<String>], path: &Path) -> Result<(), ReportError> {
 }
 
 /// One row per record, sorted (dataset, config, seed); one column per distinct hparam key
-/// over all records (sorted, empty where a record lacks it); `peak_mem_mib` empty on CPU.
+/// over all records (sorted, empty where a record lacks it); `peak_mem_mib` empty on CPU;
+/// `train_subset` / `eval_subset` say which examples the run used (empty where not recorded)
+/// and `vtab1k_comparable` whether it is comparable with published VTAB-1k (`true` / `false`).
 pub fn write_summary_csv(records: &[RunRecord], path: &Path) -> Result<(), ReportError> {
     write_csv(&summary_rows(records), path)
 }
@@ -411,14 +433,43 @@ pub fn write_table_csv(table: &Table, path: &Path) -> Result<(), ReportError> {
 
 /// Renders the table: Markdown, the table CSV, or JSON with the records and the table.
 pub fn render(table: &Table, records: &[RunRecord], format: Format) -> String {
+    render_with(table, records, format, None)
+}
+
+/// [`render`], with a reference table of published numbers for the datasets comparable with
+/// published VTAB-1k: beside the Markdown table, and as `"reference"` (the [`Comparison`]s) in
+/// JSON. The table CSV never holds it.
+pub fn render_with(
+    table: &Table,
+    records: &[RunRecord],
+    format: Format,
+    reference: Option<&Reference>,
+) -> String {
     match format {
-        Format::Md => markdown(table),
+        Format::Md => {
+            let mut s = markdown(table);
+            if !records.is_empty() {
+                s.push('\n');
+                s.push_str(&subsets::markdown_notes(records));
+            }
+            if let Some(r) = reference {
+                s.push('\n');
+                s.push_str(&reference::markdown(table, records, r));
+            }
+            s
+        }
         Format::Csv => csv_string(&table_rows(table)),
         Format::Json => {
-            let doc = serde_json::json!({
+            let mut doc = serde_json::json!({
                 "records": sorted_records(records),
                 "table": table,
             });
+            if let Some(r) = reference {
+                doc["reference"] = serde_json::json!({
+                    "file": r.path,
+                    "comparisons": comparisons(table, records, r),
+                });
+            }
             let mut s = serde_json::to_string_pretty(&doc).expect("records serialize to JSON");
             s.push('\n');
             s
@@ -825,7 +876,7 @@ pub fn write_plots(records: &[RunRecord], dir: &Path) -> Result<Vec<PathBuf>, Re
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// ViT-B/16 backbone size; a head adds 768 * classes + classes.
@@ -843,7 +894,13 @@ mod tests {
         }
     }
 
-    fn rec(dataset: &str, method: &str, config: &str, seed: u64, top1: f64) -> RunRecord {
+    pub(super) fn rec(
+        dataset: &str,
+        method: &str,
+        config: &str,
+        seed: u64,
+        top1: f64,
+    ) -> RunRecord {
         let (extra, hparams): (i64, &[(&str, &str)]) = match method {
             "linear" => (0, &[("lr", "0.01")]),
             "bitfit" => (102_400, &[("lr", "0.001")]),
@@ -871,12 +928,69 @@ mod tests {
             train_img_s: 310.0,
             wall_s: 130.0,
             key: format!("{:08x}", seed * 1000 + top1 as u64),
+            subsets: subsets_of(dataset),
+        }
+    }
+
+    /// cifar100 from the official VTAB-1k lists, dtd a seeded draw from fold 1 (tested on
+    /// fold 1's test list), anything else unrecorded.
+    pub(super) fn subsets_of(dataset: &str) -> Option<DataSubsets> {
+        use crate::datasets::{Part, Split, SubsetDefinition, SubsetRecord};
+        let members = |prefix: &str, n: usize| -> Vec<String> {
+            (0..n).map(|i| format!("{prefix}/{i}.jpg")).collect()
+        };
+        let lists = |list: &str| SubsetDefinition::Vtab1kLists {
+            list: list.into(),
+            digests: [
+                "train800.txt",
+                "val200.txt",
+                "train800val200.txt",
+                "test.txt",
+            ]
+            .iter()
+            .map(|f| {
+                (
+                    f.to_string(),
+                    blake3::hash(f.as_bytes()).to_hex().to_string(),
+                )
+            })
+            .collect(),
+        };
+        match dataset {
+            "cifar100" => Some(DataSubsets {
+                train: SubsetRecord::new(
+                    Split::Train800val200,
+                    lists("train800val200.txt"),
+                    &members("train", 1000),
+                ),
+                eval: SubsetRecord::new(Split::Test, lists("test.txt"), &members("test", 300)),
+            }),
+            "dtd" => Some(DataSubsets {
+                train: SubsetRecord::new(
+                    Split::Train800val200,
+                    SubsetDefinition::SeededDraw {
+                        seed: 0,
+                        pool: Part::DtdFoldTrainval { fold: 1 },
+                        pool_size: 3760,
+                        drawn: 1000,
+                    },
+                    &members("images", 1000),
+                ),
+                eval: SubsetRecord::new(
+                    Split::Test,
+                    SubsetDefinition::Whole {
+                        part: Part::DtdFoldTest { fold: 1 },
+                    },
+                    &members("images", 1880),
+                ),
+            }),
+            _ => None,
         }
     }
 
     /// 3 datasets x 4 configs; lora has 3 seeds on dtd; full never ran on flowers102.
     /// Given out of order on purpose.
-    fn records() -> Vec<RunRecord> {
+    pub(super) fn records() -> Vec<RunRecord> {
         let lora = "lora r=8 a=8 q,v";
         vec![
             rec("flowers102", "lora", lora, 0, 99.1),
@@ -895,7 +1009,7 @@ mod tests {
         ]
     }
 
-    fn tmp_dir(name: &str) -> PathBuf {
+    pub(super) fn tmp_dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("vtab-report-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
@@ -1127,7 +1241,7 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "dataset,method,config,seed,top1,trainable,trainable_pct,epoch_time_s,\
-             peak_mem_mib,train_img_s,wall_s,key\n"
+             peak_mem_mib,train_img_s,wall_s,key,train_subset,eval_subset,vtab1k_comparable\n"
         );
         let plots_dir = dir.join("plots");
         assert!(write_plots(&[], &plots_dir).unwrap().is_empty());

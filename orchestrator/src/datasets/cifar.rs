@@ -14,8 +14,8 @@ use std::sync::Arc;
 use super::error::io_err;
 use super::pickle::{self, Value};
 use super::{
-    existing_root, layout_err, sampling, DatasetError, Example, ImageRef, RealSource, Split,
-    SplitList,
+    existing_root, layout_err, sampling, seeded_draw, DatasetError, Example, ImageRef,
+    Part as SourcePart, RealSource, Split, SplitList, SubsetDefinition,
 };
 
 const SIDE: u32 = 32;
@@ -259,17 +259,22 @@ pub(crate) fn list(
         Version::Binary => read_binary_names(&names_path)?,
     };
     let part = read_part(&layout, split == Split::Test, class_names.len())?;
-    let examples = if split == Split::Test {
+    let (examples, definition, members) = if split == Split::Test {
         let labels = part.labels;
         let data = Arc::new(part.pixels);
-        labels
+        let members = (0..labels.len()).map(|i| format!("test/{i}")).collect();
+        let examples = labels
             .into_iter()
             .enumerate()
             .map(|(i, label)| Example {
                 image: rgb(&data, i),
                 label,
             })
-            .collect()
+            .collect();
+        let whole = SubsetDefinition::Whole {
+            part: SourcePart::Cifar100Test,
+        };
+        (examples, whole, members)
     } else {
         if part.labels.is_empty() {
             return Err(DatasetError::EmptyPool {
@@ -284,18 +289,23 @@ pub(crate) fn list(
             pixels.extend_from_slice(&part.pixels[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES]);
         }
         let data = Arc::new(pixels);
-        picked
+        let examples = picked
             .iter()
             .enumerate()
             .map(|(j, &i)| Example {
                 image: rgb(&data, j),
                 label: part.labels[i],
             })
-            .collect()
+            .collect();
+        let members = picked.iter().map(|i| format!("train/{i}")).collect();
+        let draw = seeded_draw(SourcePart::Cifar100Train, part.labels.len(), sample_seed);
+        (examples, draw, members)
     };
     Ok(SplitList {
         examples,
         class_names,
+        definition,
+        members,
     })
 }
 
@@ -492,6 +502,52 @@ for name, obj in [('train', batch(30, b'training batch 1 of 1')),
             panic!("CIFAR examples are in memory")
         };
         assert_eq!(data.len(), 1000 * IMAGE_BYTES);
+    }
+
+    /// The recorded subset: a seeded draw from the official train split (members are the
+    /// drawn train indices), the official test split whole.
+    fn assert_cifar_subsets(src: &RealSource, n_train: usize, n_test: usize, seed: u64) {
+        let both = list_split(src, Split::Train800val200, seed).unwrap();
+        assert_eq!(
+            both.definition,
+            SubsetDefinition::SeededDraw {
+                seed,
+                pool: SourcePart::Cifar100Train,
+                pool_size: n_train,
+                drawn: n_train.min(1000),
+            }
+        );
+        let want: Vec<String> = sampling::pool_indices(n_train, Split::Train800val200, seed)
+            .iter()
+            .map(|i| format!("train/{i}"))
+            .collect();
+        assert_eq!(both.members, want);
+        let val = list_split(src, Split::Val200, seed).unwrap();
+        assert_eq!(val.definition, both.definition);
+        assert_eq!(val.members[..], want[want.len() - val.examples.len()..]);
+        let test = list_split(src, Split::Test, seed).unwrap();
+        assert_eq!(
+            test.definition,
+            SubsetDefinition::Whole {
+                part: SourcePart::Cifar100Test
+            }
+        );
+        let want: Vec<String> = (0..n_test).map(|i| format!("test/{i}")).collect();
+        assert_eq!(test.members, want);
+    }
+
+    #[test]
+    fn cifar_binary_records_its_subset() {
+        let dir = TempDir::new("cifar-bin-subset");
+        write_binary_cifar(dir.path(), 1200, 15);
+        assert_cifar_subsets(&source(dir.path()), 1200, 15, 5);
+    }
+
+    #[test]
+    fn cifar_python_records_its_subset() {
+        let dir = TempDir::new("cifar-py-subset");
+        write_python_cifar(dir.path(), 4, false);
+        assert_cifar_subsets(&source(dir.path()), 30, 10, 2);
     }
 
     #[test]

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use super::error::io_err;
 use super::{
-    draw_from_pool, existing_root, layout_err, DatasetError, Example, Format, ImageRef, RealSource,
-    Split, SplitList,
+    draw_from_pool, existing_root, layout_err, DatasetError, Example, Format, ImageRef, Part,
+    RealSource, Split, SplitList, SubsetDefinition,
 };
 
 const ROW_FORMAT: &str = "`path,label` (path relative to root, label an integer or class name)";
@@ -179,14 +179,30 @@ pub(crate) fn list(
             })
             .collect()
     };
-    let examples = match split {
-        Split::Test => to_examples(test),
-        _ => draw_from_pool(src, &to_examples(train), split, sample_seed)?,
+    let named = |file: &Option<PathBuf>| Part::CsvRows {
+        file: file
+            .as_deref()
+            .map(|f| f.to_string_lossy().replace('\\', "/"))
+            .unwrap_or_default(),
     };
-    Ok(SplitList {
+    let (examples, definition) = match split {
+        Split::Test => (
+            to_examples(test),
+            SubsetDefinition::Whole {
+                part: named(&src.test_csv),
+            },
+        ),
+        _ => {
+            let part = named(&src.train_csv);
+            draw_from_pool(src, &to_examples(train), part, split, sample_seed)?
+        }
+    };
+    Ok(SplitList::of_files(
+        &src.root,
         examples,
         class_names,
-    })
+        definition,
+    ))
 }
 
 pub(crate) fn check(src: &RealSource) -> Result<(), DatasetError> {
@@ -275,6 +291,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("te4.png"), "{msg}");
+    }
+
+    #[test]
+    fn csv_records_its_lists() {
+        let dir = TempDir::new("csv-subset");
+        write_named(dir.path());
+        let src = source(dir.path());
+        let test = list_split(&src, Split::Test, 0).unwrap();
+        assert_eq!(
+            test.definition,
+            SubsetDefinition::Whole {
+                part: Part::CsvRows {
+                    file: "lists/test.csv".into()
+                }
+            }
+        );
+        assert_eq!(test.members[..2], ["img/te0.png", "img/te1.png"]);
+        let train = list_split(&src, Split::Train800, 6).unwrap();
+        assert_eq!(
+            train.definition,
+            SubsetDefinition::SeededDraw {
+                seed: 6,
+                pool: Part::CsvRows {
+                    file: "lists/train.csv".into()
+                },
+                pool_size: 20,
+                drawn: 20,
+            }
+        );
+        assert_eq!(train.members, rel_paths(&train, dir.path()));
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use super::error::io_err;
 use super::{
-    draw_from_pool, existing_root, layout_err, DatasetError, Example, Format, ImageRef, RealSource,
-    Split, SplitList,
+    draw_from_pool, existing_root, layout_err, DatasetError, Example, Format, ImageRef, Part,
+    RealSource, Split, SplitList, SubsetDefinition,
 };
 
 /// `(class, image path)` per line of a list.
@@ -101,6 +101,7 @@ pub(crate) fn list(
     split: Split,
     sample_seed: u64,
 ) -> Result<SplitList, DatasetError> {
+    let fold = split_number(src)?;
     let (class_names, [train, val, test]) = read(src)?;
     let to_examples = |entries: &[(String, PathBuf)]| -> Vec<Example> {
         entries
@@ -111,17 +112,25 @@ pub(crate) fn list(
             })
             .collect()
     };
-    let examples = match split {
-        Split::Test => to_examples(&test),
+    let (examples, definition) = match split {
+        Split::Test => (
+            to_examples(&test),
+            SubsetDefinition::Whole {
+                part: Part::DtdFoldTest { fold },
+            },
+        ),
         _ => {
             let pool = [to_examples(&train), to_examples(&val)].concat();
-            draw_from_pool(src, &pool, split, sample_seed)?
+            let part = Part::DtdFoldTrainval { fold };
+            draw_from_pool(src, &pool, part, split, sample_seed)?
         }
     };
-    Ok(SplitList {
+    Ok(SplitList::of_files(
+        &dtd_root(src)?,
         examples,
         class_names,
-    })
+        definition,
+    ))
 }
 
 pub(crate) fn check(src: &RealSource) -> Result<(), DatasetError> {
@@ -235,6 +244,43 @@ mod tests {
         );
         assert_eq!(both, list_split(&src, Split::Train800val200, 8).unwrap());
         assert_ne!(both, list_split(&src, Split::Train800val200, 9).unwrap());
+    }
+
+    #[test]
+    fn dtd_records_its_fold_and_draw() {
+        let dir = TempDir::new("dtd-subset");
+        write_dtd(&dir.path().join("dtd"));
+        let src = source(dir.path(), Some(2));
+        let test = list_split(&src, Split::Test, 4).unwrap();
+        assert_eq!(
+            test.definition,
+            SubsetDefinition::Whole {
+                part: Part::DtdFoldTest { fold: 2 }
+            }
+        );
+        assert_eq!(test.definition.to_string(), "dtd-fold 2 test");
+        // Members are paths relative to the folder holding images/ (here dtd/ under root).
+        assert_eq!(test.members, rel_paths(&test, &dir.path().join("dtd")));
+        assert_eq!(test.members[0], "images/striped/striped_0000.jpg");
+        let train = list_split(&src, Split::Train800, 4).unwrap();
+        assert_eq!(
+            train.definition,
+            SubsetDefinition::SeededDraw {
+                seed: 4,
+                pool: Part::DtdFoldTrainval { fold: 2 },
+                pool_size: 12,
+                drawn: 12,
+            }
+        );
+        assert_eq!(train.members.len(), 10);
+        // The default fold is 1.
+        let default = list_split(&source(dir.path(), None), Split::Test, 0).unwrap();
+        assert_eq!(
+            default.definition,
+            SubsetDefinition::Whole {
+                part: Part::DtdFoldTest { fold: 1 }
+            }
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use super::error::io_err;
 use super::{
     draw_from_pool, existing_root, is_image_file, layout_err, sampling, DatasetError, Example,
-    Format, ImageRef, RealSource, Split, SplitList,
+    Format, ImageRef, Part, RealSource, Split, SplitList, SubsetDefinition,
 };
 
 /// Deepest folder nesting scanned below a class folder (guards against symlink loops).
@@ -158,14 +158,25 @@ pub(crate) fn list(
             }
         }
     }
-    let examples = match split {
-        Split::Test => test,
-        _ => draw_from_pool(src, &pool, split, sample_seed)?,
+    let percent = sampling::HOLDOUT_PERCENT;
+    let (examples, definition) = match split {
+        Split::Test => (
+            test,
+            SubsetDefinition::Whole {
+                part: Part::Holdout { percent },
+            },
+        ),
+        _ => {
+            let part = Part::HoldoutRest { percent };
+            draw_from_pool(src, &pool, part, split, sample_seed)?
+        }
     };
-    Ok(SplitList {
+    Ok(SplitList::of_files(
+        &image_root(src)?,
         examples,
-        class_names: scan.classes,
-    })
+        scan.classes,
+        definition,
+    ))
 }
 
 pub(crate) fn check(src: &RealSource) -> Result<(), DatasetError> {
@@ -265,6 +276,37 @@ mod tests {
     }
 
     #[test]
+    fn imagefolder_records_holdout_and_draw() {
+        let dir = TempDir::new("folder-subset");
+        write_tree(dir.path());
+        let src = source(Format::Imagefolder, dir.path());
+        let test = list_split(&src, Split::Test, 0).unwrap();
+        assert_eq!(
+            test.definition,
+            SubsetDefinition::Whole {
+                part: Part::Holdout { percent: 20 }
+            }
+        );
+        assert_eq!(test.definition.to_string(), "holdout-20% per class");
+        assert_eq!(test.members, rel_paths(&test, dir.path()));
+        let both = list_split(&src, Split::Train800val200, 3).unwrap();
+        assert_eq!(
+            both.definition,
+            SubsetDefinition::SeededDraw {
+                seed: 3,
+                pool: Part::HoldoutRest { percent: 20 },
+                pool_size: 18,
+                drawn: 18,
+            }
+        );
+        assert_eq!(both.members, rel_paths(&both, dir.path()));
+        assert_ne!(
+            both.members,
+            list_split(&src, Split::Train800val200, 4).unwrap().members
+        );
+    }
+
+    #[test]
     fn imagefolder_fingerprint_tracks_every_file() {
         let dir = TempDir::new("folder-fp");
         write_tree(dir.path());
@@ -319,6 +361,25 @@ mod tests {
         assert_eq!(test.examples.len(), 6);
         let pool = list_split(&parent, Split::Train800val200, 4).unwrap();
         assert_eq!(pool.examples.len(), 24);
+        // The recorded subset: holdout-20% as test, a seeded draw from the rest as training.
+        assert_eq!(
+            test.definition,
+            SubsetDefinition::Whole {
+                part: Part::Holdout { percent: 20 }
+            }
+        );
+        assert_eq!(
+            pool.definition,
+            SubsetDefinition::SeededDraw {
+                seed: 4,
+                pool: Part::HoldoutRest { percent: 20 },
+                pool_size: 24,
+                drawn: 24,
+            }
+        );
+        // Members are relative to the folder holding the class folders, whichever root is named.
+        assert_eq!(test.members, rel_paths(&test, &dir.path().join("2750")));
+        assert!(test.members.iter().all(|m| !m.starts_with("2750/")));
     }
 
     #[test]

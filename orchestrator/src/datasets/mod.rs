@@ -31,6 +31,13 @@
 //! train800val200 is train800 followed by val200. A pool of 1000 or more gives exactly
 //! 800/200; a smaller pool is used whole, split 80/20. Test lists keep their official (or
 //! sorted) order and ignore `sample_seed`.
+//!
+//! # Subsets
+//! Every listed split says how its examples were chosen ([`SplitList::definition`], a
+//! [`SubsetDefinition`]: `vtab1k-lists` with the lists' digests, `seeded-draw` with seed and
+//! pool, a part taken whole such as `dtd-fold N test` or `holdout-20%`) and which they are
+//! ([`SplitList::members`]). Only the VTAB-1k lists give numbers comparable with published
+//! VTAB-1k results (see `subset.rs`); a draw from a native archive is VTAB-1k-sized only.
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,12 +53,14 @@ mod fingerprint;
 mod folder;
 mod pickle;
 mod sampling;
+pub mod subset;
 pub mod synthetic;
 #[cfg(test)]
 mod testutil;
 mod vtab1k;
 
 pub use error::DatasetError;
+pub use subset::{Part, SubsetDefinition, SubsetRecord};
 
 /// On-disk layout of a real dataset (`format = "..."` in a suite's `[datasets.NAME]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,11 +197,47 @@ pub struct Example {
     pub label: i64,
 }
 
-/// A split's examples and the dataset's class names (`class_names[label]` names a label).
+/// A split's examples and the dataset's class names (`class_names[label]` names a label), with
+/// how the examples were chosen and which they are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SplitList {
     pub examples: Vec<Example>,
     pub class_names: Vec<String>,
+    pub definition: SubsetDefinition,
+    /// One id per example, in order: the image path (`/`-separated) relative to the folder the
+    /// format reads from (VTAB-1k and CSV: `root`; DTD: the folder holding `images/`; EuroSAT
+    /// and ImageFolder: the folder holding the class folders), so the ids do not depend on
+    /// which of the accepted roots a suite names; `train/<index>` / `test/<index>` for
+    /// CIFAR-100.
+    pub members: Vec<String>,
+}
+
+impl SplitList {
+    /// A list of image files: each member id is the file's path relative to `base`.
+    pub(crate) fn of_files(
+        base: &Path,
+        examples: Vec<Example>,
+        class_names: Vec<String>,
+        definition: SubsetDefinition,
+    ) -> SplitList {
+        let members = examples
+            .iter()
+            .map(|e| match &e.image {
+                ImageRef::File(p) => p
+                    .strip_prefix(base)
+                    .unwrap_or(p)
+                    .to_string_lossy()
+                    .replace('\\', "/"),
+                ImageRef::Rgb { offset, .. } => format!("rgb@{offset}"),
+            })
+            .collect();
+        SplitList {
+            examples,
+            class_names,
+            definition,
+            members,
+        }
+    }
 }
 
 /// Lists a split. `sample_seed` drives the deterministic VTAB-1k 800/200 draw for formats
@@ -272,23 +317,36 @@ pub(crate) fn layout_err(src: &RealSource, problem: impl Into<String>) -> Datase
     }
 }
 
-/// The examples of a non-test split drawn from `pool` (see the module doc).
+/// The examples of a non-test split drawn from `pool` (the source's `part`, see the module
+/// doc), and that draw's definition.
 pub(crate) fn draw_from_pool(
     src: &RealSource,
     pool: &[Example],
+    part: Part,
     split: Split,
     sample_seed: u64,
-) -> Result<Vec<Example>, DatasetError> {
+) -> Result<(Vec<Example>, SubsetDefinition), DatasetError> {
     if pool.is_empty() {
         return Err(DatasetError::EmptyPool {
             root: src.root.clone(),
             format: src.format.clone(),
         });
     }
-    Ok(sampling::pool_indices(pool.len(), split, sample_seed)
+    let examples = sampling::pool_indices(pool.len(), split, sample_seed)
         .into_iter()
         .map(|i| pool[i].clone())
-        .collect())
+        .collect();
+    Ok((examples, seeded_draw(part, pool.len(), sample_seed)))
+}
+
+/// The definition of the seeded draw from a pool of `pool_size` examples of `part`.
+pub(crate) fn seeded_draw(part: Part, pool_size: usize, sample_seed: u64) -> SubsetDefinition {
+    SubsetDefinition::SeededDraw {
+        seed: sample_seed,
+        pool: part,
+        pool_size,
+        drawn: sampling::draw_size(pool_size),
+    }
 }
 
 /// Whether `path` has an image extension this module decodes (case-insensitive).

@@ -53,6 +53,11 @@ pub(crate) fn partial_shuffle(n: usize, k: usize, seed: u64) -> Vec<usize> {
     idx
 }
 
+/// How many examples the draw takes from a pool of `pool_len`: min(1000, pool_len).
+pub(crate) fn draw_size(pool_len: usize) -> usize {
+    pool_len.min(VTAB_TOTAL)
+}
+
 /// Indices into a training pool of `pool_len` examples for a non-test split.
 ///
 /// The draw is `k = min(1000, pool_len)` positions of `partial_shuffle(pool_len, k, sample_seed)`;
@@ -61,7 +66,7 @@ pub(crate) fn partial_shuffle(n: usize, k: usize, seed: u64) -> Vec<usize> {
 /// used whole, split 80/20 (val rounded down). `Split::Test` gives no indices (test lists come
 /// from the official test split, never from the pool).
 pub(crate) fn pool_indices(pool_len: usize, split: Split, sample_seed: u64) -> Vec<usize> {
-    let k = pool_len.min(VTAB_TOTAL);
+    let k = draw_size(pool_len);
     let draw = partial_shuffle(pool_len, k, sample_seed);
     let n_train = k - k / 5;
     match split {
@@ -81,12 +86,17 @@ fn holdout_seed(class_name: &str) -> u64 {
     u64::from_le_bytes(first)
 }
 
-/// Which of a class's `n` files (sorted by path) are held out as test: `n / 5` of them, the first
-/// positions of `partial_shuffle(n, n / 5, holdout_seed(class_name))`. Returns a mask, `true` =
-/// test. Independent of `sample_seed`, so every seed is scored on the same test set.
+/// The share of each class folder held out as the test split, in percent.
+pub(crate) const HOLDOUT_PERCENT: u32 = 20;
+
+/// Which of a class's `n` files (sorted by path) are held out as test: `n / 5` of them
+/// ([`HOLDOUT_PERCENT`], rounded down), the first positions of
+/// `partial_shuffle(n, n / 5, holdout_seed(class_name))`. Returns a mask, `true` = test.
+/// Independent of `sample_seed`, so every seed is scored on the same test set.
 pub(crate) fn holdout_mask(class_name: &str, n: usize) -> Vec<bool> {
     let mut mask = vec![false; n];
-    for i in partial_shuffle(n, n / 5, holdout_seed(class_name)) {
+    let held = n * HOLDOUT_PERCENT as usize / 100;
+    for i in partial_shuffle(n, held, holdout_seed(class_name)) {
         mask[i] = true;
     }
     mask

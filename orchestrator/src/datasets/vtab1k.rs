@@ -9,8 +9,11 @@
 use std::path::{Path, PathBuf};
 
 use super::error::io_err;
+use std::collections::BTreeMap;
+
 use super::{
     existing_root, layout_err, DatasetError, Example, ImageRef, RealSource, Split, SplitList,
+    SubsetDefinition,
 };
 
 const LINE_FORMAT: &str = "`<image path relative to root> <integer label>`";
@@ -75,8 +78,24 @@ fn read_all(src: &RealSource) -> Result<Vec<Vec<(PathBuf, i64)>>, DatasetError> 
         .collect()
 }
 
+/// blake3 (hex) of each of the four list files, by file name.
+fn list_digests(src: &RealSource) -> Result<BTreeMap<String, String>, DatasetError> {
+    ALL.iter()
+        .map(|&s| {
+            let path = src.root.join(list_name(s));
+            let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+            let digest = blake3::hash(&bytes).to_hex().to_string();
+            Ok((list_name(s).to_string(), digest))
+        })
+        .collect()
+}
+
 pub(crate) fn list(src: &RealSource, split: Split) -> Result<SplitList, DatasetError> {
     let lists = read_all(src)?;
+    let definition = SubsetDefinition::Vtab1kLists {
+        list: list_name(split).to_string(),
+        digests: list_digests(src)?,
+    };
     let max = lists.iter().flatten().map(|(_, l)| *l).max();
     let class_names = max.map_or(Vec::new(), |m| (0..=m).map(|l| l.to_string()).collect());
     let index = ALL.iter().position(|&s| s == split).unwrap_or(0);
@@ -90,10 +109,12 @@ pub(crate) fn list(src: &RealSource, split: Split) -> Result<SplitList, DatasetE
             label,
         })
         .collect();
-    Ok(SplitList {
+    Ok(SplitList::of_files(
+        &src.root,
         examples,
         class_names,
-    })
+        definition,
+    ))
 }
 
 pub(crate) fn check(src: &RealSource) -> Result<(), DatasetError> {
@@ -190,6 +211,47 @@ mod tests {
         let fp = fingerprint(&src).unwrap();
         std::fs::write(dir.path().join("images/test/3.jpg"), b"changed").unwrap();
         assert_ne!(fp, fingerprint(&src).unwrap());
+    }
+
+    #[test]
+    fn vtab1k_records_the_lists_and_their_digests() {
+        let dir = TempDir::new("vtab-subset");
+        write_vtab(dir.path());
+        let src = source(dir.path());
+        let digests: BTreeMap<String, String> = ALL
+            .iter()
+            .map(|&s| {
+                let bytes = std::fs::read(dir.path().join(list_name(s))).unwrap();
+                (
+                    list_name(s).to_string(),
+                    blake3::hash(&bytes).to_hex().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(digests.len(), 4);
+        for split in ALL {
+            let list = list_split(&src, split, 7).unwrap();
+            assert_eq!(
+                list.definition,
+                SubsetDefinition::Vtab1kLists {
+                    list: list_name(split).into(),
+                    digests: digests.clone(),
+                }
+            );
+            assert_eq!(list.members, rel_paths(&list, dir.path()));
+        }
+        let both = list_split(&src, Split::Train800val200, 0).unwrap();
+        assert_eq!(both.members[4], "images/train/4 copy.png");
+        // Another list file content is another definition.
+        let mut text = std::fs::read_to_string(dir.path().join("test.txt")).unwrap();
+        text.push('\n');
+        std::fs::write(dir.path().join("test.txt"), text).unwrap();
+        assert_ne!(
+            list_split(&src, Split::Train800val200, 0)
+                .unwrap()
+                .definition,
+            both.definition
+        );
     }
 
     #[test]

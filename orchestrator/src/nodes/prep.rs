@@ -1,9 +1,11 @@
 //! prep: a dataset split decoded, resized (bicubic) and stored as uint8 [N,3,H,W] chunks
-//! with int64 labels (safetensors) and the class names. Decoding is parallel (rayon) and
-//! chunked, so a large test split never sits in memory whole.
-use super::{write_json, NodeError, Result};
+//! with int64 labels (safetensors), the class names, and which examples these are
+//! (`subset.json` + `members.txt`). Decoding is parallel (rayon) and chunked, so a large test
+//! split never sits in memory whole.
+use super::{io_err, write_json, NodeError, Result};
+use crate::datasets::subset::members_text;
 use crate::datasets::synthetic::{self, Task};
-use crate::datasets::{self, Split};
+use crate::datasets::{self, Split, SubsetDefinition, SubsetRecord};
 use crate::graph::PrepNode;
 use crate::suite::Source;
 use rayon::prelude::*;
@@ -14,6 +16,10 @@ use tch::Tensor;
 /// Images per chunk file (at 224 px, 2048 images are 308 MB of uint8).
 pub const CHUNK: usize = 2048;
 pub const CLASSES: &str = "classes.json";
+/// The split's [`SubsetRecord`] (how its examples were chosen, how many, their digest).
+pub const SUBSET: &str = "subset.json";
+/// One example id per line, in prepared order (its blake3 is the record's `members_blake3`).
+pub const MEMBERS: &str = "members.txt";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PrepInfo {
@@ -35,28 +41,12 @@ enum Item {
 
 pub fn run(p: &PrepNode, out: &Path) -> Result<PrepInfo> {
     let size = p.img_size as u32;
-    let (items, class_names): (Vec<Item>, Vec<String>) = match &p.source {
-        Source::Synthetic { task, test_images } => {
-            let (seed, range) = match p.split {
-                Split::Train800val200 => (SYNTH_TRAIN_SEED, 0..1000),
-                Split::Train800 => (SYNTH_TRAIN_SEED, 0..800),
-                Split::Val200 => (SYNTH_TRAIN_SEED, 800..1000),
-                Split::Test => (SYNTH_TEST_SEED, 0..*test_images),
-            };
-            (
-                range.map(|i| Item::Synthetic(*task, seed, i)).collect(),
-                task.class_names(),
-            )
-        }
-        Source::Real(r) => {
-            unchanged_since_planned(p, r)?;
-            let list = datasets::list_split(r, p.split, p.sample_seed)?;
-            (
-                list.examples.into_iter().map(Item::Real).collect(),
-                list.class_names,
-            )
-        }
-    };
+    let Listed {
+        items,
+        class_names,
+        definition,
+        members,
+    } = list_items(p)?;
     if items.is_empty() {
         return Err(NodeError::Failed(format!(
             "{}: the split is empty",
@@ -112,6 +102,12 @@ pub fn run(p: &PrepNode, out: &Path) -> Result<PrepInfo> {
         chunks,
     };
     write_json(&out.join(CLASSES), &info)?;
+    write_json(
+        &out.join(SUBSET),
+        &SubsetRecord::new(p.split, definition, &members),
+    )?;
+    let path = out.join(MEMBERS);
+    std::fs::write(&path, members_text(&members)).map_err(io_err(&path))?;
     Ok(info)
 }
 
@@ -127,6 +123,55 @@ fn unchanged_since_planned(p: &PrepNode, r: &datasets::RealSource) -> Result<()>
         )));
     }
     Ok(())
+}
+
+/// A split as listed, before decoding.
+struct Listed {
+    items: Vec<Item>,
+    class_names: Vec<String>,
+    definition: SubsetDefinition,
+    /// One id per item (see [`MEMBERS`]).
+    members: Vec<String>,
+}
+
+fn list_items(p: &PrepNode) -> Result<Listed> {
+    Ok(match &p.source {
+        Source::Synthetic { task, test_images } => {
+            let (seed, range) = match p.split {
+                Split::Train800val200 => (SYNTH_TRAIN_SEED, 0..1000),
+                Split::Train800 => (SYNTH_TRAIN_SEED, 0..800),
+                Split::Val200 => (SYNTH_TRAIN_SEED, 800..1000),
+                Split::Test => (SYNTH_TEST_SEED, 0..*test_images),
+            };
+            let definition = SubsetDefinition::Synthetic {
+                task: *task,
+                stream_seed: seed,
+                first: range.start,
+                count: range.end - range.start,
+            };
+            Listed {
+                members: range.clone().map(|i| format!("{seed}/{i}")).collect(),
+                items: range.map(|i| Item::Synthetic(*task, seed, i)).collect(),
+                class_names: task.class_names(),
+                definition,
+            }
+        }
+        Source::Real(r) => {
+            unchanged_since_planned(p, r)?;
+            let list = datasets::list_split(r, p.split, p.sample_seed)?;
+            Listed {
+                items: list.examples.into_iter().map(Item::Real).collect(),
+                class_names: list.class_names,
+                definition: list.definition,
+                members: list.members,
+            }
+        }
+    })
+}
+
+/// Reads a committed prep entry's subset record.
+pub fn subset(dir: &Path) -> Result<SubsetRecord> {
+    super::read_json(&dir.join(SUBSET))
 }
 
 /// Reads a committed prep entry's info.
@@ -161,4 +206,116 @@ pub fn load_all(dir: &Path) -> Result<(Tensor, Tensor, PrepInfo)> {
     let images = Tensor::cat(&parts.iter().map(|p| &p.0).collect::<Vec<_>>(), 0);
     let labels = Tensor::cat(&parts.iter().map(|p| &p.1).collect::<Vec<_>>(), 0);
     Ok((images, labels, info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datasets::{Format, RealSource};
+
+    fn tmp(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("vtab-prep-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn node(source: Source, split: Split) -> PrepNode {
+        PrepNode {
+            dataset: "d".into(),
+            source,
+            source_digest: String::new(),
+            split,
+            img_size: 8,
+            sample_seed: 3,
+        }
+    }
+
+    #[test]
+    fn synthetic_prep_records_its_stream_and_members() {
+        let out = tmp("synth");
+        let source = Source::Synthetic {
+            task: Task::Count,
+            test_images: 7,
+        };
+        let info = run(&node(source.clone(), Split::Test), &out).unwrap();
+        assert_eq!(info.count, 7);
+        let rec = subset(&out).unwrap();
+        assert_eq!(
+            rec.definition,
+            SubsetDefinition::Synthetic {
+                task: Task::Count,
+                stream_seed: SYNTH_TEST_SEED,
+                first: 0,
+                count: 7,
+            }
+        );
+        assert_eq!((rec.split, rec.count), (Split::Test, 7));
+        let members = std::fs::read_to_string(out.join(MEMBERS)).unwrap();
+        assert_eq!(members, "2/0\n2/1\n2/2\n2/3\n2/4\n2/5\n2/6\n");
+        assert_eq!(
+            rec.members_blake3,
+            blake3::hash(members.as_bytes()).to_hex().to_string()
+        );
+
+        let val = tmp("synth-val");
+        run(&node(source, Split::Val200), &val).unwrap();
+        let rec = subset(&val).unwrap();
+        assert_eq!(
+            rec.definition,
+            SubsetDefinition::Synthetic {
+                task: Task::Count,
+                stream_seed: SYNTH_TRAIN_SEED,
+                first: 800,
+                count: 200,
+            }
+        );
+        let members = std::fs::read_to_string(val.join(MEMBERS)).unwrap();
+        assert_eq!(members.lines().next(), Some("1/800"));
+        for d in [out, val] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
+
+    #[test]
+    fn real_prep_writes_the_readers_subset() {
+        let root = tmp("real-root");
+        for class in ["a", "b"] {
+            for i in 0..5u8 {
+                let p = root.join(format!("{class}/{i}.png"));
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                image::RgbImage::from_pixel(4, 4, image::Rgb([i * 40, 0, 0]))
+                    .save(&p)
+                    .unwrap();
+            }
+        }
+        let src = RealSource {
+            format: Format::Imagefolder,
+            root: root.clone(),
+            dtd_split: None,
+            train_csv: None,
+            test_csv: None,
+        };
+        let out = tmp("real-out");
+        // Planned now: the node carries the files' fingerprint, as `plan` would make it.
+        let planned = PrepNode {
+            source_digest: datasets::fingerprint(&src).unwrap(),
+            ..node(Source::Real(src.clone()), Split::Train800val200)
+        };
+        run(&planned, &out).unwrap();
+        let list = datasets::list_split(&src, Split::Train800val200, 3).unwrap();
+        let rec = subset(&out).unwrap();
+        assert_eq!(
+            rec,
+            SubsetRecord::new(Split::Train800val200, list.definition, &list.members)
+        );
+        assert_eq!(rec.count, 8);
+        assert_eq!(
+            std::fs::read_to_string(out.join(MEMBERS)).unwrap(),
+            members_text(&list.members)
+        );
+        for d in [root, out] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
 }
