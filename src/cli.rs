@@ -47,8 +47,8 @@ fn device_kind(gpus: &Gpus) -> DeviceKind {
 pub struct RunArgs {
     #[command(flatten)]
     s: SuiteArgs,
-    /// Concurrent nodes per GPU.
-    #[arg(long, default_value_t = 1)]
+    /// Concurrent nodes per GPU (at least 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     jobs_per_gpu: usize,
 }
 
@@ -347,21 +347,45 @@ pub fn overhead(a: OverheadArgs) -> Result<i32> {
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {
-    /// The store to check.
-    #[arg(default_value = "results")]
-    store: PathBuf,
+    /// A suite file (its store is checked) or a store directory.
+    #[arg(default_value = "suite.toml")]
+    target: PathBuf,
+    /// The store to check (default: the suite's).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Suite overrides (for a suite whose store is set with --set store=...).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
 }
 
 /// Re-hashes every artifact in the store; corrupt or incomplete entries are moved to
-/// `<store>/quarantine/` and will be recomputed by the next run. Exit 1 if any was found.
+/// `<store>/quarantine/` and will be recomputed by the next run. Exit 1 if any was found;
+/// exit 2 if there is no store there.
 pub fn verify(a: VerifyArgs) -> Result<i32> {
-    let store = Store::at(&a.store);
+    let root = match (&a.store, a.target.is_dir()) {
+        (Some(s), _) => s.clone(),
+        (None, true) => a.target.clone(),
+        (None, false) => orchestrator::suite::load(&a.target, &a.sets)?.store,
+    };
+    if !root.join("CACHEDIR.TAG").is_file() {
+        let what = if root.exists() {
+            "is not a vtab-orch store (no CACHEDIR.TAG)"
+        } else {
+            "does not exist (nothing has run into it yet)"
+        };
+        return Err(UsageError(format!("verify: {} {what}", root.display())).into());
+    }
+    let store = Store::at(&root);
     let entries = store.entries().len();
     let bad = store.verify();
     for (entry, why) in &bad {
         println!("CORRUPT {entry}: {why}");
     }
-    println!("{entries} entries checked, {} corrupt", bad.len());
+    println!(
+        "{entries} entries checked in {}, {} corrupt",
+        root.display(),
+        bad.len()
+    );
     Ok(if bad.is_empty() { 0 } else { 1 })
 }
 

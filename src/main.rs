@@ -16,7 +16,11 @@ use tch::Device;
 #[command(
     name = "vtab-orch",
     version,
-    about = "Parameter-efficient fine-tuning studies of Vision Transformers"
+    about = "Parameter-efficient fine-tuning studies of Vision Transformers",
+    after_help = "Suite commands read suite.toml by default and take --set KEY=VALUE, --store DIR and --gpus.\n\
+`report` writes its tables and plots into a folder of the suite's own (see `vtab-orch report --help`).\n\n\
+Exit codes: 0 success; 1 a node failed or is blocked (run), corruption found (verify), nothing to report;\n\
+2 an invalid suite or argument (nothing is written)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -61,7 +65,8 @@ struct BenchArgs {
     batch: i64,
     #[arg(long, default_value_t = 256)]
     eval_batch: i64,
-    /// auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.
+    /// auto (bf16 autocast on CUDA, fp32 on the CPU), fp32, bf16, or tf32 (fp32 tensors with
+    /// TF32 tensor-core matmuls on CUDA, as PyTorch's allow_tf32; plain fp32 on the CPU).
     #[arg(long, default_value = "auto")]
     precision: Precision,
     #[arg(long, default_value_t = 8)]
@@ -70,7 +75,8 @@ struct BenchArgs {
     steps: usize,
     #[arg(long, default_value_t = 10)]
     eval_steps: usize,
-    /// Comma-separated subset of methods (default: all).
+    /// Comma-separated subset of methods (default: all): linear, full, lora_qkv_r8,
+    /// lora_all_r8, vera_qkv_mlp_r256, ia3_qkv_fc2, lora_qv_r8, bitfit.
     #[arg(long, value_delimiter = ',')]
     methods: Vec<String>,
     /// cpu, cuda or cuda:N (default: cuda if available).
@@ -97,12 +103,13 @@ fn parse_device(s: Option<&str>) -> Result<Device> {
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
-    let mut cfg = VitConfig::preset(&a.preset).with_context(|| {
-        format!(
-            "unknown preset `{}` (one of: {})",
+    let usage = |msg: String| anyhow::Error::new(cli::UsageError(msg));
+    let mut cfg = VitConfig::preset(&a.preset).ok_or_else(|| {
+        usage(format!(
+            "--preset: unknown preset `{}` (one of: {})",
             a.preset,
             VitConfig::preset_names().collect::<Vec<_>>().join(", ")
-        )
+        ))
     })?;
     if let Some(s) = a.img_size {
         cfg.img_size = s;
@@ -110,12 +117,12 @@ fn bench(a: BenchArgs) -> Result<()> {
     if let Some(d) = a.depth {
         cfg.depth = d;
     }
-    let device = parse_device(a.device.as_deref())?;
+    let device = parse_device(a.device.as_deref()).map_err(|e| usage(format!("--device: {e}")))?;
     if device.is_cuda() && !tch::Cuda::is_available() {
-        bail!(
-            "--device {:?}: CUDA is not available to libtorch",
+        return Err(usage(format!(
+            "--device {}: CUDA is not available to libtorch (`vtab-orch env`); use --device cpu",
             a.device.unwrap_or_default()
-        );
+        )));
     }
     let opts = BenchOptions {
         cfg,
@@ -132,10 +139,10 @@ fn bench(a: BenchArgs) -> Result<()> {
     let all = standard_methods();
     for m in &a.methods {
         if !all.iter().any(|(n, _)| n == m) {
-            bail!(
-                "unknown method `{m}` (one of: {})",
+            return Err(usage(format!(
+                "--methods: unknown method `{m}` (one of: {})",
                 all.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-            );
+            )));
         }
     }
     eprintln!(
@@ -160,6 +167,17 @@ fn bench(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Rust ignores SIGPIPE, so `println!` into a closed pipe (`vtab-orch plan --json | head`)
+/// panics. The default action ends the process quietly instead, as for other Unix tools.
+/// Not in `exec` children: their progress pipe closes when the parent dies, and they must
+/// finish their node (under its lease) all the same.
+fn restore_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn env() {
     println!("vtab-orch {}", env!("CARGO_PKG_VERSION"));
     println!("cuda available: {}", tch::Cuda::is_available());
@@ -169,7 +187,11 @@ fn env() {
 }
 
 fn main() {
-    let result = match Cli::parse().cmd {
+    let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Exec(_)) {
+        restore_sigpipe();
+    }
+    let result = match cli.cmd {
         Cmd::Run(a) => cli::run(a),
         Cmd::Plan(a) => cli::plan(a),
         Cmd::Report(a) => cli::report(a),
