@@ -118,7 +118,7 @@ fn exec_into(store: &Store, key: &str, node: Node, cpu: bool, staged: &Path) -> 
     };
     match &node {
         Node::Prep(p) => {
-            nodes::prep::run(p, staged)?;
+            nodes::prep::run(p, staged, &crate::load::file_digests(&store.root))?;
         }
         Node::Build(b) => nodes::build::run(b, staged, device)?,
         Node::Train(t) => {

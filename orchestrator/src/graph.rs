@@ -1,7 +1,7 @@
 //! Expansion of a suite into the DAG of prep / build / train / eval nodes, keyed by their
 //! fingerprints; shared upstream work appears once. Reads dataset fingerprints (file
 //! metadata) but runs nothing.
-use crate::datasets::{self, Split};
+use crate::datasets::{DatasetError, RealSource, SourceFingerprint, Split};
 use crate::hash::Fingerprint;
 use crate::numerics::{DeviceKind, Numerics};
 use crate::suite::{Backbone, Opt, Pretrain, Run, Source, Suite, Weights};
@@ -185,6 +185,9 @@ pub struct Graph {
     pub index: BTreeMap<String, NodeIndex>,
     /// Eval node keys per suite run, in suite order.
     pub runs: Vec<(Run, String)>,
+    /// The content fingerprints of the real datasets, by digest (`plan` names the files that
+    /// changed since a stored prep).
+    pub sources: BTreeMap<String, SourceFingerprint>,
 }
 
 impl Graph {
@@ -224,28 +227,37 @@ impl Graph {
     }
 }
 
+/// How `expand` reads its inputs' identities: weights digests and dataset fingerprints cost
+/// a full read, so the caller's functions cache them per (path, size, mtime).
+pub struct Digests<'a> {
+    pub weights: &'a dyn Fn(&std::path::Path) -> Result<String, String>,
+    pub source: &'a mut dyn FnMut(&RealSource) -> Result<SourceFingerprint, DatasetError>,
+}
+
 /// Expands `suite` for device nodes computing on `device` (every `precision = "auto"` is
-/// resolved for it). Weights digests cost a full read; the caller's `weights_digest` caches
-/// them per (path, size, mtime).
+/// resolved for it).
 pub fn expand(
     suite: &Suite,
     device: DeviceKind,
-    weights_digest: &dyn Fn(&std::path::Path) -> Result<String, String>,
+    digests: Digests<'_>,
 ) -> Result<Graph, Vec<String>> {
     let mut errors = Vec::new();
     let mut g = Graph {
         graph: DiGraph::new(),
         index: BTreeMap::new(),
         runs: Vec::new(),
+        sources: BTreeMap::new(),
     };
-    let build = build_node(&suite.backbone, device, weights_digest).map_err(|e| vec![e])?;
+    let build = build_node(&suite.backbone, device, digests.weights).map_err(|e| vec![e])?;
     let build_key = g.add(Node::Build(build));
-    let mut digests: BTreeMap<String, String> = BTreeMap::new();
+    // Dataset name -> source digest.
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
     for (name, d) in &suite.datasets {
         if let Source::Real(r) = &d.source {
-            match datasets::fingerprint(r) {
+            match (digests.source)(r) {
                 Ok(fp) => {
-                    digests.insert(name.clone(), fp);
+                    names.insert(name.clone(), fp.digest.clone());
+                    g.sources.insert(fp.digest.clone(), fp);
                 }
                 Err(e) => errors.push(format!("`datasets.{name}`: {e}")),
             }
@@ -260,7 +272,7 @@ pub fn expand(
             Node::Prep(PrepNode {
                 dataset: run.dataset.clone(),
                 source: ds.source.clone(),
-                source_digest: digests.get(&run.dataset).cloned().unwrap_or_default(),
+                source_digest: names.get(&run.dataset).cloned().unwrap_or_default(),
                 split,
                 img_size: opt.img_size,
                 sample_seed: opt.sample_seed,

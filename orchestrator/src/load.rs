@@ -1,7 +1,8 @@
 //! From a suite file to a sealed graph: parse (with `--set` and environment overrides), check
 //! the inputs it names, expand for a device kind. The one path every suite command takes.
 //! Writes nothing but the weights-digest cache of an existing store.
-use crate::graph::{expand, Graph};
+use crate::datasets::{self, DigestCache, RealSource};
+use crate::graph::{expand, Digests, Graph};
 use crate::numerics::DeviceKind;
 use crate::store::{digest_file, Store};
 use crate::suite::{self, Diagnostic, Suite, SuiteError};
@@ -49,11 +50,28 @@ pub fn load(
 }
 
 fn expand_for(suite: &Suite, root: &Path, device: DeviceKind) -> Result<Graph, SuiteError> {
-    expand(suite, device, &weights_digest(root)).map_err(|errors| {
+    let cache_path = file_digests(root);
+    let mut cache = DigestCache::load(&cache_path);
+    let mut source = |r: &RealSource| datasets::fingerprint_with(r, &mut cache);
+    let digests = Digests {
+        weights: &weights_digest(root),
+        source: &mut source,
+    };
+    let graph = expand(suite, device, digests);
+    // Only into an existing store: planning an invalid suite must write nothing.
+    if root.is_dir() {
+        let _ = cache.save(&cache_path);
+    }
+    graph.map_err(|errors| {
         // Each names its key already (`datasets.NAME`: why).
         let errors = errors.into_iter().map(|e| Diagnostic::invalid("", e));
         SuiteError::new(&suite.path, errors.collect())
     })
+}
+
+/// Where a store caches the content digests of dataset files (by path, size and mtime).
+pub fn file_digests(store_root: &Path) -> PathBuf {
+    store_root.join("cache").join("file-digests.json")
 }
 
 /// Weights digests, cached per (path, size, mtime) in the store: hashing a ViT-B file on

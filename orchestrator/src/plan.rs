@@ -1,10 +1,12 @@
 //! `plan`: per node, whether it is cached, will run (and why: new, or what changed against
 //! the closest stored node of the same identity), or is blocked by a missing input.
-use crate::graph::Graph;
+use crate::datasets::SourceFingerprint;
+use crate::graph::{Graph, Node};
 use crate::hash::Fingerprint;
 use crate::store::Store;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -27,7 +29,8 @@ pub struct PlanEntry {
 /// The plan in topological order. `blocked` maps keys that cannot run (missing dataset root
 /// or weights) to why; their dependants are blocked too.
 pub fn plan(g: &Graph, store: &Store, blocked: &BTreeMap<String, String>) -> Vec<PlanEntry> {
-    let mut previous: BTreeMap<String, Vec<Fingerprint>> = BTreeMap::new();
+    // Stored entries by kind/identity: (key, fingerprint).
+    let mut previous: BTreeMap<String, Vec<(String, Fingerprint)>> = BTreeMap::new();
     let mut loaded: std::collections::BTreeSet<&'static str> = Default::default();
     let mut status: BTreeMap<String, Status> = BTreeMap::new();
     let mut out = Vec::new();
@@ -56,7 +59,7 @@ pub fn plan(g: &Graph, store: &Store, blocked: &BTreeMap<String, String>) -> Vec
                     previous
                         .entry(format!("{kind}/{}", m.identity))
                         .or_default()
-                        .push(m.fingerprint);
+                        .push((m.key, m.fingerprint));
                 }
             }
             let fp = node.fingerprint();
@@ -65,17 +68,27 @@ pub fn plan(g: &Graph, store: &Store, blocked: &BTreeMap<String, String>) -> Vec
                 .and_then(|cands| {
                     cands
                         .iter()
-                        .map(|old| fp.diff(old))
-                        .filter(|d| !d.is_empty())
-                        .min_by_key(|d| d.len())
+                        .map(|(old_key, old)| (old_key, fp.diff(old)))
+                        .filter(|(_, d)| !d.is_empty())
+                        .min_by_key(|(_, d)| d.len())
                 });
-            match closest {
+            let (st, reason) = match closest {
                 _ if store.entry(kind, &key).exists() => (
                     Status::Run,
                     "stored entry incomplete or corrupt".to_string(),
                 ),
-                Some(d) => (Status::Run, format!("changed: {}", d.join(", "))),
+                Some((old_key, d)) => {
+                    let d = name_changed_files(g, store, node, old_key, d);
+                    (Status::Run, format!("changed: {}", d.join(", ")))
+                }
                 None => (Status::Run, "new".to_string()),
+            };
+            match checkpoint_epoch(&store.root.join("checkpoints").join(&key)) {
+                Some(e) => (
+                    st,
+                    format!("{reason}; resumes after epoch {e} from its checkpoint"),
+                ),
+                None => (st, reason),
             }
         };
         status.insert(key.clone(), st);
@@ -116,4 +129,55 @@ pub fn render(entries: &[PlanEntry]) -> String {
         count(Status::Blocked)
     );
     s
+}
+
+/// A changed dataset is named by its files, not by two digests: "files: 1 modified
+/// (a/0.png)", from the stored prep's `source.json` and the graph's current fingerprint.
+fn name_changed_files(
+    g: &Graph,
+    store: &Store,
+    node: &Node,
+    old_key: &str,
+    diff: Vec<String>,
+) -> Vec<String> {
+    let Node::Prep(p) = node else { return diff };
+    let old: Option<SourceFingerprint> = std::fs::read(
+        store
+            .entry("prep", old_key)
+            .join(crate::nodes::prep::SOURCE),
+    )
+    .ok()
+    .and_then(|b| serde_json::from_slice(&b).ok());
+    let (Some(old), Some(now)) = (old, g.sources.get(&p.source_digest)) else {
+        return diff;
+    };
+    diff.into_iter()
+        .map(|d| {
+            if d.starts_with("source_digest:") {
+                now.changes_since(&old).to_string()
+            } else {
+                d
+            }
+        })
+        .collect()
+}
+
+/// The last epoch saved in a training node's checkpoint (`<store>/checkpoints/<key>/`), read
+/// from the safetensors header and its `meta.json` tensor without loading any weights.
+pub fn checkpoint_epoch(dir: &Path) -> Option<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(dir.join("ckpt.safetensors")).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let len = u64::from_le_bytes(len);
+    let mut header = vec![0u8; usize::try_from(len).ok().filter(|l| *l < 1 << 26)?];
+    f.read_exact(&mut header).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    let offsets = header.get("meta.json")?.get("data_offsets")?.as_array()?;
+    let (start, end) = (offsets.first()?.as_u64()?, offsets.get(1)?.as_u64()?);
+    f.seek(SeekFrom::Start(8 + len + start)).ok()?;
+    let mut meta = vec![0u8; usize::try_from(end.checked_sub(start)?).ok()?];
+    f.read_exact(&mut meta).ok()?;
+    let meta: serde_json::Value = serde_json::from_slice(&meta).ok()?;
+    meta.get("epoch")?.as_u64()
 }

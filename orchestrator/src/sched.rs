@@ -424,11 +424,9 @@ mod tests {
              [defaults]\nimg_size = 16\n[datasets.a]\nformat = \"synthetic\"\ntask = \"count\"\n[methods.linear]\n",
         )
         .unwrap();
-        let s = crate::suite::load(&suite, &[]).unwrap();
-        let g = crate::graph::expand(&s, crate::numerics::DeviceKind::Cpu, &|_| {
-            Err("no weights file".into())
-        })
-        .unwrap();
+        let g = crate::load::load(&suite, &[], None, crate::numerics::DeviceKind::Cpu)
+            .unwrap()
+            .graph;
         let store = Store::open(&dir.join("store")).unwrap();
         let mut events = Vec::new();
         let o = RunOptions {

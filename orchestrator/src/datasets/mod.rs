@@ -50,6 +50,7 @@ mod decode;
 mod dtd;
 mod error;
 mod fingerprint;
+pub use fingerprint::{DigestCache, FileChanges, SourceFingerprint};
 mod folder;
 mod pickle;
 mod sampling;
@@ -256,10 +257,19 @@ pub fn list_split(
     }
 }
 
-/// A blake3 hex digest identifying the source's content cheaply: sorted relative file paths
-/// with sizes and mtimes of every file that `list_split` can read (for CIFAR the few data
-/// files). Changes when any file is added/removed/modified.
+/// A blake3 hex digest identifying the source's content: sorted relative file paths with the
+/// blake3 of each file that `list_split` can read (for CIFAR the few data files). Changes when
+/// any file is added, removed or modified; not on a `touch` or a copy elsewhere.
 pub fn fingerprint(src: &RealSource) -> Result<String, DatasetError> {
+    Ok(fingerprint_with(src, &mut DigestCache::default())?.digest)
+}
+
+/// [`fingerprint`] with its per-file digests, reading only files whose size or mtime is not
+/// in `cache` as recorded.
+pub fn fingerprint_with(
+    src: &RealSource,
+    cache: &mut DigestCache,
+) -> Result<SourceFingerprint, DatasetError> {
     existing_root(src)?;
     let (config, files) = match src.format {
         Format::Cifar100 => (String::new(), cifar::files(src)?),
@@ -271,7 +281,7 @@ pub fn fingerprint(src: &RealSource) -> Result<String, DatasetError> {
         Format::Vtab1k => (String::new(), vtab1k::files(src)?),
         Format::Csv => (csv_list::roles(src)?, csv_list::files(src)?),
     };
-    fingerprint::digest(src, &config, files)
+    fingerprint::digest(src, &config, files, cache)
 }
 
 /// Decodes (JPEG, PNG, TIFF, or raw RGB) and resizes to size x size with a bicubic filter

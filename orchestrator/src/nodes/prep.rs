@@ -5,7 +5,9 @@
 use super::{io_err, write_json, NodeError, Result};
 use crate::datasets::subset::members_text;
 use crate::datasets::synthetic::{self, Task};
-use crate::datasets::{self, Split, SubsetDefinition, SubsetRecord};
+use crate::datasets::{
+    self, DigestCache, SourceFingerprint, Split, SubsetDefinition, SubsetRecord,
+};
 use crate::graph::PrepNode;
 use crate::suite::Source;
 use rayon::prelude::*;
@@ -16,6 +18,8 @@ use tch::Tensor;
 /// Images per chunk file (at 224 px, 2048 images are 308 MB of uint8).
 pub const CHUNK: usize = 2048;
 pub const CLASSES: &str = "classes.json";
+/// A real source's content fingerprint with its per-file digests (`plan` diffs it).
+pub const SOURCE: &str = "source.json";
 /// The split's [`SubsetRecord`] (how its examples were chosen, how many, their digest).
 pub const SUBSET: &str = "subset.json";
 /// One example id per line, in prepared order (its blake3 is the record's `members_blake3`).
@@ -39,8 +43,16 @@ enum Item {
     Real(datasets::Example),
 }
 
-pub fn run(p: &PrepNode, out: &Path) -> Result<PrepInfo> {
+/// Prepares `p` into `out`. `digests` is the store's cache of file content digests (see
+/// `load::file_digests`): a real source is fingerprinted again against the plan before and
+/// after decoding, reading only files whose size or mtime changed.
+pub fn run(p: &PrepNode, out: &Path, digests: &Path) -> Result<PrepInfo> {
     let size = p.img_size as u32;
+    let mut cache = DigestCache::load(digests);
+    let planned = match &p.source {
+        Source::Real(r) => Some(unchanged_since_planned(p, r, &mut cache)?),
+        Source::Synthetic { .. } => None,
+    };
     let Listed {
         items,
         class_names,
@@ -56,14 +68,28 @@ pub fn run(p: &PrepNode, out: &Path) -> Result<PrepInfo> {
     let mut per_class = vec![0usize; class_names.len()];
     let mut chunks = Vec::new();
     let total = items.len();
+    // Every unreadable file of the split, found in one pass (not one per run).
+    let mut bad: Vec<String> = Vec::new();
     for (ci, chunk) in items.chunks(CHUNK).enumerate() {
-        let decoded: Vec<(Vec<u8>, i64)> = chunk
+        let results: Vec<std::result::Result<(Vec<u8>, i64), datasets::DatasetError>> = chunk
             .par_iter()
             .map(|it| match it {
                 Item::Synthetic(task, seed, i) => Ok(synthetic::example(*task, size, *seed, *i)),
                 Item::Real(e) => datasets::load_image(&e.image, size).map(|px| (px, e.label)),
             })
-            .collect::<std::result::Result<_, _>>()?;
+            .collect();
+        let (ok, errors): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
+        bad.extend(
+            errors
+                .into_iter()
+                .filter_map(|e| e.err())
+                .map(|e| e.to_string()),
+        );
+        if !bad.is_empty() {
+            // Keep checking the rest; nothing more is written.
+            continue;
+        }
+        let decoded: Vec<(Vec<u8>, i64)> = ok.into_iter().filter_map(|r| r.ok()).collect();
         let mut pixels = Vec::with_capacity(decoded.len() * 3 * (size * size) as usize);
         let mut labels = Vec::with_capacity(decoded.len());
         for (px, l) in decoded {
@@ -90,10 +116,15 @@ pub fn run(p: &PrepNode, out: &Path) -> Result<PrepInfo> {
         chunks.push(name);
         super::progress(serde_json::json!({"done": (ci * CHUNK + chunk.len()), "total": total}));
     }
-    // Files replaced while they were decoded must not be stored under the planned key either.
-    if let Source::Real(r) = &p.source {
-        unchanged_since_planned(p, r)?;
+    if !bad.is_empty() {
+        return Err(NodeError::Failed(unreadable(&p.dataset, &bad)));
     }
+    // Files replaced while they were decoded must not be stored under the planned key either.
+    if let (Source::Real(r), Some(planned)) = (&p.source, &planned) {
+        unchanged_since_planned(p, r, &mut cache)?;
+        write_json(&out.join(SOURCE), planned)?;
+    }
+    let _ = cache.save(digests);
     let info = PrepInfo {
         class_names,
         count: total,
@@ -112,17 +143,37 @@ pub fn run(p: &PrepNode, out: &Path) -> Result<PrepInfo> {
 }
 
 /// The key was made from the source's fingerprint at planning time; data changed since then
-/// must not be stored under it (as build refuses changed weights).
-fn unchanged_since_planned(p: &PrepNode, r: &datasets::RealSource) -> Result<()> {
-    let now = datasets::fingerprint(r)?;
-    if now != p.source_digest {
+/// must not be stored under it (as build refuses changed weights). Returns the fingerprint.
+fn unchanged_since_planned(
+    p: &PrepNode,
+    r: &datasets::RealSource,
+    cache: &mut DigestCache,
+) -> Result<SourceFingerprint> {
+    let now = datasets::fingerprint_with(r, cache)?;
+    if now.digest != p.source_digest {
         return Err(NodeError::Failed(format!(
-            "{}: the dataset's files changed since the suite was planned (fingerprint {now}, planned {}); run again",
+            "{}: the dataset's files changed since the suite was planned (fingerprint {}, planned {}); run again",
             r.root.display(),
+            now.digest,
             p.source_digest
         )));
     }
-    Ok(())
+    Ok(now)
+}
+
+/// One message listing every unreadable file of a split (the first 20 in full).
+pub fn unreadable(dataset: &str, bad: &[String]) -> String {
+    let mut msg = format!(
+        "{dataset}: {} file(s) cannot be read; fix or remove them (`vtab-orch plan --check-data` lists them all before a run):",
+        bad.len()
+    );
+    for b in bad.iter().take(20) {
+        msg += &format!("\n  {b}");
+    }
+    if bad.len() > 20 {
+        msg += &format!("\n  ... and {} more", bad.len() - 20);
+    }
+    msg
 }
 
 /// A split as listed, before decoding.
@@ -157,7 +208,6 @@ fn list_items(p: &PrepNode) -> Result<Listed> {
             }
         }
         Source::Real(r) => {
-            unchanged_since_planned(p, r)?;
             let list = datasets::list_split(r, p.split, p.sample_seed)?;
             Listed {
                 items: list.examples.into_iter().map(Item::Real).collect(),
@@ -238,7 +288,12 @@ mod tests {
             task: Task::Count,
             test_images: 7,
         };
-        let info = run(&node(source.clone(), Split::Test), &out).unwrap();
+        let info = run(
+            &node(source.clone(), Split::Test),
+            &out,
+            &out.join("d.json"),
+        )
+        .unwrap();
         assert_eq!(info.count, 7);
         let rec = subset(&out).unwrap();
         assert_eq!(
@@ -259,7 +314,7 @@ mod tests {
         );
 
         let val = tmp("synth-val");
-        run(&node(source, Split::Val200), &val).unwrap();
+        run(&node(source, Split::Val200), &val, &val.join("d.json")).unwrap();
         let rec = subset(&val).unwrap();
         assert_eq!(
             rec.definition,
@@ -302,7 +357,7 @@ mod tests {
             source_digest: datasets::fingerprint(&src).unwrap(),
             ..node(Source::Real(src.clone()), Split::Train800val200)
         };
-        run(&planned, &out).unwrap();
+        run(&planned, &out, &out.join("digests.json")).unwrap();
         let list = datasets::list_split(&src, Split::Train800val200, 3).unwrap();
         let rec = subset(&out).unwrap();
         assert_eq!(
