@@ -59,6 +59,10 @@ pub struct PlanArgs {
     /// Print one JSON array (key, kind, label, status, reason, deps per node).
     #[arg(long)]
     json: bool,
+    /// Decode every image of every real dataset split first and list each file that cannot
+    /// be read (exit 1 if any), writing nothing.
+    #[arg(long)]
+    check_data: bool,
 }
 
 #[derive(clap::Args)]
@@ -99,16 +103,60 @@ fn load(a: &SuiteArgs) -> Result<Loaded> {
 pub fn plan(a: PlanArgs) -> Result<i32> {
     let l = load(&a.s)?;
     let entries = make_plan(&l.graph, &l.store, &Default::default());
+    let data_ok = check_data(&l, a.check_data)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
     } else {
         print!("{}", render(&entries));
     }
-    Ok(if entries.iter().any(|e| e.status == Status::Blocked) {
-        1
-    } else {
-        0
-    })
+    Ok(
+        if entries.iter().any(|e| e.status == Status::Blocked) || !data_ok {
+            1
+        } else {
+            0
+        },
+    )
+}
+
+/// Warns on stderr about classes without an example in a real split (e.g. too few images
+/// for the test hold-out); with `decode`, also decodes every image of every real split and
+/// lists each file that cannot be read. Returns whether every file could be read.
+fn check_data(l: &Loaded, decode: bool) -> Result<bool> {
+    let mut ok = true;
+    for key in l.graph.topo() {
+        let Some(Node::Prep(p)) = l.graph.node(&key) else {
+            continue;
+        };
+        let check = orchestrator::nodes::prep::check_data(p, decode)
+            .with_context(|| format!("checking datasets.{}", p.dataset))?;
+        let split = serde_json::to_value(p.split)?;
+        let split = split.as_str().unwrap_or_default();
+        if !check.empty_classes.is_empty() {
+            eprintln!(
+                "warning: datasets.{} {split}: {} class(es) have no image in this split: {}",
+                p.dataset,
+                check.empty_classes.len(),
+                check.empty_classes.join(", ")
+            );
+        }
+        if !check.unreadable.is_empty() {
+            ok = false;
+            eprintln!(
+                "{}",
+                orchestrator::nodes::prep::unreadable(
+                    &format!("datasets.{} {split}", p.dataset),
+                    &check.unreadable
+                )
+            );
+        }
+        if decode
+            && check.unreadable.is_empty()
+            && matches!(p.source, orchestrator::suite::Source::Real(_))
+        {
+            eprintln!("checked datasets.{} {split}: every file decodes", p.dataset);
+        }
+    }
+    Ok(ok)
 }
 
 pub fn run(a: RunArgs) -> Result<i32> {

@@ -161,6 +161,54 @@ fn unchanged_since_planned(
     Ok(now)
 }
 
+/// What `plan --check-data` finds in a real split before anything runs.
+#[derive(Debug, Default)]
+pub struct DataCheck {
+    /// Every file that cannot be read or decoded, with why.
+    pub unreadable: Vec<String>,
+    /// Classes with no example in this split (e.g. too few images for the test hold-out).
+    pub empty_classes: Vec<String>,
+}
+
+/// Lists the split of `p` and, with `decode`, decodes every image of it (in parallel),
+/// writing nothing. Synthetic sources have nothing to check.
+pub fn check_data(p: &PrepNode, decode: bool) -> Result<DataCheck> {
+    let Source::Real(r) = &p.source else {
+        return Ok(DataCheck::default());
+    };
+    let list = datasets::list_split(r, p.split, p.sample_seed)?;
+    let mut seen = vec![0usize; list.class_names.len()];
+    for e in &list.examples {
+        if let Some(n) = seen.get_mut(e.label as usize) {
+            *n += 1;
+        }
+    }
+    let empty_classes = list
+        .class_names
+        .iter()
+        .zip(&seen)
+        .filter(|(_, n)| **n == 0)
+        .map(|(c, _)| c.clone())
+        .collect();
+    let unreadable = if decode {
+        let size = p.img_size as u32;
+        let mut bad: Vec<String> = list
+            .examples
+            .par_iter()
+            .filter_map(|e| datasets::load_image(&e.image, size).err())
+            .map(|e| e.to_string())
+            .collect();
+        bad.sort();
+        bad
+    } else {
+        Vec::new()
+    };
+    Ok(DataCheck {
+        unreadable,
+        empty_classes,
+    })
+}
+
 /// One message listing every unreadable file of a split (the first 20 in full).
 pub fn unreadable(dataset: &str, bad: &[String]) -> String {
     let mut msg = format!(
