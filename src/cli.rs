@@ -5,6 +5,7 @@ use orchestrator::graph::{expand, Graph, Node};
 use orchestrator::plan::{plan as make_plan, render, Status};
 use orchestrator::report::{self, RunRecord};
 use orchestrator::sched::local::{self, LocalLauncher, LocalOptions};
+use orchestrator::sched::slurm::{SlurmLauncher, SlurmOptions};
 use orchestrator::sched::{self, Event, Gpus, Launcher};
 use orchestrator::store::{digest_file, Store};
 use orchestrator::suite::{self, Suite};
@@ -200,7 +201,29 @@ pub fn run(a: RunArgs) -> Result<i32> {
             Ok(l) => Box::new(l),
             Err(e) => return usage_error(e),
         },
-        LauncherKind::Slurm => return usage_error("--launcher slurm is not built yet"),
+        LauncherKind::Slurm => {
+            let gpus = match gpus {
+                Gpus::Auto => true,
+                Gpus::None => false,
+                Gpus::List(_) => {
+                    return usage_error(
+                        "--gpus with a list names GPUs of this machine; with --launcher slurm the cluster places GPU jobs: use auto (a GPU per GPU node) or none",
+                    )
+                }
+            };
+            if a.jobs_per_gpu != 1 {
+                return usage_error(
+                    "--jobs-per-gpu is for --launcher local; a Slurm job has its GPU to itself",
+                );
+            }
+            Box::new(SlurmLauncher::new(SlurmOptions {
+                exe: std::env::current_exe()?,
+                store: std::path::absolute(&store.root)?,
+                config: l.suite.slurm.clone(),
+                cli_args: a.slurm_args.clone(),
+                gpus,
+            }))
+        }
     };
     // Ctrl-C or SIGTERM: the scheduler cancels what it started, then stops.
     let _ =

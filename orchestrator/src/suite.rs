@@ -172,6 +172,8 @@ pub struct Suite {
     pub backbone: Backbone,
     pub datasets: BTreeMap<String, DatasetDef>,
     pub runs: Vec<Run>,
+    /// `[slurm]`: sbatch options for `run --launcher slurm` (not part of any node's key).
+    pub slurm: crate::sched::slurm::SlurmConfig,
 }
 
 /// Loads `path` with environment overrides (`VTAB_ORCH_DEFAULTS__EPOCHS=3`) and `--set`
@@ -273,8 +275,8 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-const TOP_KEYS: [&str; 8] = [
-    "name", "store", "seeds", "defaults", "backbone", "datasets", "methods", "override",
+const TOP_KEYS: [&str; 9] = [
+    "name", "store", "seeds", "defaults", "backbone", "datasets", "methods", "override", "slurm",
 ];
 const METHODS: [&str; 6] = ["linear", "full", "bitfit", "lora", "vera", "ia3"];
 const FORMATS: [&str; 7] = [
@@ -593,6 +595,7 @@ impl Parser {
             .get("seeds")
             .map(|v| self.seeds("seeds", v))
             .unwrap_or_else(|| vec![0]);
+        let slurm = self.slurm(top.get("slurm"));
         // The backbone first: run image sizes are checked against its patch size.
         let backbone = match top.get("backbone") {
             Some(b) => self.backbone(b),
@@ -653,7 +656,21 @@ impl Parser {
             backbone: backbone?,
             datasets,
             runs,
+            slurm,
         })
+    }
+
+    /// `[slurm]`: parsed by the Slurm launcher's own config type.
+    fn slurm(&mut self, v: Option<&Value>) -> crate::sched::slurm::SlurmConfig {
+        use crate::sched::slurm::config::{SlurmConfig, KEYS};
+        let Some(m) = v.and_then(|v| self.table("slurm", v, &KEYS)) else {
+            return SlurmConfig::default();
+        };
+        let (config, errors) = SlurmConfig::parse(m);
+        for (key, msg) in errors {
+            self.err(&key, msg);
+        }
+        config
     }
 
     /// `[datasets]` or `[methods]`: a non-empty table of tables.

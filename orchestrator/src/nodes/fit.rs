@@ -167,6 +167,9 @@ fn load_checkpoint(dir: &Path, trainer: &mut Trainer) -> Result<Option<(u64, Vec
 
 /// Test hook standing in for `kill -9`: abort right after checkpointing this epoch.
 const CRASH_AFTER_EPOCH: &str = "VTAB_ORCH_TEST_CRASH_AFTER_EPOCH";
+/// Test hook: sleep this many milliseconds after each epoch's checkpoint, so that a test
+/// can cancel or requeue a node mid-way (tiny test models train in milliseconds).
+const EPOCH_DELAY_MS: &str = "VTAB_ORCH_TEST_EPOCH_DELAY_MS";
 
 /// Trains `model` on (images u8, labels) already on the device. With `ckpt_dir`, resumes
 /// from the checkpoint found there and writes one at every epoch end.
@@ -266,6 +269,12 @@ pub fn fit(
         }
         if crash_after == Some(epoch) {
             std::process::abort();
+        }
+        if let Some(ms) = std::env::var(EPOCH_DELAY_MS)
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
         }
     }
     Ok((trainer.model, logs))

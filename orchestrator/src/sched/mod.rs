@@ -4,7 +4,7 @@
 pub mod events;
 pub mod lease;
 pub mod local;
-// pub mod slurm;
+pub mod slurm;
 pub mod state;
 
 pub use events::Event;
