@@ -535,3 +535,46 @@ fn a_gpu_node_sees_the_cuda_visible_devices_slurm_gave_it() {
     );
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn two_drivers_on_one_store_never_run_a_node_twice() {
+    let Some(conf) = cluster("two_drivers_on_one_store_never_run_a_node_twice") else {
+        return;
+    };
+    let d = dir("two");
+    let s = suite(&d, "[methods.linear]\n[methods.bitfit]\n", 2);
+    let args = [
+        "run",
+        s.to_str().unwrap(),
+        "--gpus",
+        "none",
+        "--launcher",
+        "slurm",
+    ];
+    let spawn = || {
+        command(&conf, &args, &[("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "300")])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (x, y) = (spawn(), spawn());
+    let (ox, oy) = (x.wait_with_output().unwrap(), y.wait_with_output().unwrap());
+    assert!(
+        ox.status.success() && oy.status.success(),
+        "{}\n---\n{}",
+        stderr(&ox),
+        stderr(&oy)
+    );
+    // A node starts only under its lease: across both run records, each started once.
+    let mut started: Vec<String> = records(&d.join("store"))
+        .into_iter()
+        .filter(|e| e["event"] == "started")
+        .map(|e| e["key"].as_str().unwrap().to_string())
+        .collect();
+    started.sort();
+    let n = started.len();
+    started.dedup();
+    assert_eq!(n, started.len(), "a node ran twice");
+    assert_eq!(n, 7, "every node ran once");
+    std::fs::remove_dir_all(&d).ok();
+}

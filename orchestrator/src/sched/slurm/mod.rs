@@ -77,8 +77,11 @@ impl SlurmLauncher {
         self.o.store.join("slurm")
     }
 
-    fn out_file(&self, key: &str) -> PathBuf {
-        self.o.store.join("logs").join(format!("{key}.out"))
+    /// The stdout (JSON progress) of job `id` of node `key`: one file per job, so that two
+    /// drivers' jobs of one node never read each other's lines; a requeued job keeps its id
+    /// and appends.
+    fn out_file(&self, key: &str, id: &str) -> PathBuf {
+        self.o.store.join("logs").join(format!("{key}.{id}.out"))
     }
 
     /// Where the batch script leaves the exit code of `vtab-orch exec` when it ended by
@@ -132,7 +135,7 @@ exit "$code"
                 &job.key[..job.key.len().min(12)]
             ),
             format!("--comment=vtab-orch store {}", self.o.store.display()),
-            format!("--output={}", self.out_file(&job.key).display()),
+            format!("--output={}", self.out_file(&job.key, "%j").display()),
             format!("--error={}", job.log.display()),
             "--open-mode=append".into(),
             "--requeue".into(),
@@ -197,7 +200,7 @@ exit "$code"
     fn tail(&mut self) {
         let keys: Vec<String> = self.jobs.keys().cloned().collect();
         for key in keys {
-            let out = self.out_file(&key);
+            let out = self.out_file(&key, &self.jobs[&key].id);
             let j = self.jobs.get_mut(&key).expect("in flight");
             if let Ok(mut f) = std::fs::File::open(&out) {
                 let mut buf = String::new();
@@ -316,6 +319,8 @@ exit "$code"
             Ok(id) => {
                 let j = self.jobs.get_mut(key).expect("in flight");
                 j.id = id;
+                j.offset = 0;
+                j.partial.clear();
                 j.attempts += 1;
                 j.unsettled_since = None;
                 j.last_state = None;
@@ -345,14 +350,19 @@ impl Launcher for SlurmLauncher {
 
     fn launch(&mut self, job: &Job) -> Result<(), String> {
         debug_assert_eq!(job.slot, Slot::Cluster);
-        let offset = std::fs::metadata(self.out_file(&job.key)).map_or(0, |m| m.len());
-        let id = self.submit(job)?;
+        // The job may start in another directory (`--chdir`): absolute paths only.
+        let mut job = job.clone();
+        for p in [&mut job.spec, &mut job.log] {
+            *p = std::path::absolute(&*p).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+        let id = self.submit(&job)?;
+        let key = job.key.clone();
         self.jobs.insert(
-            job.key.clone(),
+            key,
             InFlight {
-                job: job.clone(),
+                job,
                 id,
-                offset,
+                offset: 0,
                 partial: String::new(),
                 attempts: 1,
                 unsettled_since: None,
@@ -469,7 +479,7 @@ mod tests {
             "--requeue",
             "--signal=B:USR1@120",
             "--open-mode=append",
-            "--output=/shared/store/logs/0123456789abcdef.out",
+            "--output=/shared/store/logs/0123456789abcdef.%j.out",
             "--error=/shared/store/logs/0123456789abcdef.log",
             "--time=1:00:00",
         ] {
