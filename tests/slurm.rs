@@ -367,19 +367,28 @@ fn a_requeued_job_resumes_from_its_checkpoint_with_identical_weights() {
         label_starts(e, "progress", "train shape") && e["data"]["epoch"] == 2
     });
     slurm(&conf, &["scontrol", "requeue", &id]);
-    // Slurm makes a requeued job eligible two minutes later; bring that forward.
+    // Slurm makes a requeued job eligible two minutes later; once it is pending again,
+    // bring that forward (an update while it is still completing has no effect).
     let t0 = Instant::now();
-    while !Command::new("scontrol")
-        .args(["update", &format!("jobid={id}"), "StartTime=now"])
-        .env("SLURM_CONF", &conf)
-        .status()
-        .is_ok_and(|s| s.success())
-    {
+    loop {
+        let q = slurm(&conf, &["squeue", "-h", "-t", "all", "-j", &id, "-o", "%T"]);
+        if String::from_utf8_lossy(&q.stdout).trim() == "PENDING" {
+            slurm(
+                &conf,
+                &[
+                    "scontrol",
+                    "update",
+                    &format!("jobid={id}"),
+                    "StartTime=now",
+                ],
+            );
+            break;
+        }
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "job {id} never became pending again"
         );
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
     let out = guard.child.take().unwrap().wait_with_output().unwrap();
     let err = stderr(&out);
