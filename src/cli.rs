@@ -6,7 +6,9 @@ use orchestrator::load::Loaded;
 use orchestrator::numerics::DeviceKind;
 use orchestrator::plan::{plan as make_plan, render, Status};
 use orchestrator::report::{self, RunRecord};
-use orchestrator::sched::{self, Event, Gpus, RunOptions};
+use orchestrator::sched::local::{self, LocalLauncher, LocalOptions};
+use orchestrator::sched::slurm::{SlurmLauncher, SlurmOptions};
+use orchestrator::sched::{self, Event, Gpus, Launcher};
 use orchestrator::store::Store;
 use std::path::PathBuf;
 
@@ -50,6 +52,20 @@ pub struct RunArgs {
     /// Concurrent nodes per GPU (at least 1).
     #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     jobs_per_gpu: usize,
+    /// Where nodes run: local (child processes on this machine) or slurm (one sbatch job
+    /// per node).
+    #[arg(long, value_enum, default_value_t = LauncherKind::Local)]
+    launcher: LauncherKind,
+    /// An extra sbatch argument for every job, after the suite's [slurm] table, e.g.
+    /// `--slurm-arg=--partition=gpu` (repeatable).
+    #[arg(long = "slurm-arg", value_name = "ARG", allow_hyphen_values = true)]
+    slurm_args: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LauncherKind {
+    Local,
+    Slurm,
 }
 
 #[derive(clap::Args)]
@@ -92,11 +108,15 @@ pub struct ExecArgs {
 }
 
 fn load(a: &SuiteArgs) -> Result<Loaded> {
+    load_for(a, device_kind(&a.gpus))
+}
+
+fn load_for(a: &SuiteArgs, device: DeviceKind) -> Result<Loaded> {
     Ok(orchestrator::load::load(
         &a.suite,
         &a.sets,
         a.store.as_deref(),
-        device_kind(&a.gpus),
+        device,
     )?)
 }
 
@@ -159,6 +179,35 @@ fn check_data(l: &Loaded, decode: bool) -> Result<bool> {
     Ok(ok)
 }
 
+/// An invalid command line: said on stderr, exit code 2.
+fn usage_error(msg: impl std::fmt::Display) -> Result<i32> {
+    eprintln!("error: {msg}");
+    Ok(2)
+}
+
+/// The local launcher for `--gpus` and `--jobs-per-gpu`: GPU slots are positions in this
+/// process's CUDA_VISIBLE_DEVICES.
+fn local_launcher(
+    gpus: &Gpus,
+    jobs_per_gpu: usize,
+    store: &Store,
+) -> std::result::Result<LocalLauncher, String> {
+    let count = if *gpus == Gpus::None {
+        0
+    } else {
+        tch::Cuda::device_count().max(0) as usize
+    };
+    let parent = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    let visible = local::visible_devices(parent.as_deref(), count);
+    Ok(LocalLauncher::new(LocalOptions {
+        exe: std::env::current_exe().map_err(|e| e.to_string())?,
+        store: store.root.clone(),
+        gpus: local::select_gpus(gpus, &visible)?,
+        per_gpu: jobs_per_gpu,
+        cpu_threads: local::default_cpu_threads(),
+    }))
+}
+
 pub fn run(a: RunArgs) -> Result<i32> {
     let gpus = a.s.gpus.clone();
     if let Gpus::List(list) = &gpus {
@@ -172,14 +221,50 @@ pub fn run(a: RunArgs) -> Result<i32> {
             return Err(UsageError(format!("--gpus: GPU {bad} does not exist (libtorch sees {visible}; `vtab-orch env` lists them){hint}")).into());
         }
     }
-    let l = load(&a.s)?;
+    if a.launcher == LauncherKind::Local && !a.slurm_args.is_empty() {
+        return usage_error("--slurm-arg needs --launcher slurm");
+    }
+    // On Slurm, `auto` means a GPU per GPU node wherever the driver runs (a login node
+    // often has none): the nodes are keyed for CUDA.
+    let device = match (a.launcher, &gpus) {
+        (LauncherKind::Slurm, Gpus::Auto) => DeviceKind::Cuda,
+        _ => device_kind(&gpus),
+    };
+    let l = load_for(&a.s, device)?;
     let store = Store::open(&l.store.root)
         .with_context(|| format!("opening the store {}", l.store.root.display()))?;
-    let opts = RunOptions {
-        gpus,
-        jobs_per_gpu: a.jobs_per_gpu,
-        exe: std::env::current_exe()?,
+    let mut launcher: Box<dyn Launcher> = match a.launcher {
+        LauncherKind::Local => match local_launcher(&gpus, a.jobs_per_gpu, &store) {
+            Ok(l) => Box::new(l),
+            Err(e) => return usage_error(e),
+        },
+        LauncherKind::Slurm => {
+            let gpus = match gpus {
+                Gpus::Auto => true,
+                Gpus::None => false,
+                Gpus::List(_) => {
+                    return usage_error(
+                        "--gpus with a list names GPUs of this machine; with --launcher slurm the cluster places GPU jobs: use auto (a GPU per GPU node) or none",
+                    )
+                }
+            };
+            if a.jobs_per_gpu != 1 {
+                return usage_error(
+                    "--jobs-per-gpu is for --launcher local; a Slurm job has its GPU to itself",
+                );
+            }
+            Box::new(SlurmLauncher::new(SlurmOptions {
+                exe: std::env::current_exe()?,
+                store: std::path::absolute(&store.root)?,
+                config: l.suite.slurm.clone(),
+                cli_args: a.slurm_args.clone(),
+                gpus,
+            }))
+        }
     };
+    // Ctrl-C or SIGTERM: the scheduler cancels what it started, then stops.
+    let _ =
+        ctrlc::set_handler(|| sched::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst));
     let total = l.graph.len();
     let mut view = crate::view::View::new(total);
     eprintln!(
@@ -189,20 +274,25 @@ pub fn run(a: RunArgs) -> Result<i32> {
         total,
         store.root.display()
     );
-    let s = sched::run(&l.graph, &store, &opts, &mut |e: &Event| view.on(e));
+    let s = sched::run(&l.graph, &store, launcher.as_mut(), &mut |e: &Event| {
+        view.on(e)
+    });
     view.finish();
     eprintln!(
-        "\n{} ran, {} cached, {} failed, {} blocked in {:.1} s",
+        "\n{} ran, {} cached, {} failed, {} blocked in {:.1} s (record: {})",
         s.ran,
         s.cached,
         s.failed.len(),
         s.blocked,
-        s.wall_s
+        s.wall_s,
+        s.record.display()
     );
     for (label, log) in &s.failed {
         eprintln!("  failed: {label}  (log: {})", log.display());
     }
-    Ok(if s.failed.is_empty() && s.blocked == 0 {
+    Ok(if s.interrupted {
+        130
+    } else if s.failed.is_empty() && s.blocked == 0 {
         0
     } else {
         1
@@ -370,12 +460,8 @@ pub fn overhead(a: OverheadArgs) -> Result<i32> {
     }
     let t = Instant::now();
     let l2 = load(&args)?;
-    let opts = RunOptions {
-        gpus: Gpus::None,
-        jobs_per_gpu: 1,
-        exe: std::env::current_exe()?,
-    };
-    let s = sched::run(&l2.graph, &store, &opts, &mut |_| {});
+    let mut launcher = local_launcher(&Gpus::None, 1, &store).map_err(|e| anyhow::anyhow!(e))?;
+    let s = sched::run(&l2.graph, &store, &mut launcher, &mut |_| {});
     let t_run = t.elapsed().as_secs_f64();
     println!(
         "suite of {} runs, {} nodes ({} to run at first)",

@@ -71,7 +71,9 @@ impl View {
                 nodes,
             } => match e {
                 Event::Cached { .. } => overall.inc(1),
-                Event::Started { key, label, slot } => {
+                Event::Started {
+                    key, label, slot, ..
+                } => {
                     let bar = multi.add(ProgressBar::new_spinner());
                     bar.set_style(
                         ProgressStyle::with_template("  {spinner} {prefix}: {msg}")
@@ -116,6 +118,14 @@ impl View {
                 Event::Waiting { label, .. } => {
                     let _ = multi.println(format!(
                         "waiting {label}  (another vtab-orch run is executing it)"
+                    ));
+                }
+                Event::Requeued { label, why, .. } => {
+                    let _ = multi.println(format!("requeued {label}  ({why})"));
+                }
+                Event::Interrupted { cancelled } => {
+                    let _ = multi.println(format!(
+                        "interrupted: cancelled {cancelled} running node(s)"
                     ));
                 }
             },
@@ -163,5 +173,11 @@ fn lines(done: &mut usize, total: usize, e: &Event) {
         Event::Waiting { label, .. } => eprintln!(
             "[{done:>4}/{total}] waiting {label}  (another vtab-orch run is executing it)"
         ),
+        Event::Requeued { label, why, .. } => {
+            eprintln!("[{done:>4}/{total}] requeued {label}  ({why})")
+        }
+        Event::Interrupted { cancelled } => {
+            eprintln!("interrupted: cancelled {cancelled} running node(s)")
+        }
     }
 }

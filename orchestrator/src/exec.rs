@@ -50,8 +50,11 @@ pub fn checkpoints(store: &Store, key: &str) -> PathBuf {
     store.root.join("checkpoints").join(key)
 }
 
-/// Runs the node; on failure its staging directory is removed (a full disk must not stay
-/// full of a failed node's partial outputs).
+/// The lease of a node: a file whose flock the node's process holds while it runs.
+pub fn lease_path(store_root: &Path, key: &str) -> PathBuf {
+    store_root.join("leases").join(key)
+}
+
 /// What `exec` did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -69,7 +72,7 @@ pub enum Outcome {
 /// full disk must not stay full of a failed node's partial outputs).
 pub fn exec(store_root: &Path, key: &str, spec: &Path, cpu: bool) -> nodes::Result<Outcome> {
     let store = Store::open(store_root)?;
-    let lease_path = store.root.join("leases").join(key);
+    let lease_path = lease_path(&store.root, key);
     std::fs::create_dir_all(lease_path.parent().expect("leases dir"))
         .map_err(nodes::io_err(&lease_path))?;
     let lease = std::fs::OpenOptions::new()
@@ -92,7 +95,12 @@ pub fn exec(store_root: &Path, key: &str, spec: &Path, cpu: bool) -> nodes::Resu
     if store.is_complete(node.kind(), key) {
         return Ok(Outcome::AlreadyDone);
     }
-    nodes::progress(serde_json::json!({"started": true}));
+    // What the launcher gave it, for the run record (a Slurm job's GPUs, a local slot's).
+    nodes::progress(serde_json::json!({
+        "started": true,
+        "host": host_name(),
+        "cuda_visible_devices": std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+    }));
     let staged = store.stage(key)?;
     let result = exec_into(&store, key, node, cpu, &staged);
     if result.is_err() {

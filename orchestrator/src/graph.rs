@@ -149,17 +149,29 @@ impl Node {
         }
     }
 
-    /// Train and eval (and pretraining) need the accelerator; prep and file builds do not.
-    pub fn uses_device(&self) -> bool {
-        matches!(
-            self,
+    /// What the node needs while it runs: train and eval (and pretraining) a GPU, prep
+    /// (image decoding) and file builds only CPU threads.
+    pub fn resources(&self) -> crate::sched::state::Resources {
+        use crate::sched::state::Resources;
+        match self {
             Node::Train(_)
-                | Node::Eval(_)
-                | Node::Build(BuildNode {
-                    weights: BuildWeights::Pretrain { .. },
-                    ..
-                })
-        )
+            | Node::Eval(_)
+            | Node::Build(BuildNode {
+                weights: BuildWeights::Pretrain { .. },
+                ..
+            }) => Resources {
+                gpus: 1,
+                cpu_threads: 4,
+            },
+            Node::Prep(_) => Resources {
+                gpus: 0,
+                cpu_threads: 4,
+            },
+            Node::Build(_) => Resources {
+                gpus: 0,
+                cpu_threads: 1,
+            },
+        }
     }
 
     /// The semantic content of this node (`identity.rs` says field by field what enters

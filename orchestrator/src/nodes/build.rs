@@ -66,7 +66,7 @@ pub fn run(b: &BuildNode, out: &Path, device: Device) -> Result<()> {
             tch::manual_seed(recipe.seed as i64);
             let vit = tch::no_grad(|| VisionTransformer::new(&arch, device))?;
             let model = AdaptedVit::new(vit, &Method::Full, Some(classes), recipe.seed as i64)?;
-            let c = super::train::FitConfig {
+            let c = super::fit::FitConfig {
                 epochs: recipe.epochs,
                 batch_size: recipe.batch_size,
                 warmup_epochs: 1.min(recipe.epochs),
@@ -82,7 +82,7 @@ pub fn run(b: &BuildNode, out: &Path, device: Device) -> Result<()> {
                 std: b.std,
             };
             let (mut model, epochs) =
-                super::train::fit(model, &images, &labels, &c, recipe.seed, None)?;
+                super::fit::fit(model, &images, &labels, &c, recipe.seed, None)?;
             write_json(&out.join("pretrain_log.json"), &epochs)?;
             save_backbone(&mut model.vit, &out.join(BACKBONE))
         }

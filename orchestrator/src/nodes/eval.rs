@@ -61,7 +61,7 @@ pub fn run(
         let n = images.size()[0];
         for start in (0..n).step_by(e.eval_batch_size as usize) {
             let len = e.eval_batch_size.min(n - start);
-            let x = train::normalise(&images.narrow(0, start, len), b.mean, b.std);
+            let x = super::fit::normalise(&images.narrow(0, start, len), b.mean, b.std);
             let y = labels.narrow(0, start, len);
             let pred = eval_logits(&model, &x, e.numerics.precision)?.argmax(-1, false);
             let hit = pred.eq_tensor(&y).to_kind(Kind::Int64);

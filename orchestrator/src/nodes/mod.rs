@@ -2,6 +2,7 @@
 //! writes its artifacts into a staging directory and returns; the caller commits.
 pub mod build;
 pub mod eval;
+pub mod fit;
 pub mod prep;
 pub mod train;
 

@@ -24,6 +24,7 @@ impl Parser {
             .get("seeds")
             .map(|v| self.seeds("seeds", v))
             .unwrap_or_else(|| vec![0]);
+        let slurm = self.slurm(top.get("slurm"));
         // The backbone first: run image sizes are checked against its patch size.
         let backbone = match top.get("backbone") {
             Some(b) => self.backbone(b),
@@ -84,7 +85,21 @@ impl Parser {
             backbone: backbone?,
             datasets,
             runs,
+            slurm,
         })
+    }
+
+    /// `[slurm]`: parsed by the Slurm launcher's own config type.
+    fn slurm(&mut self, v: Option<&Value>) -> crate::sched::slurm::SlurmConfig {
+        use crate::sched::slurm::config::{SlurmConfig, KEYS};
+        let Some(m) = v.and_then(|v| self.table("slurm", v, &KEYS)) else {
+            return SlurmConfig::default();
+        };
+        let (config, errors) = SlurmConfig::parse(m);
+        for (key, msg) in errors {
+            self.err(&key, msg);
+        }
+        config
     }
 
     /// `[datasets]` or `[methods]`: a non-empty table of tables.

@@ -103,6 +103,8 @@ pub struct Suite {
     pub backbone: Backbone,
     pub datasets: BTreeMap<String, DatasetDef>,
     pub runs: Vec<Run>,
+    /// `[slurm]`: sbatch options for `run --launcher slurm` (not part of any node's key).
+    pub slurm: crate::sched::slurm::SlurmConfig,
 }
 
 /// Loads `path` with environment overrides (`VTAB_ORCH_DEFAULTS__EPOCHS=3`) and `--set`
@@ -112,8 +114,8 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Suite, SuiteError> {
     load_with_env(path, sets, std::env::vars())
 }
 
-pub(super) const TOP_KEYS: [&str; 8] = [
-    "name", "store", "seeds", "defaults", "backbone", "datasets", "methods", "override",
+pub(super) const TOP_KEYS: [&str; 9] = [
+    "name", "store", "seeds", "defaults", "backbone", "datasets", "methods", "override", "slurm",
 ];
 pub(super) const METHODS: [&str; 6] = ["linear", "full", "bitfit", "lora", "vera", "ia3"];
 pub(super) const FORMATS: [&str; 7] = [

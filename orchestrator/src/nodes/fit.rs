@@ -1,0 +1,344 @@
+//! The training loop shared by build (pretraining) and train: seeded epochs over a split on
+//! the device, augmentation, per-epoch logs, atomic resumable checkpoints. No node I/O.
+use super::{NodeError, Result};
+use kernels::accel::{memory_stats, reset_peak_memory, synchronize};
+use kernels::optim::AdamWConfig;
+use kernels::schedule::WarmupCosine;
+use kernels::train::{Precision, TrainConfig, Trainer};
+use kernels::AdaptedVit;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochLog {
+    pub epoch: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub time_s: f64,
+    pub img_s: f64,
+    pub peak_mem_mib: Option<f64>,
+}
+
+/// Everything `fit` needs besides the model and the data.
+pub struct FitConfig {
+    pub epochs: u64,
+    pub batch_size: i64,
+    pub warmup_epochs: u64,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub weight_decay: f64,
+    pub label_smoothing: f64,
+    pub clip_grad_norm: Option<f64>,
+    pub precision: Precision,
+    /// Random horizontal flips.
+    pub flip: bool,
+    /// Random resized crops (before flips).
+    pub crop: bool,
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
+}
+
+/// uint8 [B,3,H,W] on the device -> normalised float.
+pub fn normalise(x: &Tensor, mean: [f64; 3], std: [f64; 3]) -> Tensor {
+    let dev = x.device();
+    let m = Tensor::from_slice(&mean.map(|v| v as f32))
+        .to_device(dev)
+        .view([1, 3, 1, 1]);
+    let s = Tensor::from_slice(&std.map(|v| v as f32))
+        .to_device(dev)
+        .view([1, 3, 1, 1]);
+    (x.to_kind(Kind::Float) / 255.0 - m) / s
+}
+
+/// Trains `model` on (images u8, labels) already on the device, seeded draws throughout.
+/// Random resized crops of a batch on its device, one per image, resized back to the input
+/// size with bilinear interpolation (one `affine_grid` + `grid_sample`): area fraction
+/// U(0.08, 1), log aspect ratio U(log 3/4, log 4/3), as torchvision's RandomResizedCrop
+/// draws them; a crop side that would exceed the image is clamped to it instead of redrawn.
+pub fn random_resized_crop(x: &Tensor) -> Tensor {
+    let (b, c, h, w) = x.size4().expect("images are [B, C, H, W]");
+    let opts = (Kind::Float, x.device());
+    let area = Tensor::rand([b], opts) * 0.92 + 0.08;
+    let log_ratio = (Tensor::rand([b], opts) - 0.5) * (2.0 * (4.0f64 / 3.0).ln());
+    let ratio = log_ratio.exp();
+    // Half-extents in normalised coordinates ([-1, 1] spans the image).
+    let sx = (&area * &ratio).sqrt().clamp_max(1.0);
+    let sy = (&area / &ratio).sqrt().clamp_max(1.0);
+    let tx = (Tensor::rand([b], opts) * 2.0 - 1.0) * (1.0 - &sx);
+    let ty = (Tensor::rand([b], opts) * 2.0 - 1.0) * (1.0 - &sy);
+    let zero = Tensor::zeros([b], opts);
+    let theta = Tensor::stack(
+        &[
+            Tensor::stack(&[&sx, &zero, &tx], 1),
+            Tensor::stack(&[&zero, &sy, &ty], 1),
+        ],
+        1,
+    );
+    let grid = Tensor::affine_grid_generator(&theta.to_kind(x.kind()), [b, c, h, w], false);
+    x.grid_sampler(&grid, 0, 1, false)
+}
+
+/// Resumable state at an epoch end, in one file replaced atomically (written, fsynced,
+/// renamed): `ckpt.safetensors` holds the trainable tensors (`param.<name>`), the optimiser
+/// state, and `meta.json` (this struct as UTF-8 bytes: epoch, optimiser step, epoch logs).
+/// The data order and flips of epoch e are drawn from a generator seeded by (seed, e), so a
+/// resumed run makes the same draws as an uninterrupted one.
+#[derive(Debug, Serialize, Deserialize)]
+struct Checkpoint {
+    epoch: u64,
+    step: u64,
+    logs: Vec<EpochLog>,
+}
+
+const CKPT: &str = "ckpt.safetensors";
+
+fn save_checkpoint(dir: &Path, trainer: &Trainer, logs: &[EpochLog], epoch: u64) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(super::io_err(dir))?;
+    let mut named: Vec<(String, Tensor)> = trainer
+        .model
+        .trainable()
+        .iter()
+        .map(|(n, t)| (format!("param.{n}"), t.detach().to_device(Device::Cpu)))
+        .collect();
+    named.extend(
+        trainer
+            .opt
+            .state()
+            .into_iter()
+            .map(|(n, t)| (n, t.to_device(Device::Cpu))),
+    );
+    let meta = serde_json::to_vec(&Checkpoint {
+        epoch,
+        step: trainer.step,
+        logs: logs.to_vec(),
+    })
+    .expect("serialisable");
+    named.push(("meta.json".into(), Tensor::from_slice(&meta)));
+    let tmp = dir.join(format!("{CKPT}.tmp"));
+    Tensor::write_safetensors(&named, &tmp)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(super::io_err(&tmp))?;
+    std::fs::rename(&tmp, dir.join(CKPT)).map_err(super::io_err(dir))
+}
+
+/// Restores the checkpoint in `dir`; returns the epoch it ended and the logs so far. A
+/// missing checkpoint starts from scratch; so does an unreadable one, with a warning.
+fn load_checkpoint(dir: &Path, trainer: &mut Trainer) -> Result<Option<(u64, Vec<EpochLog>)>> {
+    let path = dir.join(CKPT);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let read = || -> Result<(Checkpoint, std::collections::BTreeMap<String, Tensor>)> {
+        let mut all = kernels::checkpoint::read_safetensors(&path)?;
+        let meta = all
+            .remove("meta.json")
+            .ok_or_else(|| NodeError::Failed("no meta.json".into()))?;
+        let bytes: Vec<u8> = Vec::try_from(meta)?;
+        let meta: Checkpoint =
+            serde_json::from_slice(&bytes).map_err(|e| NodeError::Failed(e.to_string()))?;
+        Ok((meta, all))
+    };
+    let (meta, mut all) = match read() {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!(
+                "warning: ignoring unreadable checkpoint {}: {e}",
+                path.display()
+            );
+            return Ok(None);
+        }
+    };
+    let params = all
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("param.")
+                .map(|n| (n.to_string(), v.shallow_clone()))
+        })
+        .collect();
+    trainer.model.load_trainable_map(params, &path)?;
+    all.retain(|k, _| !k.starts_with("param."));
+    trainer.opt.load_state(&all)?;
+    trainer.step = meta.step;
+    Ok(Some((meta.epoch, meta.logs)))
+}
+
+/// Test hook standing in for `kill -9`: abort right after checkpointing this epoch.
+const CRASH_AFTER_EPOCH: &str = "VTAB_ORCH_TEST_CRASH_AFTER_EPOCH";
+/// Test hook: sleep this many milliseconds after each epoch's checkpoint, so that a test
+/// can cancel or requeue a node mid-way (tiny test models train in milliseconds).
+const EPOCH_DELAY_MS: &str = "VTAB_ORCH_TEST_EPOCH_DELAY_MS";
+
+/// Test hook, `VTAB_ORCH_TEST_PAUSE_AFTER_EPOCH=EPOCH:MARKER`: the first process to create
+/// the file MARKER (others go on) writes its pid into it after EPOCH's checkpoint and waits
+/// until `MARKER.go` exists. A test then acts while a node is certainly mid-run (its staging
+/// directory and lease live), however fast or slow the machine is.
+const PAUSE_AFTER_EPOCH: &str = "VTAB_ORCH_TEST_PAUSE_AFTER_EPOCH";
+
+fn pause_for_test(epoch: u64) {
+    use std::io::Write;
+    let Some((at, marker)) = std::env::var(PAUSE_AFTER_EPOCH).ok().and_then(|v| {
+        v.split_once(':')
+            .map(|(e, m)| (e.to_string(), m.to_string()))
+    }) else {
+        return;
+    };
+    if at.parse() != Ok(epoch) {
+        return;
+    }
+    let Ok(mut f) = std::fs::File::create_new(&marker) else {
+        return;
+    };
+    let _ = write!(f, "{}", std::process::id());
+    drop(f);
+    let go = format!("{marker}.go");
+    while !Path::new(&go).exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Trains `model` on (images u8, labels) already on the device. With `ckpt_dir`, resumes
+/// from the checkpoint found there and writes one at every epoch end.
+pub fn fit(
+    model: AdaptedVit,
+    images: &Tensor,
+    labels: &Tensor,
+    c: &FitConfig,
+    seed: u64,
+    ckpt_dir: Option<&Path>,
+) -> Result<(AdaptedVit, Vec<EpochLog>)> {
+    let device = images.device();
+    let n = images.size()[0];
+    let steps_per_epoch = ((n + c.batch_size - 1) / c.batch_size) as u64;
+    let cfg = TrainConfig {
+        schedule: WarmupCosine {
+            base_lr: c.lr,
+            min_lr: c.min_lr,
+            warmup_steps: c.warmup_epochs * steps_per_epoch,
+            total_steps: c.epochs * steps_per_epoch,
+        },
+        adamw: AdamWConfig {
+            weight_decay: c.weight_decay,
+            ..Default::default()
+        },
+        label_smoothing: c.label_smoothing,
+        clip_grad_norm: c.clip_grad_norm,
+        precision: c.precision,
+    };
+    let mut trainer = Trainer::new(model, cfg);
+    let (done, mut logs) = match ckpt_dir {
+        Some(dir) => load_checkpoint(dir, &mut trainer)?.unwrap_or_default(),
+        None => (0, Vec::new()),
+    };
+    if done > 0 {
+        super::progress(serde_json::json!({"resumed_after_epoch": done}));
+    }
+    let crash_after: Option<u64> = std::env::var(CRASH_AFTER_EPOCH)
+        .ok()
+        .and_then(|v| v.parse().ok());
+    reset_peak_memory(device)?;
+    for epoch in done + 1..=c.epochs {
+        tch::manual_seed(
+            (seed as i64 ^ 0x5EED)
+                .wrapping_mul(1_000_003)
+                .wrapping_add(epoch as i64),
+        );
+        let t0 = Instant::now();
+        let lr = trainer.cfg.schedule.lr(trainer.step);
+        let perm = Tensor::randperm(n, (Kind::Int64, device));
+        let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
+        // First step (within the epoch) with a non-finite loss, tracked on the device so
+        // that no step waits for the host; i64::MAX while all are finite.
+        let mut first_bad = Tensor::full([], i64::MAX, (Kind::Int64, device));
+        for b in 0..steps_per_epoch as i64 {
+            let idx = perm.narrow(0, b * c.batch_size, c.batch_size.min(n - b * c.batch_size));
+            let mut x = normalise(&images.index_select(0, &idx), c.mean, c.std);
+            if c.crop {
+                x = random_resized_crop(&x);
+            }
+            if c.flip {
+                let flip = Tensor::rand([idx.size()[0], 1, 1, 1], (Kind::Float, device)).lt(0.5);
+                x = x.flip([3]).where_self(&flip, &x);
+            }
+            let y = labels.index_select(0, &idx);
+            let loss = trainer.train_step(&x, &y)?;
+            let bad_here = Tensor::where_scalar(&loss.isfinite().logical_not(), b, i64::MAX);
+            first_bad = first_bad.minimum(&bad_here);
+            loss_sum += loss * idx.size()[0] as f64;
+        }
+        synchronize(device);
+        let time_s = t0.elapsed().as_secs_f64();
+        let loss = loss_sum.double_value(&[]) / n as f64;
+        let bad_step = first_bad.int64_value(&[]);
+        if bad_step != i64::MAX || !loss.is_finite() {
+            let step = bad_step.min(steps_per_epoch as i64 - 1) + 1;
+            return Err(NodeError::Failed(format!(
+                "non-finite loss in epoch {epoch}, step {step} of {steps_per_epoch} (lr {lr:.3e}): lower the learning rate or set clip_grad_norm"
+            )));
+        }
+        let peak_mem_mib =
+            memory_stats(device)?.map(|s| s.peak_allocated as f64 / (1 << 20) as f64);
+        let log = EpochLog {
+            epoch,
+            loss,
+            lr,
+            time_s,
+            img_s: n as f64 / time_s,
+            peak_mem_mib,
+        };
+        super::progress(
+            serde_json::json!({"epoch": epoch, "epochs": c.epochs, "loss": loss, "img_s": log.img_s}),
+        );
+        logs.push(log);
+        if let Some(dir) = ckpt_dir {
+            save_checkpoint(dir, &trainer, &logs, epoch)?;
+        }
+        pause_for_test(epoch);
+        if crash_after == Some(epoch) {
+            std::process::abort();
+        }
+        if let Some(ms) = std::env::var(EPOCH_DELAY_MS)
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+    }
+    Ok((trainer.model, logs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_resized_crops_stay_inside_and_differ_per_image() {
+        tch::manual_seed(0);
+        // A horizontal ramp 0..1: a crop can only show values from inside it.
+        let ramp = Tensor::linspace(0.0, 1.0, 32, (Kind::Float, Device::Cpu))
+            .view([1, 1, 1, 32])
+            .expand([8, 3, 32, 32], false)
+            .contiguous();
+        let out = random_resized_crop(&ramp);
+        assert_eq!(out.size(), vec![8, 3, 32, 32]);
+        assert!(out.min().double_value(&[]) >= -1e-6 && out.max().double_value(&[]) <= 1.0 + 1e-6);
+        // Zoomed in: each crop spans less of the ramp than the image, and crops differ.
+        let span = out.amax([1, 2, 3], false) - out.amin([1, 2, 3], false);
+        assert!(span.max().double_value(&[]) <= 1.0 + 1e-6);
+        assert!(
+            span.min().double_value(&[]) < 0.99,
+            "no crop zoomed in: {span:?}"
+        );
+        let first = out.get(0);
+        assert!((0..8).any(|i| (out.get(i) - &first).abs().max().double_value(&[]) > 1e-3));
+        // A constant image stays constant.
+        let flat = random_resized_crop(&Tensor::full(
+            [4, 3, 16, 16],
+            0.25,
+            (Kind::Float, Device::Cpu),
+        ));
+        assert!((flat - 0.25).abs().max().double_value(&[]) < 1e-6);
+    }
+}

@@ -1,0 +1,379 @@
+//! The scheduler: drives the core state machine (`state`) over a sealed graph with a
+//! launcher (`local` child processes or `slurm` jobs), skipping cached nodes, waiting on the
+//! leases other runs hold, and reporting events. It prints nothing itself.
+pub mod events;
+pub mod lease;
+pub mod local;
+pub mod slurm;
+pub mod state;
+
+pub use events::Event;
+use state::{Capacity, Core, Exit, Launch, NodeSpec, Slot};
+
+use crate::exec::{spec_path, write_spec};
+use crate::graph::{Graph, Node};
+use crate::store::Store;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Exit code of `vtab-orch exec` when another process holds the node's lease (EX_TEMPFAIL).
+pub const EXIT_LEASED: i32 = 75;
+
+/// Set by a signal handler (Ctrl-C, SIGTERM): the run cancels what it started and stops.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Where device nodes run (`--gpus`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gpus {
+    /// Every GPU visible to this process (CPU when there is none); on Slurm, a GPU per job.
+    Auto,
+    /// CPU only.
+    None,
+    /// Positions in the list of GPUs visible to this process (its CUDA_VISIBLE_DEVICES).
+    List(Vec<usize>),
+}
+
+impl std::str::FromStr for Gpus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Gpus::Auto),
+            "none" => Ok(Gpus::None),
+            list => list
+                .split(',')
+                .map(|x| {
+                    x.trim().parse::<usize>().map_err(|_| {
+                        format!("--gpus `{s}`: expected auto, none or a list like 0,2")
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Gpus::List),
+        }
+    }
+}
+
+/// One node handed to a launcher.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub key: String,
+    pub label: String,
+    pub kind: &'static str,
+    pub slot: Slot,
+    pub resources: state::Resources,
+    /// The node's spec for `vtab-orch exec --spec`.
+    pub spec: PathBuf,
+    /// Where the node's stderr goes (appended).
+    pub log: PathBuf,
+}
+
+/// What a launcher reports about the nodes it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    /// A line the node printed on stdout (JSON progress).
+    Line { key: String, line: String },
+    /// The node's process ended: its exit code (None: killed by a signal, or unknown), and
+    /// what the launcher knows about why (a Slurm state).
+    Exit {
+        key: String,
+        code: Option<i32>,
+        note: Option<String>,
+    },
+    /// The launcher runs the node again (a preempted or timed-out cluster job).
+    Requeued { key: String, why: String },
+}
+
+/// Carries nodes out: child processes, cluster jobs. The driver decides what runs when.
+pub trait Launcher {
+    /// What may run at once.
+    fn capacity(&self) -> Capacity;
+    /// Starts `job`. An error means it did not start (the node fails with that message).
+    fn launch(&mut self, job: &Job) -> Result<(), String>;
+    /// The next report, waiting at most `timeout` for one.
+    fn wait(&mut self, timeout: Duration) -> Option<Report>;
+    /// Where a running node runs, for the terminal (`gpu0.1`, `slurm job 42`).
+    fn place(&self, key: &str) -> String;
+    /// Stops every node this launcher started that still runs; returns how many.
+    fn cancel_all(&mut self) -> usize;
+}
+
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub cached: usize,
+    pub ran: usize,
+    pub failed: Vec<(String, PathBuf)>,
+    pub blocked: usize,
+    pub wall_s: f64,
+    pub interrupted: bool,
+    /// The run record (`<store>/runs/<run-id>.jsonl`).
+    pub record: PathBuf,
+}
+
+/// What the node needs, from its kind.
+pub fn spec_of(key: &str, node: &Node) -> NodeSpec {
+    NodeSpec {
+        key: key.to_string(),
+        deps: node.deps(),
+        resources: node.resources(),
+    }
+}
+
+/// Runs every node of `g` not in the store yet through `launcher`.
+pub fn run(
+    g: &Graph,
+    store: &Store,
+    launcher: &mut dyn Launcher,
+    on_event: &mut dyn FnMut(&Event),
+) -> Summary {
+    let run_id = events::new_run_id();
+    let mut record = events::Record::create(&store.root, &run_id);
+    let mut d = Driver {
+        g,
+        store,
+        core: Core::new(),
+        summary: Summary {
+            record: record.path.clone(),
+            ..Summary::default()
+        },
+        on_event: &mut |e: &Event| {
+            record.write(e);
+            on_event(e);
+        },
+        began: BTreeMap::new(),
+        announced: BTreeSet::new(),
+        leases: lease::Waiter::new(store),
+    };
+    d.go(launcher);
+    d.summary
+}
+
+struct Driver<'a> {
+    g: &'a Graph,
+    store: &'a Store,
+    core: Core,
+    summary: Summary,
+    on_event: &'a mut dyn FnMut(&Event),
+    /// Running nodes whose process said it holds the lease: when it did.
+    began: BTreeMap<String, Instant>,
+    /// Nodes whose wait on another run's lease was reported.
+    announced: BTreeSet<String>,
+    leases: lease::Waiter,
+}
+
+impl Driver<'_> {
+    fn label(&self, key: &str) -> String {
+        self.g.node(key).map(|n| n.label()).unwrap_or_default()
+    }
+
+    fn emit(&mut self, e: Event) {
+        (self.on_event)(&e);
+    }
+
+    fn go(&mut self, launcher: &mut dyn Launcher) {
+        let t0 = Instant::now();
+        self.store.clean_stale_staging();
+        let order = self.g.topo();
+        let specs = order
+            .iter()
+            .map(|k| spec_of(k, self.g.node(k).expect("node")));
+        self.core.extend(specs).expect("a sealed graph is closed");
+        for key in &order {
+            let node = self.g.node(key).expect("node");
+            if self.store.is_complete(node.kind(), key) {
+                self.cached(key);
+            }
+        }
+        let cap = launcher.capacity();
+        loop {
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                let cancelled = launcher.cancel_all();
+                self.summary.interrupted = true;
+                self.emit(Event::Interrupted { cancelled });
+                break;
+            }
+            self.launch_ready(launcher, &cap);
+            if self.core.is_finished() {
+                break;
+            }
+            // Leases freed by other runs make their nodes ready again.
+            for key in self.leases.freed() {
+                if self.core.lease_free(&key).is_ok() {
+                    self.launch_ready(launcher, &cap);
+                }
+            }
+            let tick = if self.leases.waiting() > 0 {
+                Duration::from_millis(100)
+            } else {
+                Duration::from_millis(500)
+            };
+            if let Some(r) = launcher.wait(tick) {
+                self.on_report(r, launcher);
+            }
+        }
+        self.summary.wall_s = t0.elapsed().as_secs_f64();
+    }
+
+    /// Starts whatever the core says fits, again until nothing more does (a node found in
+    /// the store frees its slot at once).
+    fn launch_ready(&mut self, launcher: &mut dyn Launcher, cap: &Capacity) {
+        loop {
+            let launches = self.core.next(cap);
+            if launches.is_empty() {
+                return;
+            }
+            for l in launches {
+                self.launch(l, launcher);
+            }
+        }
+    }
+
+    fn launch(&mut self, l: Launch, launcher: &mut dyn Launcher) {
+        let node = self.g.node(&l.key).expect("node");
+        // Another run may have finished it meanwhile.
+        if self.store.is_complete(node.kind(), &l.key) {
+            self.cached(&l.key);
+            return;
+        }
+        let log = self.store.root.join("logs").join(format!("{}.log", l.key));
+        let started = std::fs::create_dir_all(self.store.root.join("logs"))
+            .and_then(|_| write_spec(self.store, &l.key, node))
+            .map_err(|e| format!("writing the spec of {}: {e}", l.key))
+            .and_then(|spec| {
+                launcher.launch(&Job {
+                    key: l.key.clone(),
+                    label: node.label(),
+                    kind: node.kind(),
+                    slot: l.slot,
+                    resources: node.resources(),
+                    spec,
+                    log: log.clone(),
+                })
+            });
+        if let Err(e) = started {
+            self.failed(&l.key, log, e);
+        }
+    }
+
+    fn on_report(&mut self, r: Report, launcher: &mut dyn Launcher) {
+        match r {
+            Report::Line { key, line } => {
+                let label = self.label(&key);
+                let data: serde_json::Value =
+                    serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
+                if data.get("started").is_some() {
+                    if self.began.contains_key(&key) {
+                        return; // a requeued job starting again: already reported
+                    }
+                    self.began.insert(key.clone(), Instant::now());
+                    let slot = launcher.place(&key);
+                    let devices = data
+                        .get("cuda_visible_devices")
+                        .and_then(|v| v.as_str())
+                        .map(str::to_string);
+                    self.emit(Event::Started {
+                        key,
+                        label,
+                        slot,
+                        devices,
+                    });
+                } else {
+                    self.emit(Event::Progress { key, label, data });
+                }
+            }
+            Report::Requeued { key, why } => {
+                let label = self.label(&key);
+                self.emit(Event::Requeued { key, label, why });
+            }
+            Report::Exit { key, code, note } => self.on_exit(&key, code, note),
+        }
+    }
+
+    fn on_exit(&mut self, key: &str, code: Option<i32>, note: Option<String>) {
+        let _ = std::fs::remove_file(spec_path(self.store, key));
+        let node = self.g.node(key).expect("node");
+        let began = self.began.remove(key);
+        if code == Some(EXIT_LEASED) {
+            // Another run executes it: wait on its lease here, then look again.
+            self.core
+                .on_exit(key, Exit::Leased)
+                .expect("a running node");
+            self.leases.wait_for(key);
+            if self.announced.insert(key.to_string()) {
+                let label = node.label();
+                self.emit(Event::Waiting {
+                    key: key.to_string(),
+                    label,
+                });
+            }
+        } else if code == Some(0) && self.store.is_complete(node.kind(), key) {
+            match began {
+                Some(t) => {
+                    self.core.on_exit(key, Exit::Done).expect("a running node");
+                    self.summary.ran += 1;
+                    let label = node.label();
+                    self.emit(Event::Finished {
+                        key: key.to_string(),
+                        label,
+                        wall_s: t.elapsed().as_secs_f64(),
+                    });
+                }
+                // Finished by another run between our check and the node's.
+                None => self.cached(key),
+            }
+        } else {
+            let log = self.store.root.join("logs").join(format!("{key}.log"));
+            let mut tail = log_tail(&log);
+            if let Some(n) = note {
+                tail = format!("{tail}\n{n}");
+            }
+            self.failed(key, log, tail);
+        }
+    }
+
+    fn cached(&mut self, key: &str) {
+        self.core.on_exit(key, Exit::Cached).expect("not finished");
+        self.summary.cached += 1;
+        let label = self.label(key);
+        self.emit(Event::Cached {
+            key: key.to_string(),
+            label,
+        });
+    }
+
+    fn failed(&mut self, key: &str, log: PathBuf, tail: String) {
+        let blocked = self
+            .core
+            .on_exit(key, Exit::Failed)
+            .expect("a running node");
+        let label = self.label(key);
+        self.summary.failed.push((label.clone(), log.clone()));
+        self.emit(Event::Failed {
+            key: key.to_string(),
+            label,
+            log,
+            tail,
+        });
+        for b in blocked {
+            self.summary.blocked += 1;
+            let (label, by) = (self.label(&b.key), self.label(&b.by));
+            self.emit(Event::Blocked {
+                key: b.key,
+                label,
+                by,
+            });
+        }
+    }
+}
+
+/// The last lines of a node's log, with a hint when the GPU ran out of memory.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(5)..].join("\n");
+    if text.contains("out of memory") {
+        format!("{tail}\nhint: the GPU ran out of memory; lower --jobs-per-gpu or the suite's batch_size")
+    } else {
+        tail
+    }
+}

@@ -1,0 +1,186 @@
+//! The suite's `[slurm]` table: sbatch options for every job and the launcher's limits.
+//! Parsed here (the suite parser only hands over the table); it runs nothing.
+use serde::Serialize;
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SlurmConfig {
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    /// Time limit of each job (sbatch `--time`, e.g. "2:00:00").
+    pub time: Option<String>,
+    /// Memory of each job (sbatch `--mem`, e.g. "32G").
+    pub mem: Option<String>,
+    /// Cores of each job; default: what the node declares (4 for prep, train, eval).
+    pub cpus_per_task: Option<u32>,
+    /// The generic resource a GPU node asks for (sbatch `--gres`).
+    pub gres: String,
+    /// Jobs of this run queued or running at once.
+    pub max_jobs: usize,
+    /// Seconds between two `squeue` calls, growing up to `max_poll_s` while nothing changes.
+    pub poll_s: f64,
+    pub max_poll_s: f64,
+    /// Seconds before the time limit at which a job requeues itself (`--signal=B:USR1@N`).
+    pub signal_s: u64,
+    /// Times a preempted or timed-out node is submitted again before it counts as failed.
+    pub max_requeues: u32,
+    /// More sbatch arguments, e.g. ["--constraint=a100", "--exclusive"].
+    pub extra_args: Vec<String>,
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        SlurmConfig {
+            partition: None,
+            account: None,
+            qos: None,
+            time: None,
+            mem: None,
+            cpus_per_task: None,
+            gres: "gpu:1".into(),
+            max_jobs: 100,
+            poll_s: 5.0,
+            max_poll_s: 60.0,
+            signal_s: 120,
+            max_requeues: 3,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+pub const KEYS: [&str; 13] = [
+    "partition",
+    "account",
+    "qos",
+    "time",
+    "mem",
+    "cpus_per_task",
+    "gres",
+    "max_jobs",
+    "poll_s",
+    "max_poll_s",
+    "signal_s",
+    "max_requeues",
+    "extra_args",
+];
+
+/// A problem with one key of `[slurm]`: (key, what is wrong and how to fix it).
+pub type KeyError = (String, String);
+
+impl SlurmConfig {
+    /// Reads the table's known keys (the caller reports unknown ones); every error at once.
+    pub fn parse(m: &serde_json::Map<String, Value>) -> (SlurmConfig, Vec<KeyError>) {
+        let mut c = SlurmConfig::default();
+        let mut errors = Vec::new();
+        let mut err = |k: &str, msg: String| errors.push((format!("slurm.{k}"), msg));
+        for (k, v) in m {
+            let string = |err: &mut dyn FnMut(&str, String)| match v.as_str() {
+                Some(s) if !s.trim().is_empty() => Some(s.to_string()),
+                _ => {
+                    err(k, format!("expected a non-empty string, found {v}"));
+                    None
+                }
+            };
+            let count = |err: &mut dyn FnMut(&str, String), min: u64| match v.as_u64() {
+                Some(n) if n >= min => Some(n),
+                _ => {
+                    err(k, format!("expected an integer >= {min}, found {v}"));
+                    None
+                }
+            };
+            let seconds = |err: &mut dyn FnMut(&str, String)| match v.as_f64() {
+                Some(s) if s > 0.0 && s.is_finite() => Some(s),
+                _ => {
+                    err(k, format!("expected a number of seconds > 0, found {v}"));
+                    None
+                }
+            };
+            match k.as_str() {
+                "partition" => c.partition = string(&mut err),
+                "account" => c.account = string(&mut err),
+                "qos" => c.qos = string(&mut err),
+                "time" => c.time = string(&mut err),
+                "mem" => c.mem = string(&mut err),
+                "gres" => c.gres = string(&mut err).unwrap_or(c.gres),
+                "cpus_per_task" => c.cpus_per_task = count(&mut err, 1).map(|n| n as u32),
+                "max_jobs" => c.max_jobs = count(&mut err, 1).map_or(c.max_jobs, |n| n as usize),
+                "max_requeues" => {
+                    c.max_requeues = count(&mut err, 0).map_or(c.max_requeues, |n| n as u32)
+                }
+                "signal_s" => c.signal_s = count(&mut err, 1).unwrap_or(c.signal_s),
+                "poll_s" => c.poll_s = seconds(&mut err).unwrap_or(c.poll_s),
+                "max_poll_s" => c.max_poll_s = seconds(&mut err).unwrap_or(c.max_poll_s),
+                "extra_args" => match v.as_array() {
+                    Some(a) if a.iter().all(Value::is_string) => {
+                        c.extra_args = a
+                            .iter()
+                            .filter_map(|s| s.as_str().map(str::to_string))
+                            .collect()
+                    }
+                    _ => err(
+                        k,
+                        format!("expected a list of sbatch arguments such as [\"--exclusive\"], found {v}"),
+                    ),
+                },
+                _ => {}
+            }
+        }
+        if c.max_poll_s < c.poll_s {
+            err(
+                "max_poll_s",
+                format!(
+                    "is {} but poll_s is {}: the back-off cannot end below where it starts",
+                    c.max_poll_s, c.poll_s
+                ),
+            );
+        }
+        errors.sort();
+        (c, errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> (SlurmConfig, Vec<KeyError>) {
+        let t: toml::Table = toml::from_str(toml_text).unwrap();
+        let v = serde_json::to_value(t).unwrap();
+        SlurmConfig::parse(v.as_object().unwrap())
+    }
+
+    #[test]
+    fn keys_parse_and_bad_values_name_their_key() {
+        let (c, e) = parse(
+            "partition = \"gpu\"\naccount = \"lab\"\nqos = \"normal\"\ntime = \"1:00:00\"\nmem = \"16G\"\n\
+             cpus_per_task = 8\ngres = \"gpu:a100:1\"\nmax_jobs = 20\npoll_s = 2\nmax_poll_s = 30.5\n\
+             signal_s = 300\nmax_requeues = 0\nextra_args = [\"--exclusive\"]\n",
+        );
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(c.partition.as_deref(), Some("gpu"));
+        assert_eq!(c.cpus_per_task, Some(8));
+        assert_eq!(c.gres, "gpu:a100:1");
+        assert_eq!((c.max_jobs, c.poll_s, c.max_poll_s), (20, 2.0, 30.5));
+        assert_eq!((c.signal_s, c.max_requeues), (300, 0));
+        assert_eq!(c.extra_args, ["--exclusive"]);
+        let (_, e) = parse(
+            "partition = 3\nmax_jobs = 0\npoll_s = -1\nextra_args = \"--exclusive\"\ncpus_per_task = 1.5\n",
+        );
+        let keys: Vec<&str> = e.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "slurm.cpus_per_task",
+                "slurm.extra_args",
+                "slurm.max_jobs",
+                "slurm.partition",
+                "slurm.poll_s"
+            ]
+        );
+        let (_, e) = parse("poll_s = 10\nmax_poll_s = 5\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].1.contains("poll_s is 10"), "{e:?}");
+        assert_eq!(parse("").0, SlurmConfig::default());
+    }
+}

@@ -1,0 +1,530 @@
+//! The Slurm launcher: one `sbatch` job per node running `vtab-orch exec <key>`, watched
+//! through the job's output file, its exit record and batched `squeue`/`sacct` calls.
+//! Cancels only the jobs it submitted; knows nothing of the graph.
+pub mod config;
+pub mod poll;
+
+pub use config::SlurmConfig;
+
+use super::state::{Capacity, Slot};
+use super::{Job, Launcher, Report};
+use poll::Phase;
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct SlurmOptions {
+    /// The `vtab-orch` binary the jobs run (on a filesystem the compute nodes see).
+    pub exe: PathBuf,
+    pub store: PathBuf,
+    pub config: SlurmConfig,
+    /// `--slurm-arg` values, after the suite's arguments (the last of a repeated option wins).
+    pub cli_args: Vec<String>,
+    /// GPU nodes ask for `config.gres` (false: `--gpus none`, everything on CPUs).
+    pub gpus: bool,
+}
+
+/// How long a job may be gone from the queue (or ended without its exit record) before the
+/// launcher decides without the record (a shared filesystem may show it late).
+const RECORD_GRACE: Duration = Duration::from_secs(10);
+/// How often the output files and exit records are read.
+const TAIL_EVERY: Duration = Duration::from_millis(250);
+
+struct InFlight {
+    job: Job,
+    id: String,
+    /// Bytes of the output file already read, and an unfinished last line.
+    offset: u64,
+    partial: String,
+    /// Submissions so far (1 = the first).
+    attempts: u32,
+    /// Since when the job has been ended or gone without an exit record.
+    unsettled_since: Option<Instant>,
+    last_state: Option<String>,
+}
+
+pub struct SlurmLauncher {
+    o: SlurmOptions,
+    jobs: BTreeMap<String, InFlight>,
+    queue: VecDeque<Report>,
+    interval: Duration,
+    next_poll: Instant,
+    next_tail: Instant,
+}
+
+/// `'text'` for a POSIX shell.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+impl SlurmLauncher {
+    pub fn new(o: SlurmOptions) -> SlurmLauncher {
+        let interval = Duration::from_secs_f64(o.config.poll_s);
+        SlurmLauncher {
+            o,
+            jobs: BTreeMap::new(),
+            queue: VecDeque::new(),
+            interval,
+            next_poll: Instant::now(),
+            next_tail: Instant::now(),
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.o.store.join("slurm")
+    }
+
+    /// The stdout (JSON progress) of job `id` of node `key`: one file per job, so that two
+    /// drivers' jobs of one node never read each other's lines; a requeued job keeps its id
+    /// and appends.
+    fn out_file(&self, key: &str, id: &str) -> PathBuf {
+        self.o.store.join("logs").join(format!("{key}.{id}.out"))
+    }
+
+    /// Where the batch script leaves the exit code of `vtab-orch exec` when it ended by
+    /// itself (not when Slurm killed, cancelled or requeued it).
+    fn exit_record(&self, id: &str) -> PathBuf {
+        self.dir().join(format!("{id}.exit"))
+    }
+
+    fn uses_gpu(&self, job: &Job) -> bool {
+        self.o.gpus && job.resources.gpus > 0
+    }
+
+    /// The batch script of `job`: runs the node in the background so that the shell can
+    /// take USR1 (the time limit is near: requeue, resume from the epoch checkpoint) and
+    /// TERM (cancelled or requeued: leave no exit record).
+    pub fn script(&self, job: &Job) -> String {
+        let cpu = if self.uses_gpu(job) { "" } else { " --cpu" };
+        format!(
+            r#"#!/bin/bash
+# vtab-orch node: {label}
+record="{record_dir}/$SLURM_JOB_ID.exit"
+signalled=
+trap 'signalled=requeue; echo "vtab-orch: the time limit is near: requeueing job $SLURM_JOB_ID" >&2; scontrol requeue "$SLURM_JOB_ID"' USR1
+trap 'signalled=term' TERM
+{exe} exec {key} --store {store} --spec {spec}{cpu} &
+child=$!
+wait "$child"; code=$?
+while kill -0 "$child" 2>/dev/null; do wait "$child"; code=$?; done
+if [ -z "$signalled" ]; then
+  echo "$code" > "$record.tmp" && mv "$record.tmp" "$record"
+fi
+exit "$code"
+"#,
+            label = job.label.replace('\n', " "),
+            record_dir = self.dir().display(),
+            exe = sh_quote(&self.o.exe.display().to_string()),
+            key = sh_quote(&job.key),
+            store = sh_quote(&self.o.store.display().to_string()),
+            spec = sh_quote(&job.spec.display().to_string()),
+        )
+    }
+
+    /// The sbatch arguments of `job` (before the script path).
+    pub fn sbatch_args(&self, job: &Job) -> Vec<String> {
+        let c = &self.o.config;
+        let mut a = vec![
+            "--parsable".to_string(),
+            format!(
+                "--job-name=vtab:{}:{}",
+                job.kind,
+                &job.key[..job.key.len().min(12)]
+            ),
+            format!("--comment=vtab-orch store {}", self.o.store.display()),
+            format!("--output={}", self.out_file(&job.key, "%j").display()),
+            format!("--error={}", job.log.display()),
+            "--open-mode=append".into(),
+            "--requeue".into(),
+            format!("--signal=B:USR1@{}", c.signal_s),
+            "--nodes=1".into(),
+            "--ntasks=1".into(),
+            format!(
+                "--cpus-per-task={}",
+                c.cpus_per_task.unwrap_or(job.resources.cpu_threads.max(1))
+            ),
+        ];
+        if self.uses_gpu(job) {
+            a.push(format!("--gres={}", c.gres));
+        }
+        for (flag, v) in [
+            ("partition", &c.partition),
+            ("account", &c.account),
+            ("qos", &c.qos),
+            ("time", &c.time),
+            ("mem", &c.mem),
+        ] {
+            if let Some(v) = v {
+                a.push(format!("--{flag}={v}"));
+            }
+        }
+        a.extend(c.extra_args.iter().cloned());
+        a.extend(self.o.cli_args.iter().cloned());
+        a
+    }
+
+    fn submit(&self, job: &Job) -> Result<String, String> {
+        std::fs::create_dir_all(self.dir())
+            .map_err(|e| format!("{}: {e}", self.dir().display()))?;
+        let script = self.dir().join(format!("{}.sh", job.key));
+        std::fs::write(&script, self.script(job))
+            .map_err(|e| format!("{}: {e}", script.display()))?;
+        let mut cmd = Command::new("sbatch");
+        cmd.args(self.sbatch_args(job)).arg(&script);
+        // A driver running inside a job must not pass its own allocation on (SLURM_* of
+        // the outer job would override the node's request); SLURM_CONF names the cluster.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("SLURM_") && k != "SLURM_CONF" {
+                cmd.env_remove(k.as_ref());
+            }
+        }
+        let out = cmd.output().map_err(|e| {
+            format!("running sbatch: {e} (is Slurm installed here, and SLURM_CONF set?)")
+        })?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match poll::parse_job_id(&stdout) {
+            Some(id) if out.status.success() => Ok(id),
+            _ => Err(format!(
+                "sbatch refused the job: {}{}",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                stdout.trim()
+            )),
+        }
+    }
+
+    /// New output lines and exit records of every job.
+    fn tail(&mut self) {
+        let keys: Vec<String> = self.jobs.keys().cloned().collect();
+        for key in keys {
+            let out = self.out_file(&key, &self.jobs[&key].id);
+            let j = self.jobs.get_mut(&key).expect("in flight");
+            if let Ok(mut f) = std::fs::File::open(&out) {
+                let mut buf = String::new();
+                if f.seek(SeekFrom::Start(j.offset)).is_ok() && f.read_to_string(&mut buf).is_ok() {
+                    j.offset += buf.len() as u64;
+                    j.partial.push_str(&buf);
+                    while let Some(i) = j.partial.find('\n') {
+                        let line: String = j.partial.drain(..=i).collect();
+                        self.queue.push_back(Report::Line {
+                            key: key.clone(),
+                            line: line.trim_end().to_string(),
+                        });
+                    }
+                }
+            }
+            let id = j.id.clone();
+            let record = self.exit_record(&id);
+            if let Ok(text) = std::fs::read_to_string(&record) {
+                let code = text.trim().parse::<i32>().ok();
+                let _ = std::fs::remove_file(&record);
+                self.jobs.remove(&key);
+                self.queue.push_back(Report::Exit {
+                    key,
+                    code,
+                    note: None,
+                });
+            }
+        }
+    }
+
+    /// One batched squeue call (and sacct for the jobs it no longer lists); ends, requeues
+    /// or keeps waiting on each job; backs off while nothing changes.
+    fn poll(&mut self) {
+        let ids: Vec<String> = self.jobs.values().map(|j| j.id.clone()).collect();
+        if ids.is_empty() {
+            return;
+        }
+        let listed = match poll::squeue(&ids) {
+            Ok(Some(m)) => m,
+            Ok(None) => BTreeMap::new(),
+            Err(_) => {
+                // The controller may be busy or restarting: ask again later.
+                self.back_off();
+                return;
+            }
+        };
+        let gone: Vec<String> = ids
+            .iter()
+            .filter(|i| !listed.contains_key(*i))
+            .cloned()
+            .collect();
+        let accounted = if gone.is_empty() {
+            BTreeMap::new()
+        } else {
+            poll::sacct(&gone)
+        };
+        let mut changed = false;
+        let keys: Vec<String> = self.jobs.keys().cloned().collect();
+        for key in keys {
+            let j = self.jobs.get_mut(&key).expect("in flight");
+            let (state, phase, code) = match (listed.get(&j.id), accounted.get(&j.id)) {
+                (Some(s), _) => (s.clone(), poll::phase(s), None),
+                (None, Some(e)) if e.state.starts_with("PREEMPTED") => {
+                    (e.state.clone(), Phase::Lost, e.code)
+                }
+                (None, Some(e)) => (e.state.clone(), poll::phase(&e.state), e.code),
+                (None, None) => (
+                    "gone from the queue, no accounting record".into(),
+                    Phase::Ended,
+                    None,
+                ),
+            };
+            if j.last_state.as_deref() != Some(&state) {
+                changed = true;
+                j.last_state = Some(state.clone());
+            }
+            if phase == Phase::Alive {
+                j.unsettled_since = None;
+                continue;
+            }
+            // Ended or lost without an exit record (yet): give the record a moment.
+            let since = *j.unsettled_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < RECORD_GRACE && phase == Phase::Ended {
+                continue;
+            }
+            let note = format!("slurm job {} ended {state}", j.id);
+            if phase == Phase::Lost && j.attempts <= self.o.config.max_requeues {
+                self.resubmit(&key, note);
+            } else {
+                self.jobs.remove(&key);
+                self.queue.push_back(Report::Exit {
+                    key,
+                    code: code.filter(|c| *c != 0),
+                    note: Some(note),
+                });
+            }
+        }
+        if changed {
+            self.interval = Duration::from_secs_f64(self.o.config.poll_s);
+        } else {
+            self.back_off();
+        }
+        self.next_poll = Instant::now() + self.interval;
+    }
+
+    fn back_off(&mut self) {
+        let max = Duration::from_secs_f64(self.o.config.max_poll_s);
+        self.interval = self.interval.mul_f64(1.5).min(max);
+        self.next_poll = Instant::now() + self.interval;
+    }
+
+    /// Submits a lost node again; it resumes from its epoch checkpoint.
+    fn resubmit(&mut self, key: &str, why: String) {
+        let j = self.jobs.get(key).expect("in flight");
+        match self.submit(&j.job.clone()) {
+            Ok(id) => {
+                let j = self.jobs.get_mut(key).expect("in flight");
+                j.id = id;
+                j.offset = 0;
+                j.partial.clear();
+                j.attempts += 1;
+                j.unsettled_since = None;
+                j.last_state = None;
+                self.queue.push_back(Report::Requeued {
+                    key: key.to_string(),
+                    why: format!("{why}; submitted again as job {}", j.id),
+                });
+            }
+            Err(e) => {
+                self.jobs.remove(key);
+                self.queue.push_back(Report::Exit {
+                    key: key.to_string(),
+                    code: None,
+                    note: Some(format!("{why}; submitting it again failed: {e}")),
+                });
+            }
+        }
+    }
+}
+
+impl Launcher for SlurmLauncher {
+    fn capacity(&self) -> Capacity {
+        Capacity::Cluster {
+            max_jobs: self.o.config.max_jobs,
+        }
+    }
+
+    fn launch(&mut self, job: &Job) -> Result<(), String> {
+        debug_assert_eq!(job.slot, Slot::Cluster);
+        // The job may start in another directory (`--chdir`): absolute paths only.
+        let mut job = job.clone();
+        for p in [&mut job.spec, &mut job.log] {
+            *p = std::path::absolute(&*p).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+        let id = self.submit(&job)?;
+        let key = job.key.clone();
+        self.jobs.insert(
+            key,
+            InFlight {
+                job,
+                id,
+                offset: 0,
+                partial: String::new(),
+                attempts: 1,
+                unsettled_since: None,
+                last_state: None,
+            },
+        );
+        // A new job: look at the queue soon again.
+        self.interval = Duration::from_secs_f64(self.o.config.poll_s);
+        self.next_poll = self.next_poll.min(Instant::now() + self.interval);
+        Ok(())
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Option<Report> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.queue.pop_front() {
+                return Some(r);
+            }
+            let now = Instant::now();
+            if now >= self.next_tail {
+                self.tail();
+                self.next_tail = now + TAIL_EVERY;
+                if !self.queue.is_empty() {
+                    continue;
+                }
+            }
+            if now >= self.next_poll && !self.jobs.is_empty() {
+                self.poll();
+                if !self.queue.is_empty() {
+                    continue;
+                }
+            }
+            if now >= deadline {
+                return None;
+            }
+            let next = self.next_tail.min(self.next_poll).min(deadline);
+            std::thread::sleep(
+                next.saturating_duration_since(now)
+                    .max(Duration::from_millis(5)),
+            );
+        }
+    }
+
+    fn place(&self, key: &str) -> String {
+        self.jobs
+            .get(key)
+            .map_or_else(|| "slurm".into(), |j| format!("slurm job {}", j.id))
+    }
+
+    fn cancel_all(&mut self) -> usize {
+        let ids: Vec<String> = self.jobs.values().map(|j| j.id.clone()).collect();
+        if ids.is_empty() {
+            return 0;
+        }
+        // Only the jobs this launcher submitted, by id.
+        let ok = Command::new("scancel")
+            .args(&ids)
+            .status()
+            .is_ok_and(|s| s.success());
+        self.jobs.clear();
+        if ok {
+            ids.len()
+        } else {
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sched::state::Resources;
+
+    fn launcher(config: SlurmConfig, gpus: bool) -> SlurmLauncher {
+        SlurmLauncher::new(SlurmOptions {
+            exe: "/opt/vtab orch/vtab-orch".into(),
+            store: "/shared/store".into(),
+            config,
+            cli_args: vec!["--partition=debug".into()],
+            gpus,
+        })
+    }
+
+    fn job(gpus: u32) -> Job {
+        Job {
+            key: "0123456789abcdef".into(),
+            label: "train shape lora s0".into(),
+            kind: "train",
+            slot: Slot::Cluster,
+            resources: Resources {
+                gpus,
+                cpu_threads: 4,
+            },
+            spec: "/shared/store/specs/k.1.json".into(),
+            log: "/shared/store/logs/0123456789abcdef.log".into(),
+        }
+    }
+
+    #[test]
+    fn gpu_nodes_ask_for_the_gres_and_the_suite_then_the_cli_arguments_follow() {
+        let c = SlurmConfig {
+            partition: Some("gpu".into()),
+            time: Some("1:00:00".into()),
+            extra_args: vec!["--exclusive".into()],
+            ..SlurmConfig::default()
+        };
+        let l = launcher(c.clone(), true);
+        let a = l.sbatch_args(&job(1));
+        for want in [
+            "--parsable",
+            "--job-name=vtab:train:0123456789ab",
+            "--gres=gpu:1",
+            "--cpus-per-task=4",
+            "--requeue",
+            "--signal=B:USR1@120",
+            "--open-mode=append",
+            "--output=/shared/store/logs/0123456789abcdef.%j.out",
+            "--error=/shared/store/logs/0123456789abcdef.log",
+            "--time=1:00:00",
+        ] {
+            assert!(a.contains(&want.to_string()), "{want} missing from {a:?}");
+        }
+        // The suite's partition, its extra arguments, then --slurm-arg (which wins).
+        let p = |s: &str| a.iter().position(|x| x == s).unwrap();
+        assert!(
+            p("--partition=gpu") < p("--exclusive") && p("--exclusive") < p("--partition=debug")
+        );
+        assert!(!l.script(&job(1)).contains("--cpu"));
+        // CPU nodes, and everything under --gpus none, ask for no GPU and compute on CPUs.
+        assert!(!l
+            .sbatch_args(&job(0))
+            .iter()
+            .any(|x| x.starts_with("--gres")));
+        let none = launcher(c, false);
+        assert!(!none
+            .sbatch_args(&job(1))
+            .iter()
+            .any(|x| x.starts_with("--gres")));
+        assert!(none.script(&job(1)).contains(" --cpu &"));
+        let c = SlurmConfig {
+            cpus_per_task: Some(2),
+            gres: "gpu:a100:1".into(),
+            ..SlurmConfig::default()
+        };
+        let a = launcher(c, true).sbatch_args(&job(1));
+        assert!(a.contains(&"--cpus-per-task=2".into()) && a.contains(&"--gres=gpu:a100:1".into()));
+    }
+
+    #[test]
+    fn the_batch_script_quotes_paths_and_records_only_its_own_exit() {
+        let s = launcher(SlurmConfig::default(), true).script(&job(1));
+        assert!(
+            s.contains(
+                "'/opt/vtab orch/vtab-orch' exec '0123456789abcdef' --store '/shared/store'"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("record=\"/shared/store/slurm/$SLURM_JOB_ID.exit\""),
+            "{s}"
+        );
+        assert!(s.contains("scontrol requeue \"$SLURM_JOB_ID\""));
+        assert_eq!(sh_quote("it's"), r"'it'\''s'");
+    }
+}

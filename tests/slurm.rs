@@ -1,0 +1,589 @@
+//! `vtab-orch run --launcher slurm` on a real (single-node) Slurm cluster, started by
+//! `scripts/local-slurm.sh start` (`./x test` does): same results as a local run, a
+//! cancelled job fails only its node, a requeued job resumes from its checkpoint, Ctrl-C
+//! cancels our jobs only, a GPU node sees the GPU Slurm gave it. Without a cluster each
+//! test says SKIPPED.
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// SLURM_CONF of a cluster that answers, or None (and the test says SKIPPED).
+fn cluster(test: &str) -> Option<String> {
+    let conf = std::env::var("SLURM_CONF").unwrap_or_else(|_| {
+        let dir = std::env::var("VTAB_SLURM_DIR").unwrap_or_else(|_| "/tmp/vtab-slurm".into());
+        format!("{dir}/slurm.conf")
+    });
+    let up = Path::new(&conf).exists()
+        && Command::new("sinfo")
+            .args(["-h", "-o", "%T"])
+            .env("SLURM_CONF", &conf)
+            .output()
+            .is_ok_and(|o| {
+                o.status.success() && {
+                    let s = String::from_utf8_lossy(&o.stdout);
+                    s.contains("idle") || s.contains("mixed") || s.contains("alloc")
+                }
+            });
+    if !up {
+        eprintln!("\n*** SKIPPED {test}: no Slurm cluster answers at {conf} (start one with scripts/local-slurm.sh start; ./x test does) ***\n");
+        return None;
+    }
+    Some(conf)
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vtab-slurm-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A tiny suite on the synthetic `shape` task with the given methods; jobs of one core
+/// (the test cluster has 8) and a short poll interval.
+fn suite(dir: &Path, methods: &str, epochs: u32) -> PathBuf {
+    let s = format!(
+        "name = \"s\"\nstore = \"store\"\n[defaults]\nimg_size = 16\nepochs = {epochs}\nbatch_size = 100\nwarmup_epochs = 0\n\
+         [backbone]\narch = \"vit_tiny_patch16_224\"\nimg_size = 16\npatch_size = 8\nembed_dim = 24\ndepth = 1\nnum_heads = 2\n\
+         [backbone.pretrain]\nimages = 100\nepochs = 1\n\
+         [datasets.shape]\nformat = \"synthetic\"\ntask = \"shape\"\ntest_images = 40\n{methods}\
+         [slurm]\npoll_s = 0.3\nmax_poll_s = 2\ncpus_per_task = 1\n"
+    );
+    let p = dir.join("s.toml");
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+fn command(conf: &str, args: &[&str], envs: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vtab-orch"));
+    c.args(args).env("SLURM_CONF", conf);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c
+}
+
+fn vtab(conf: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    command(conf, args, envs)
+        .output()
+        .expect("running vtab-orch")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Every event of every run record of `store`.
+fn records(store: &Path) -> Vec<Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(store.join("runs"))
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect()
+}
+
+/// Waits (up to 120 s) for an event of `store`'s record that `pick` accepts.
+fn wait_for(store: &Path, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
+    let t0 = Instant::now();
+    loop {
+        if let Some(e) = records(store).into_iter().find(|e| pick(e)) {
+            return e;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no {what} within 120 s: {:?}",
+            records(store)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The Slurm job id in a `started` event's slot ("slurm job 42").
+fn job_id(started: &Value) -> String {
+    started["slot"]
+        .as_str()
+        .and_then(|s| s.strip_prefix("slurm job "))
+        .unwrap_or_else(|| panic!("not a Slurm slot: {started}"))
+        .to_string()
+}
+
+fn label_starts(e: &Value, event: &str, prefix: &str) -> bool {
+    e["event"] == event && e["label"].as_str().is_some_and(|l| l.starts_with(prefix))
+}
+
+fn slurm(conf: &str, args: &[&str]) -> Output {
+    let o = Command::new(args[0])
+        .args(&args[1..])
+        .env("SLURM_CONF", conf)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// Kills a driver still running when a test fails, and cancels jobs the test submitted.
+struct Cleanup<'a> {
+    conf: &'a str,
+    child: Option<Child>,
+    jobs: Vec<String>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !self.jobs.is_empty() {
+            let _ = Command::new("scancel")
+                .args(&self.jobs)
+                .env("SLURM_CONF", self.conf)
+                .status();
+        }
+    }
+}
+
+/// An unrelated job of someone else (`sleep`), optionally holding a GPU; returns its id.
+fn foreign_job(conf: &str, gres: bool) -> String {
+    let mut args = vec![
+        "sbatch",
+        "--parsable",
+        "--job-name=not-vtab",
+        "--output=/dev/null",
+        "--cpus-per-task=1",
+    ];
+    if gres {
+        args.push("--gres=gpu:1");
+    }
+    args.extend(["--wrap", "sleep 120"]);
+    let o = slurm(conf, &args);
+    String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// (kind, key) -> the bytes of its main artifact, for every finished node of `store`.
+fn results(store: &Path) -> Vec<(String, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (kind, file) in [
+        ("prep", None),
+        ("build", Some("backbone.safetensors")),
+        ("train", Some("trainable.safetensors")),
+        ("eval", None),
+    ] {
+        let mut keys: Vec<String> = std::fs::read_dir(store.join(kind))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        keys.sort();
+        for k in keys {
+            let bytes = match (kind, file) {
+                ("eval", _) => {
+                    let m: Value = serde_json::from_slice(
+                        &std::fs::read(store.join(kind).join(&k).join("metrics.json")).unwrap(),
+                    )
+                    .unwrap();
+                    m["top1"].to_string().into_bytes()
+                }
+                (_, Some(f)) => std::fs::read(store.join(kind).join(&k).join(f)).unwrap(),
+                _ => Vec::new(),
+            };
+            out.push((kind.to_string(), k, bytes));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_slurm_run_gives_the_same_keys_and_metrics_as_a_local_run() {
+    let Some(conf) = cluster("a_slurm_run_gives_the_same_keys_and_metrics_as_a_local_run") else {
+        return;
+    };
+    let methods = "[methods.linear]\n[methods.lora]\nr = 2\ntargets = \"q,v\"\n";
+    let (a, b) = (dir("same-local"), dir("same-slurm"));
+    let (sa, sb) = (suite(&a, methods, 2), suite(&b, methods, 2));
+    let local = vtab(&conf, &["run", sa.to_str().unwrap(), "--gpus", "none"], &[]);
+    assert!(local.status.success(), "{}", stderr(&local));
+    let t0 = Instant::now();
+    let remote = vtab(
+        &conf,
+        &[
+            "run",
+            sb.to_str().unwrap(),
+            "--gpus",
+            "none",
+            "--launcher",
+            "slurm",
+        ],
+        &[],
+    );
+    let err = stderr(&remote);
+    assert!(remote.status.success(), "{err}");
+    eprintln!("slurm run of 7 nodes: {:.1} s", t0.elapsed().as_secs_f64());
+    let (ra, rb) = (results(&a.join("store")), results(&b.join("store")));
+    assert_eq!(ra.len(), 7);
+    assert!(
+        ra == rb,
+        "the Slurm run's keys or results differ from the local run's"
+    );
+    // Every node ran as a Slurm job, and the run record says which.
+    let started: Vec<Value> = records(&b.join("store"))
+        .into_iter()
+        .filter(|e| e["event"] == "started")
+        .collect();
+    assert_eq!(started.len(), 7, "{err}");
+    assert!(started
+        .iter()
+        .all(|e| e["slot"].as_str().unwrap().starts_with("slurm job ")));
+    // The same suite again: everything cached, nothing submitted.
+    let again = vtab(
+        &conf,
+        &[
+            "run",
+            sb.to_str().unwrap(),
+            "--gpus",
+            "none",
+            "--launcher",
+            "slurm",
+        ],
+        &[],
+    );
+    assert!(
+        again.status.success() && stderr(&again).contains("0 ran, 7 cached"),
+        "{}",
+        stderr(&again)
+    );
+    std::fs::remove_dir_all(&a).ok();
+    std::fs::remove_dir_all(&b).ok();
+}
+
+#[test]
+fn scancel_fails_only_its_node_and_the_next_run_recomputes_it() {
+    let Some(conf) = cluster("scancel_fails_only_its_node_and_the_next_run_recomputes_it") else {
+        return;
+    };
+    let d = dir("scancel");
+    let s = suite(
+        &d,
+        "[methods.linear]\n[methods.lora]\nr = 2\ntargets = \"q,v\"\n",
+        3,
+    );
+    let store = d.join("store");
+    let args = [
+        "run",
+        s.to_str().unwrap(),
+        "--gpus",
+        "none",
+        "--launcher",
+        "slurm",
+    ];
+    let child = command(&conf, &args, &[("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "1500")])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = Cleanup {
+        conf: &conf,
+        child: Some(child),
+        jobs: Vec::new(),
+    };
+    let lora = wait_for(&store, "start of the lora train node", |e| {
+        label_starts(e, "started", "train shape lora")
+    });
+    slurm(&conf, &["scancel", &job_id(&lora)]);
+    let out = guard.child.take().unwrap().wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("FAILED train shape lora") && err.contains("CANCELLED"),
+        "{err}"
+    );
+    assert!(err.contains("blocked eval shape lora"), "{err}");
+    assert!(
+        err.contains("done   eval shape linear"),
+        "the sibling must finish: {err}"
+    );
+    // The next run recomputes exactly the cancelled node and its dependant.
+    let next = vtab(&conf, &args, &[]);
+    let err = stderr(&next);
+    assert!(next.status.success(), "{err}");
+    assert!(err.contains("2 ran, 5 cached"), "{err}");
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn a_requeued_job_resumes_from_its_checkpoint_with_identical_weights() {
+    let Some(conf) = cluster("a_requeued_job_resumes_from_its_checkpoint_with_identical_weights")
+    else {
+        return;
+    };
+    let methods = "[methods.lora]\nr = 2\ntargets = \"q,v\"\n";
+    let (a, b) = (dir("requeue-ref"), dir("requeue"));
+    let (sa, sb) = (suite(&a, methods, 4), suite(&b, methods, 4));
+    let reference = vtab(&conf, &["run", sa.to_str().unwrap(), "--gpus", "none"], &[]);
+    assert!(reference.status.success(), "{}", stderr(&reference));
+    let store = b.join("store");
+    let child = command(
+        &conf,
+        &[
+            "run",
+            sb.to_str().unwrap(),
+            "--gpus",
+            "none",
+            "--launcher",
+            "slurm",
+        ],
+        &[("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "1000")],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut guard = Cleanup {
+        conf: &conf,
+        child: Some(child),
+        jobs: Vec::new(),
+    };
+    let started = wait_for(&store, "start of the train node", |e| {
+        label_starts(e, "started", "train shape")
+    });
+    let id = job_id(&started);
+    wait_for(&store, "epoch 2 of the train node", |e| {
+        label_starts(e, "progress", "train shape") && e["data"]["epoch"] == 2
+    });
+    slurm(&conf, &["scontrol", "requeue", &id]);
+    // Slurm makes a requeued job eligible two minutes later; once it is pending again,
+    // bring that forward (an update while it is still completing has no effect).
+    let t0 = Instant::now();
+    loop {
+        let q = slurm(&conf, &["squeue", "-h", "-t", "all", "-j", &id, "-o", "%T"]);
+        if String::from_utf8_lossy(&q.stdout).trim() == "PENDING" {
+            slurm(
+                &conf,
+                &[
+                    "scontrol",
+                    "update",
+                    &format!("jobid={id}"),
+                    "StartTime=now",
+                ],
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "job {id} never became pending again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = guard.child.take().unwrap().wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let resumed = wait_for(&store, "a resume", |e| {
+        e["event"] == "progress" && e["data"]["resumed_after_epoch"].is_u64()
+    });
+    assert!(
+        resumed["data"]["resumed_after_epoch"].as_u64().unwrap() >= 1,
+        "{resumed}"
+    );
+    assert!(
+        err.contains("resumed from the checkpoint of epoch"),
+        "{err}"
+    );
+    let (ra, rb) = (results(&a.join("store")), results(&store));
+    let train =
+        |r: &[(String, String, Vec<u8>)]| r.iter().find(|x| x.0 == "train").cloned().unwrap();
+    assert_eq!(train(&ra).1, train(&rb).1, "same key");
+    assert!(
+        train(&ra).2 == train(&rb).2,
+        "the requeued training differs from the uninterrupted one"
+    );
+    assert!(ra == rb, "results differ");
+    std::fs::remove_dir_all(&a).ok();
+    std::fs::remove_dir_all(&b).ok();
+}
+
+#[test]
+fn ctrl_c_of_the_driver_cancels_its_own_jobs_and_no_other() {
+    let Some(conf) = cluster("ctrl_c_of_the_driver_cancels_its_own_jobs_and_no_other") else {
+        return;
+    };
+    let d = dir("ctrlc");
+    let s = suite(&d, "[methods.linear]\n[methods.bitfit]\n", 5);
+    let store = d.join("store");
+    let mut guard = Cleanup {
+        conf: &conf,
+        child: None,
+        jobs: vec![foreign_job(&conf, false)],
+    };
+    let child = command(
+        &conf,
+        &[
+            "run",
+            s.to_str().unwrap(),
+            "--gpus",
+            "none",
+            "--launcher",
+            "slurm",
+        ],
+        &[("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "2000")],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let pid = child.id().to_string();
+    guard.child = Some(child);
+    wait_for(&store, "a running train node", |e| {
+        label_starts(e, "started", "train shape")
+    });
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = guard.child.take().unwrap().wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted: cancelled"), "{err}");
+    // None of ours is queued or running; the other job still is.
+    let ours = format!("vtab-orch store {}", store.display());
+    let t0 = Instant::now();
+    loop {
+        let q = slurm(&conf, &["squeue", "-h", "-o", "%i|%T|%k"]);
+        let q = String::from_utf8_lossy(&q.stdout).into_owned();
+        let mine: Vec<&str> = q
+            .lines()
+            .filter(|l| l.ends_with(&ours) && !l.contains("|COMPLETING|"))
+            .collect();
+        assert!(
+            q.lines()
+                .any(|l| l.starts_with(&format!("{}|", guard.jobs[0]))),
+            "the foreign job was touched: {q}"
+        );
+        if mine.is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "jobs of ours left after Ctrl-C: {mine:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn a_gpu_node_sees_the_cuda_visible_devices_slurm_gave_it() {
+    let Some(conf) = cluster("a_gpu_node_sees_the_cuda_visible_devices_slurm_gave_it") else {
+        return;
+    };
+    // Someone else holds one of the two GPUs, so ours is not simply GPU 0.
+    let blocker = foreign_job(&conf, true);
+    let _guard = Cleanup {
+        conf: &conf,
+        child: None,
+        jobs: vec![blocker.clone()],
+    };
+    let gres_index = |id: &str| -> Option<String> {
+        let o = slurm(&conf, &["scontrol", "show", "job", "-d", id]);
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let at = text.find("(IDX:")?;
+        Some(text[at + 5..].split(')').next()?.to_string())
+    };
+    let t0 = Instant::now();
+    let held = loop {
+        if let Some(i) = gres_index(&blocker) {
+            break i;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the blocker job never started"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let d = dir("gpu");
+    let s = suite(&d, "[methods.linear]\n", 1);
+    // GPU nodes get a GPU from Slurm (--gpus auto); on this CPU machine they then fail
+    // for want of CUDA, after reporting what they were given.
+    let out = vtab(
+        &conf,
+        &["run", s.to_str().unwrap(), "--launcher", "slurm"],
+        &[],
+    );
+    let err = stderr(&out);
+    let store = d.join("store");
+    let build = records(&store)
+        .into_iter()
+        .find(|e| label_starts(e, "started", "build"))
+        .unwrap_or_else(|| panic!("the build node never started: {err}"));
+    // Slurm forgets a finished job's GPU index, but it had one GPU left to give.
+    let job = slurm(&conf, &["scontrol", "show", "job", "-d", &job_id(&build)]);
+    assert!(
+        String::from_utf8_lossy(&job.stdout).contains("JOB_GRES=gpu:1"),
+        "not a GPU job"
+    );
+    let free = if held == "0" { "1" } else { "0" };
+    assert_eq!(
+        build["devices"].as_str(),
+        Some(free),
+        "GPU {held} is taken: {build}"
+    );
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn two_drivers_on_one_store_never_run_a_node_twice() {
+    let Some(conf) = cluster("two_drivers_on_one_store_never_run_a_node_twice") else {
+        return;
+    };
+    let d = dir("two");
+    let s = suite(&d, "[methods.linear]\n[methods.bitfit]\n", 2);
+    let args = [
+        "run",
+        s.to_str().unwrap(),
+        "--gpus",
+        "none",
+        "--launcher",
+        "slurm",
+    ];
+    let spawn = || {
+        command(&conf, &args, &[("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "300")])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (x, y) = (spawn(), spawn());
+    let (ox, oy) = (x.wait_with_output().unwrap(), y.wait_with_output().unwrap());
+    assert!(
+        ox.status.success() && oy.status.success(),
+        "{}\n---\n{}",
+        stderr(&ox),
+        stderr(&oy)
+    );
+    // A node starts only under its lease: across both run records, each started once.
+    let mut started: Vec<String> = records(&d.join("store"))
+        .into_iter()
+        .filter(|e| e["event"] == "started")
+        .map(|e| e["key"].as_str().unwrap().to_string())
+        .collect();
+    started.sort();
+    let n = started.len();
+    started.dedup();
+    assert_eq!(n, started.len(), "a node ran twice");
+    assert_eq!(n, 7, "every node ran once");
+    std::fs::remove_dir_all(&d).ok();
+}
