@@ -125,7 +125,7 @@ impl View {
                 }
                 Event::Interrupted { cancelled } => {
                     let _ = multi.println(format!(
-                        "interrupted: cancelled {cancelled} running node(s)"
+                        "interrupted: stopped {cancelled} running node(s); training nodes saved a checkpoint and resume from it on the next run"
                     ));
                 }
             },
@@ -177,7 +177,7 @@ fn lines(done: &mut usize, total: usize, e: &Event) {
             eprintln!("[{done:>4}/{total}] requeued {label}  ({why})")
         }
         Event::Interrupted { cancelled } => {
-            eprintln!("interrupted: cancelled {cancelled} running node(s)")
+            eprintln!("interrupted: stopped {cancelled} running node(s); training nodes saved a checkpoint and resume from it on the next run")
         }
     }
 }

@@ -195,6 +195,8 @@ fn plan_says_a_node_resumes_from_its_checkpoint() {
             "none",
             "--set",
             "defaults.epochs=3",
+            "--set",
+            "defaults.checkpoint_every='1 epoch'",
         ],
         &[("VTAB_ORCH_TEST_CRASH_AFTER_EPOCH", "2")],
     );

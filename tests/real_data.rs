@@ -93,7 +93,7 @@ fn imagefolder_runs_end_to_end_and_tracks_file_changes() {
     assert!(
         run.iter()
             .filter(|(k, _)| *k == "prep")
-            .all(|(_, r)| r.contains("source_digest")),
+            .all(|(_, r)| r.contains("files: 1 modified (red/000.png)")),
         "{run:?}"
     );
     assert_eq!(run.len(), 2 + 2 + 2, "2 prep + 2 train + 2 eval: {run:?}");

@@ -60,9 +60,18 @@ fn resume_after_a_crash_gives_identical_tensors() {
     );
     let ok = vtab(&["run", sa.to_str().unwrap(), "--gpus", "none"], &[]);
     assert!(ok.status.success(), "{}", stderr(&ok));
-    // The same suite, killed (abort) right after the epoch-2 checkpoint of the train node.
+    // The same suite, checkpointing every epoch, killed (abort) right after the epoch-2
+    // checkpoint of the train node.
+    let every_epoch = "defaults.checkpoint_every='1 epoch'";
     let crashed = vtab(
-        &["run", sb.to_str().unwrap(), "--gpus", "none"],
+        &[
+            "run",
+            sb.to_str().unwrap(),
+            "--gpus",
+            "none",
+            "--set",
+            every_epoch,
+        ],
         &[("VTAB_ORCH_TEST_CRASH_AFTER_EPOCH", "2")],
     );
     assert_eq!(crashed.status.code(), Some(1), "{}", stderr(&crashed));
@@ -71,7 +80,17 @@ fn resume_after_a_crash_gives_identical_tensors() {
             || std::fs::read_dir(b.join("store/train")).unwrap().count() == 0,
         "a crashed node must not look finished"
     );
-    let resumed = vtab(&["run", sb.to_str().unwrap(), "--gpus", "none"], &[]);
+    let resumed = vtab(
+        &[
+            "run",
+            sb.to_str().unwrap(),
+            "--gpus",
+            "none",
+            "--set",
+            every_epoch,
+        ],
+        &[],
+    );
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     let (ta, tb) = (
         only_entry(&a.join("store"), "train"),
@@ -106,6 +125,116 @@ fn resume_after_a_crash_gives_identical_tensors() {
 /// Two runs on one store sharing nodes: run x is held inside a shared node (paused after its
 /// first epoch, lease held) while run y starts, so y certainly meets the lease, waits, and
 /// then finds the node done; every node ran exactly once.
+/// The bytes of the one train node's weights in a store.
+fn trained(store: &Path) -> Vec<u8> {
+    std::fs::read(only_entry(store, "train").join("trainable.safetensors")).unwrap()
+}
+
+/// The default policy (every 10 minutes) writes no checkpoint in a run of seconds: a crash
+/// restarts the node from scratch, with the same result.
+#[test]
+fn the_default_policy_writes_no_checkpoint_in_a_short_run() {
+    let methods = "[methods.lora]\nr = 2\ntargets = \"q,v\"\n";
+    let (a, b) = (dir("policy-a"), dir("policy-b"));
+    let (sa, sb) = (
+        suite(&a, "s", &["shape"], methods, 4),
+        suite(&b, "s", &["shape"], methods, 4),
+    );
+    assert!(vtab(&["run", sa.to_str().unwrap(), "--gpus", "none"], &[])
+        .status
+        .success());
+    let crashed = vtab(
+        &["run", sb.to_str().unwrap(), "--gpus", "none"],
+        &[("VTAB_ORCH_TEST_CRASH_AFTER_EPOCH", "2")],
+    );
+    assert_eq!(crashed.status.code(), Some(1), "{}", stderr(&crashed));
+    let ckpts: Vec<_> = std::fs::read_dir(b.join("store/checkpoints"))
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        ckpts.iter().all(|d| !d.join("ckpt.safetensors").exists()),
+        "a checkpoint was written within seconds: {ckpts:?}"
+    );
+    let again = vtab(&["run", sb.to_str().unwrap(), "--gpus", "none"], &[]);
+    let err = stderr(&again);
+    assert!(again.status.success() && !err.contains("resumed"), "{err}");
+    assert!(trained(&a.join("store")) == trained(&b.join("store")));
+    std::fs::remove_dir_all(&a).ok();
+    std::fs::remove_dir_all(&b).ok();
+}
+
+/// Ctrl-C of a run (SIGINT to the driver) while its train node is paused after epoch 2: the
+/// driver asks the node to stop, the node checkpoints at the end of epoch 3 (though the time
+/// policy had not written one yet) and exits, removing its staging folder; the driver says
+/// so and exits 130, leaving no child behind; `plan` says the node resumes; the resumed run
+/// ends with identical weights.
+#[test]
+fn ctrl_c_checkpoints_the_running_node_and_the_next_run_resumes_it() {
+    let methods = "[methods.lora]\nr = 2\ntargets = \"q,v\"\n";
+    let (a, b) = (dir("ctrlc-a"), dir("ctrlc-b"));
+    let (sa, sb) = (
+        suite(&a, "s", &["shape"], methods, 4),
+        suite(&b, "s", &["shape"], methods, 4),
+    );
+    assert!(vtab(&["run", sa.to_str().unwrap(), "--gpus", "none"], &[])
+        .status
+        .success());
+    let marker = b.join("pause");
+    let run = Command::new(env!("CARGO_BIN_EXE_vtab-orch"))
+        .args(["run", sb.to_str().unwrap(), "--gpus", "none"])
+        .env(
+            "VTAB_ORCH_TEST_PAUSE_AFTER_EPOCH",
+            // Epoch 2: the backbone's 1-epoch pretraining never pauses.
+            format!("2:{}", marker.display()),
+        )
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let child = paused_child(&marker);
+    let key = exec_key(child);
+    let interrupt = Command::new("kill")
+        .args(["-INT", &run.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupt.success());
+    // The driver asks the paused node to stop (SIGTERM); the pause ends on it, and the node
+    // stops after its next epoch.
+    let out = run.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted: stopped 1 running node(s)"),
+        "{err}"
+    );
+    assert!(!alive(child), "the node's process is gone");
+    let store = b.join("store");
+    assert_eq!(staging_of(&store, &key), 0, "no staging folder left");
+    assert!(store
+        .join("checkpoints")
+        .join(&key)
+        .join("ckpt.safetensors")
+        .exists());
+    let plan = vtab(&["plan", sb.to_str().unwrap(), "--gpus", "none"], &[]);
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert!(
+        plan.contains("resumes after epoch 3 from its checkpoint"),
+        "{plan}"
+    );
+    let resumed = vtab(&["run", sb.to_str().unwrap(), "--gpus", "none"], &[]);
+    let err = stderr(&resumed);
+    assert!(resumed.status.success(), "{err}");
+    assert!(
+        err.contains("resumed from the checkpoint of epoch 3"),
+        "{err}"
+    );
+    assert!(
+        trained(&a.join("store")) == trained(&store),
+        "resumed weights differ"
+    );
+    std::fs::remove_dir_all(&a).ok();
+    std::fs::remove_dir_all(&b).ok();
+}
+
 #[test]
 fn concurrent_runs_never_execute_a_node_twice() {
     let d = dir("concurrent");

@@ -71,6 +71,7 @@ pub enum Outcome {
 /// process (kill -9 included) releases it. On failure the staging directory is removed (a
 /// full disk must not stay full of a failed node's partial outputs).
 pub fn exec(store_root: &Path, key: &str, spec: &Path, cpu: bool) -> nodes::Result<Outcome> {
+    crate::nodes::checkpoint::catch_stop_signals();
     let store = Store::open(store_root)?;
     let lease_path = lease_path(&store.root, key);
     std::fs::create_dir_all(lease_path.parent().expect("leases dir"))

@@ -268,10 +268,11 @@ impl TrainIdentity {
             precision: _, // resolved into `numerics`
             img_size: _,  // the prep input's key holds it
             augment,
-            sample_seed: _,     // the prep input's key holds it where it draws
-            train_split: _,     // the prep input's key holds it
-            eval_split: _,      // the eval node's prep input holds it
-            eval_batch_size: _, // evaluation only, and batching does not change results
+            sample_seed: _,      // the prep input's key holds it where it draws
+            train_split: _,      // the prep input's key holds it
+            eval_split: _,       // the eval node's prep input holds it
+            eval_batch_size: _,  // evaluation only, and batching does not change results
+            checkpoint_every: _, // resuming gives identical tensors (tested)
         } = opt;
         TrainIdentity {
             method: MethodIdentity::of(method),

@@ -1,5 +1,6 @@
 //! The training loop shared by build (pretraining) and train: seeded epochs over a split on
 //! the device, augmentation, per-epoch logs, atomic resumable checkpoints. No node I/O.
+use super::checkpoint::{AfterEpoch, Checkpoints};
 use super::{NodeError, Result};
 use kernels::accel::{memory_stats, reset_peak_memory, synchronize};
 use kernels::optim::AdamWConfig;
@@ -9,7 +10,7 @@ use kernels::AdaptedVit;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochLog {
@@ -80,92 +81,8 @@ pub fn random_resized_crop(x: &Tensor) -> Tensor {
     x.grid_sampler(&grid, 0, 1, false)
 }
 
-/// Resumable state at an epoch end, in one file replaced atomically (written, fsynced,
-/// renamed): `ckpt.safetensors` holds the trainable tensors (`param.<name>`), the optimiser
-/// state, and `meta.json` (this struct as UTF-8 bytes: epoch, optimiser step, epoch logs).
-/// The data order and flips of epoch e are drawn from a generator seeded by (seed, e), so a
-/// resumed run makes the same draws as an uninterrupted one.
-#[derive(Debug, Serialize, Deserialize)]
-struct Checkpoint {
-    epoch: u64,
-    step: u64,
-    logs: Vec<EpochLog>,
-}
-
-const CKPT: &str = "ckpt.safetensors";
-
-fn save_checkpoint(dir: &Path, trainer: &Trainer, logs: &[EpochLog], epoch: u64) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(super::io_err(dir))?;
-    let mut named: Vec<(String, Tensor)> = trainer
-        .model
-        .trainable()
-        .iter()
-        .map(|(n, t)| (format!("param.{n}"), t.detach().to_device(Device::Cpu)))
-        .collect();
-    named.extend(
-        trainer
-            .opt
-            .state()
-            .into_iter()
-            .map(|(n, t)| (n, t.to_device(Device::Cpu))),
-    );
-    let meta = serde_json::to_vec(&Checkpoint {
-        epoch,
-        step: trainer.step,
-        logs: logs.to_vec(),
-    })
-    .expect("serialisable");
-    named.push(("meta.json".into(), Tensor::from_slice(&meta)));
-    let tmp = dir.join(format!("{CKPT}.tmp"));
-    Tensor::write_safetensors(&named, &tmp)?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(super::io_err(&tmp))?;
-    std::fs::rename(&tmp, dir.join(CKPT)).map_err(super::io_err(dir))
-}
-
-/// Restores the checkpoint in `dir`; returns the epoch it ended and the logs so far. A
-/// missing checkpoint starts from scratch; so does an unreadable one, with a warning.
-fn load_checkpoint(dir: &Path, trainer: &mut Trainer) -> Result<Option<(u64, Vec<EpochLog>)>> {
-    let path = dir.join(CKPT);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let read = || -> Result<(Checkpoint, std::collections::BTreeMap<String, Tensor>)> {
-        let mut all = kernels::checkpoint::read_safetensors(&path)?;
-        let meta = all
-            .remove("meta.json")
-            .ok_or_else(|| NodeError::Failed("no meta.json".into()))?;
-        let bytes: Vec<u8> = Vec::try_from(meta)?;
-        let meta: Checkpoint =
-            serde_json::from_slice(&bytes).map_err(|e| NodeError::Failed(e.to_string()))?;
-        Ok((meta, all))
-    };
-    let (meta, mut all) = match read() {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!(
-                "warning: ignoring unreadable checkpoint {}: {e}",
-                path.display()
-            );
-            return Ok(None);
-        }
-    };
-    let params = all
-        .iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix("param.")
-                .map(|n| (n.to_string(), v.shallow_clone()))
-        })
-        .collect();
-    trainer.model.load_trainable_map(params, &path)?;
-    all.retain(|k, _| !k.starts_with("param."));
-    trainer.opt.load_state(&all)?;
-    trainer.step = meta.step;
-    Ok(Some((meta.epoch, meta.logs)))
-}
-
-/// Test hook standing in for `kill -9`: abort right after checkpointing this epoch.
+/// Test hook standing in for `kill -9`: abort right after this epoch (and its checkpoint,
+/// if the policy wrote one; the write in flight is waited for).
 const CRASH_AFTER_EPOCH: &str = "VTAB_ORCH_TEST_CRASH_AFTER_EPOCH";
 /// Test hook: sleep this many milliseconds after each epoch's checkpoint, so that a test
 /// can cancel or requeue a node mid-way (tiny test models train in milliseconds).
@@ -173,8 +90,9 @@ const EPOCH_DELAY_MS: &str = "VTAB_ORCH_TEST_EPOCH_DELAY_MS";
 
 /// Test hook, `VTAB_ORCH_TEST_PAUSE_AFTER_EPOCH=EPOCH:MARKER`: the first process to create
 /// the file MARKER (others go on) writes its pid into it after EPOCH's checkpoint and waits
-/// until `MARKER.go` exists. A test then acts while a node is certainly mid-run (its staging
-/// directory and lease live), however fast or slow the machine is.
+/// until `MARKER.go` exists or the process is asked to stop (a stop signal, see
+/// `checkpoint.rs`). A test then acts while a node is certainly mid-run (its staging directory
+/// and lease live), however fast or slow the machine is.
 const PAUSE_AFTER_EPOCH: &str = "VTAB_ORCH_TEST_PAUSE_AFTER_EPOCH";
 
 fn pause_for_test(epoch: u64) {
@@ -194,20 +112,21 @@ fn pause_for_test(epoch: u64) {
     let _ = write!(f, "{}", std::process::id());
     drop(f);
     let go = format!("{marker}.go");
-    while !Path::new(&go).exists() {
+    while !Path::new(&go).exists() && !super::checkpoint::stop_requested() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
-/// Trains `model` on (images u8, labels) already on the device. With `ckpt_dir`, resumes
-/// from the checkpoint found there and writes one at every epoch end.
+/// Trains `model` on (images u8, labels) already on the device. With `checkpoints`, resumes
+/// from the checkpoint found there and writes them as its policy says (and stops, with a
+/// checkpoint, when the process is asked to).
 pub fn fit(
     model: AdaptedVit,
     images: &Tensor,
     labels: &Tensor,
     c: &FitConfig,
     seed: u64,
-    ckpt_dir: Option<&Path>,
+    mut checkpoints: Option<Checkpoints>,
 ) -> Result<(AdaptedVit, Vec<EpochLog>)> {
     let device = images.device();
     let n = images.size()[0];
@@ -228,8 +147,8 @@ pub fn fit(
         precision: c.precision,
     };
     let mut trainer = Trainer::new(model, cfg);
-    let (done, mut logs) = match ckpt_dir {
-        Some(dir) => load_checkpoint(dir, &mut trainer)?.unwrap_or_default(),
+    let (done, mut logs) = match checkpoints.as_mut() {
+        Some(ck) => ck.restore(&mut trainer)?.unwrap_or_default(),
         None => (0, Vec::new()),
     };
     if done > 0 {
@@ -292,11 +211,19 @@ pub fn fit(
             serde_json::json!({"epoch": epoch, "epochs": c.epochs, "loss": loss, "img_s": log.img_s}),
         );
         logs.push(log);
-        if let Some(dir) = ckpt_dir {
-            save_checkpoint(dir, &trainer, &logs, epoch)?;
+        if let Some(ck) = checkpoints.as_mut() {
+            if ck.after_epoch(&trainer, &logs, epoch, c.epochs)? == AfterEpoch::Stop {
+                return Err(NodeError::Failed(format!(
+                    "stopped by a signal after epoch {epoch} of {}; its checkpoint is saved and the next run resumes from it",
+                    c.epochs
+                )));
+            }
         }
         pause_for_test(epoch);
         if crash_after == Some(epoch) {
+            if let Some(ck) = checkpoints.as_mut() {
+                ck.finish()?;
+            }
             std::process::abort();
         }
         if let Some(ms) = std::env::var(EPOCH_DELAY_MS)
@@ -306,12 +233,16 @@ pub fn fit(
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
     }
+    if let Some(ck) = checkpoints.as_mut() {
+        ck.finish()?;
+    }
     Ok((trainer.model, logs))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Device;
 
     #[test]
     fn random_resized_crops_stay_inside_and_differ_per_image() {

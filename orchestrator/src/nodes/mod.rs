@@ -1,6 +1,7 @@
 //! Node executors, one file per kind. Each runs inside `vtab-orch exec` (a child process),
 //! writes its artifacts into a staging directory and returns; the caller commits.
 pub mod build;
+pub mod checkpoint;
 pub mod eval;
 pub mod fit;
 pub mod prep;

@@ -1,5 +1,6 @@
 //! train: adapts the backbone to a prepared split (method + optimisation + seed) and saves
 //! the trainable tensors and a per-epoch log. The training loop itself lives in `fit`.
+use super::checkpoint::Checkpoints;
 use super::fit::{fit, EpochLog, FitConfig};
 use super::{write_json, NodeError, Result};
 use crate::graph::{BuildNode, TrainNode};
@@ -136,7 +137,8 @@ pub fn run(
         mean: b.mean,
         std: b.std,
     };
-    let (model, epochs) = fit(model, &images, &labels, &c, t.seed, Some(ckpt_dir))?;
+    let checkpoints = Checkpoints::new(ckpt_dir, t.opt.checkpoint_every);
+    let (model, epochs) = fit(model, &images, &labels, &c, t.seed, Some(checkpoints))?;
     model.save_trainable(&out.join(TRAINABLE))?;
     let log = TrainLog {
         epochs,

@@ -185,18 +185,36 @@ impl Launcher for LocalLauncher {
             .map_or_else(|| "?".into(), |r| r.slot.to_string())
     }
 
+    /// Asks every running node to stop (SIGTERM: a training node writes a checkpoint at
+    /// the end of its epoch and exits, removing its staging folder), waits up to
+    /// `STOP_GRACE` for them, then kills what is left.
     fn cancel_all(&mut self) -> usize {
+        let running: Vec<_> = std::mem::take(&mut self.running).into_values().collect();
         let mut n = 0;
-        for r in std::mem::take(&mut self.running).into_values() {
-            let mut c = r.child.lock().expect("child lock");
-            if matches!(c.try_wait(), Ok(None)) && c.kill().is_ok() {
-                let _ = c.wait();
+        for r in &running {
+            let c = r.child.lock().expect("child lock");
+            // SAFETY: kill(2) on the pid of a child we have not reaped yet.
+            if unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) } == 0 {
                 n += 1;
             }
+        }
+        let t0 = std::time::Instant::now();
+        for r in &running {
+            let mut c = r.child.lock().expect("child lock");
+            while matches!(c.try_wait(), Ok(None)) && t0.elapsed() < STOP_GRACE {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
         }
         n
     }
 }
+
+/// How long stopped nodes get to checkpoint and exit before they are killed.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[cfg(test)]
 #[path = "local_tests.rs"]

@@ -28,6 +28,45 @@ pub struct Opt {
     pub train_split: Split,
     pub eval_split: Split,
     pub eval_batch_size: i64,
+    /// How often a training node writes its resumable checkpoint (not part of any key).
+    pub checkpoint_every: CheckpointEvery,
+}
+
+/// A training node's checkpoint policy: `"10m"`, `"30s"`, `"1h"` of wall time since the
+/// last one, or `"1 epoch"`, `"5 epochs"`. A node also checkpoints when it is asked to stop
+/// (Ctrl-C, SIGTERM, Slurm's preemption signal), and never after its last epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointEvery {
+    Seconds(f64),
+    Epochs(u64),
+}
+
+impl std::str::FromStr for CheckpointEvery {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("`{s}`: expected a duration such as \"10m\", \"30s\", \"1h\" or a count such as \"1 epoch\", \"5 epochs\"")
+        };
+        let t = s.trim();
+        if let Some(n) = t.strip_suffix("epochs").or_else(|| t.strip_suffix("epoch")) {
+            return match n.trim().parse::<u64>() {
+                Ok(n) if n >= 1 => Ok(CheckpointEvery::Epochs(n)),
+                _ => Err(bad()),
+            };
+        }
+        let (num, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).ok_or_else(bad)?);
+        let scale = match unit {
+            "s" => 1.0,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        match num.trim().parse::<f64>() {
+            Ok(x) if x.is_finite() && x >= 0.0 => Ok(CheckpointEvery::Seconds(x * scale)),
+            _ => Err(bad()),
+        }
+    }
 }
 
 impl Default for Opt {
@@ -48,11 +87,12 @@ impl Default for Opt {
             train_split: Split::Train800val200,
             eval_split: Split::Test,
             eval_batch_size: 256,
+            checkpoint_every: CheckpointEvery::Seconds(600.0),
         }
     }
 }
 
-pub(super) const OPT_KEYS: [&str; 15] = [
+pub(super) const OPT_KEYS: [&str; 16] = [
     "epochs",
     "batch_size",
     "lr",
@@ -68,6 +108,7 @@ pub(super) const OPT_KEYS: [&str; 15] = [
     "train_split",
     "eval_split",
     "eval_batch_size",
+    "checkpoint_every",
 ];
 
 impl Parser {
@@ -119,6 +160,14 @@ impl Parser {
                     self.enum_of(key, v, "one of \"auto\", \"fp32\", \"bf16\", \"tf32\"")
                 {
                     opt.precision = p;
+                }
+            }
+            "checkpoint_every" => {
+                if let Some(text) = self.str(key, v) {
+                    match text.parse() {
+                        Ok(c) => opt.checkpoint_every = c,
+                        Err(e) => self.err(key, e),
+                    }
                 }
             }
             "augment" => {

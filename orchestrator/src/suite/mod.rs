@@ -21,7 +21,7 @@ mod layers;
 mod methods;
 mod parser;
 
-pub use defaults::Opt;
+pub use defaults::{CheckpointEvery, Opt};
 pub use diagnostic::{Diagnostic, Origin, Problem, SuiteError};
 pub use inputs::check_inputs;
 pub use layers::load_with_env;
