@@ -301,11 +301,16 @@ pub fn run(a: RunArgs) -> Result<i32> {
 
 pub fn exec(a: ExecArgs) -> Result<i32> {
     use orchestrator::exec::Outcome;
-    match orchestrator::exec::exec(&a.store, &a.key, &a.spec, a.cpu)
-        .with_context(|| format!("node {}", a.key))?
-    {
-        Outcome::Leased => Ok(sched::EXIT_LEASED),
-        Outcome::Done | Outcome::AlreadyDone => Ok(0),
+    let outcome = orchestrator::exec::exec(&a.store, &a.key, &a.spec, a.cpu)
+        .with_context(|| format!("node {}", a.key));
+    match outcome {
+        Ok(Outcome::Leased) => Ok(sched::EXIT_LEASED),
+        Ok(Outcome::Done | Outcome::AlreadyDone) => Ok(0),
+        Err(e) => {
+            // Also on the progress channel (a pipe): the log may be on a disk that is full.
+            orchestrator::nodes::progress(serde_json::json!({ "error": format!("{e:#}") }));
+            Err(e)
+        }
     }
 }
 

@@ -199,6 +199,35 @@ fn an_oom_child_fails_only_its_node_with_a_hint() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A node that fails on a full disk cannot write why into its log (on the same disk); the
+/// reason it sent on its progress pipe is shown instead.
+#[test]
+fn a_failure_reason_reaches_the_summary_when_the_log_cannot_hold_it() {
+    let dir = tmp("nolog");
+    let exe = fake_exe(
+        &dir,
+        "echo '{\"error\": \"No space left on device (os error 28)\"}'\nexit 1",
+    );
+    let g = graph(&dir);
+    let store = Store::open(&dir.join("store")).unwrap();
+    let mut events = Vec::new();
+    let mut l = launcher(&dir, exe, &[]);
+    run(&g, &store, &mut l, &mut |e| events.push(e.clone()));
+    let failed: Vec<&String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Failed { tail, .. } => Some(tail),
+            _ => None,
+        })
+        .collect();
+    assert!(!failed.is_empty());
+    assert!(
+        failed.iter().all(|t| t.contains("No space left on device")),
+        "{failed:?}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// A node whose lease another run holds is not respawned in a loop: the parent waits on the
 /// flock and spawns it once more when it is free.
 #[test]

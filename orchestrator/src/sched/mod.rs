@@ -142,6 +142,7 @@ pub fn run(
         },
         began: BTreeMap::new(),
         announced: BTreeSet::new(),
+        errors: BTreeMap::new(),
         leases: lease::Waiter::new(store),
     };
     d.go(launcher);
@@ -158,6 +159,9 @@ struct Driver<'a> {
     began: BTreeMap<String, Instant>,
     /// Nodes whose wait on another run's lease was reported.
     announced: BTreeSet<String>,
+    /// The error a node reported on its progress channel before failing: its log may not
+    /// hold it (a full disk cannot take the log line that says so).
+    errors: BTreeMap<String, String>,
     leases: lease::Waiter,
 }
 
@@ -261,6 +265,10 @@ impl Driver<'_> {
                 let label = self.label(&key);
                 let data: serde_json::Value =
                     serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
+                if let Some(e) = data.get("error").and_then(|e| e.as_str()) {
+                    self.errors.insert(key, e.to_string());
+                    return;
+                }
                 if data.get("started").is_some() {
                     if self.began.contains_key(&key) {
                         return; // a requeued job starting again: already reported
@@ -324,6 +332,11 @@ impl Driver<'_> {
         } else {
             let log = self.store.root.join("logs").join(format!("{key}.log"));
             let mut tail = log_tail(&log);
+            if let Some(e) = self.errors.remove(key) {
+                if !tail.contains(&e) {
+                    tail = format!("{tail}\nerror: {e}").trim_start().to_string();
+                }
+            }
             if let Some(n) = note {
                 tail = format!("{tail}\n{n}");
             }
