@@ -400,7 +400,10 @@ pub fn gc(a: GcArgs) -> Result<i32> {
         .into_iter()
         .filter(|r| !named.contains(&r.path))
         .map(|r| {
-            let n = unreachable.iter().filter(|(_, k)| r.keys.contains(k)).count();
+            let n = unreachable
+                .iter()
+                .filter(|(_, k)| r.keys.contains(k))
+                .count();
             (r, n)
         })
         .filter(|(_, n)| *n > 0)

@@ -136,7 +136,12 @@ fn default_suite_runs_caches_and_reruns_only_what_changed() {
         );
     }
     assert_eq!(lines.count(), runs);
-    for f in ["table.csv", "per_class.csv", "plots/plot_shape.svg", "plots/curves_shape.svg"] {
+    for f in [
+        "table.csv",
+        "per_class.csv",
+        "plots/plot_shape.svg",
+        "plots/curves_shape.svg",
+    ] {
         assert!(reports.join(f).exists(), "{f}");
     }
 

@@ -210,7 +210,11 @@ fn report_marks_official_lists_comparable_and_places_the_reference_beside_them()
         .expect("a vtab1k_comparable column");
     for row in rows.records() {
         let row = row.unwrap();
-        let want = if &row[0] == "official" { "true" } else { "false" };
+        let want = if &row[0] == "official" {
+            "true"
+        } else {
+            "false"
+        };
         assert_eq!(&row[col], want, "{row:?}");
     }
 

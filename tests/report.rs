@@ -81,13 +81,19 @@ fn two_studies_share_a_store_but_not_their_reports() {
     let o = vtab(&["report", a_s]);
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("nothing to report") && err.contains("vtab-orch run"), "{err}");
+    assert!(
+        err.contains("nothing to report") && err.contains("vtab-orch run"),
+        "{err}"
+    );
     assert!(!d.join("results").exists(), "nothing written");
 
     ok(&vtab(&["run", a_s, "--gpus", "none"]));
     ok(&vtab(&["run", b_s, "--gpus", "none"]));
     let md = ok(&vtab(&["report", a_s]));
-    assert!(md.contains("| bitfit lr=0.01 |"), "labels show the table's settings:\n{md}");
+    assert!(
+        md.contains("| bitfit lr=0.01 |"),
+        "labels show the table's settings:\n{md}"
+    );
     ok(&vtab(&["report", b_s]));
     let (ra, rb) = (
         d.join("results/reports/study_a"),
@@ -143,7 +149,10 @@ fn two_studies_share_a_store_but_not_their_reports() {
         "gpu_hours",
         "best_config",
     ] {
-        assert!(header.contains(&col), "summary.csv lacks `{col}`: {header:?}");
+        assert!(
+            header.contains(&col),
+            "summary.csv lacks `{col}`: {header:?}"
+        );
     }
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     assert_eq!(rows.len(), 2);

@@ -143,7 +143,11 @@ pub fn settings(t: &TrainNode, backbone: &str) -> BTreeMap<String, String> {
         eval_split,
         eval_batch_size: _, // not semantic: batching does not change results
     } = &t.opt;
-    let split = |s| serde_json::to_value(s).map_or(String::new(), |v| v.as_str().unwrap_or_default().to_string());
+    let split = |s| {
+        serde_json::to_value(s).map_or(String::new(), |v| {
+            v.as_str().unwrap_or_default().to_string()
+        })
+    };
     let mut out: BTreeMap<String, String> = [
         ("numerics", t.numerics.to_string()),
         ("backbone", backbone.to_string()),
@@ -167,12 +171,8 @@ pub fn settings(t: &TrainNode, backbone: &str) -> BTreeMap<String, String> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let targets = |ts: &[kernels::Target]| {
-        ts.iter()
-            .map(|t| t.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
+    let targets =
+        |ts: &[kernels::Target]| ts.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",");
     let mut put = |k: &str, v: String| {
         out.insert(k.to_string(), v);
     };

@@ -189,7 +189,6 @@ impl std::fmt::Display for Format {
     }
 }
 
-
 /// Parameter count for people: `76.9K`, `0.30M`, `85.80M`, `1.20B`.
 fn human_count(n: f64) -> String {
     match n.abs() {

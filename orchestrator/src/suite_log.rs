@@ -40,7 +40,9 @@ fn file_for(store_root: &Path, name: &str, path: &Path) -> PathBuf {
         })
         .collect();
     let id = blake3::hash(path.to_string_lossy().as_bytes()).to_hex();
-    store_root.join(DIR).join(format!("{stem}-{}.json", &id[..8]))
+    store_root
+        .join(DIR)
+        .join(format!("{stem}-{}.json", &id[..8]))
 }
 
 /// Adds `keys` to the record of the suite file `suite_path` (named `name`) in the store at

@@ -135,9 +135,7 @@ pub(super) fn summary_rows(records: &[RunRecord], table: &Table) -> Vec<Vec<Stri
 pub(super) fn table_rows(table: &Table) -> Vec<Vec<String>> {
     let mut header = vec!["config".to_string(), "method".to_string()];
     for ds in &table.datasets {
-        header.extend(
-            ["mean", "std", "n", "trainable", "best"].map(|c| format!("{ds}_{c}")),
-        );
+        header.extend(["mean", "std", "n", "trainable", "best"].map(|c| format!("{ds}_{c}")));
     }
     header.extend(
         [

@@ -8,7 +8,6 @@ use super::svg::{frame, nice_step, open, palette, x_title, xml_escape, y_grid, y
 use super::table::group;
 use super::{file_stem, ReportError, RunRecord};
 
-const W: f64 = 980.0;
 const PANEL_W: f64 = 330.0;
 const TOP: f64 = 50.0;
 const PANEL_H: f64 = 300.0;
@@ -22,23 +21,29 @@ struct Series<'a> {
     config: &'a str,
 }
 
-/// One panel: every series as a polyline over [1, epochs] x [0, ymax].
+/// One panel: every series as a polyline over [1, epochs]; the y axis from 0 (learning rate,
+/// `sci` labels) or zoomed to the values (loss: only its shape matters).
 fn panel(s: &mut String, x0: f64, title: &str, series: &[Series], epochs: f64, sci: bool) {
     let (x1, y0, y1) = (x0 + PANEL_W, TOP, TOP + PANEL_H);
-    let ymax = series
-        .iter()
-        .flat_map(|r| r.points.iter().map(|p| p.1))
-        .fold(0.0f64, f64::max);
-    let step = nice_step((ymax / 5.0).max(1e-12));
-    let yhi = (ymax / step).ceil().max(1.0) * step;
-    let sx = |e: f64| x0 + (e - 1.0) / (epochs - 1.0).max(1.0) * (x1 - x0);
-    let sy = |v: f64| y1 - v / yhi * (y1 - y0);
-    let fmt = |v: f64| match sci {
-        true if v != 0.0 => format!("{v:.0e}"),
-        _ if step >= 1.0 => format!("{v:.0}"),
-        _ => format!("{v:.2}"),
+    let values = || series.iter().flat_map(|r| r.points.iter().map(|p| p.1));
+    let ymax = values().fold(0.0f64, f64::max);
+    let ymin = if sci {
+        0.0
+    } else {
+        values().fold(f64::INFINITY, f64::min).min(ymax)
     };
-    y_grid(s, (x0, x1), sy, 0.0, yhi, step, fmt);
+    let step = nice_step(((ymax - ymin) / 5.0).max(ymax.abs() * 1e-3).max(1e-12));
+    let ylo = (ymin / step).floor() * step;
+    let yhi = ((ymax / step).ceil() * step).max(ylo + step);
+    let sx = |e: f64| x0 + (e - 1.0) / (epochs - 1.0).max(1.0) * (x1 - x0);
+    let sy = |v: f64| y1 - (v - ylo) / (yhi - ylo) * (y1 - y0);
+    let digits = (-step.log10().floor()).max(0.0) as usize;
+    let fmt = |v: f64| match sci {
+        _ if v == 0.0 => "0".to_string(),
+        true => format!("{v:.0e}"),
+        false => format!("{v:.digits$}"),
+    };
+    y_grid(s, (x0, x1), sy, ylo, yhi, step, fmt);
     frame(s, x0, y0, x1, y1);
     let estep = nice_step((epochs / 8.0).max(1.0)).max(1.0);
     let _ = writeln!(s, r#"<g font-size="11">"#);
@@ -110,15 +115,32 @@ fn svg_curves(dataset: &str, runs: &[(&str, Vec<&RunRecord>)]) -> String {
             })
             .collect()
     };
+    // Room on the right for the longest configuration name.
+    let longest = runs.iter().map(|(c, _)| c.chars().count()).max().unwrap_or(0);
+    let w = 480.0 + PANEL_W + 50.0 + (longest.max(28) as f64) * 5.8;
     let mut s = String::new();
     open(
         &mut s,
-        W,
+        w,
         H,
         &format!("{dataset}: training loss and learning rate per epoch"),
     );
-    panel(&mut s, 70.0, "training loss", &series(|p| p.loss), epochs, false);
-    panel(&mut s, 480.0, "learning rate", &series(|p| p.lr), epochs, true);
+    panel(
+        &mut s,
+        70.0,
+        "training loss",
+        &series(|p| p.loss),
+        epochs,
+        false,
+    );
+    panel(
+        &mut s,
+        480.0,
+        "learning rate",
+        &series(|p| p.lr),
+        epochs,
+        true,
+    );
     let x = 480.0 + PANEL_W + 20.0;
     let _ = writeln!(
         s,

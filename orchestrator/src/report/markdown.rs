@@ -149,7 +149,8 @@ fn markdown(table: &Table) -> String {
 
 /// Trainable parameters per dataset, head included (heads follow each dataset's classes).
 fn trainable_table(table: &Table) -> String {
-    let mut s = String::from("Trainable parameters per dataset (head included, % of the model):\n\n");
+    let mut s =
+        String::from("Trainable parameters per dataset (head included, % of the model):\n\n");
     let mut header = vec!["config".to_string()];
     header.extend(table.datasets.iter().map(|d| md_escape(d)));
     line(&mut s, &header);

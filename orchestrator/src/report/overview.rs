@@ -8,9 +8,9 @@ use super::plot::chance;
 use super::svg::{frame, open, palette, percent_range, x_title, xml_escape};
 use super::{cell_text, ReportError, RunRecord, Table};
 
-const W: f64 = 900.0;
+const W: f64 = 940.0;
 const LEFT: f64 = 230.0;
-const RIGHT: f64 = 170.0;
+const RIGHT: f64 = 210.0;
 const TOP: f64 = 50.0;
 const ROW: f64 = 22.0;
 
@@ -52,8 +52,13 @@ fn svg_overview(table: &Table, classes: &[i64]) -> String {
     let (xlo, xhi, step) = percent_range(lo, hi, min_chance);
     let sx = |v: f64| px0 + (v - xlo) / (xhi - xlo) * (px1 - px0);
     let mut s = String::new();
-    open(&mut s, W, h, "top-1 of every configuration on every dataset");
-    let n = ((xhi - xlo) / step).round() as i32;
+    open(
+        &mut s,
+        W,
+        h,
+        "top-1 of every configuration on every dataset",
+    );
+    let n = ((xhi - xlo) / step + 1e-9).floor() as i32;
     let _ = writeln!(s, r##"<g stroke="#ddd">"##);
     for i in 0..=n {
         let x = sx(xlo + i as f64 * step);

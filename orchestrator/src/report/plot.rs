@@ -83,7 +83,9 @@ fn svg_plot(dataset: &str, points: &[Point], classes: i64) -> String {
         );
     }
     s.push_str("</g>\n");
-    y_grid(&mut s, (px0, px1), sy, ylo, yhi, step, |v| format!("{v:.0}"));
+    y_grid(&mut s, (px0, px1), sy, ylo, yhi, step, |v| {
+        format!("{v:.0}")
+    });
     frame(&mut s, px0, py0, px1, py1);
     let _ = writeln!(s, r#"<g font-size="11">"#);
     for (l, label, _) in log_ticks(vlo, vhi) {
@@ -112,8 +114,12 @@ fn svg_plot(dataset: &str, points: &[Point], classes: i64) -> String {
             r##"<line class="chance" x1="{px0:.1}" y1="{y:.1}" x2="{px1:.1}" y2="{y:.1}" stroke="#555" stroke-dasharray="5 4"/>"##
         );
     }
-    // Points: error bar, marker (with a tooltip), label.
+    // Points: error bar, marker (with a tooltip), label (off every marker).
     let mut labels = Labels::default();
+    for (p, l) in points.iter().zip(&lx) {
+        let (x, y) = (sx(*l), sy(p.cell.mean));
+        labels.block(x - 5.0, x + 5.0, y - 5.0, y + 5.0);
+    }
     for (p, l) in points.iter().zip(&lx) {
         let (x, y) = (sx(*l), sy(p.cell.mean));
         let colour = family_colour(&p.method);
@@ -133,7 +139,15 @@ fn svg_plot(dataset: &str, points: &[Point], classes: i64) -> String {
             xml_escape(&cell_text(&p.cell)),
             human_count(p.trainable)
         );
-        let (tx, ty) = labels.place(x + 7.0, y - 4.0, p.config.chars().count(), 9.0);
+        let ((tx, ty), moved) = labels.place_near(x, y, p.config.chars().count(), 9.0);
+        if moved {
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.1}" y1="{y:.1}" x2="{:.1}" y2="{:.1}" stroke="#999" stroke-width="0.6"/>"##,
+                tx - 1.0,
+                ty - 3.0
+            );
+        }
         let _ = writeln!(
             s,
             r#"<text x="{tx:.1}" y="{ty:.1}" font-size="9">{}</text>"#,

@@ -109,8 +109,8 @@ pub(crate) fn markdown_notes(records: &[RunRecord]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{records, subsets_of};
     use super::super::csv_out::summary_rows;
+    use super::super::tests::{records, subsets_of};
     use super::super::{build_table, render, Format};
     use super::*;
 

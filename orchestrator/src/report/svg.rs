@@ -75,7 +75,11 @@ pub(super) fn percent_range(lo: f64, hi: f64, chance: f64) -> (f64, f64, f64) {
         yhi = (ylo + 20.0).min(100.0);
         ylo = yhi - 20.0;
     }
-    (ylo, yhi, nice_step((yhi - ylo) / 6.0))
+    // Ticks at multiples of the step (5, 10 or 20: each divides 100, so the top stays <= 100).
+    let step = nice_step((yhi - ylo) / 6.0);
+    let ylo = (ylo / step).floor() * step;
+    let yhi = ((yhi / step).ceil() * step).min(100.0);
+    (ylo, yhi, step)
 }
 
 /// Ticks of a log10 axis over [lo, hi] (log10 values): every decade, and also 2x and 5x of
@@ -94,7 +98,11 @@ pub(super) fn log_ticks(lo: f64, hi: f64) -> Vec<(f64, String, bool)> {
             let labelled = m == 1 || (minor_labels && (m == 2 || m == 5));
             out.push((
                 l,
-                if labelled { count_label(v) } else { String::new() },
+                if labelled {
+                    count_label(v)
+                } else {
+                    String::new()
+                },
                 m == 1,
             ));
         }
@@ -102,31 +110,63 @@ pub(super) fn log_ticks(lo: f64, hi: f64) -> Vec<(f64, String, bool)> {
     out
 }
 
-/// Places text labels so they do not overlap: each label starts where asked and moves down
-/// in steps of its height until it is clear of the labels placed before it.
+/// Places text labels so they do not overlap each other or the blocked areas (markers):
+/// beside the point (right above, right below, left above, left below), else stepping down
+/// from right above until clear.
 #[derive(Default)]
 pub(super) struct Labels {
     boxes: Vec<(f64, f64, f64, f64)>,
 }
 
 impl Labels {
-    /// Where to draw a label of `chars` characters (font size `size`) wanted at (x, y).
-    pub(super) fn place(&mut self, x: f64, y: f64, chars: usize, size: f64) -> (f64, f64) {
+    /// Keeps labels off the box (x0, x1, y0, y1), e.g. a marker.
+    pub(super) fn block(&mut self, x0: f64, x1: f64, y0: f64, y1: f64) {
+        self.boxes.push((x0, x1, y0, y1));
+    }
+
+    fn clear(&self, x: f64, y: f64, w: f64, h: f64) -> bool {
+        !self
+            .boxes
+            .iter()
+            .any(|(x0, x1, y0, y1)| x < *x1 && x + w > *x0 && y - h < *y1 && y > *y0)
+    }
+
+    /// Where to draw (baseline start) a label of `chars` characters (font size `size`) for a
+    /// point at (x, y), and whether it had to move away from the point (it then needs a
+    /// leader line).
+    pub(super) fn place_near(
+        &mut self,
+        x: f64,
+        y: f64,
+        chars: usize,
+        size: f64,
+    ) -> ((f64, f64), bool) {
         let w = chars as f64 * size * 0.58;
         let h = size + 1.0;
-        let mut y = y;
-        for _ in 0..40 {
-            let clash = self
-                .boxes
-                .iter()
-                .any(|(x0, x1, y0, y1)| x < *x1 && x + w > *x0 && y - h < *y1 && y > *y0);
-            if !clash {
-                break;
+        let candidates = [
+            (x + 7.0, y - 4.0),
+            (x + 7.0, y + h + 2.0),
+            (x - 7.0 - w, y - 4.0),
+            (x - 7.0 - w, y + h + 2.0),
+        ];
+        let (mut lx, mut ly) = candidates[0];
+        let moved = match candidates.iter().find(|(cx, cy)| self.clear(*cx, *cy, w, h)) {
+            Some(c) => {
+                (lx, ly) = *c;
+                false
             }
-            y += h;
-        }
-        self.boxes.push((x, x + w, y - h, y));
-        (x, y)
+            None => {
+                for _ in 0..40 {
+                    if self.clear(lx, ly, w, h) {
+                        break;
+                    }
+                    ly += h;
+                }
+                true
+            }
+        };
+        self.boxes.push((lx, lx + w, ly - h, ly));
+        ((lx, ly), moved)
     }
 }
 
@@ -176,7 +216,6 @@ pub(super) fn x_title(s: &mut String, x0: f64, x1: f64, y: f64, text: &str) {
 }
 
 /// Horizontal grid lines and labels for a linear y axis from `lo` to `hi` every `step`.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn y_grid(
     s: &mut String,
     (x0, x1): (f64, f64),
@@ -186,7 +225,7 @@ pub(super) fn y_grid(
     step: f64,
     fmt: impl Fn(f64) -> String,
 ) {
-    let n = ((hi - lo) / step).round() as i32;
+    let n = ((hi - lo) / step + 1e-9).floor() as i32;
     let _ = writeln!(s, r##"<g stroke="#ddd" stroke-width="1">"##);
     for i in 0..=n {
         let y = sy(lo + i as f64 * step);
@@ -240,16 +279,33 @@ mod tests {
         assert_eq!(percent_range(99.0, 100.0, 95.0), (80.0, 100.0, 5.0));
         let (lo, hi, _) = percent_range(40.0, 110.0, 25.0);
         assert_eq!((lo, hi), (20.0, 100.0));
+        // Ticks start at a multiple of the step, so the last tick is 100, not 110.
+        assert_eq!(percent_range(74.0, 92.6, 12.5), (0.0, 100.0, 20.0));
+        for (lo, hi, ch) in [(33.0, 47.0, 2.0), (61.0, 99.0, 50.0), (5.0, 7.0, 1.0)] {
+            let (a, b, step) = percent_range(lo, hi, ch);
+            assert!(a <= lo.min(ch) && b >= hi && b <= 100.0 && b - a >= 20.0);
+            assert_eq!((a / step).fract(), 0.0);
+            assert_eq!(((b - a) / step).fract(), 0.0, "{a} {b} {step}");
+        }
     }
 
     #[test]
     fn labels_do_not_overlap() {
         let mut l = Labels::default();
-        let a = l.place(10.0, 50.0, 10, 9.0);
-        let b = l.place(12.0, 52.0, 10, 9.0);
-        assert_eq!(a, (10.0, 50.0));
-        assert!(b.1 >= a.1 + 10.0, "{b:?}");
-        // Far away: left where asked.
-        assert_eq!(l.place(300.0, 50.0, 5, 9.0), (300.0, 50.0));
+        let a = l.place_near(100.0, 50.0, 10, 9.0).0;
+        assert!(!l.place_near(100.0, 200.0, 3, 9.0).1, "beside: no leader line");
+        assert_eq!(a, (107.0, 46.0), "right above the point");
+        // A second point close by: its label goes below its point instead.
+        let b = l.place_near(102.0, 52.0, 10, 9.0).0;
+        assert_eq!(b, (109.0, 64.0));
+        // A blocked area (a marker) is avoided too.
+        l.block(300.0, 400.0, 0.0, 100.0);
+        let c = l.place_near(290.0, 50.0, 5, 9.0).0;
+        assert!(c.0 + 5.0 * 9.0 * 0.58 <= 300.0, "{c:?}");
+        // Far away: where asked.
+        assert_eq!(l.place_near(600.0, 50.0, 5, 9.0).0, (607.0, 46.0));
+        // Crowded: after the four spots beside a point are taken, the label moves (leader line).
+        let moved: Vec<bool> = (0..5).map(|_| l.place_near(800.0, 50.0, 5, 9.0).1).collect();
+        assert_eq!(moved, [false, false, false, false, true]);
     }
 }

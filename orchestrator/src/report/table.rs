@@ -158,9 +158,7 @@ pub(super) fn cell_of(records: &[&RunRecord]) -> Cell {
 
 /// Records grouped by configuration, then dataset. Every record counts, so a seed that was
 /// recorded twice counts twice; the store's content hashing keeps that from happening.
-pub(super) fn group(
-    records: &[RunRecord],
-) -> BTreeMap<RowKey, BTreeMap<&str, Vec<&RunRecord>>> {
+pub(super) fn group(records: &[RunRecord]) -> BTreeMap<RowKey, BTreeMap<&str, Vec<&RunRecord>>> {
     let mut groups: BTreeMap<RowKey, BTreeMap<&str, Vec<&RunRecord>>> = BTreeMap::new();
     for r in records {
         groups
@@ -206,9 +204,8 @@ pub fn build_table(records: &[RunRecord]) -> Table {
                 .collect();
             let means: Vec<f64> = cells.iter().flatten().map(|c| c.mean).collect();
             let all: Vec<&RunRecord> = by_ds.values().flatten().copied().collect();
-            let per_run = |f: fn(&RunRecord) -> f64| {
-                mean(&all.iter().map(|r| f(r)).collect::<Vec<_>>())
-            };
+            let per_run =
+                |f: fn(&RunRecord) -> f64| mean(&all.iter().map(|r| f(r)).collect::<Vec<_>>());
             Row {
                 config: key.config,
                 method: key.method,

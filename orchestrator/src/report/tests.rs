@@ -22,13 +22,7 @@ fn classes(dataset: &str) -> i64 {
     }
 }
 
-pub(super) fn rec(
-    dataset: &str,
-    method: &str,
-    config: &str,
-    seed: u64,
-    top1: f64,
-) -> RunRecord {
+pub(super) fn rec(dataset: &str, method: &str, config: &str, seed: u64, top1: f64) -> RunRecord {
     let (extra, hparams): (i64, &[(&str, &str)]) = match method {
         "linear" => (0, &[("lr", "0.01")]),
         "bitfit" => (102_400, &[("lr", "0.001")]),
@@ -199,7 +193,12 @@ fn table_mean_std_and_avg() {
     let best: Vec<Vec<bool>> = t
         .rows
         .iter()
-        .map(|r| r.cells.iter().map(|c| c.as_ref().is_some_and(|c| c.best)).collect())
+        .map(|r| {
+            r.cells
+                .iter()
+                .map(|c| c.as_ref().is_some_and(|c| c.best))
+                .collect()
+        })
         .collect();
     assert_eq!(
         best,
@@ -222,8 +221,7 @@ fn table_mean_std_and_avg() {
 fn stats_helpers() {
     assert_eq!(sample_std(&[1.0]), None);
     assert!(
-        (sample_std(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]).unwrap() - 2.138089935).abs()
-            < 1e-9
+        (sample_std(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]).unwrap() - 2.138089935).abs() < 1e-9
     );
     assert_eq!(mean(&[1.0, 2.0, 6.0]), 3.0);
 }
@@ -325,9 +323,9 @@ fn json_has_records_and_table() {
     let back: Vec<RunRecord> = serde_json::from_value(v["records"].clone()).unwrap();
     assert_eq!(back.len(), recs.len());
     // serde_json parses floats to within an ulp: compare identities and top-1.
-    assert!(back.iter().all(|r| recs
-        .iter()
-        .any(|x| (&x.key, &x.dataset, &x.config, x.top1) == (&r.key, &r.dataset, &r.config, r.top1))));
+    assert!(back.iter().all(|r| recs.iter().any(
+        |x| (&x.key, &x.dataset, &x.config, x.top1) == (&r.key, &r.dataset, &r.config, r.top1)
+    )));
     assert_eq!(back[0].curve.len(), 10);
     assert_eq!(back[0].per_class.len(), 2);
     assert_eq!(back[0].dataset, "cifar100");
@@ -368,7 +366,11 @@ fn plots_are_well_formed_svg_with_one_marker_per_config() {
         names,
         ["plot_cifar100.svg", "plot_dtd.svg", "plot_flowers102.svg"]
     );
-    for ((path, want), ds) in paths.iter().zip([4, 5, 3]).zip(["cifar100", "dtd", "flowers102"]) {
+    for ((path, want), ds) in paths
+        .iter()
+        .zip([4, 5, 3])
+        .zip(["cifar100", "dtd", "flowers102"])
+    {
         let svg = std::fs::read_to_string(path).unwrap();
         let doc = roxmltree::Document::parse(&svg).unwrap();
         let root = doc.root_element();
@@ -387,14 +389,20 @@ fn plots_are_well_formed_svg_with_one_marker_per_config() {
             .iter()
             .any(|t| t.ends_with("top-1 vs trainable parameters")));
         assert!(texts.iter().any(|t| t == "lora r=8 a=8 q,v"));
-        assert!(texts.iter().any(|t| t == "lora"), "legend lists the families");
+        assert!(
+            texts.iter().any(|t| t == "lora"),
+            "legend lists the families"
+        );
         assert!(
             texts.iter().any(|t| t == "± sample std over seeds"),
             "legend explains the error bars"
         );
         // The chance line sits at 100 / classes percent, and is in the legend.
         let chance = 100.0 / classes(ds) as f64;
-        assert!(texts.contains(&format!("chance ({chance:.1} %)")), "{texts:?}");
+        assert!(
+            texts.contains(&format!("chance ({chance:.1} %)")),
+            "{texts:?}"
+        );
         assert_eq!(
             doc.descendants()
                 .filter(|n| n.attribute("class") == Some("chance"))
@@ -442,11 +450,16 @@ fn plot_y_axis_is_never_zoomed_on_noise() {
         .map(|n| n.attribute("cy").unwrap().parse().unwrap())
         .collect();
     assert_eq!(ys.len(), 2);
-    assert!((ys[0] - ys[1]).abs() < 2.0, "0.05 points apart drawn {ys:?} px apart");
+    assert!(
+        (ys[0] - ys[1]).abs() < 2.0,
+        "0.05 points apart drawn {ys:?} px apart"
+    );
     let ticks: Vec<f64> = texts(&doc).iter().filter_map(|t| t.parse().ok()).collect();
-    let (lo, hi) = ticks.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), t| {
-        (a.min(*t), b.max(*t))
-    });
+    let (lo, hi) = ticks
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), t| {
+            (a.min(*t), b.max(*t))
+        });
     assert!(hi - lo >= 20.0 && lo <= 100.0 / 47.0, "{ticks:?}");
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -467,7 +480,10 @@ fn curves_and_overview_plots() {
     assert_eq!(lines, 2 * 6);
     let t = texts(&doc);
     assert!(t.iter().any(|x| x == "training loss") && t.iter().any(|x| x == "learning rate"));
-    assert!(t.iter().any(|x| x == "lora r=8 a=8 q,v"), "legend names configs");
+    assert!(
+        t.iter().any(|x| x == "lora r=8 a=8 q,v"),
+        "legend names configs"
+    );
 
     let table = build_table(&recs);
     let path = write_overview(&table, &recs, &dir).unwrap().unwrap();
@@ -502,7 +518,10 @@ fn per_class_csv_names_classes() {
         ["dataset", "config", "seed", "class", "accuracy", "count"]
     );
     assert_eq!(rows.len(), 1 + 2 * records().len());
-    assert_eq!(rows[1], ["cifar100", "bitfit", "0", "class0", "88.0000", "3"]);
+    assert_eq!(
+        rows[1],
+        ["cifar100", "bitfit", "0", "class0", "88.0000", "3"]
+    );
 }
 
 #[test]
@@ -559,9 +578,21 @@ fn report_folder_replaces_stale_files_and_refuses_a_store() {
     std::fs::write(dir.join("plots/plot_old.svg"), "<svg/>").unwrap();
     std::fs::write(dir.join("notes.txt"), "mine").unwrap();
     let w = write_report(&dir, &recs, &table, "# md\n").unwrap();
-    assert!(!dir.join("plots/plot_old.svg").exists(), "stale plot removed");
-    assert!(dir.join("notes.txt").exists(), "files the report does not own stay");
-    for f in ["summary.csv", "table.csv", "per_class.csv", "report.md", "plots/overview.svg"] {
+    assert!(
+        !dir.join("plots/plot_old.svg").exists(),
+        "stale plot removed"
+    );
+    assert!(
+        dir.join("notes.txt").exists(),
+        "files the report does not own stay"
+    );
+    for f in [
+        "summary.csv",
+        "table.csv",
+        "per_class.csv",
+        "report.md",
+        "plots/overview.svg",
+    ] {
         assert!(w.files.contains(&dir.join(f)), "{f}: {:?}", w.files);
     }
     assert_eq!(w.files.len(), 4 + 3 + 3 + 1);
@@ -571,7 +602,11 @@ fn report_folder_replaces_stale_files_and_refuses_a_store() {
     assert!(matches!(e, ReportError::NothingFinished { .. }), "{e}");
     assert!(dir.join("summary.csv").exists());
     // A store (it carries CACHEDIR.TAG) is refused.
-    std::fs::write(dir.join("CACHEDIR.TAG"), "Signature: 8a477f597d28d172789f06886806bc55").unwrap();
+    std::fs::write(
+        dir.join("CACHEDIR.TAG"),
+        "Signature: 8a477f597d28d172789f06886806bc55",
+    )
+    .unwrap();
     let e = write_report(&dir, &recs, &table, "").unwrap_err();
     assert!(matches!(e, ReportError::InsideStore { .. }), "{e}");
     // Below a folder with the tag: written, and the caller is told.
