@@ -116,7 +116,11 @@ fn svg_curves(dataset: &str, runs: &[(&str, Vec<&RunRecord>)]) -> String {
             .collect()
     };
     // Room on the right for the longest configuration name.
-    let longest = runs.iter().map(|(c, _)| c.chars().count()).max().unwrap_or(0);
+    let longest = runs
+        .iter()
+        .map(|(c, _)| c.chars().count())
+        .max()
+        .unwrap_or(0);
     let w = 480.0 + PANEL_W + 50.0 + (longest.max(28) as f64) * 5.8;
     let mut s = String::new();
     open(

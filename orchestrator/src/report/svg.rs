@@ -150,7 +150,10 @@ impl Labels {
             (x - 7.0 - w, y + h + 2.0),
         ];
         let (mut lx, mut ly) = candidates[0];
-        let moved = match candidates.iter().find(|(cx, cy)| self.clear(*cx, *cy, w, h)) {
+        let moved = match candidates
+            .iter()
+            .find(|(cx, cy)| self.clear(*cx, *cy, w, h))
+        {
             Some(c) => {
                 (lx, ly) = *c;
                 false
@@ -293,7 +296,10 @@ mod tests {
     fn labels_do_not_overlap() {
         let mut l = Labels::default();
         let a = l.place_near(100.0, 50.0, 10, 9.0).0;
-        assert!(!l.place_near(100.0, 200.0, 3, 9.0).1, "beside: no leader line");
+        assert!(
+            !l.place_near(100.0, 200.0, 3, 9.0).1,
+            "beside: no leader line"
+        );
         assert_eq!(a, (107.0, 46.0), "right above the point");
         // A second point close by: its label goes below its point instead.
         let b = l.place_near(102.0, 52.0, 10, 9.0).0;
@@ -305,7 +311,9 @@ mod tests {
         // Far away: where asked.
         assert_eq!(l.place_near(600.0, 50.0, 5, 9.0).0, (607.0, 46.0));
         // Crowded: after the four spots beside a point are taken, the label moves (leader line).
-        let moved: Vec<bool> = (0..5).map(|_| l.place_near(800.0, 50.0, 5, 9.0).1).collect();
+        let moved: Vec<bool> = (0..5)
+            .map(|_| l.place_near(800.0, 50.0, 5, 9.0).1)
+            .collect();
         assert_eq!(moved, [false, false, false, false, true]);
     }
 }
