@@ -116,8 +116,9 @@ fn markdown(table: &Table) -> String {
         "Cells: top-1 % over seeds, `mean ± sample std (n)`; a single seed shows the value \
          alone; `-`: not run; **bold**: the best configuration on that dataset. trainable: \
          adapted backbone parameters, head excluded (per dataset with the head: below). \
-         train s/run: the train node's wall time per run, mean over the row's runs, split into \
-         the sum of its epoch times and the rest (start-up, loading, checkpoints, saving); \
+         train s/run: the train node's wall time per run as its store entry recorded it, mean \
+         over the row's runs, split into the sum of its epoch times and the rest (loading, \
+         CUDA context, checkpoints, saving; the child process's own start-up is not in it); \
          `cpu` marks CPU runs."
             .to_string(),
     ];
