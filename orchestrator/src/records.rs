@@ -83,10 +83,7 @@ fn record(
     let wall = |kind: &str, k: &str| store.manifest(kind, k).map(|m| m.wall_s);
     let train_wall = wall("train", &e.train).unwrap_or(m.train.wall_s);
     let eval_wall = wall("eval", key).unwrap_or(0.0);
-    let gpu_hours = match t.numerics.device {
-        DeviceKind::Cuda => (train_wall + eval_wall) / 3600.0,
-        DeviceKind::Cpu => 0.0,
-    };
+    let gpu_hours = gpu_hours(t.numerics.device, train_wall, eval_wall);
     Ok(RunRecord {
         dataset: run.dataset.clone(),
         method: run.method.name().to_string(),
@@ -120,6 +117,15 @@ fn record(
             })
             .collect(),
     })
+}
+
+/// Hours a run held a GPU: its train and eval nodes' wall times (one GPU each) on CUDA, 0 on
+/// the CPU.
+pub fn gpu_hours(device: DeviceKind, train_wall_s: f64, eval_wall_s: f64) -> f64 {
+    match device {
+        DeviceKind::Cuda => (train_wall_s + eval_wall_s) / 3600.0,
+        DeviceKind::Cpu => 0.0,
+    }
 }
 
 /// Every setting that enters the run's key (besides the seed and the data's identity), by
@@ -207,4 +213,64 @@ pub fn settings(t: &TrainNode, backbone: &str) -> BTreeMap<String, String> {
         Method::Ia3(Ia3Spec { targets: ts }) => put("targets", targets(ts)),
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_hours_count_train_and_eval_on_cuda_only() {
+        assert_eq!(gpu_hours(DeviceKind::Cuda, 3000.0, 600.0), 1.0);
+        assert_eq!(gpu_hours(DeviceKind::Cpu, 3000.0, 600.0), 0.0);
+    }
+
+    /// Every setting of a train node's key has a column, whatever the method.
+    #[test]
+    fn settings_cover_the_key() {
+        let suite = crate::suite::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../suite.toml"),
+            &[],
+        )
+        .unwrap();
+        let g = crate::graph::expand(&suite, DeviceKind::Cuda, &|_| Ok(String::new())).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for key in g.topo() {
+            if let Some(Node::Train(t)) = g.node(&key) {
+                let s = settings(t, "b");
+                assert_eq!(s["numerics"], "cuda-bf16");
+                for k in [
+                    "epochs",
+                    "batch_size",
+                    "lr",
+                    "min_lr",
+                    "weight_decay",
+                    "warmup_epochs",
+                    "label_smoothing",
+                    "clip_grad_norm",
+                    "augment",
+                    "img_size",
+                ] {
+                    assert!(s.contains_key(k), "{k} missing for {}", t.config);
+                }
+                seen.extend(s.into_keys());
+            }
+        }
+        for k in [
+            "r",
+            "alpha",
+            "targets",
+            "d_initial",
+            "projection_prng_key",
+            "dropout",
+        ] {
+            assert!(seen.contains(k), "{k}");
+        }
+        for k in &seen {
+            assert!(
+                crate::report::SETTING_ORDER.contains(&k.as_str()),
+                "`{k}` has no place in summary.csv's column order"
+            );
+        }
+    }
 }
