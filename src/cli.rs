@@ -1,11 +1,11 @@
 //! The suite commands (`run`, `plan`, `report`, `exec`): argument types, loading and
 //! expanding the suite, and the terminal view of scheduler events.
 use anyhow::{Context, Result};
-use orchestrator::graph::{Graph, Node};
+use orchestrator::graph::Node;
 use orchestrator::load::Loaded;
 use orchestrator::numerics::DeviceKind;
 use orchestrator::plan::{plan as make_plan, render, Status};
-use orchestrator::report::{self, RunRecord};
+use orchestrator::report;
 use orchestrator::sched::local::{self, LocalLauncher, LocalOptions};
 use orchestrator::sched::slurm::{SlurmLauncher, SlurmOptions};
 use orchestrator::sched::{self, Event, Gpus, Launcher};
@@ -20,7 +20,7 @@ pub struct SuiteArgs {
     /// Override a suite setting, e.g. `--set defaults.epochs=2` (TOML value syntax; repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
-    /// Store directory (default: the suite's `store`, else results/ next to the suite).
+    /// Store directory (default: the suite's `store`, else results/store/ next to the suite).
     #[arg(long)]
     store: Option<PathBuf>,
     /// GPUs for train/eval nodes: auto (all that libtorch sees, else the CPU), none (CPU), or
@@ -92,6 +92,11 @@ pub struct ReportArgs {
     /// datasets prepared from the official VTAB-1k lists (e.g. docs/reference/*.csv).
     #[arg(long, value_name = "FILE")]
     reference: Option<PathBuf>,
+    /// The report folder (default: reports/<suite name>/ beside the store, i.e. results/reports/<suite name>/). Its
+    /// previous report files (CSVs, report.md, plots/*.svg) are replaced; other files stay. A
+    /// store (a folder with CACHEDIR.TAG) is refused.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -233,6 +238,8 @@ pub fn run(a: RunArgs) -> Result<i32> {
     let l = load_for(&a.s, device)?;
     let store = Store::open(&l.store.root)
         .with_context(|| format!("opening the store {}", l.store.root.display()))?;
+    // Which suite asked for which entries: `gc` of another suite tells them apart.
+    orchestrator::suite_log::record(&store.root, &l.suite.name, &l.suite.path, l.graph.topo())?;
     let mut launcher: Box<dyn Launcher> = match a.launcher {
         LauncherKind::Local => match local_launcher(&gpus, a.jobs_per_gpu, &store) {
             Ok(l) => Box::new(l),
@@ -314,52 +321,6 @@ pub fn exec(a: ExecArgs) -> Result<i32> {
     }
 }
 
-/// One record per finished run of the suite (runs not evaluated yet are skipped, and
-/// counted on stderr). A run evaluated only for the other device kind (`other`: made on
-/// a GPU machine, reported from a CPU one) is taken from there.
-fn records(l: &Loaded, other: &Graph) -> Result<(Vec<RunRecord>, usize)> {
-    let mut out = Vec::new();
-    let mut missing = 0;
-    for ((run, here), (_, there)) in l.graph.runs.iter().zip(&other.runs) {
-        let Some(key) = [here, there]
-            .into_iter()
-            .find(|k| l.store.is_complete("eval", k))
-        else {
-            missing += 1;
-            continue;
-        };
-        let dir = l.store.entry("eval", key);
-        let m: orchestrator::nodes::eval::Metrics =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json"))?)?;
-        let graph_node = l.graph.node(key).or_else(|| other.node(key));
-        let Some(Node::Eval(e)) = graph_node else {
-            continue;
-        };
-        let subset = |prep: &str| orchestrator::nodes::prep::subset(&l.store.entry("prep", prep));
-        let subsets = match l.graph.node(&e.train).or_else(|| other.node(&e.train)) {
-            Some(Node::Train(t)) => subset(&t.prep).ok().zip(subset(&e.prep).ok()),
-            _ => None,
-        };
-        out.push(RunRecord {
-            dataset: run.dataset.clone(),
-            method: run.method.name().to_string(),
-            config: run.config.clone(),
-            hparams: run.hparams.clone(),
-            seed: run.seed,
-            top1: m.top1,
-            trainable: m.train.counts.trainable,
-            trainable_pct: m.train.trainable_pct,
-            epoch_time_s: m.train.mean_epoch_s(),
-            peak_mem_mib: m.train.peak_mem_mib(),
-            train_img_s: m.train.mean_img_s(),
-            wall_s: m.train.wall_s,
-            key: key.clone(),
-            subsets: subsets.map(|(train, eval)| report::DataSubsets { train, eval }),
-        });
-    }
-    Ok((out, missing))
-}
-
 pub fn report(a: ReportArgs) -> Result<i32> {
     let format = a.format;
     let reference = match &a.reference {
@@ -368,27 +329,53 @@ pub fn report(a: ReportArgs) -> Result<i32> {
         None => None,
     };
     let l = load(&a.s)?;
-    let (recs, missing) = records(&l, &l.other_device()?)?;
-    if missing > 0 {
-        eprintln!("note: {missing} of {} runs are not finished yet and are left out (run `vtab-orch run` first)", l.graph.runs.len());
+    let dir = a
+        .out
+        .clone()
+        .unwrap_or_else(|| report::default_dir(&l.store.root, &l.suite.name));
+    let c = orchestrator::records::collect(&l, &l.other_device()?)?;
+    let runs = l.graph.runs.len();
+    if c.records.is_empty() {
+        eprintln!(
+            "error: nothing to report: none of the {runs} runs of suite `{}` is finished in the \
+             store {} (run `vtab-orch run {}` first); nothing written to {}",
+            l.suite.name,
+            l.store.root.display(),
+            l.suite.path.display(),
+            dir.display()
+        );
+        return Ok(1);
     }
-    let dir = &l.store.root;
-    std::fs::create_dir_all(dir)?;
+    if c.missing > 0 {
+        eprintln!(
+            "note: {} of {runs} runs are not finished yet and are left out (run `vtab-orch run` first)",
+            c.missing
+        );
+    }
+    let recs = c.records;
     let table = report::build_table(&recs);
-    report::write_summary_csv(&recs, &dir.join("summary.csv"))?;
-    report::write_table_csv(&table, &dir.join("table.csv"))?;
-    let plots = report::write_plots(&recs, &dir.join("plots"))?;
+    let md = report::render_with(&table, &recs, report::Format::Md, reference.as_ref());
+    let written = report::write_report(&dir, &recs, &table, &md)?;
     print!(
         "{}",
         report::render_with(&table, &recs, format, reference.as_ref())
     );
+    let plots = written
+        .files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|x| x == "svg"))
+        .count();
     eprintln!(
-        "wrote {}, {} and {} plot(s) under {}",
-        dir.join("summary.csv").display(),
-        dir.join("table.csv").display(),
-        plots.len(),
-        dir.join("plots").display()
+        "wrote summary.csv, table.csv, per_class.csv, report.md and {plots} plot(s) to {}",
+        written.dir.display()
     );
+    if let Some(tagged) = &written.under_cachedir {
+        eprintln!(
+            "note: {} carries CACHEDIR.TAG, so backup tools skip this report; copy it elsewhere \
+             or write it with --out outside that folder",
+            tagged.display()
+        );
+    }
     Ok(0)
 }
 
@@ -545,9 +532,13 @@ pub struct GcArgs {
 }
 
 /// Store entries that none of the given suites reaches; listed, and deleted with `--yes`.
+/// Entries that another suite recorded in the store (`<store>/suites/`) are announced first
+/// and marked, so that a study is not taken for garbage because its suite was not named.
 pub fn gc(a: GcArgs) -> Result<i32> {
+    use orchestrator::suite_log;
     let mut keep = std::collections::BTreeSet::new();
     let mut root = a.store.clone();
+    let mut named = Vec::new();
     for path in &a.suites {
         let args = SuiteArgs {
             suite: path.clone(),
@@ -557,20 +548,54 @@ pub fn gc(a: GcArgs) -> Result<i32> {
         };
         let l = load(&args)?;
         root.get_or_insert(l.store.root.clone());
+        named.push(suite_log::absolute(&l.suite.path));
         // Runs made for either device kind are the suite's.
         keep.extend(l.graph.topo());
         keep.extend(l.other_device()?.topo());
     }
     let store = Store::at(&root.expect("at least one suite"));
-    let mut freed = 0u64;
-    let mut n = 0;
-    for (kind, key) in store.entries() {
-        if keep.contains(&key) {
-            continue;
+    let unreachable: Vec<(String, String)> = store
+        .entries()
+        .into_iter()
+        .filter(|(_, key)| !keep.contains(key))
+        .collect();
+    // Other suites that ran here, with how many of the unreachable entries they asked for.
+    let others: Vec<(suite_log::SuiteRecord, usize)> = suite_log::all(&store.root)
+        .into_iter()
+        .filter(|r| !named.contains(&r.path))
+        .map(|r| {
+            let n = unreachable
+                .iter()
+                .filter(|(_, k)| r.keys.contains(k))
+                .count();
+            (r, n)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    if !others.is_empty() {
+        println!(
+            "note: this store also holds runs of other suites; their entries are listed below as \
+             unreachable only because those suites were not named:"
+        );
+        for (r, n) in &others {
+            println!("  suite `{}` ({}): {n} entries", r.name, r.path.display());
         }
-        let dir = store.entry(&kind, &key);
+        let paths: Vec<String> = a
+            .suites
+            .iter()
+            .map(|p| p.display().to_string())
+            .chain(others.iter().map(|(r, _)| r.path.display().to_string()))
+            .collect();
+        println!(
+            "  to keep them, name those suites too: vtab-orch gc {}",
+            paths.join(" ")
+        );
+    }
+    let mut freed = 0u64;
+    for (kind, key) in &unreachable {
+        let dir = store.entry(kind, key);
         let label = store
-            .manifest(&kind, &key)
+            .manifest(kind, key)
             .map(|m| m.label)
             .unwrap_or_else(|| "(incomplete)".into());
         let bytes: u64 = std::fs::read_dir(&dir)
@@ -581,9 +606,17 @@ pub fn gc(a: GcArgs) -> Result<i32> {
             })
             .unwrap_or(0);
         freed += bytes;
-        n += 1;
+        let owner: Vec<&str> = others
+            .iter()
+            .filter(|(r, _)| r.keys.contains(key))
+            .map(|(r, _)| r.name.as_str())
+            .collect();
+        let owner = match owner.is_empty() {
+            true => String::new(),
+            false => format!(" [suite {}]", owner.join(", ")),
+        };
         println!(
-            "{} {kind}/{key} {label} ({:.1} MB)",
+            "{} {kind}/{key} {label} ({:.1} MB){owner}",
             if a.yes { "deleted" } else { "unreachable" },
             bytes as f64 / 1e6
         );
@@ -597,7 +630,8 @@ pub fn gc(a: GcArgs) -> Result<i32> {
         "would free (rerun with --yes to delete)"
     };
     println!(
-        "{n} unreachable entries, {:.1} MB {verb}",
+        "{} unreachable entries, {:.1} MB {verb}",
+        unreachable.len(),
         freed as f64 / 1e6
     );
     Ok(0)

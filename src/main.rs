@@ -33,7 +33,9 @@ enum Cmd {
     Run(cli::RunArgs),
     /// Show what `run` would do: per node cached / run (and why) / blocked.
     Plan(cli::PlanArgs),
-    /// Tables (CSV, Markdown, JSON) and plots from a suite's finished runs.
+    /// Tables (CSV, Markdown, JSON) and plots from a suite's finished runs, written to
+    /// reports/<suite name>/ beside the store (default results/reports/<suite name>/; or --out DIR); the table is also
+    /// printed. Exit 1 when no run is finished (nothing is written then).
     Report(cli::ReportArgs),
     /// Re-hash every artifact of a store; quarantine corrupt entries so they are recomputed.
     Verify(cli::VerifyArgs),
@@ -211,7 +213,7 @@ fn main() {
             use orchestrator::report::ReportError;
             let bad_reference = matches!(
                 e.downcast_ref::<ReportError>(),
-                Some(ReportError::Reference { .. })
+                Some(ReportError::Reference { .. } | ReportError::InsideStore { .. })
             );
             let code = if bad_reference
                 || e.downcast_ref::<orchestrator::suite::SuiteError>()

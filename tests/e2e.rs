@@ -103,9 +103,16 @@ fn default_suite_runs_caches_and_reruns_only_what_changed() {
     ok(&vtab("run", &st, &[]));
 
     // The report: one summary row per run, with the documented columns.
-    let md = ok(&vtab("report", &st, &[]));
+    let reports = st.join("reports");
+    let mut report = Command::new(env!("CARGO_BIN_EXE_vtab-orch"));
+    report.arg("report").arg(suite()).arg("--store").arg(&st);
+    report.arg("--out").arg(&reports);
+    for s in TINY {
+        report.arg("--set").arg(s);
+    }
+    let md = ok(&report.output().unwrap());
     assert!(md.contains("| lora r=8 a=8 q,v"), "{md}");
-    let csv = std::fs::read_to_string(st.join("summary.csv")).unwrap();
+    let csv = std::fs::read_to_string(reports.join("summary.csv")).unwrap();
     let mut lines = csv.lines();
     let header = lines.next().unwrap();
     for col in [
@@ -119,7 +126,8 @@ fn default_suite_runs_caches_and_reruns_only_what_changed() {
         "epoch_time_s",
         "peak_mem_mib",
         "train_img_s",
-        "wall_s",
+        "train_wall_s",
+        "overhead_s",
         "key",
     ] {
         assert!(
@@ -128,7 +136,14 @@ fn default_suite_runs_caches_and_reruns_only_what_changed() {
         );
     }
     assert_eq!(lines.count(), runs);
-    assert!(st.join("table.csv").exists() && st.join("plots/plot_shape.svg").exists());
+    for f in [
+        "table.csv",
+        "per_class.csv",
+        "plots/plot_shape.svg",
+        "plots/curves_shape.svg",
+    ] {
+        assert!(reports.join(f).exists(), "{f}");
+    }
 
     // A second run executes nothing.
     let again = vtab("run", &st, &[]);

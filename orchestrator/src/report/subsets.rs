@@ -109,13 +109,14 @@ pub(crate) fn markdown_notes(records: &[RunRecord]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::csv_out::summary_rows;
     use super::super::tests::{records, subsets_of};
-    use super::super::{build_table, render, summary_rows, Format};
+    use super::super::{build_table, render, Format};
     use super::*;
 
     #[test]
     fn summary_marks_only_the_official_lists_comparable() {
-        let rows = summary_rows(&records());
+        let rows = summary_rows(&records(), &build_table(&records()));
         let col = |name: &str| rows[0].iter().position(|h| h == name).unwrap();
         let (ds, train, eval, cmp) = (
             col("dataset"),

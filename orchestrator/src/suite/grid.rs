@@ -19,7 +19,7 @@ impl Parser {
             .get("store")
             .and_then(|v| self.str("store", v))
             .map(|s| self.base.join(s))
-            .unwrap_or_else(|| self.base.join("results"));
+            .unwrap_or_else(|| self.base.join("results/store"));
         let seeds = top
             .get("seeds")
             .map(|v| self.seeds("seeds", v))

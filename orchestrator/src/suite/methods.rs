@@ -54,13 +54,13 @@ impl Parser {
             .filter(|k| !["method", "datasets", "seeds"].contains(k));
         let axes = self.grid_axes(&key, m, &grid_keys.collect::<Vec<_>>());
         let points = grid_points(&axes);
-        // Varying settings go into the row label unless the method label shows them.
+        // Every setting the table gives (a grid axis or a single value: either way it differs
+        // from the defaults on purpose) goes into the row label, unless the method label shows
+        // it already or it is not semantic (`eval_batch_size`).
         let varying: BTreeSet<&str> = axes
             .iter()
-            .filter(|(k, v)| {
-                v.len() > 1 && (OPT_KEYS.contains(&k.as_str()) || !LABELLED.contains(&k.as_str()))
-            })
             .map(|(k, _)| k.as_str())
+            .filter(|k| *k != "eval_batch_size" && !LABELLED.contains(k))
             .collect();
         let mut runs = Vec::new();
         for point in points {

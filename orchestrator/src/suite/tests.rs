@@ -33,6 +33,27 @@ fn a_grid_over_a_parameter_the_label_hides_gives_distinct_runs() {
     }
 }
 
+/// A setting given once in a method table is in the row label too, not only grid axes: the
+/// default suite's `[methods.full] lr = 5e-4` and `[methods.vera] lr = 1e-2`.
+#[test]
+fn labels_show_every_setting_a_method_table_gives() {
+    let sets = ["methods.lora.weight_decay=0.05".to_string()];
+    let suite = load_with_env(&default_suite(), &sets, []).expect("a valid suite");
+    let configs: BTreeSet<&str> = suite.runs.iter().map(|r| r.config.as_str()).collect();
+    for want in [
+        "full lr=0.0005",
+        "vera r=16 qkv,fc2 lr=0.01",
+        "lora r=2 a=8 q,v weight_decay=0.05",
+        "linear",
+    ] {
+        assert!(configs.contains(want), "no `{want}` in {configs:?}");
+    }
+    // Non-semantic settings stay out of labels.
+    let sets = ["methods.linear.eval_batch_size=7".to_string()];
+    let suite = load_with_env(&default_suite(), &sets, []).expect("a valid suite");
+    assert!(suite.runs.iter().any(|r| r.config == "linear"));
+}
+
 #[test]
 fn errors_from_set_say_so() {
     let sets = ["defaults.epoch=2".to_string()];

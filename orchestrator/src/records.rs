@@ -1,0 +1,279 @@
+//! From the store to the report's `RunRecord`s: per run of a loaded suite, its finished eval
+//! entry (made for either device kind), metrics, training curve, class names, node wall times
+//! and the settings of its key. Reads the store; writes nothing; formats nothing.
+use std::collections::BTreeMap;
+
+use kernels::{Ia3Spec, LoraSpec, Method, VeraSpec};
+
+use crate::graph::{Graph, Node, TrainNode};
+use crate::load::Loaded;
+use crate::nodes::{self, eval::Metrics};
+use crate::numerics::DeviceKind;
+use crate::report::{ClassAccuracy, DataSubsets, EpochPoint, RunRecord};
+use crate::suite::{Opt, Run};
+
+/// The suite's finished runs, and how many are not finished yet.
+pub struct Collected {
+    pub records: Vec<RunRecord>,
+    pub missing: usize,
+}
+
+/// One record per finished run of the suite (runs not evaluated yet are counted in
+/// `missing`). A run evaluated only for the other device kind (`other`: made on a GPU
+/// machine, reported from a CPU one) is taken from there.
+pub fn collect(l: &Loaded, other: &Graph) -> nodes::Result<Collected> {
+    let mut records = Vec::new();
+    let mut missing = 0;
+    for ((run, here), (_, there)) in l.graph.runs.iter().zip(&other.runs) {
+        let Some(key) = [here, there]
+            .into_iter()
+            .find(|k| l.store.is_complete("eval", k))
+        else {
+            missing += 1;
+            continue;
+        };
+        let node = |k: &str| l.graph.node(k).or_else(|| other.node(k));
+        let Some(Node::Eval(e)) = node(key) else {
+            missing += 1;
+            continue;
+        };
+        let Some(Node::Train(t)) = node(&e.train) else {
+            missing += 1;
+            continue;
+        };
+        let backbone = match node(&t.build) {
+            Some(b) => b.label().trim_start_matches("build ").to_string(),
+            None => String::new(),
+        };
+        records.push(record(l, run, key, e, t, &backbone)?);
+    }
+    Ok(Collected { records, missing })
+}
+
+fn record(
+    l: &Loaded,
+    run: &Run,
+    key: &str,
+    e: &crate::graph::EvalNode,
+    t: &TrainNode,
+    backbone: &str,
+) -> nodes::Result<RunRecord> {
+    let store = &l.store;
+    let m: Metrics = nodes::read_json(&store.entry("eval", key).join(nodes::eval::METRICS))?;
+    let prep = |k: &str| store.entry("prep", k);
+    let subsets = nodes::prep::subset(&prep(&t.prep))
+        .ok()
+        .zip(nodes::prep::subset(&prep(&e.prep)).ok())
+        .map(|(train, eval)| DataSubsets { train, eval });
+    let info = nodes::prep::info(&prep(&e.prep)).ok();
+    let per_class = match &info {
+        Some(i) => i
+            .class_names
+            .iter()
+            .enumerate()
+            .map(|(c, name)| ClassAccuracy {
+                class: name.clone(),
+                accuracy: m.per_class.get(c).copied().flatten(),
+                count: i.per_class.get(c).copied().unwrap_or(0),
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    // Node wall times as the store recorded them (the train log's own is the fallback).
+    let wall = |kind: &str, k: &str| store.manifest(kind, k).map(|m| m.wall_s);
+    let train_wall = wall("train", &e.train).unwrap_or(m.train.wall_s);
+    let eval_wall = wall("eval", key).unwrap_or(0.0);
+    let gpu_hours = gpu_hours(t.numerics.device, train_wall, eval_wall);
+    Ok(RunRecord {
+        dataset: run.dataset.clone(),
+        method: run.method.name().to_string(),
+        config: run.config.clone(),
+        hparams: settings(t, backbone),
+        seed: run.seed,
+        top1: m.top1,
+        test_n: m.n,
+        num_classes: m.train.num_classes,
+        trainable: m.train.counts.trainable,
+        trainable_backbone: m.train.counts.trainable_backbone,
+        trainable_pct: m.train.trainable_pct,
+        epoch_time_s: m.train.mean_epoch_s(),
+        peak_mem_mib: m.train.peak_mem_mib(),
+        train_img_s: m.train.mean_img_s(),
+        wall_s: train_wall,
+        epochs_s: m.train.epochs.iter().map(|x| x.time_s).sum(),
+        gpu_hours,
+        key: key.to_string(),
+        subsets,
+        per_class,
+        curve: m
+            .train
+            .epochs
+            .iter()
+            .map(|x| EpochPoint {
+                epoch: x.epoch,
+                loss: x.loss,
+                lr: x.lr,
+                time_s: x.time_s,
+            })
+            .collect(),
+    })
+}
+
+/// Hours a run held a GPU: its train and eval nodes' wall times (one GPU each) on CUDA, 0 on
+/// the CPU.
+pub fn gpu_hours(device: DeviceKind, train_wall_s: f64, eval_wall_s: f64) -> f64 {
+    match device {
+        DeviceKind::Cuda => (train_wall_s + eval_wall_s) / 3600.0,
+        DeviceKind::Cpu => 0.0,
+    }
+}
+
+/// Every setting that enters the run's key (besides the seed and the data's identity), by
+/// name: the train node's optimisation and data settings, its numerics, the backbone, and the
+/// method's parameters. Exhaustive destructuring: a new field is a compile error here.
+pub fn settings(t: &TrainNode, backbone: &str) -> BTreeMap<String, String> {
+    let Opt {
+        epochs,
+        batch_size,
+        lr,
+        min_lr,
+        weight_decay,
+        warmup_epochs,
+        label_smoothing,
+        clip_grad_norm,
+        precision: _, // resolved into `numerics`
+        img_size,
+        augment,
+        sample_seed,
+        train_split,
+        eval_split,
+        eval_batch_size: _,  // not semantic: batching does not change results
+        checkpoint_every: _, // not semantic: resuming gives identical tensors
+    } = &t.opt;
+    let split = |s| {
+        serde_json::to_value(s).map_or(String::new(), |v| {
+            v.as_str().unwrap_or_default().to_string()
+        })
+    };
+    let mut out: BTreeMap<String, String> = [
+        ("numerics", t.numerics.to_string()),
+        ("backbone", backbone.to_string()),
+        ("img_size", img_size.to_string()),
+        ("train_split", split(train_split)),
+        ("eval_split", split(eval_split)),
+        ("sample_seed", sample_seed.to_string()),
+        ("epochs", epochs.to_string()),
+        ("batch_size", batch_size.to_string()),
+        ("lr", lr.to_string()),
+        ("min_lr", min_lr.to_string()),
+        ("weight_decay", weight_decay.to_string()),
+        ("warmup_epochs", warmup_epochs.to_string()),
+        ("label_smoothing", label_smoothing.to_string()),
+        (
+            "clip_grad_norm",
+            clip_grad_norm.map_or("none".to_string(), |c| c.to_string()),
+        ),
+        ("augment", augment.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let targets =
+        |ts: &[kernels::Target]| ts.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",");
+    let mut put = |k: &str, v: String| {
+        out.insert(k.to_string(), v);
+    };
+    match &t.method {
+        Method::Linear | Method::Full | Method::Bitfit => {}
+        Method::Lora(LoraSpec {
+            r,
+            alpha,
+            dropout,
+            rslora,
+            targets: ts,
+        }) => {
+            put("r", r.to_string());
+            put("alpha", alpha.to_string());
+            put("dropout", dropout.to_string());
+            put("rslora", rslora.to_string());
+            put("targets", targets(ts));
+        }
+        Method::Vera(VeraSpec {
+            r,
+            d_initial,
+            projection_prng_key,
+            dropout,
+            targets: ts,
+        }) => {
+            put("r", r.to_string());
+            put("d_initial", d_initial.to_string());
+            put("projection_prng_key", projection_prng_key.to_string());
+            put("dropout", dropout.to_string());
+            put("targets", targets(ts));
+        }
+        Method::Ia3(Ia3Spec { targets: ts }) => put("targets", targets(ts)),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_hours_count_train_and_eval_on_cuda_only() {
+        assert_eq!(gpu_hours(DeviceKind::Cuda, 3000.0, 600.0), 1.0);
+        assert_eq!(gpu_hours(DeviceKind::Cpu, 3000.0, 600.0), 0.0);
+    }
+
+    /// Every setting of a train node's key has a column, whatever the method.
+    #[test]
+    fn settings_cover_the_key() {
+        let g = crate::load::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../suite.toml"),
+            &[],
+            None,
+            DeviceKind::Cuda,
+        )
+        .unwrap()
+        .graph;
+        let mut seen = std::collections::BTreeSet::new();
+        for key in g.topo() {
+            if let Some(Node::Train(t)) = g.node(&key) {
+                let s = settings(t, "b");
+                assert_eq!(s["numerics"], "cuda-bf16");
+                for k in [
+                    "epochs",
+                    "batch_size",
+                    "lr",
+                    "min_lr",
+                    "weight_decay",
+                    "warmup_epochs",
+                    "label_smoothing",
+                    "clip_grad_norm",
+                    "augment",
+                    "img_size",
+                ] {
+                    assert!(s.contains_key(k), "{k} missing for {}", t.config);
+                }
+                seen.extend(s.into_keys());
+            }
+        }
+        for k in [
+            "r",
+            "alpha",
+            "targets",
+            "d_initial",
+            "projection_prng_key",
+            "dropout",
+        ] {
+            assert!(seen.contains(k), "{k}");
+        }
+        for k in &seen {
+            assert!(
+                crate::report::SETTING_ORDER.contains(&k.as_str()),
+                "`{k}` has no place in summary.csv's column order"
+            );
+        }
+    }
+}
