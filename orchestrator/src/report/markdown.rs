@@ -118,7 +118,7 @@ fn markdown(table: &Table) -> String {
          adapted backbone parameters, head excluded (per dataset with the head: below). \
          train s/run: the train node's wall time per run as its store entry recorded it, mean \
          over the row's runs, split into the sum of its epoch times and the rest (loading, \
-         CUDA context, checkpoints, saving; the child process's own start-up is not in it); \
+         CUDA context, checkpoints, saving, the node process's start-up); \
          `cpu` marks CPU runs."
             .to_string(),
     ];
