@@ -52,6 +52,12 @@ pub struct RunArgs {
     /// Concurrent nodes per GPU (at least 1).
     #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     jobs_per_gpu: usize,
+    /// Run the device nodes of each GPU slot (or of the CPU) one after another in one warm
+    /// worker process, instead of a process per node: libtorch is loaded and a CUDA context
+    /// made once per slot. A node that fails or crashes still fails alone (its worker is
+    /// replaced). Local launcher only.
+    #[arg(long)]
+    warm_workers: bool,
     /// Where nodes run: local (child processes on this machine) or slurm (one sbatch job
     /// per node).
     #[arg(long, value_enum, default_value_t = LauncherKind::Local)]
@@ -97,6 +103,20 @@ pub struct ReportArgs {
     /// store (a folder with CACHEDIR.TAG) is refused.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct WorkerArgs {
+    #[arg(long)]
+    store: PathBuf,
+    /// Compute on the CPU.
+    #[arg(long)]
+    cpu: bool,
+}
+
+/// A warm worker: runs the nodes its launcher hands it on stdin (see sched/worker.rs).
+pub fn worker(a: WorkerArgs) -> Result<i32> {
+    Ok(orchestrator::sched::worker::serve(&a.store, a.cpu))
 }
 
 #[derive(clap::Args)]
@@ -195,6 +215,7 @@ fn usage_error(msg: impl std::fmt::Display) -> Result<i32> {
 fn local_launcher(
     gpus: &Gpus,
     jobs_per_gpu: usize,
+    warm: bool,
     store: &Store,
 ) -> std::result::Result<LocalLauncher, String> {
     let count = if *gpus == Gpus::None {
@@ -210,6 +231,7 @@ fn local_launcher(
         gpus: local::select_gpus(gpus, &visible)?,
         per_gpu: jobs_per_gpu,
         cpu_threads: local::default_cpu_threads(),
+        warm,
     }))
 }
 
@@ -241,10 +263,15 @@ pub fn run(a: RunArgs) -> Result<i32> {
     // Which suite asked for which entries: `gc` of another suite tells them apart.
     orchestrator::suite_log::record(&store.root, &l.suite.name, &l.suite.path, l.graph.topo())?;
     let mut launcher: Box<dyn Launcher> = match a.launcher {
-        LauncherKind::Local => match local_launcher(&gpus, a.jobs_per_gpu, &store) {
-            Ok(l) => Box::new(l),
-            Err(e) => return usage_error(e),
-        },
+        LauncherKind::Local => {
+            match local_launcher(&gpus, a.jobs_per_gpu, a.warm_workers, &store) {
+                Ok(l) => Box::new(l),
+                Err(e) => return usage_error(e),
+            }
+        }
+        LauncherKind::Slurm if a.warm_workers => {
+            return usage_error("--warm-workers is for --launcher local; a Slurm job runs one node")
+        }
         LauncherKind::Slurm => {
             let gpus = match gpus {
                 Gpus::Auto => true,
@@ -452,7 +479,8 @@ pub fn overhead(a: OverheadArgs) -> Result<i32> {
     }
     let t = Instant::now();
     let l2 = load(&args)?;
-    let mut launcher = local_launcher(&Gpus::None, 1, &store).map_err(|e| anyhow::anyhow!(e))?;
+    let mut launcher =
+        local_launcher(&Gpus::None, 1, false, &store).map_err(|e| anyhow::anyhow!(e))?;
     let s = sched::run(&l2.graph, &store, &mut launcher, &mut |_| {});
     let t_run = t.elapsed().as_secs_f64();
     println!(

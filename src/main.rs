@@ -44,6 +44,9 @@ enum Cmd {
     /// Run one node (used by the scheduler in child processes).
     #[command(hide = true)]
     Exec(cli::ExecArgs),
+    /// Run nodes handed over on stdin, one after another (used by `run --warm-workers`).
+    #[command(hide = true)]
+    Worker(cli::WorkerArgs),
     /// Orchestration overhead benchmark: plan and fully cached run of a generated suite.
     Overhead(cli::OverheadArgs),
     /// Print libtorch, CUDA and device information.
@@ -190,7 +193,7 @@ fn env() {
 
 fn main() {
     let cli = Cli::parse();
-    if !matches!(cli.cmd, Cmd::Exec(_)) {
+    if !matches!(cli.cmd, Cmd::Exec(_) | Cmd::Worker(_)) {
         restore_sigpipe();
     }
     let result = match cli.cmd {
@@ -198,6 +201,7 @@ fn main() {
         Cmd::Plan(a) => cli::plan(a),
         Cmd::Report(a) => cli::report(a),
         Cmd::Exec(a) => cli::exec(a),
+        Cmd::Worker(a) => cli::worker(a),
         Cmd::Overhead(a) => cli::overhead(a),
         Cmd::Verify(a) => cli::verify(a),
         Cmd::Gc(a) => cli::gc(a),

@@ -71,6 +71,18 @@ pub enum Outcome {
 /// process (kill -9 included) releases it. On failure the staging directory is removed (a
 /// full disk must not stay full of a failed node's partial outputs).
 pub fn exec(store_root: &Path, key: &str, spec: &Path, cpu: bool) -> nodes::Result<Outcome> {
+    exec_since(store_root, key, spec, cpu, process_started())
+}
+
+/// [`exec`] for a node whose wall time counts from `t0` (a warm worker runs several nodes
+/// in one process: each counts from when it was handed over).
+pub fn exec_since(
+    store_root: &Path,
+    key: &str,
+    spec: &Path,
+    cpu: bool,
+    t0: Instant,
+) -> nodes::Result<Outcome> {
     crate::nodes::checkpoint::catch_stop_signals();
     let store = Store::open(store_root)?;
     let lease_path = lease_path(&store.root, key);
@@ -103,14 +115,21 @@ pub fn exec(store_root: &Path, key: &str, spec: &Path, cpu: bool) -> nodes::Resu
         "cuda_visible_devices": std::env::var("CUDA_VISIBLE_DEVICES").ok(),
     }));
     let staged = store.stage(key)?;
-    let result = exec_into(&store, key, node, cpu, &staged);
+    let result = exec_into(&store, key, node, cpu, &staged, t0);
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&staged);
     }
     result.map(|_| Outcome::Done)
 }
 
-fn exec_into(store: &Store, key: &str, node: Node, cpu: bool, staged: &Path) -> nodes::Result<()> {
+fn exec_into(
+    store: &Store,
+    key: &str,
+    node: Node,
+    cpu: bool,
+    staged: &Path,
+    t0: Instant,
+) -> nodes::Result<()> {
     let store = store.clone();
     let fp = node.fingerprint();
     if fp.key() != key {
@@ -119,9 +138,6 @@ fn exec_into(store: &Store, key: &str, node: Node, cpu: bool, staged: &Path) -> 
             fp.key()
         )));
     }
-    // From the process's start: the wall time of a node includes its start-up (loading
-    // libtorch, a CUDA context), which is part of what a node costs.
-    let t0 = process_started();
     // Prep and checkpoint builds are CPU work; device nodes compute where their key says.
     let device = match node.numerics() {
         Some(n) => nodes::train::device(n, cpu)?,
@@ -189,8 +205,9 @@ fn exec_into(store: &Store, key: &str, node: Node, cpu: bool, staged: &Path) -> 
     Ok(())
 }
 
-/// When this process started (Linux: from `/proc/self/stat` and `/proc/uptime`); now where
-/// that cannot be read.
+/// When this process started: a node's wall time includes its process's start-up (loading
+/// libtorch, a CUDA context), which is part of what a node costs. Linux: from
+/// `/proc/self/stat` and `/proc/uptime`; now where that cannot be read.
 fn process_started() -> Instant {
     let age = || -> Option<f64> {
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;

@@ -3,9 +3,9 @@
 use super::state::{Capacity, Slot};
 use super::{Gpus, Job, Launcher, Report};
 use std::collections::BTreeMap;
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +20,8 @@ pub struct LocalOptions {
     pub per_gpu: usize,
     /// CPU threads shared by the nodes that need no GPU.
     pub cpu_threads: u32,
+    /// Device nodes run in one warm `vtab-orch worker` per slot instead of a process each.
+    pub warm: bool,
 }
 
 /// The GPUs this process sees, as the entries to give a child: the parent's own
@@ -73,11 +75,20 @@ struct Running {
     slot: Slot,
 }
 
+/// A warm worker (see `worker.rs`) and the node it runs now, if any.
+struct Worker {
+    child: Arc<Mutex<Child>>,
+    stdin: ChildStdin,
+    busy: Arc<Mutex<Option<String>>>,
+}
+
 pub struct LocalLauncher {
     o: LocalOptions,
     tx: Sender<Report>,
     rx: Receiver<Report>,
     running: BTreeMap<String, Running>,
+    /// Warm workers by slot name (`gpu0.1`, `cpu`).
+    workers: BTreeMap<String, Worker>,
 }
 
 impl LocalLauncher {
@@ -88,7 +99,114 @@ impl LocalLauncher {
             tx,
             rx,
             running: BTreeMap::new(),
+            workers: BTreeMap::new(),
         }
+    }
+
+    /// Pins a child (a node process or a warm worker) to `slot`'s device.
+    fn pin(&self, cmd: &mut Command, slot: Slot) {
+        match slot {
+            Slot::Gpu { gpu, .. } => {
+                cmd.env("CUDA_VISIBLE_DEVICES", &self.o.gpus[gpu]);
+            }
+            Slot::CpuDevice | Slot::Cpu { .. } | Slot::Cluster => {
+                cmd.arg("--cpu");
+            }
+        }
+    }
+
+    /// Hands `job` to its slot's warm worker, starting one if there is none alive.
+    fn launch_warm(&mut self, job: &Job) -> Result<(), String> {
+        let name = job.slot.to_string();
+        let alive = self
+            .workers
+            .get(&name)
+            .is_some_and(|w| matches!(w.child.lock().expect("child lock").try_wait(), Ok(None)));
+        if !alive {
+            let w = self.spawn_worker(job)?;
+            self.workers.insert(name.clone(), w);
+        }
+        let w = self.workers.get_mut(&name).expect("a worker");
+        *w.busy.lock().expect("busy lock") = Some(job.key.clone());
+        let a = super::worker::Assignment {
+            key: job.key.clone(),
+            spec: job.spec.clone(),
+            log: job.log.clone(),
+        };
+        let line = serde_json::to_string(&a).expect("assignment serialises");
+        writeln!(w.stdin, "{line}")
+            .and_then(|_| w.stdin.flush())
+            .map_err(|e| format!("handing {} to the {name} worker: {e}", job.key))?;
+        self.running.insert(
+            job.key.clone(),
+            Running {
+                child: w.child.clone(),
+                slot: job.slot,
+            },
+        );
+        Ok(())
+    }
+
+    fn spawn_worker(&self, job: &Job) -> Result<Worker, String> {
+        // Until its first node points stderr at that node's log, the worker writes there.
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&job.log)
+            .map_err(|e| format!("{}: {e}", job.log.display()))?;
+        let mut cmd = Command::new(&self.o.exe);
+        cmd.arg("worker").arg("--store").arg(&self.o.store);
+        self.pin(&mut cmd, job.slot);
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(err))
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", self.o.exe.display()))?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let child = Arc::new(Mutex::new(child));
+        let busy: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let (tx, c, b) = (self.tx.clone(), child.clone(), busy.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let exit = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get(super::worker::EXIT_FIELD)?.as_i64());
+                let key = match exit {
+                    Some(_) => b.lock().expect("busy lock").take(),
+                    None => b.lock().expect("busy lock").clone(),
+                };
+                let Some(key) = key else { continue };
+                let _ = tx.send(match exit {
+                    Some(code) => Report::Exit {
+                        key,
+                        code: Some(code as i32),
+                        note: None,
+                    },
+                    None => Report::Line { key, line },
+                });
+            }
+            // The worker ended: the node it was running (if any) ends with it.
+            let Some(key) = b.lock().expect("busy lock").take() else {
+                return;
+            };
+            let code = loop {
+                if let Ok(Some(status)) = c.lock().expect("child lock").try_wait() {
+                    break status.code();
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            let _ = tx.send(Report::Exit {
+                key,
+                code,
+                note: Some("its warm worker process ended while running it".into()),
+            });
+        });
+        Ok(Worker { child, stdin, busy })
     }
 
     /// The child's command line and environment for `job` (not yet spawned).
@@ -100,14 +218,7 @@ impl LocalLauncher {
             .arg(&self.o.store)
             .arg("--spec")
             .arg(&job.spec);
-        match job.slot {
-            Slot::Gpu { gpu, .. } => {
-                cmd.env("CUDA_VISIBLE_DEVICES", &self.o.gpus[gpu]);
-            }
-            Slot::CpuDevice | Slot::Cpu { .. } | Slot::Cluster => {
-                cmd.arg("--cpu");
-            }
-        }
+        self.pin(&mut cmd, job.slot);
         cmd
     }
 }
@@ -122,6 +233,9 @@ impl Launcher for LocalLauncher {
     }
 
     fn launch(&mut self, job: &Job) -> Result<(), String> {
+        if self.o.warm && matches!(job.slot, Slot::Gpu { .. } | Slot::CpuDevice) {
+            return self.launch_warm(job);
+        }
         // Appended: another run's child may be writing this node's log.
         let err = std::fs::OpenOptions::new()
             .create(true)
@@ -210,6 +324,24 @@ impl Launcher for LocalLauncher {
             let _ = c.wait();
         }
         n
+    }
+}
+
+impl Drop for LocalLauncher {
+    /// Idle warm workers end when their stdin closes; reap them.
+    fn drop(&mut self) {
+        for (_, w) in std::mem::take(&mut self.workers) {
+            drop(w.stdin);
+            let mut c = w.child.lock().expect("child lock");
+            let t0 = std::time::Instant::now();
+            while matches!(c.try_wait(), Ok(None)) && t0.elapsed() < STOP_GRACE {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
     }
 }
 

@@ -43,6 +43,7 @@ fn launcher(dir: &Path, exe: PathBuf, gpus: &[&str]) -> LocalLauncher {
         gpus: gpus.iter().map(|g| g.to_string()).collect(),
         per_gpu: 1,
         cpu_threads: 4,
+        warm: false,
     })
 }
 

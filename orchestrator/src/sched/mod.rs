@@ -6,6 +6,7 @@ pub mod lease;
 pub mod local;
 pub mod slurm;
 pub mod state;
+pub mod worker;
 
 pub use events::Event;
 use state::{Capacity, Core, Exit, Launch, NodeSpec, Slot};
