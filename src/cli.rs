@@ -265,7 +265,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
     // Ctrl-C or SIGTERM: the scheduler cancels what it started, then stops.
     let _ =
         ctrlc::set_handler(|| sched::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst));
-    let total = l.graph.len();
+    let total = l.graph.len() + l.graph.pending_finals();
     let mut view = crate::view::View::new(total);
     eprintln!(
         "suite {}: {} runs, {} nodes, store {}",
@@ -363,6 +363,9 @@ pub fn report(a: ReportArgs) -> Result<i32> {
         None => None,
     };
     let l = load(&a.s)?;
+    if l.suite.protocol.is_some() {
+        return report_protocol(&l);
+    }
     let (recs, missing) = records(&l, &l.other_device()?)?;
     if missing > 0 {
         eprintln!("note: {missing} of {} runs are not finished yet and are left out (run `vtab-orch run` first)", l.graph.runs.len());
@@ -383,6 +386,24 @@ pub fn report(a: ReportArgs) -> Result<i32> {
         dir.join("table.csv").display(),
         plots.len(),
         dir.join("plots").display()
+    );
+    Ok(0)
+}
+
+/// `report` of a suite under `[protocol]`: selection, final (test) and search (val200)
+/// tables (orchestrator/src/report/protocol.rs).
+fn report_protocol(l: &Loaded) -> Result<i32> {
+    let dir = &l.store.root;
+    std::fs::create_dir_all(dir)?;
+    let other = l.other_device()?;
+    let (md, missing) = report::protocol::write(&l.suite, &l.graph, &other, &l.store, dir)?;
+    if missing > 0 {
+        eprintln!("note: {missing} selections or final runs are not finished yet and are left out (run `vtab-orch run` first)");
+    }
+    print!("{md}");
+    eprintln!(
+        "wrote selection.csv, final.csv and search.csv under {}",
+        dir.display()
     );
     Ok(0)
 }

@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub mod protocol;
 mod reference;
 mod subsets;
 

@@ -4,6 +4,7 @@ pub mod build;
 pub mod eval;
 pub mod fit;
 pub mod prep;
+pub mod select;
 pub mod train;
 
 use std::io::Write;

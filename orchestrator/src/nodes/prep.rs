@@ -142,6 +142,83 @@ pub fn run(p: &PrepNode, out: &Path, digests: &Path) -> Result<PrepInfo> {
     Ok(info)
 }
 
+/// A train800 or val200 split cut from the stored train800val200 entry `whole` (the view of
+/// `p.view_of`): the split is listed as usual, and each example's pixels and label are the
+/// rows of `whole` with the same example id, so no image is decoded twice. Writes the same
+/// files as [`run`].
+pub fn run_view(p: &PrepNode, whole: &Path, out: &Path) -> Result<PrepInfo> {
+    let Listed {
+        class_names,
+        definition,
+        members,
+        ..
+    } = list_items(p)?;
+    let whole_members = std::fs::read_to_string(whole.join(MEMBERS)).map_err(io_err(whole))?;
+    let row: std::collections::HashMap<&str, i64> = whole_members
+        .lines()
+        .enumerate()
+        .map(|(i, m)| (m, i as i64))
+        .collect();
+    let rows = members
+        .iter()
+        .map(|m| {
+            row.get(m.as_str()).copied().ok_or_else(|| {
+                NodeError::Failed(format!(
+                    "{}: example `{m}` of {} is not in the train800val200 entry {}",
+                    p.dataset,
+                    format!("{:?}", p.split).to_lowercase(),
+                    whole.display()
+                ))
+            })
+        })
+        .collect::<Result<Vec<i64>>>()?;
+    let (images, labels, whole_info) = load_all(whole)?;
+    if whole_info.class_names != class_names || whole_info.img_size != p.img_size {
+        return Err(NodeError::Failed(format!(
+            "{}: the train800val200 entry {} has other classes or image size",
+            p.dataset,
+            whole.display()
+        )));
+    }
+    let index = Tensor::from_slice(&rows);
+    let (images, labels) = (images.index_select(0, &index), labels.index_select(0, &index));
+    let label_list: Vec<i64> = Vec::try_from(&labels)?;
+    let mut per_class = vec![0usize; class_names.len()];
+    for l in &label_list {
+        per_class[*l as usize] += 1;
+    }
+    let mut chunks = Vec::new();
+    let n = rows.len() as i64;
+    for (ci, start) in (0..n).step_by(CHUNK).enumerate() {
+        let len = (CHUNK as i64).min(n - start);
+        let name = format!("images-{ci:05}.safetensors");
+        Tensor::write_safetensors(
+            &[
+                ("images", images.narrow(0, start, len)),
+                ("labels", labels.narrow(0, start, len)),
+            ],
+            out.join(&name),
+        )
+        .map_err(NodeError::Torch)?;
+        chunks.push(name);
+    }
+    let info = PrepInfo {
+        class_names,
+        count: rows.len(),
+        per_class,
+        img_size: p.img_size,
+        chunks,
+    };
+    write_json(&out.join(CLASSES), &info)?;
+    write_json(
+        &out.join(SUBSET),
+        &SubsetRecord::new(p.split, definition, &members),
+    )?;
+    let path = out.join(MEMBERS);
+    std::fs::write(&path, members_text(&members)).map_err(io_err(&path))?;
+    Ok(info)
+}
+
 /// The key was made from the source's fingerprint at planning time; data changed since then
 /// must not be stored under it (as build refuses changed weights). Returns the fingerprint.
 fn unchanged_since_planned(
@@ -326,6 +403,7 @@ mod tests {
             split,
             img_size: 8,
             sample_seed: 3,
+            view_of: None,
         }
     }
 
