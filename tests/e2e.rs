@@ -88,8 +88,10 @@ fn default_suite_runs_caches_and_reruns_only_what_changed() {
     let p0 = plan(&st, &[]);
     assert!(
         !p0.is_empty()
-            && p0.iter().all(|e| (e["status"] == "run" && e["reason"] == "new")
-                || (e["status"] == "pending" && e["key"] == ""))
+            && p0
+                .iter()
+                .all(|e| (e["status"] == "run" && e["reason"] == "new")
+                    || (e["status"] == "pending" && e["key"] == ""))
     );
     for e in &p0 {
         for k in ["key", "kind", "label", "status", "reason", "deps"] {
@@ -114,7 +116,10 @@ fn default_suite_runs_caches_and_reruns_only_what_changed() {
     // The report under the protocol: the selection of every (dataset, method table), the
     // finals from the test split and the search from val200.
     let md = ok(&vtab("report", &st, &[]));
-    assert!(md.contains("(split: test;") && md.contains("(split: val200;"), "{md}");
+    assert!(
+        md.contains("(split: test;") && md.contains("(split: val200;"),
+        "{md}"
+    );
     assert!(md.contains("| lora r=8 a=8 q,v lr="), "{md}");
     let groups = 3 * 6 + 2;
     let sel = std::fs::read_to_string(st.join("selection.csv")).unwrap();
@@ -122,7 +127,9 @@ fn default_suite_runs_caches_and_reruns_only_what_changed() {
     let finals = std::fs::read_to_string(st.join("final.csv")).unwrap();
     assert_eq!(finals.lines().count(), 1 + groups, "{finals}");
     assert!(
-        finals.lines().any(|l| l.starts_with("shape,lora,") && l.contains(" (3),")),
+        finals
+            .lines()
+            .any(|l| l.starts_with("shape,lora,") && l.contains(" (3),")),
         "{finals}"
     );
     let search = std::fs::read_to_string(st.join("search.csv")).unwrap();
@@ -141,7 +148,10 @@ fn default_suite_runs_caches_and_reruns_only_what_changed() {
             .map(|e| e["key"].as_str().unwrap().to_string())
             .collect::<Vec<_>>()
     };
-    assert_eq!(keys(&plan(&st, &["defaults.eval_batch_size=7"])), keys(&done));
+    assert_eq!(
+        keys(&plan(&st, &["defaults.eval_batch_size=7"])),
+        keys(&done)
+    );
     // ... nor another store location.
     let elsewhere = store("elsewhere");
     assert_eq!(keys(&plan(&elsewhere, &[])), keys(&p0));

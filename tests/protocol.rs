@@ -168,7 +168,10 @@ fn ran(o: &Output) -> (usize, usize) {
     let line = err.lines().rev().find(|l| l.contains(" ran, ")).unwrap();
     let n = |w: &str| -> usize {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let i = words.iter().position(|x| x.trim_end_matches(',') == w).unwrap();
+        let i = words
+            .iter()
+            .position(|x| x.trim_end_matches(',') == w)
+            .unwrap();
         words[i - 1].parse().unwrap()
     };
     (n("ran"), n("cached"))
@@ -212,7 +215,11 @@ fn killed_between_select_and_finals_the_rerun_does_not_recompute_the_search() {
     assert_eq!(count(&p, "cached", "train"), 2, "the two search runs");
     let again = vtab(&["run", s, "--gpus", "none"], &[]);
     let (n, _) = ran(&again);
-    assert_eq!(n, 2 * 2 + 1, "final train + eval per seed, and the test prep");
+    assert_eq!(
+        n,
+        2 * 2 + 1,
+        "final train + eval per seed, and the test prep"
+    );
     let second = vtab(&["run", s, "--gpus", "none"], &[]);
     assert_eq!(ran(&second).0, 0, "a second run runs nothing");
     assert!(plan(&suite).iter().all(|e| e["status"] == "cached"));
@@ -220,7 +227,10 @@ fn killed_between_select_and_finals_the_rerun_does_not_recompute_the_search() {
     let r = vtab(&["report", s], &[]);
     let md = String::from_utf8_lossy(&r.stdout);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert!(md.contains("split: test") && md.contains("split: val200"), "{md}");
+    assert!(
+        md.contains("split: test") && md.contains("split: val200"),
+        "{md}"
+    );
     let sel = std::fs::read_to_string(d.join("store/selection.csv")).unwrap();
     assert!(sel.starts_with("dataset,method,chosen,settings,val200_top1_winner,val200_top1_runner_up,candidates,search_seeds"), "{sel}");
     assert!(sel.contains(&chosen(&d.join("store"))), "{sel}");
@@ -253,5 +263,9 @@ fn a_changed_search_axis_reruns_only_what_the_choice_needs() {
         .unwrap()
         .to_string();
     let finals = if new == old { 0 } else { 2 };
-    assert_eq!(n, 2 + 1 + finals, "search train+eval, select, finals ({old} -> {new})");
+    assert_eq!(
+        n,
+        2 + 1 + finals,
+        "search train+eval, select, finals ({old} -> {new})"
+    );
 }

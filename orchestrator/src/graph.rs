@@ -474,18 +474,12 @@ pub fn expand(
         let candidates = sel
             .candidates
             .iter()
-            .map(|c| Candidate {
+            .zip(&sel.search_runs)
+            .map(|(c, at)| Candidate {
                 config: c.config.clone(),
                 hparams: c.hparams.clone(),
                 seeds: sel.search_seeds.clone(),
-                evals: g
-                    .runs
-                    .iter()
-                    .filter(|(r, _)| {
-                        r.dataset == sel.dataset && r.family == sel.family && r.config == c.config
-                    })
-                    .map(|(_, k)| k.clone())
-                    .collect(),
+                evals: at.iter().map(|i| g.runs[*i].1.clone()).collect(),
             })
             .collect();
         let finals = Finals {

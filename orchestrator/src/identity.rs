@@ -550,7 +550,10 @@ mod tests {
         SelectNode {
             dataset: "shape".into(),
             family: "lora".into(),
-            candidates: vec![c("lora lr=0.001", ["e1", "e2"]), c("lora lr=0.01", ["e3", "e4"])],
+            candidates: vec![
+                c("lora lr=0.001", ["e1", "e2"]),
+                c("lora lr=0.01", ["e3", "e4"]),
+            ],
         }
     }
 
@@ -668,8 +671,20 @@ mod tests {
                 |p| p.view_of = Some("whole".into()),
                 true,
             ),
-            case("select dataset", se.clone(), sn, |s| s.dataset = "x".into(), false),
-            case("select family", se.clone(), sn, |s| s.family = "x".into(), false),
+            case(
+                "select dataset",
+                se.clone(),
+                sn,
+                |s| s.dataset = "x".into(),
+                false,
+            ),
+            case(
+                "select family",
+                se.clone(),
+                sn,
+                |s| s.family = "x".into(),
+                false,
+            ),
             case(
                 "select config",
                 se.clone(),

@@ -181,7 +181,10 @@ pub fn run_view(p: &PrepNode, whole: &Path, out: &Path) -> Result<PrepInfo> {
         )));
     }
     let index = Tensor::from_slice(&rows);
-    let (images, labels) = (images.index_select(0, &index), labels.index_select(0, &index));
+    let (images, labels) = (
+        images.index_select(0, &index),
+        labels.index_select(0, &index),
+    );
     let label_list: Vec<i64> = Vec::try_from(&labels)?;
     let mut per_class = vec![0usize; class_names.len()];
     for l in &label_list {
@@ -404,6 +407,52 @@ mod tests {
             img_size: 8,
             sample_seed: 3,
             view_of: None,
+        }
+    }
+
+    /// A train800 / val200 view cut from the train800val200 entry holds exactly what a
+    /// separate decode of that split would (pixels, labels, classes, subset, members).
+    #[test]
+    fn a_view_equals_a_separate_decode_of_its_split() {
+        let source = Source::Synthetic {
+            task: Task::Shape,
+            test_images: 5,
+        };
+        let whole = tmp("view-whole");
+        run(
+            &node(source.clone(), Split::Train800val200),
+            &whole,
+            &whole.join("d.json"),
+        )
+        .unwrap();
+        for split in [Split::Train800, Split::Val200] {
+            let (direct, view) = (tmp("view-direct"), tmp("view-cut"));
+            let n = node(source.clone(), split);
+            let a = run(&n, &direct, &direct.join("d.json")).unwrap();
+            let b = run_view(
+                &PrepNode {
+                    view_of: Some("whole".into()),
+                    ..n
+                },
+                &whole,
+                &view,
+            )
+            .unwrap();
+            assert_eq!(
+                (a.count, &a.per_class, &a.class_names),
+                (b.count, &b.per_class, &b.class_names)
+            );
+            let (ia, la, _) = load_all(&direct).unwrap();
+            let (ib, lb, _) = load_all(&view).unwrap();
+            assert!(ia.equal(&ib) && la.equal(&lb), "{split:?}");
+            assert_eq!(subset(&direct).unwrap(), subset(&view).unwrap());
+            for f in [MEMBERS, CLASSES] {
+                assert_eq!(
+                    std::fs::read(direct.join(f)).unwrap(),
+                    std::fs::read(view.join(f)).unwrap(),
+                    "{f}"
+                );
+            }
         }
     }
 

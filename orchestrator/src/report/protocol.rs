@@ -91,9 +91,7 @@ pub fn write(
             gr.selections
                 .iter()
                 .find(|(k, f)| {
-                    f.dataset == s.dataset
-                        && f.family == s.family
-                        && store.is_complete("select", k)
+                    f.dataset == s.dataset && f.family == s.family && store.is_complete("select", k)
                 })
                 .map(|(k, _)| k.clone())
         });
@@ -142,7 +140,12 @@ pub fn write(
             seeds,
         ]);
         for (i, c) in sel.candidates.iter().enumerate() {
-            search.push((s.dataset.clone(), s.family.clone(), c.clone(), i == sel.chosen));
+            search.push((
+                s.dataset.clone(),
+                s.family.clone(),
+                c.clone(),
+                i == sel.chosen,
+            ));
         }
     }
     write_csv(&dir.join("selection.csv"), &sel_rows)?;
@@ -153,9 +156,7 @@ pub fn write(
         other
             .finals
             .iter()
-            .find(|(r, _)| {
-                r.dataset == run.dataset && r.family == run.family && r.seed == run.seed
-            })
+            .find(|(r, _)| r.dataset == run.dataset && r.family == run.family && r.seed == run.seed)
             .map(|(_, k)| k.clone())
     };
     for (run, key) in &g.finals {

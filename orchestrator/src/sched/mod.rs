@@ -371,10 +371,20 @@ impl Driver<'_> {
             .core
             .extend(specs)
             .expect("finals read only known nodes");
-        debug_assert!(blocked.is_empty(), "a done select has no failed inputs");
+        // A final whose (shared) prep failed earlier in this run.
+        for b in blocked {
+            self.summary.blocked += 1;
+            let (label, by) = (self.label(&b.key), self.label(&b.by));
+            self.emit(Event::Blocked {
+                key: b.key,
+                label,
+                by,
+            });
+        }
         for k in added {
             let node = self.g.node(&k).expect("added node");
-            if self.store.is_complete(node.kind(), &k) {
+            let blocked = self.core.state(&k) == Some(state::State::Blocked);
+            if !blocked && self.store.is_complete(node.kind(), &k) {
                 self.cached(&k);
             }
         }

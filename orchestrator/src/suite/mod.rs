@@ -129,6 +129,9 @@ pub struct Selection {
     pub candidates: Vec<Run>,
     pub final_seeds: Vec<u64>,
     pub search_seeds: Vec<u64>,
+    /// Per candidate, its search runs (positions in `Suite::runs`, one per search seed);
+    /// empty for a single candidate.
+    pub search_runs: Vec<Vec<usize>>,
 }
 
 /// Loads `path` with environment overrides (`VTAB_ORCH_DEFAULTS__EPOCHS=3`) and `--set`

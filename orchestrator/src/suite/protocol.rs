@@ -58,11 +58,18 @@ impl Parser {
             }
         }
         if let Some(Value::Array(list)) = top.get("override") {
-            tables.extend(list.iter().enumerate().map(|(i, v)| (format!("override[{i}]"), v)));
+            tables.extend(
+                list.iter()
+                    .enumerate()
+                    .map(|(i, v)| (format!("override[{i}]"), v)),
+            );
         }
         for (key, v) in tables {
             let Some(m) = v.as_object() else { continue };
-            for k in ["train_split", "eval_split"].iter().filter(|k| m.contains_key(**k)) {
+            for k in ["train_split", "eval_split"]
+                .iter()
+                .filter(|k| m.contains_key(**k))
+            {
                 self.problem(
                     &format!("{key}.{k}"),
                     Problem::ContradictsProtocol(
@@ -94,6 +101,7 @@ pub(super) fn search(runs: Vec<Run>, p: &Protocol) -> (Vec<Run>, Vec<Selection>)
                     candidates: Vec::new(),
                     final_seeds: Vec::new(),
                     search_seeds: p.search_seeds.clone(),
+                    search_runs: Vec::new(),
                 });
                 selections.last_mut().expect("pushed")
             }
@@ -106,15 +114,20 @@ pub(super) fn search(runs: Vec<Run>, p: &Protocol) -> (Vec<Run>, Vec<Selection>)
         }
     }
     let mut search = Vec::new();
-    for s in selections.iter().filter(|s| s.candidates.len() > 1) {
+    for s in selections.iter_mut().filter(|s| s.candidates.len() > 1) {
         for c in &s.candidates {
+            let mut at = Vec::new();
             for seed in &p.search_seeds {
                 let mut r = c.clone();
                 r.opt.train_split = Split::Train800;
                 r.opt.eval_split = Split::Val200;
                 r.seed = *seed;
+                // A label only: search and final runs of one setting read apart.
+                r.config = format!("{} (search)", c.config);
+                at.push(search.len());
                 search.push(r);
             }
+            s.search_runs.push(at);
         }
     }
     (search, selections)
