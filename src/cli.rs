@@ -299,7 +299,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
     // Ctrl-C or SIGTERM: the scheduler cancels what it started, then stops.
     let _ =
         ctrlc::set_handler(|| sched::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst));
-    let total = l.graph.len();
+    let total = l.graph.len() + l.graph.pending_finals();
     let mut view = crate::view::View::new(total);
     eprintln!(
         "suite {}: {} runs, {} nodes, store {}",
@@ -360,6 +360,9 @@ pub fn report(a: ReportArgs) -> Result<i32> {
         .out
         .clone()
         .unwrap_or_else(|| report::default_dir(&l.store.root, &l.suite.name));
+    if l.suite.protocol.is_some() {
+        return report_protocol(&l, &dir);
+    }
     let c = orchestrator::records::collect(&l, &l.other_device()?)?;
     let runs = l.graph.runs.len();
     if c.records.is_empty() {
@@ -403,6 +406,30 @@ pub fn report(a: ReportArgs) -> Result<i32> {
             tagged.display()
         );
     }
+    Ok(0)
+}
+
+/// `report` of a suite under `[protocol]`: selection, final (test) and search (val200)
+/// tables (orchestrator/src/report/protocol.rs).
+fn report_protocol(l: &Loaded, dir: &std::path::Path) -> Result<i32> {
+    if dir.join("CACHEDIR.TAG").exists() {
+        return Err(UsageError(format!(
+            "report --out {}: that folder is a store; write the report elsewhere",
+            dir.display()
+        ))
+        .into());
+    }
+    std::fs::create_dir_all(dir)?;
+    let other = l.other_device()?;
+    let (md, missing) = report::protocol::write(&l.suite, &l.graph, &other, &l.store, dir)?;
+    if missing > 0 {
+        eprintln!("note: {missing} selections or final runs are not finished yet and are left out (run `vtab-orch run` first)");
+    }
+    print!("{md}");
+    eprintln!(
+        "wrote selection.csv, final.csv and search.csv to {}",
+        dir.display()
+    );
     Ok(0)
 }
 

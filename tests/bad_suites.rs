@@ -58,6 +58,10 @@ const CASES: &[(&str, &[&str])] = &[
     ("unknown_arch.toml", &["`backbone.arch`", "unknown architecture `vit_tiny_patch8_224`"]),
     ("zero_test_images.toml", &["`datasets.shape.test_images`", "must be >= 1, got 0"]),
     ("no_methods.toml", &["`methods`", "missing"]),
+    ("protocol_with_top_seeds.toml", &["`seeds`", "contradicts [protocol]", "protocol.search_seeds and protocol.final_seeds"]),
+    ("protocol_with_split.toml", &["`defaults.eval_split`", "contradicts [protocol]", "the protocol sets the splits"]),
+    ("protocol_unknown_key.toml", &["`protocol.final_seed`", "unknown key", "did you mean `final_seeds`?"]),
+    ("protocol_unknown_kind.toml", &["`protocol.kind`", "unknown protocol `vtab`", "vtab1k"]),
 ];
 
 /// Files in the corpus folder that are not suites but inputs of one.

@@ -84,25 +84,37 @@ fn to_run(p: &[Value]) -> Vec<(String, String)> {
 #[test]
 fn default_suite_runs_caches_and_reruns_only_what_changed() {
     let st = store("main");
-    // Everything is new at first.
+    // Everything is new at first, or pending a selection (the protocol's finals).
     let p0 = plan(&st, &[]);
     assert!(
         !p0.is_empty()
             && p0
                 .iter()
-                .all(|e| e["status"] == "run" && e["reason"] == "new")
+                .all(|e| (e["status"] == "run" && e["reason"] == "new")
+                    || (e["status"] == "pending" && e["key"] == ""))
     );
     for e in &p0 {
         for k in ["key", "kind", "label", "status", "reason", "deps"] {
             assert!(e.get(k).is_some(), "plan entry lacks `{k}`: {e}");
         }
     }
-    let runs = p0.iter().filter(|e| e["kind"] == "eval").count();
-    // 3 datasets x 9 configurations + full on 2, plus 2 more seeds on `shape` (9 + full).
-    assert_eq!(runs, 3 * 9 + 2 + 2 * 10);
+    let count = |p: &[Value], status: &str, kind: &str| {
+        p.iter()
+            .filter(|e| e["status"] == status && e["kind"] == kind)
+            .count()
+    };
+    // Search: 3 datasets x 8 candidates (linear, vera, lora, lora_mlp: 2 each). Finals of
+    // the one-candidate tables (bitfit, ia3 on 3 datasets, full on 2; 3 seeds on shape)
+    // are known at once: 3 x 3 + 2 + 3 = 14; the other 4 tables' finals wait for their
+    // 12 select nodes: 4 x (3 + 1 + 1) = 20.
+    assert_eq!(count(&p0, "run", "eval"), 3 * 8 + 14);
+    assert_eq!(count(&p0, "run", "select"), 3 * 4);
+    assert_eq!(count(&p0, "pending", "eval"), 20);
+    assert_eq!(count(&p0, "pending", "train"), 20);
     ok(&vtab("run", &st, &[]));
 
-    // The report: one summary row per run, with the documented columns.
+    // The report under the protocol: the selection of every (dataset, method table), the
+    // finals from the test split and the search from val200.
     let reports = st.join("reports");
     let mut report = Command::new(env!("CARGO_BIN_EXE_vtab-orch"));
     report.arg("report").arg(suite()).arg("--store").arg(&st);
@@ -111,45 +123,31 @@ fn default_suite_runs_caches_and_reruns_only_what_changed() {
         report.arg("--set").arg(s);
     }
     let md = ok(&report.output().unwrap());
-    assert!(md.contains("| lora r=8 a=8 q,v"), "{md}");
-    let csv = std::fs::read_to_string(reports.join("summary.csv")).unwrap();
-    let mut lines = csv.lines();
-    let header = lines.next().unwrap();
-    for col in [
-        "dataset",
-        "method",
-        "config",
-        "seed",
-        "top1",
-        "trainable",
-        "trainable_pct",
-        "epoch_time_s",
-        "peak_mem_mib",
-        "train_img_s",
-        "train_wall_s",
-        "overhead_s",
-        "key",
-    ] {
-        assert!(
-            header.split(',').any(|h| h == col),
-            "summary.csv lacks `{col}`: {header}"
-        );
-    }
-    assert_eq!(lines.count(), runs);
-    for f in [
-        "table.csv",
-        "per_class.csv",
-        "plots/plot_shape.svg",
-        "plots/curves_shape.svg",
-    ] {
-        assert!(reports.join(f).exists(), "{f}");
-    }
+    assert!(
+        md.contains("(split: test;") && md.contains("(split: val200;"),
+        "{md}"
+    );
+    assert!(md.contains("| lora r=8 a=8 q,v lr="), "{md}");
+    let groups = 3 * 6 + 2;
+    let sel = std::fs::read_to_string(reports.join("selection.csv")).unwrap();
+    assert_eq!(sel.lines().count(), 1 + groups, "{sel}");
+    let finals = std::fs::read_to_string(reports.join("final.csv")).unwrap();
+    assert_eq!(finals.lines().count(), 1 + groups, "{finals}");
+    assert!(
+        finals
+            .lines()
+            .any(|l| l.starts_with("shape,lora,") && l.contains(" (3),")),
+        "{finals}"
+    );
+    let search = std::fs::read_to_string(reports.join("search.csv")).unwrap();
+    assert_eq!(search.lines().count(), 1 + 3 * 8, "{search}");
 
     // A second run executes nothing.
     let again = vtab("run", &st, &[]);
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success() && err.contains("0 ran"), "{err}");
-    assert!(plan(&st, &[]).iter().all(|e| e["status"] == "cached"));
+    let done = plan(&st, &[]);
+    assert!(done.iter().all(|e| e["status"] == "cached"));
 
     // Non-semantic settings change no key: another eval batch size.
     let keys = |p: &[Value]| {
@@ -157,7 +155,10 @@ fn default_suite_runs_caches_and_reruns_only_what_changed() {
             .map(|e| e["key"].as_str().unwrap().to_string())
             .collect::<Vec<_>>()
     };
-    assert_eq!(keys(&plan(&st, &["defaults.eval_batch_size=7"])), keys(&p0));
+    assert_eq!(
+        keys(&plan(&st, &["defaults.eval_batch_size=7"])),
+        keys(&done)
+    );
     // ... nor another store location.
     let elsewhere = store("elsewhere");
     assert_eq!(keys(&plan(&elsewhere, &[])), keys(&p0));
@@ -184,18 +185,15 @@ fn default_suite_runs_caches_and_reruns_only_what_changed() {
         "{train}"
     );
 
-    // A new seed runs only the new nodes (train + eval per configuration on the seed-0 datasets).
-    let p2 = plan(&st, &["seeds=[0, 5]"]);
+    // A new final seed runs only the new final nodes (train + eval per method table on the
+    // datasets without their own seeds: count 6 tables, orientation 7), no search.
+    let p2 = plan(&st, &["protocol.final_seeds=[0, 5]"]);
     let new = to_run(&p2);
     assert!(
         !new.is_empty() && new.iter().all(|(_, l)| l.ends_with(" s5")),
         "{new:?}"
     );
-    assert_eq!(
-        new.len(),
-        2 * (2 * 9 + 1),
-        "count and orientation (9 configs) + full on orientation"
-    );
+    assert_eq!(new.len(), 2 * (6 + 7), "{new:?}");
     std::fs::remove_dir_all(&st).ok();
 }
 

@@ -37,6 +37,7 @@ fn prep_refuses_files_changed_since_planning() {
         split: Split::Test,
         img_size: 8,
         sample_seed: 0,
+        view_of: None,
     });
     let key = node.fingerprint().key();
     let store = orchestrator::store::Store::open(&d.join("store")).unwrap();

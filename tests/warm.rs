@@ -57,9 +57,19 @@ fn warm_workers_give_the_same_keys_and_bytes() {
     let methods = "[methods.linear]\n[methods.lora]\nr = 2\ntargets = \"q,v\"\n";
     let (a, b) = (suite(&t.join("a"), methods), suite(&t.join("b"), methods));
     let cold = vtab(&["run", a.to_str().unwrap(), "--gpus", "none"], &[]);
-    assert!(cold.status.success(), "{}", String::from_utf8_lossy(&cold.stderr));
+    assert!(
+        cold.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cold.stderr)
+    );
     let warm = vtab(
-        &["run", b.to_str().unwrap(), "--gpus", "none", "--warm-workers"],
+        &[
+            "run",
+            b.to_str().unwrap(),
+            "--gpus",
+            "none",
+            "--warm-workers",
+        ],
         &[],
     );
     let err = String::from_utf8_lossy(&warm.stderr);
@@ -80,7 +90,13 @@ fn a_node_that_crashes_its_worker_fails_alone() {
         "[methods.linear]\n[methods.lora]\nr = 2\ntargets = \"q,v\"\nepochs = 3\n",
     );
     let o = vtab(
-        &["run", s.to_str().unwrap(), "--gpus", "none", "--warm-workers"],
+        &[
+            "run",
+            s.to_str().unwrap(),
+            "--gpus",
+            "none",
+            "--warm-workers",
+        ],
         &[("VTAB_ORCH_TEST_CRASH_AFTER_EPOCH", "2")],
     );
     let err = String::from_utf8_lossy(&o.stderr);

@@ -144,9 +144,15 @@ fn exec_into(
         None => tch::Device::Cpu,
     };
     match &node {
-        Node::Prep(p) => {
-            nodes::prep::run(p, staged, &crate::load::file_digests(&store.root))?;
-        }
+        Node::Prep(p) => match &p.view_of {
+            Some(whole) => {
+                let (_, whole_dir) = input(&store, "prep", whole)?;
+                nodes::prep::run_view(p, &whole_dir, staged)?;
+            }
+            None => {
+                nodes::prep::run(p, staged, &crate::load::file_digests(&store.root))?;
+            }
+        },
         Node::Build(b) => nodes::build::run(b, staged, device)?,
         Node::Train(t) => {
             let (_, prep_dir) = input(&store, "prep", &t.prep)?;
@@ -163,6 +169,9 @@ fn exec_into(
                 &checkpoints(&store, key),
                 device,
             )?;
+        }
+        Node::Select(s) => {
+            nodes::select::run(s, &store, staged)?;
         }
         Node::Eval(e) => {
             let (tn, train_dir) = input(&store, "train", &e.train)?;

@@ -20,6 +20,10 @@ pub struct PrepNode {
     pub split: Split,
     pub img_size: i64,
     pub sample_seed: u64,
+    /// For train800 and val200: the key of the train800val200 prep they are cut from
+    /// (decoded once there; the view picks its rows by example id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_of: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +74,25 @@ pub struct EvalNode {
     pub build: String,
 }
 
+/// One candidate of a selection: its report label and settings, and the keys of its val200
+/// eval nodes, one per search seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub config: String,
+    pub hparams: BTreeMap<String, String>,
+    pub seeds: Vec<u64>,
+    pub evals: Vec<String>,
+}
+
+/// The VTAB-1k selection of one (dataset, method table): reads its candidates' val200
+/// metrics, writes `selection.json`. Candidates in suite order (the last tie-break).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelectNode {
+    pub dataset: String,
+    pub family: String,
+    pub candidates: Vec<Candidate>,
+}
+
 /// One node of the DAG; serialised with a `kind` tag (this is also the spec a child
 /// process receives).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +102,7 @@ pub enum Node {
     Build(BuildNode),
     Train(TrainNode),
     Eval(EvalNode),
+    Select(SelectNode),
 }
 
 fn split_name(s: Split) -> &'static str {
@@ -97,6 +121,7 @@ impl Node {
             Node::Build(_) => "build",
             Node::Train(_) => "train",
             Node::Eval(_) => "eval",
+            Node::Select(_) => "select",
         }
     }
 
@@ -122,6 +147,7 @@ impl Node {
             },
             Node::Train(t) => format!("train {} {} s{}", t.dataset, t.config, t.seed),
             Node::Eval(e) => format!("eval {} {} s{}", e.dataset, e.config, e.seed),
+            Node::Select(s) => format!("select {} {}", s.dataset, s.family),
         }
     }
 
@@ -132,6 +158,7 @@ impl Node {
             Node::Build(_) => "backbone".into(),
             Node::Train(t) => format!("{} {} {}", t.dataset, t.family, t.seed),
             Node::Eval(e) => format!("{} {} {}", e.dataset, e.family, e.seed),
+            Node::Select(s) => format!("{} {}", s.dataset, s.family),
         }
     }
 
@@ -145,7 +172,7 @@ impl Node {
                 weights: BuildWeights::Pretrain { numerics, .. },
                 ..
             }) => Some(*numerics),
-            Node::Prep(_) | Node::Build(_) => None,
+            Node::Prep(_) | Node::Build(_) | Node::Select(_) => None,
         }
     }
 
@@ -167,7 +194,7 @@ impl Node {
                 gpus: 0,
                 cpu_threads: 4,
             },
-            Node::Build(_) => Resources {
+            Node::Build(_) | Node::Select(_) => Resources {
                 gpus: 0,
                 cpu_threads: 1,
             },
@@ -184,19 +211,32 @@ impl Node {
     /// Keys of the nodes this one reads.
     pub fn deps(&self) -> Vec<String> {
         match self {
-            Node::Prep(_) | Node::Build(_) => Vec::new(),
+            Node::Prep(p) => p.view_of.iter().cloned().collect(),
+            Node::Build(_) => Vec::new(),
             Node::Train(t) => vec![t.prep.clone(), t.build.clone()],
             Node::Eval(e) => vec![e.train.clone(), e.prep.clone(), e.build.clone()],
+            Node::Select(s) => s
+                .candidates
+                .iter()
+                .flat_map(|c| c.evals.iter().cloned())
+                .collect(),
         }
     }
 }
 
 /// The sealed DAG: nodes in a petgraph graph (edges input -> consumer) plus a key index.
+#[derive(Clone)]
 pub struct Graph {
     pub graph: DiGraph<(String, Node), ()>,
     pub index: BTreeMap<String, NodeIndex>,
-    /// Eval node keys per suite run, in suite order.
+    /// Eval node keys per suite run, in suite order (with a protocol: the search runs).
     pub runs: Vec<(Run, String)>,
+    /// With a protocol: what each select node (by key) grows into once it has chosen.
+    pub selections: BTreeMap<String, Finals>,
+    /// Final runs added so far (`grow`), with their eval keys, in the order added.
+    pub finals: Vec<(Run, String)>,
+    /// The select nodes whose finals are in the graph.
+    pub grown: std::collections::BTreeSet<String>,
     /// The content fingerprints of the real datasets, by digest (`plan` names the files that
     /// changed since a stored prep).
     pub sources: BTreeMap<String, SourceFingerprint>,
@@ -224,6 +264,115 @@ impl Graph {
         self.graph.node_count() == 0
     }
 
+    /// Train and eval nodes still to come: the finals of select nodes not grown yet.
+    pub fn pending_finals(&self) -> usize {
+        self.selections
+            .iter()
+            .filter(|(k, _)| !self.grown.contains(*k))
+            .map(|(_, f)| 2 * f.final_seeds.len())
+            .sum()
+    }
+
+    /// Adds the final runs of select node `select` for its candidate `chosen` (train on
+    /// train800val200, evaluate on test, one per final seed), written out in full so their
+    /// keys are those of hand-written runs of the same settings. Returns the keys new to the
+    /// graph, inputs first (already known nodes, such as a shared prep, are left out).
+    /// `plan`, `report` and the scheduler all grow the graph through this one function.
+    pub fn add_finals(&mut self, select: &str, chosen: usize) -> Vec<String> {
+        match self.selections.get(select).cloned() {
+            Some(f) if self.grown.insert(select.to_string()) => self.add_finals_of(&f, chosen),
+            _ => Vec::new(),
+        }
+    }
+
+    fn add_finals_of(&mut self, f: &Finals, chosen: usize) -> Vec<String> {
+        let Some(template) = f.candidates.get(chosen) else {
+            return Vec::new();
+        };
+        let before = self.graph.node_count();
+        for seed in &f.final_seeds {
+            let mut run = template.clone();
+            run.seed = *seed;
+            let ctx = RunContext {
+                source: &f.source,
+                source_digest: &f.source_digest,
+                build: &f.build,
+                device: f.device,
+            };
+            let eval = self.add_run(&run, &ctx);
+            self.finals.push((run, eval));
+        }
+        (before..self.graph.node_count())
+            .map(|i| self.graph[NodeIndex::new(i)].0.clone())
+            .collect()
+    }
+
+    /// Adds the finals of every select node `chosen` knows the choice of (from the store).
+    /// Returns the keys new to the graph, inputs first.
+    pub fn grow(&mut self, chosen: &dyn Fn(&str) -> Option<usize>) -> Vec<String> {
+        let selects: Vec<String> = self.selections.keys().cloned().collect();
+        let mut added = Vec::new();
+        for s in selects {
+            if let Some(c) = chosen(&s) {
+                added.extend(self.add_finals(&s, c));
+            }
+        }
+        added
+    }
+
+    /// The prep, train and eval nodes of one run; returns the eval key.
+    fn add_run(&mut self, run: &Run, ctx: &RunContext<'_>) -> String {
+        let train_prep = self.add_prep(run, ctx, run.opt.train_split);
+        let eval_prep = self.add_prep(run, ctx, run.opt.eval_split);
+        let numerics = Numerics::resolve(run.opt.precision, ctx.device);
+        let train = self.add(Node::Train(TrainNode {
+            dataset: run.dataset.clone(),
+            config: run.config.clone(),
+            family: run.family.clone(),
+            method: run.method.clone(),
+            opt: run.opt.clone(),
+            seed: run.seed,
+            numerics,
+            prep: train_prep,
+            build: ctx.build.to_string(),
+        }));
+        self.add(Node::Eval(EvalNode {
+            dataset: run.dataset.clone(),
+            config: run.config.clone(),
+            family: run.family.clone(),
+            seed: run.seed,
+            hparams: run.hparams.clone(),
+            numerics,
+            eval_batch_size: run.opt.eval_batch_size,
+            train,
+            prep: eval_prep,
+            build: ctx.build.to_string(),
+        }))
+    }
+
+    /// The prep of `split` for `run`; train800 and val200 are views of the train800val200
+    /// prep (added too), so the 1000 training images are decoded once.
+    fn add_prep(&mut self, run: &Run, ctx: &RunContext<'_>, split: Split) -> String {
+        let prep = |split: Split, view_of: Option<String>| {
+            Node::Prep(PrepNode {
+                dataset: run.dataset.clone(),
+                source: ctx.source.clone(),
+                source_digest: ctx.source_digest.to_string(),
+                split,
+                img_size: run.opt.img_size,
+                sample_seed: run.opt.sample_seed,
+                view_of,
+            })
+        };
+        match split {
+            Split::Train800 | Split::Val200 => {
+                let whole = self.add(prep(Split::Train800val200, None));
+                self.add(prep(split, Some(whole)))
+            }
+            Split::Train800val200 | Split::Test => self.add(prep(split, None)),
+        }
+    }
+
     fn add(&mut self, node: Node) -> String {
         let key = node.fingerprint().key();
         if !self.index.contains_key(&key) {
@@ -237,6 +386,28 @@ impl Graph {
         }
         key
     }
+}
+
+/// What a select node grows into: its candidates with the final splits, the final seeds,
+/// and what their nodes need from the suite.
+#[derive(Debug, Clone)]
+pub struct Finals {
+    pub dataset: String,
+    pub family: String,
+    pub candidates: Vec<Run>,
+    pub final_seeds: Vec<u64>,
+    pub source: Source,
+    pub source_digest: String,
+    pub build: String,
+    pub device: DeviceKind,
+}
+
+/// What a run's nodes need besides the run: its dataset's source and the backbone.
+struct RunContext<'a> {
+    source: &'a Source,
+    source_digest: &'a str,
+    build: &'a str,
+    device: DeviceKind,
 }
 
 /// How `expand` reads its inputs' identities: weights digests and dataset fingerprints cost
@@ -258,6 +429,9 @@ pub fn expand(
         graph: DiGraph::new(),
         index: BTreeMap::new(),
         runs: Vec::new(),
+        selections: BTreeMap::new(),
+        finals: Vec::new(),
+        grown: Default::default(),
         sources: BTreeMap::new(),
     };
     let build = build_node(&suite.backbone, device, digests.weights).map_err(|e| vec![e])?;
@@ -278,45 +452,57 @@ pub fn expand(
     if !errors.is_empty() {
         return Err(errors);
     }
+    let ctx = |dataset: &str| {
+        (
+            suite.datasets[dataset].source.clone(),
+            names.get(dataset).cloned().unwrap_or_default(),
+        )
+    };
     for run in &suite.runs {
-        let ds = &suite.datasets[&run.dataset];
-        let prep = |split: Split, opt: &Opt| {
-            Node::Prep(PrepNode {
-                dataset: run.dataset.clone(),
-                source: ds.source.clone(),
-                source_digest: names.get(&run.dataset).cloned().unwrap_or_default(),
-                split,
-                img_size: opt.img_size,
-                sample_seed: opt.sample_seed,
-            })
+        let (source, source_digest) = ctx(&run.dataset);
+        let rc = RunContext {
+            source: &source,
+            source_digest: &source_digest,
+            build: &build_key,
+            device,
         };
-        let train_prep = g.add(prep(run.opt.train_split, &run.opt));
-        let eval_prep = g.add(prep(run.opt.eval_split, &run.opt));
-        let numerics = Numerics::resolve(run.opt.precision, device);
-        let train = g.add(Node::Train(TrainNode {
-            dataset: run.dataset.clone(),
-            config: run.config.clone(),
-            family: run.family.clone(),
-            method: run.method.clone(),
-            opt: run.opt.clone(),
-            seed: run.seed,
-            numerics,
-            prep: train_prep,
-            build: build_key.clone(),
-        }));
-        let eval = g.add(Node::Eval(EvalNode {
-            dataset: run.dataset.clone(),
-            config: run.config.clone(),
-            family: run.family.clone(),
-            seed: run.seed,
-            hparams: run.hparams.clone(),
-            numerics,
-            eval_batch_size: run.opt.eval_batch_size,
-            train,
-            prep: eval_prep,
-            build: build_key.clone(),
-        }));
+        let eval = g.add_run(run, &rc);
         g.runs.push((run.clone(), eval));
+    }
+    for sel in &suite.selections {
+        let (source, source_digest) = ctx(&sel.dataset);
+        let candidates = sel
+            .candidates
+            .iter()
+            .zip(&sel.search_runs)
+            .map(|(c, at)| Candidate {
+                config: c.config.clone(),
+                hparams: c.hparams.clone(),
+                seeds: sel.search_seeds.clone(),
+                evals: at.iter().map(|i| g.runs[*i].1.clone()).collect(),
+            })
+            .collect();
+        let finals = Finals {
+            dataset: sel.dataset.clone(),
+            family: sel.family.clone(),
+            candidates: sel.candidates.clone(),
+            final_seeds: sel.final_seeds.clone(),
+            source,
+            source_digest,
+            build: build_key.clone(),
+            device,
+        };
+        if sel.candidates.len() == 1 {
+            // Nothing to choose: the finals are known now.
+            g.add_finals_of(&finals, 0);
+            continue;
+        }
+        let key = g.add(Node::Select(SelectNode {
+            dataset: sel.dataset.clone(),
+            family: sel.family.clone(),
+            candidates,
+        }));
+        g.selections.insert(key, finals);
     }
     Ok(g)
 }
@@ -373,6 +559,7 @@ mod tests {
                 split: Split::Test,
                 img_size: 32,
                 sample_seed: 0,
+                view_of: None,
             });
             let back: Node = serde_json::from_str(&serde_json::to_string(&node).unwrap()).unwrap();
             assert_eq!(back, node);

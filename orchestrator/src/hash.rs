@@ -8,8 +8,14 @@ use std::collections::BTreeMap;
 /// Revision 2 (all kinds): explicit per-kind identities (`identity.rs`), resolved
 /// numerics (`cpu-fp32`, `cuda-bf16`, ...) instead of `precision = "auto"`, and prep entries
 /// that record their subset (`subset.json`, `members.txt`); stores made
-/// before it re-run everything once.
-pub const REVISIONS: [(&str, u32); 4] = [("prep", 2), ("build", 2), ("train", 2), ("eval", 2)];
+/// before it re-run everything once. `select` (the VTAB-1k protocol) starts at 1.
+pub const REVISIONS: [(&str, u32); 5] = [
+    ("prep", 2),
+    ("build", 2),
+    ("train", 2),
+    ("eval", 2),
+    ("select", 1),
+];
 
 pub fn revision(kind: &str) -> u32 {
     REVISIONS

@@ -4,7 +4,9 @@
 //! Owns the choice of what is semantic; the encoding and hashing are `hash.rs`.
 use crate::datasets::synthetic::Task;
 use crate::datasets::{Format, RealSource, Split};
-use crate::graph::{BuildNode, BuildWeights, EvalNode, Node, PrepNode, TrainNode};
+use crate::graph::{
+    BuildNode, BuildWeights, Candidate, EvalNode, Node, PrepNode, SelectNode, TrainNode,
+};
 use crate::hash::Fingerprint;
 use crate::numerics::Numerics;
 use crate::suite::{Opt, Pretrain, Source};
@@ -14,7 +16,13 @@ use serde::Serialize;
 /// The key of `node`: its kind, the kind's revision, the fields below, its inputs' keys.
 pub fn fingerprint(node: &Node) -> Fingerprint {
     match node {
-        Node::Prep(p) => Fingerprint::of("prep", &PrepIdentity::of(p)),
+        Node::Prep(p) => {
+            let fp = Fingerprint::of("prep", &PrepIdentity::of(p));
+            match &p.view_of {
+                Some(whole) => fp.input("view_of", whole),
+                None => fp,
+            }
+        }
         Node::Build(b) => Fingerprint::of("build", &BuildIdentity::of(b)),
         Node::Train(t) => {
             let TrainNode { prep, build, .. } = t;
@@ -30,6 +38,39 @@ pub fn fingerprint(node: &Node) -> Fingerprint {
                 .input("train", train)
                 .input("prep", prep)
                 .input("build", build)
+        }
+        Node::Select(s) => Fingerprint::of("select", &SelectIdentity::of(s)),
+    }
+}
+
+/// A selection is its candidates' val200 eval keys, in suite order (the order breaks the
+/// last tie). Labels and report settings are not semantic; the rule is the revision's.
+#[derive(Serialize)]
+pub struct SelectIdentity {
+    /// Per candidate, its eval keys (one per search seed).
+    pub candidates: Vec<Vec<String>>,
+}
+
+impl SelectIdentity {
+    fn of(s: &SelectNode) -> Self {
+        let SelectNode {
+            dataset: _, // labels
+            family: _,
+            candidates,
+        } = s;
+        SelectIdentity {
+            candidates: candidates
+                .iter()
+                .map(|c| {
+                    let Candidate {
+                        config: _,  // label
+                        hparams: _, // report columns, derived from the train settings
+                        seeds: _,   // the eval keys hold them
+                        evals,
+                    } = c;
+                    evals.clone()
+                })
+                .collect(),
         }
     }
 }
@@ -70,6 +111,7 @@ impl PrepIdentity {
             split,
             img_size,
             sample_seed,
+            view_of: _, // an input: its key is hashed as one
         } = p;
         let (source, draws) = match source {
             Source::Synthetic { task, test_images } => (
@@ -404,6 +446,7 @@ mod tests {
             split: Split::Train800val200,
             img_size: 32,
             sample_seed: 0,
+            view_of: None,
         }
     }
 
@@ -421,6 +464,7 @@ mod tests {
             split: Split::Train800,
             img_size: 224,
             sample_seed: 0,
+            view_of: None,
         }
     }
 
@@ -497,6 +541,23 @@ mod tests {
         }
     }
 
+    fn select() -> SelectNode {
+        let c = |config: &str, evals: [&str; 2]| Candidate {
+            config: config.into(),
+            hparams: Default::default(),
+            seeds: vec![0, 1],
+            evals: evals.map(String::from).to_vec(),
+        };
+        SelectNode {
+            dataset: "shape".into(),
+            family: "lora".into(),
+            candidates: vec![
+                c("lora lr=0.001", ["e1", "e2"]),
+                c("lora lr=0.01", ["e3", "e4"]),
+            ],
+        }
+    }
+
     fn key(n: Node) -> String {
         n.fingerprint().key()
     }
@@ -530,6 +591,10 @@ mod tests {
                 Node::Eval(eval()),
                 r#"{"kind":"eval","revision":2,"params":{"numerics":"cpu-fp32"},"inputs":{"build":"b","prep":"p","train":"t"}}"#,
             ),
+            (
+                Node::Select(select()),
+                r#"{"kind":"select","revision":1,"params":{"candidates":[["e1","e2"],["e3","e4"]]},"inputs":{}}"#,
+            ),
         ];
         let mut keys = Vec::new();
         for (node, bytes) in cases {
@@ -546,6 +611,7 @@ mod tests {
                 "c45f8bce49bd6cb05eb3295d35c5e6d29fce1c6eb35a127827e418287c690c24",
                 "5039d755237ccde8dc0fc50c0ace28a58ad4869c5240bf72eb952b769eaac6d8",
                 "68f811320348419dd51e4e24900d0fe20d056342f4c11e4b1b0528b8ccf3d173",
+                "ec207e2d1ed2372412378d061f73844a34d27455d07ef01eec046e6e3ed887cb",
             ]
         );
     }
@@ -597,7 +663,69 @@ mod tests {
             ..real_prep()
         };
         let (fb, pb) = (file_build(), pretrain_build());
+        let (se, sn) = (select(), Node::Select as fn(_) -> _);
         vec![
+            case(
+                "prep view_of",
+                sp.clone(),
+                pr,
+                |p| p.view_of = Some("whole".into()),
+                true,
+            ),
+            case(
+                "select dataset",
+                se.clone(),
+                sn,
+                |s| s.dataset = "x".into(),
+                false,
+            ),
+            case(
+                "select family",
+                se.clone(),
+                sn,
+                |s| s.family = "x".into(),
+                false,
+            ),
+            case(
+                "select config",
+                se.clone(),
+                sn,
+                |s| s.candidates[0].config = "x".into(),
+                false,
+            ),
+            case(
+                "select hparams",
+                se.clone(),
+                sn,
+                |s| {
+                    s.candidates[0].hparams.insert("lr".into(), "9".into());
+                },
+                false,
+            ),
+            case(
+                "select eval key",
+                se.clone(),
+                sn,
+                |s| s.candidates[1].evals[0] = "e9".into(),
+                true,
+            ),
+            case(
+                "select candidate order",
+                se.clone(),
+                sn,
+                |s| s.candidates.swap(0, 1),
+                true,
+            ),
+            case(
+                "select candidates added",
+                se,
+                sn,
+                |s| {
+                    let c = s.candidates[0].clone();
+                    s.candidates.push(c)
+                },
+                true,
+            ),
             case(
                 "train dataset label",
                 t.clone(),

@@ -25,7 +25,9 @@ impl Loaded {
             DeviceKind::Cpu => DeviceKind::Cuda,
             DeviceKind::Cuda => DeviceKind::Cpu,
         };
-        expand_for(&self.suite, &self.store.root, other)
+        let mut g = expand_for(&self.suite, &self.store.root, other)?;
+        g.grow(&|k| crate::nodes::select::chosen(&self.store, k));
+        Ok(g)
     }
 }
 
@@ -40,10 +42,13 @@ pub fn load(
     let suite = suite::load(path, sets)?;
     let root: PathBuf = store.map_or_else(|| suite.store.clone(), Path::to_path_buf);
     suite::check_inputs(&suite)?;
-    let graph = expand_for(&suite, &root, device)?;
+    let mut graph = expand_for(&suite, &root, device)?;
+    let store = Store::at(&root);
+    // The finals of the selections already made (the protocol stage).
+    graph.grow(&|k| crate::nodes::select::chosen(&store, k));
     Ok(Loaded {
         suite,
-        store: Store::at(&root),
+        store,
         graph,
         device,
     })

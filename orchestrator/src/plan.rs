@@ -1,5 +1,6 @@
 //! `plan`: per node, whether it is cached, will run (and why: new, or what changed against
-//! the closest stored node of the same identity), or is blocked by a missing input.
+//! the closest stored node of the same identity), or is blocked by a missing input; with a
+//! protocol, the final runs of selections not made yet are `pending` (no key yet).
 use crate::datasets::SourceFingerprint;
 use crate::graph::{Graph, Node};
 use crate::hash::Fingerprint;
@@ -14,6 +15,8 @@ pub enum Status {
     Cached,
     Run,
     Blocked,
+    /// A final run of the protocol whose settings wait for its select node (key empty).
+    Pending,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,6 +104,35 @@ pub fn plan(g: &Graph, store: &Store, blocked: &BTreeMap<String, String>) -> Vec
             deps,
         });
     }
+    out.extend(pending(g));
+    out
+}
+
+/// The final runs of the select nodes that have not chosen yet: a train and an eval per
+/// final seed, without keys (their settings are not known).
+fn pending(g: &Graph) -> Vec<PlanEntry> {
+    let mut out = Vec::new();
+    let mut waiting: Vec<_> = g
+        .selections
+        .iter()
+        .filter(|(k, _)| !g.grown.contains(*k))
+        .collect();
+    waiting.sort_by_key(|(_, f)| (&f.dataset, &f.family));
+    for (select, f) in waiting {
+        let reason = format!("waits for select {} {}", f.dataset, f.family);
+        for seed in &f.final_seeds {
+            for kind in ["train", "eval"] {
+                out.push(PlanEntry {
+                    key: String::new(),
+                    kind: kind.into(),
+                    label: format!("{kind} {} {} (selected) s{seed}", f.dataset, f.family),
+                    status: Status::Pending,
+                    reason: reason.clone(),
+                    deps: vec![select.clone()],
+                });
+            }
+        }
+    }
     out
 }
 
@@ -117,17 +149,23 @@ pub fn render(entries: &[PlanEntry]) -> String {
             Status::Cached => "cached ",
             Status::Run => "run    ",
             Status::Blocked => "blocked",
+            Status::Pending => "pending",
         };
-        s += &format!("{status} {} {}{reason}\n", &e.key[..12], e.label);
+        let key = if e.key.is_empty() { "-" } else { &e.key[..12] };
+        s += &format!("{status} {key:<12} {}{reason}\n", e.label);
     }
     let count = |st| entries.iter().filter(|e| e.status == st).count();
     s += &format!(
-        "{} nodes: {} cached, {} to run, {} blocked\n",
+        "{} nodes: {} cached, {} to run, {} blocked",
         entries.len(),
         count(Status::Cached),
         count(Status::Run),
         count(Status::Blocked)
     );
+    match count(Status::Pending) {
+        0 => s += "\n",
+        n => s += &format!(", {n} pending a selection\n"),
+    }
     s
 }
 

@@ -18,6 +18,7 @@ mod folder;
 mod markdown;
 mod overview;
 mod plot;
+pub mod protocol;
 mod reference;
 mod subsets;
 mod svg;

@@ -52,7 +52,7 @@ pub struct Manifest {
 }
 
 pub const MANIFEST: &str = "manifest.json";
-pub const KINDS: [&str; 4] = ["prep", "build", "train", "eval"];
+pub const KINDS: [&str; 5] = ["prep", "build", "train", "eval", "select"];
 
 #[derive(Debug, Clone)]
 pub struct Store {

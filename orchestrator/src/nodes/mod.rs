@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod eval;
 pub mod fit;
 pub mod prep;
+pub mod select;
 pub mod train;
 
 use std::io::Write;

@@ -142,6 +142,86 @@ pub fn run(p: &PrepNode, out: &Path, digests: &Path) -> Result<PrepInfo> {
     Ok(info)
 }
 
+/// A train800 or val200 split cut from the stored train800val200 entry `whole` (the view of
+/// `p.view_of`): the split is listed as usual, and each example's pixels and label are the
+/// rows of `whole` with the same example id, so no image is decoded twice. Writes the same
+/// files as [`run`].
+pub fn run_view(p: &PrepNode, whole: &Path, out: &Path) -> Result<PrepInfo> {
+    let Listed {
+        class_names,
+        definition,
+        members,
+        ..
+    } = list_items(p)?;
+    let whole_members = std::fs::read_to_string(whole.join(MEMBERS)).map_err(io_err(whole))?;
+    let row: std::collections::HashMap<&str, i64> = whole_members
+        .lines()
+        .enumerate()
+        .map(|(i, m)| (m, i as i64))
+        .collect();
+    let rows = members
+        .iter()
+        .map(|m| {
+            row.get(m.as_str()).copied().ok_or_else(|| {
+                NodeError::Failed(format!(
+                    "{}: example `{m}` of {} is not in the train800val200 entry {}",
+                    p.dataset,
+                    format!("{:?}", p.split).to_lowercase(),
+                    whole.display()
+                ))
+            })
+        })
+        .collect::<Result<Vec<i64>>>()?;
+    let (images, labels, whole_info) = load_all(whole)?;
+    if whole_info.class_names != class_names || whole_info.img_size != p.img_size {
+        return Err(NodeError::Failed(format!(
+            "{}: the train800val200 entry {} has other classes or image size",
+            p.dataset,
+            whole.display()
+        )));
+    }
+    let index = Tensor::from_slice(&rows);
+    let (images, labels) = (
+        images.index_select(0, &index),
+        labels.index_select(0, &index),
+    );
+    let label_list: Vec<i64> = Vec::try_from(&labels)?;
+    let mut per_class = vec![0usize; class_names.len()];
+    for l in &label_list {
+        per_class[*l as usize] += 1;
+    }
+    let mut chunks = Vec::new();
+    let n = rows.len() as i64;
+    for (ci, start) in (0..n).step_by(CHUNK).enumerate() {
+        let len = (CHUNK as i64).min(n - start);
+        let name = format!("images-{ci:05}.safetensors");
+        Tensor::write_safetensors(
+            &[
+                ("images", images.narrow(0, start, len)),
+                ("labels", labels.narrow(0, start, len)),
+            ],
+            out.join(&name),
+        )
+        .map_err(NodeError::Torch)?;
+        chunks.push(name);
+    }
+    let info = PrepInfo {
+        class_names,
+        count: rows.len(),
+        per_class,
+        img_size: p.img_size,
+        chunks,
+    };
+    write_json(&out.join(CLASSES), &info)?;
+    write_json(
+        &out.join(SUBSET),
+        &SubsetRecord::new(p.split, definition, &members),
+    )?;
+    let path = out.join(MEMBERS);
+    std::fs::write(&path, members_text(&members)).map_err(io_err(&path))?;
+    Ok(info)
+}
+
 /// The key was made from the source's fingerprint at planning time; data changed since then
 /// must not be stored under it (as build refuses changed weights). Returns the fingerprint.
 fn unchanged_since_planned(
@@ -326,6 +406,53 @@ mod tests {
             split,
             img_size: 8,
             sample_seed: 3,
+            view_of: None,
+        }
+    }
+
+    /// A train800 / val200 view cut from the train800val200 entry holds exactly what a
+    /// separate decode of that split would (pixels, labels, classes, subset, members).
+    #[test]
+    fn a_view_equals_a_separate_decode_of_its_split() {
+        let source = Source::Synthetic {
+            task: Task::Shape,
+            test_images: 5,
+        };
+        let whole = tmp("view-whole");
+        run(
+            &node(source.clone(), Split::Train800val200),
+            &whole,
+            &whole.join("d.json"),
+        )
+        .unwrap();
+        for split in [Split::Train800, Split::Val200] {
+            let (direct, view) = (tmp("view-direct"), tmp("view-cut"));
+            let n = node(source.clone(), split);
+            let a = run(&n, &direct, &direct.join("d.json")).unwrap();
+            let b = run_view(
+                &PrepNode {
+                    view_of: Some("whole".into()),
+                    ..n
+                },
+                &whole,
+                &view,
+            )
+            .unwrap();
+            assert_eq!(
+                (a.count, &a.per_class, &a.class_names),
+                (b.count, &b.per_class, &b.class_names)
+            );
+            let (ia, la, _) = load_all(&direct).unwrap();
+            let (ib, lb, _) = load_all(&view).unwrap();
+            assert!(ia.equal(&ib) && la.equal(&lb), "{split:?}");
+            assert_eq!(subset(&direct).unwrap(), subset(&view).unwrap());
+            for f in [MEMBERS, CLASSES] {
+                assert_eq!(
+                    std::fs::read(direct.join(f)).unwrap(),
+                    std::fs::read(view.join(f)).unwrap(),
+                    "{f}"
+                );
+            }
         }
     }
 

@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 /// Exit code of `vtab-orch exec` when another process holds the node's lease (EX_TEMPFAIL).
 pub const EXIT_LEASED: i32 = 75;
 
+/// Test hook: the driver dies (abort, as if killed) right after a select node it ran is
+/// done, before its final runs join the run.
+const ABORT_AFTER_SELECT: &str = "VTAB_ORCH_TEST_ABORT_AFTER_SELECT";
+
 /// Set by a signal handler (Ctrl-C, SIGTERM): the run cancels what it started and stops.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -120,7 +124,8 @@ pub fn spec_of(key: &str, node: &Node) -> NodeSpec {
     }
 }
 
-/// Runs every node of `g` not in the store yet through `launcher`.
+/// Runs every node of `g` not in the store yet through `launcher`. With a protocol the
+/// graph grows as select nodes finish (or are found done): their final runs join the run.
 pub fn run(
     g: &Graph,
     store: &Store,
@@ -130,7 +135,7 @@ pub fn run(
     let run_id = events::new_run_id();
     let mut record = events::Record::create(&store.root, &run_id);
     let mut d = Driver {
-        g,
+        g: g.clone(),
         store,
         core: Core::new(),
         summary: Summary {
@@ -151,7 +156,8 @@ pub fn run(
 }
 
 struct Driver<'a> {
-    g: &'a Graph,
+    /// The run's own copy: it grows by the finals of each select node done.
+    g: Graph,
     store: &'a Store,
     core: Core,
     summary: Summary,
@@ -301,6 +307,7 @@ impl Driver<'_> {
     fn on_exit(&mut self, key: &str, code: Option<i32>, note: Option<String>) {
         let _ = std::fs::remove_file(spec_path(self.store, key));
         let node = self.g.node(key).expect("node");
+        let node_is_select = matches!(node, Node::Select(_));
         let began = self.began.remove(key);
         if code == Some(EXIT_LEASED) {
             // Another run executes it: wait on its lease here, then look again.
@@ -326,6 +333,10 @@ impl Driver<'_> {
                         label,
                         wall_s: t.elapsed().as_secs_f64(),
                     });
+                    if node_is_select && std::env::var_os(ABORT_AFTER_SELECT).is_some() {
+                        std::process::abort();
+                    }
+                    self.grow(key);
                 }
                 // Finished by another run between our check and the node's.
                 None => self.cached(key),
@@ -353,6 +364,44 @@ impl Driver<'_> {
             key: key.to_string(),
             label,
         });
+        self.grow(key);
+    }
+
+    /// The hook of the protocol stage: once select node `key` is done, its final runs
+    /// (`Graph::add_finals`) join the run; those already in the store count as cached.
+    fn grow(&mut self, key: &str) {
+        if !self.g.selections.contains_key(key) {
+            return;
+        }
+        let Some(chosen) = crate::nodes::select::chosen(self.store, key) else {
+            return;
+        };
+        let added = self.g.add_finals(key, chosen);
+        let specs: Vec<NodeSpec> = added
+            .iter()
+            .map(|k| spec_of(k, self.g.node(k).expect("added node")))
+            .collect();
+        let blocked = self
+            .core
+            .extend(specs)
+            .expect("finals read only known nodes");
+        // A final whose (shared) prep failed earlier in this run.
+        for b in blocked {
+            self.summary.blocked += 1;
+            let (label, by) = (self.label(&b.key), self.label(&b.by));
+            self.emit(Event::Blocked {
+                key: b.key,
+                label,
+                by,
+            });
+        }
+        for k in added {
+            let node = self.g.node(&k).expect("added node");
+            let blocked = self.core.state(&k) == Some(state::State::Blocked);
+            if !blocked && self.store.is_complete(node.kind(), &k) {
+                self.cached(&k);
+            }
+        }
     }
 
     fn failed(&mut self, key: &str, log: PathBuf, tail: String) {

@@ -67,6 +67,8 @@ pub enum Problem {
         col: usize,
         message: String,
     },
+    /// A key that contradicts `[protocol]` (the protocol decides it), and why.
+    ContradictsProtocol(String),
     /// Any other rule, as a sentence.
     Invalid(String),
 }
@@ -141,6 +143,9 @@ impl std::fmt::Display for Problem {
             }
             Problem::Syntax { line, col, message } => {
                 write!(f, "{line}:{col}: TOML syntax error: {message}")
+            }
+            Problem::ContradictsProtocol(why) => {
+                write!(f, "contradicts [protocol]: {why}")
             }
             Problem::Invalid(msg) => f.write_str(msg),
         }

@@ -20,10 +20,13 @@ impl Parser {
             .and_then(|v| self.str("store", v))
             .map(|s| self.base.join(s))
             .unwrap_or_else(|| self.base.join("results/store"));
-        let seeds = top
-            .get("seeds")
-            .map(|v| self.seeds("seeds", v))
-            .unwrap_or_else(|| vec![0]);
+        let protocol = self.protocol(top);
+        // With a protocol, the runs expanded here are the finals (seeds: final_seeds).
+        let seeds = match (&protocol, top.get("seeds")) {
+            (Some(p), _) => p.final_seeds.clone(),
+            (None, Some(v)) => self.seeds("seeds", v),
+            (None, None) => vec![0],
+        };
         let slurm = self.slurm(top.get("slurm"));
         // The backbone first: run image sizes are checked against its patch size.
         let backbone = match top.get("backbone") {
@@ -78,8 +81,14 @@ impl Parser {
                 );
             }
         }
+        let (runs, selections) = match &protocol {
+            Some(p) => super::protocol::search(runs, p),
+            None => (runs, Vec::new()),
+        };
         Some(Suite {
             path: path.to_path_buf(),
+            protocol,
+            selections,
             name,
             store,
             backbone: backbone?,

@@ -20,6 +20,7 @@ mod inputs;
 mod layers;
 mod methods;
 mod parser;
+mod protocol;
 
 pub use defaults::{CheckpointEvery, Opt};
 pub use diagnostic::{Diagnostic, Origin, Problem, SuiteError};
@@ -98,6 +99,10 @@ pub struct Run {
 #[derive(Debug, Clone)]
 pub struct Suite {
     pub path: PathBuf,
+    /// `[protocol]`: None runs every grid point as a final run; with it `runs` are the
+    /// search runs (train800 -> val200) and `selections` the (dataset, method) groups.
+    pub protocol: Option<Protocol>,
+    pub selections: Vec<Selection>,
     pub name: String,
     pub store: PathBuf,
     pub backbone: Backbone,
@@ -107,6 +112,28 @@ pub struct Suite {
     pub slurm: crate::sched::slurm::SlurmConfig,
 }
 
+/// `[protocol] kind = "vtab1k"`: the VTAB-1k selection protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Protocol {
+    pub search_seeds: Vec<u64>,
+    pub final_seeds: Vec<u64>,
+}
+
+/// One (dataset, method table) selection of the protocol: its candidates in suite order,
+/// each a run with the final splits (train800val200 -> test; `seed` is the first final
+/// seed), and the seeds its finals run with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    pub dataset: String,
+    pub family: String,
+    pub candidates: Vec<Run>,
+    pub final_seeds: Vec<u64>,
+    pub search_seeds: Vec<u64>,
+    /// Per candidate, its search runs (positions in `Suite::runs`, one per search seed);
+    /// empty for a single candidate.
+    pub search_runs: Vec<Vec<usize>>,
+}
+
 /// Loads `path` with environment overrides (`VTAB_ORCH_DEFAULTS__EPOCHS=3`) and `--set`
 /// assignments (`defaults.epochs=3`, values in TOML syntax). Precedence: file <
 /// environment < `--set`; both go through the same validation as the file.
@@ -114,8 +141,9 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Suite, SuiteError> {
     load_with_env(path, sets, std::env::vars())
 }
 
-pub(super) const TOP_KEYS: [&str; 9] = [
+pub(super) const TOP_KEYS: [&str; 10] = [
     "name", "store", "seeds", "defaults", "backbone", "datasets", "methods", "override", "slurm",
+    "protocol",
 ];
 pub(super) const METHODS: [&str; 6] = ["linear", "full", "bitfit", "lora", "vera", "ia3"];
 pub(super) const FORMATS: [&str; 7] = [

@@ -1,0 +1,271 @@
+//! The VTAB-1k protocol stage: final runs keyed like hand-written runs, seeds and search
+//! axes that change only what they must, and a run killed between select and finals that
+//! completes without recomputing the search.
+use orchestrator::graph::Graph;
+use orchestrator::load::{load, Loaded};
+use orchestrator::numerics::DeviceKind;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const HEAD: &str = "store = \"store\"\n\
+[defaults]\nimg_size = 16\nepochs = 1\nbatch_size = 100\nwarmup_epochs = 0\n\
+[backbone]\narch = \"vit_tiny_patch16_224\"\nimg_size = 16\npatch_size = 8\nembed_dim = 24\ndepth = 1\nnum_heads = 2\n\
+[backbone.pretrain]\nimages = 100\nepochs = 1\n\
+[datasets.shape]\nformat = \"synthetic\"\ntask = \"shape\"\ntest_images = 40\n";
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vtab-protocol-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A protocol suite: linear probe with the given learning rates, the given final seeds.
+fn protocol_suite(d: &Path, lrs: &str, final_seeds: &str) -> PathBuf {
+    let p = d.join("protocol.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "{HEAD}[protocol]\nkind = \"vtab1k\"\nsearch_seeds = [0]\nfinal_seeds = {final_seeds}\n\
+             [methods.linear]\nlr = {lrs}\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn loaded(suite: &Path) -> Loaded {
+    load(suite, &[], None, DeviceKind::Cpu).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn keys(g: &Graph) -> BTreeSet<String> {
+    g.index.keys().cloned().collect()
+}
+
+fn select_key(g: &Graph) -> String {
+    let mut k = g.selections.keys();
+    let key = k.next().expect("one select node").clone();
+    assert!(k.next().is_none());
+    key
+}
+
+fn kind_of(g: &Graph, key: &str) -> &'static str {
+    g.node(key).unwrap().kind()
+}
+
+#[test]
+fn final_keys_equal_the_keys_of_hand_written_runs() {
+    let d = dir("keys");
+    let lrs = ["0.001", "0.01"];
+    let suite = protocol_suite(&d, &format!("[{}]", lrs.join(", ")), "[0, 1]");
+    for (chosen, lr) in lrs.iter().enumerate() {
+        let mut g = loaded(&suite).graph;
+        assert!(g.finals.is_empty(), "no finals before the selection");
+        let s = select_key(&g);
+        let added = g.add_finals(&s, chosen);
+        assert!(!added.is_empty());
+        // The same settings written by hand, without a protocol.
+        let hand = d.join(format!("hand{chosen}.toml"));
+        std::fs::write(
+            &hand,
+            format!("{HEAD}seeds = [0, 1]\n[methods.linear]\nlr = {lr}\n"),
+        )
+        .unwrap();
+        let h = loaded(&hand).graph;
+        let final_evals: Vec<&String> = g.finals.iter().map(|(_, k)| k).collect();
+        let hand_evals: Vec<&String> = h.runs.iter().map(|(_, k)| k).collect();
+        assert_eq!(final_evals, hand_evals, "lr {lr}");
+        // Every node a hand-written run needs is in the grown graph under the same key.
+        assert!(keys(&h).is_subset(&keys(&g)), "lr {lr}");
+    }
+}
+
+#[test]
+fn more_final_seeds_add_exactly_the_new_final_nodes() {
+    let d = dir("seeds");
+    let three = loaded(&protocol_suite(&d, "[0.001, 0.01]", "[0, 1, 2]")).graph;
+    let five = loaded(&protocol_suite(&d, "[0.001, 0.01]", "[0, 1, 2, 3, 4]")).graph;
+    // The search and the select node are untouched.
+    assert_eq!(keys(&three), keys(&five));
+    assert_eq!(select_key(&three), select_key(&five));
+    for chosen in [0, 1] {
+        let (mut a, mut b) = (three.clone(), five.clone());
+        a.add_finals(&select_key(&three), chosen);
+        b.add_finals(&select_key(&five), chosen);
+        assert!(keys(&a).is_subset(&keys(&b)));
+        let new: Vec<String> = keys(&b).difference(&keys(&a)).cloned().collect();
+        let mut kinds: Vec<&str> = new.iter().map(|k| kind_of(&b, k)).collect();
+        kinds.sort();
+        assert_eq!(kinds, ["eval", "eval", "train", "train"], "seeds 3 and 4");
+        for k in &new {
+            let label = b.node(k).unwrap().label();
+            assert!(label.ends_with(" s3") || label.ends_with(" s4"), "{label}");
+        }
+    }
+}
+
+#[test]
+fn a_changed_search_axis_changes_only_its_runs_the_select_and_the_finals_it_changes() {
+    let d = dir("axis");
+    let before = loaded(&protocol_suite(&d, "[0.001, 0.01]", "[0, 1]")).graph;
+    let after = loaded(&protocol_suite(&d, "[0.001, 0.03]", "[0, 1]")).graph;
+    let (kb, ka) = (keys(&before), keys(&after));
+    let gone: Vec<String> = kb.difference(&ka).cloned().collect();
+    let new: Vec<String> = ka.difference(&kb).cloned().collect();
+    let kinds = |g: &Graph, ks: &[String]| {
+        let mut v: Vec<&str> = ks.iter().map(|k| kind_of(g, k)).collect();
+        v.sort();
+        v
+    };
+    // The lr=0.01 candidate's train and eval and the select node, replaced.
+    assert_eq!(kinds(&before, &gone), ["eval", "select", "train"]);
+    assert_eq!(kinds(&after, &new), ["eval", "select", "train"]);
+    for k in gone.iter().filter(|k| kind_of(&before, k) == "train") {
+        assert!(before.node(k).unwrap().label().contains("lr=0.01"));
+    }
+    // A choice that stays (the unchanged candidate) keeps the finals' keys; a changed one
+    // (the new candidate) gives new finals.
+    let finals = |g: &Graph, c: usize| {
+        let mut g = g.clone();
+        g.add_finals(&select_key(&g.clone()), c);
+        g.finals.into_iter().map(|(_, k)| k).collect::<Vec<_>>()
+    };
+    assert_eq!(finals(&before, 0), finals(&after, 0));
+    assert_ne!(finals(&before, 1), finals(&after, 1));
+}
+
+fn vtab(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vtab-orch"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn plan(suite: &Path) -> Vec<Value> {
+    let o = vtab(&["plan", suite.to_str().unwrap(), "--json"], &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice::<Value>(&o.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn count(p: &[Value], status: &str, kind: &str) -> usize {
+    p.iter()
+        .filter(|e| e["status"] == status && e["kind"] == kind)
+        .count()
+}
+
+/// "3 ran, 7 cached" from the run's last line.
+fn ran(o: &Output) -> (usize, usize) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let line = err.lines().rev().find(|l| l.contains(" ran, ")).unwrap();
+    let n = |w: &str| -> usize {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let i = words
+            .iter()
+            .position(|x| x.trim_end_matches(',') == w)
+            .unwrap();
+        words[i - 1].parse().unwrap()
+    };
+    (n("ran"), n("cached"))
+}
+
+fn chosen(store: &Path) -> String {
+    let dir = store.join("select");
+    let entry = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap();
+    let s: Value = serde_json::from_str(
+        &std::fs::read_to_string(entry.path().join("selection.json")).unwrap(),
+    )
+    .unwrap();
+    let i = s["chosen"].as_u64().unwrap() as usize;
+    s["candidates"][i]["config"].as_str().unwrap().to_string()
+}
+
+/// The driver dies (abort, like kill -9) right after the select node is done, before its
+/// finals join; the rerun runs the finals only.
+#[test]
+fn killed_between_select_and_finals_the_rerun_does_not_recompute_the_search() {
+    let d = dir("kill");
+    let suite = protocol_suite(&d, "[0.001, 0.01]", "[0, 1]");
+    let s = suite.to_str().unwrap();
+    let p = plan(&suite);
+    assert_eq!(count(&p, "run", "select"), 1);
+    assert_eq!(count(&p, "pending", "train"), 2);
+    assert!(p
+        .iter()
+        .filter(|e| e["status"] == "pending")
+        .all(|e| e["key"] == "" && e["reason"] == "waits for select shape linear"));
+    let o = vtab(
+        &["run", s, "--gpus", "none"],
+        &[("VTAB_ORCH_TEST_ABORT_AFTER_SELECT", "1")],
+    );
+    assert!(!o.status.success(), "the driver aborted");
+    // Search and select are stored; the finals are known now, and not run.
+    let p = plan(&suite);
+    assert_eq!(count(&p, "cached", "select"), 1);
+    assert_eq!(count(&p, "pending", "train"), 0);
+    assert_eq!(count(&p, "run", "train"), 2, "{p:#?}");
+    assert_eq!(count(&p, "cached", "train"), 2, "the two search runs");
+    let again = vtab(&["run", s, "--gpus", "none"], &[]);
+    let (n, _) = ran(&again);
+    assert_eq!(
+        n,
+        2 * 2 + 1,
+        "final train + eval per seed, and the test prep"
+    );
+    let second = vtab(&["run", s, "--gpus", "none"], &[]);
+    assert_eq!(ran(&second).0, 0, "a second run runs nothing");
+    assert!(plan(&suite).iter().all(|e| e["status"] == "cached"));
+    // The report: selection, finals (test) and search (val200).
+    let r = vtab(&["report", s], &[]);
+    let md = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        md.contains("split: test") && md.contains("split: val200"),
+        "{md}"
+    );
+    let sel = std::fs::read_to_string(d.join("store/selection.csv")).unwrap();
+    assert!(sel.starts_with("dataset,method,chosen,settings,val200_top1_winner,val200_top1_runner_up,candidates,search_seeds"), "{sel}");
+    assert!(sel.contains(&chosen(&d.join("store"))), "{sel}");
+}
+
+/// A changed search axis, run for real: the new candidate's search run, the select node,
+/// and the finals only if the choice changed.
+#[test]
+fn a_changed_search_axis_reruns_only_what_the_choice_needs() {
+    let d = dir("rerun");
+    let s1 = protocol_suite(&d, "[0.001, 0.01]", "[0]");
+    let first = vtab(&["run", s1.to_str().unwrap(), "--gpus", "none"], &[]);
+    ran(&first);
+    let old = chosen(&d.join("store"));
+    let s2 = protocol_suite(&d, "[0.001, 0.1]", "[0]");
+    let o = vtab(&["run", s2.to_str().unwrap(), "--gpus", "none"], &[]);
+    let (n, _) = ran(&o);
+    // Two select entries now; the newest is this run's.
+    let mut sels: Vec<_> = std::fs::read_dir(d.join("store/select"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    sels.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
+    let s: Value = serde_json::from_str(
+        &std::fs::read_to_string(sels.last().unwrap().join("selection.json")).unwrap(),
+    )
+    .unwrap();
+    let new = s["candidates"][s["chosen"].as_u64().unwrap() as usize]["config"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let finals = if new == old { 0 } else { 2 };
+    assert_eq!(
+        n,
+        2 + 1 + finals,
+        "search train+eval, select, finals ({old} -> {new})"
+    );
+}
