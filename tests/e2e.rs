@@ -279,6 +279,9 @@ fn keys_follow_the_device_kind_not_the_gpu_choice() {
     let (gpu0, gpu1, cpu) = (keys("0"), keys("1"), keys("none"));
     assert_eq!(gpu0, gpu1, "which GPU is not part of a key");
     for ((kind, a), (_, b)) in gpu0.iter().zip(&cpu) {
+        if a.is_empty() {
+            continue; // a pending final (its select has not run): no key yet
+        }
         if kind == "prep" {
             assert_eq!(a, b, "prep does not depend on the device");
         } else {

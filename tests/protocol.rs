@@ -231,7 +231,7 @@ fn killed_between_select_and_finals_the_rerun_does_not_recompute_the_search() {
         md.contains("split: test") && md.contains("split: val200"),
         "{md}"
     );
-    let sel = std::fs::read_to_string(d.join("store/selection.csv")).unwrap();
+    let sel = std::fs::read_to_string(d.join("reports/suite/selection.csv")).unwrap();
     assert!(sel.starts_with("dataset,method,chosen,settings,val200_top1_winner,val200_top1_runner_up,candidates,search_seeds"), "{sel}");
     assert!(sel.contains(&chosen(&d.join("store"))), "{sel}");
 }

@@ -458,7 +458,7 @@ fn ctrl_c_of_the_driver_cancels_its_own_jobs_and_no_other() {
     let out = guard.child.take().unwrap().wait_with_output().unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(130), "{err}");
-    assert!(err.contains("interrupted: cancelled"), "{err}");
+    assert!(err.contains("interrupted: stopped"), "{err}");
     // None of ours is queued or running; the other job still is.
     let ours = format!("vtab-orch store {}", store.display());
     let t0 = Instant::now();

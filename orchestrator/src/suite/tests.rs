@@ -33,12 +33,24 @@ fn a_grid_over_a_parameter_the_label_hides_gives_distinct_runs() {
     }
 }
 
-/// A setting given once in a method table is in the row label too, not only grid axes: the
-/// default suite's `[methods.full] lr = 5e-4` and `[methods.vera] lr = 1e-2`.
+/// A setting given once in a method table is in the row label too, not only grid axes:
+/// `[methods.full] lr = 5e-4` and `[methods.vera] lr = 1e-2` (a suite without a protocol,
+/// whose runs are all final runs).
 #[test]
 fn labels_show_every_setting_a_method_table_gives() {
+    let dir = std::env::temp_dir().join(format!("vtab-labels-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s.toml");
+    std::fs::write(
+        &path,
+        "[backbone]\narch = \"vit_tiny_patch16_224\"\nimg_size = 32\npatch_size = 8\n[backbone.pretrain]\n\
+         [defaults]\nimg_size = 32\n[datasets.shape]\nformat = \"synthetic\"\ntask = \"shape\"\n\
+         [methods.linear]\n[methods.full]\nlr = 5e-4\n[methods.vera]\nr = 16\ntargets = \"qkv,fc2\"\nlr = 1e-2\n\
+         [methods.lora]\nr = 2\nalpha = 8\ntargets = \"q,v\"\n",
+    )
+    .unwrap();
     let sets = ["methods.lora.weight_decay=0.05".to_string()];
-    let suite = load_with_env(&default_suite(), &sets, []).expect("a valid suite");
+    let suite = load_with_env(&path, &sets, []).expect("a valid suite");
     let configs: BTreeSet<&str> = suite.runs.iter().map(|r| r.config.as_str()).collect();
     for want in [
         "full lr=0.0005",
@@ -50,8 +62,9 @@ fn labels_show_every_setting_a_method_table_gives() {
     }
     // Non-semantic settings stay out of labels.
     let sets = ["methods.linear.eval_batch_size=7".to_string()];
-    let suite = load_with_env(&default_suite(), &sets, []).expect("a valid suite");
+    let suite = load_with_env(&path, &sets, []).expect("a valid suite");
     assert!(suite.runs.iter().any(|r| r.config == "linear"));
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

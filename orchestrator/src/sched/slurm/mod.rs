@@ -49,6 +49,9 @@ struct InFlight {
 pub struct SlurmLauncher {
     o: SlurmOptions,
     jobs: BTreeMap<String, InFlight>,
+    /// The last job id of every node submitted, kept after the job ends: a node that ends
+    /// within one poll still reports where it ran.
+    last_job: BTreeMap<String, String>,
     queue: VecDeque<Report>,
     interval: Duration,
     next_poll: Instant,
@@ -66,6 +69,7 @@ impl SlurmLauncher {
         SlurmLauncher {
             o,
             jobs: BTreeMap::new(),
+            last_job: BTreeMap::new(),
             queue: VecDeque::new(),
             interval,
             next_poll: Instant::now(),
@@ -317,6 +321,7 @@ exit "$code"
         let j = self.jobs.get(key).expect("in flight");
         match self.submit(&j.job.clone()) {
             Ok(id) => {
+                self.last_job.insert(key.to_string(), id.clone());
                 let j = self.jobs.get_mut(key).expect("in flight");
                 j.id = id;
                 j.offset = 0;
@@ -357,6 +362,7 @@ impl Launcher for SlurmLauncher {
         }
         let id = self.submit(&job)?;
         let key = job.key.clone();
+        self.last_job.insert(key.clone(), id.clone());
         self.jobs.insert(
             key,
             InFlight {
@@ -407,9 +413,8 @@ impl Launcher for SlurmLauncher {
     }
 
     fn place(&self, key: &str) -> String {
-        self.jobs
-            .get(key)
-            .map_or_else(|| "slurm".into(), |j| format!("slurm job {}", j.id))
+        let id = self.jobs.get(key).map(|j| &j.id).or(self.last_job.get(key));
+        id.map_or_else(|| "slurm".into(), |id| format!("slurm job {id}"))
     }
 
     fn cancel_all(&mut self) -> usize {
