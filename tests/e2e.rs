@@ -268,6 +268,8 @@ fn keys_follow_the_device_kind_not_the_gpu_choice() {
             .as_array()
             .unwrap()
             .iter()
+            // Pending finals have no key yet (their settings wait for a selection).
+            .filter(|e| e["status"] != "pending")
             .map(|e| {
                 (
                     e["kind"].as_str().unwrap().to_string(),
