@@ -110,7 +110,8 @@ fn weights_digest(store_root: &Path) -> impl Fn(&Path) -> std::result::Result<St
 fn load(a: &SuiteArgs) -> Result<Loaded> {
     let suite = suite::load(&a.suite, &a.sets)?;
     let root = a.store.clone().unwrap_or_else(|| suite.store.clone());
-    if let Err(e) = suite::check_inputs(&suite) {
+    if let Err(mut e) = suite::check_inputs(&suite) {
+        e.errors.extend(crate::fetch_cmd::hint(&suite));
         return Err(e.into());
     }
     let graph = expand(&suite, &weights_digest(&root)).map_err(|errors| suite::SuiteError {

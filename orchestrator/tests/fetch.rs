@@ -97,9 +97,8 @@ fn serve(mut conn: TcpStream, st: &Mutex<State>) {
         (route, first)
     };
     let Some(route) = route else {
-        let _ = conn.write_all(
-            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-        );
+        let _ = conn
+            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
         return;
     };
     let extra: String = route
@@ -327,8 +326,16 @@ fn without_a_network_the_error_says_what_was_tried_and_how_to_place_files() {
     let url = format!("http://127.0.0.1:{port}/x.zip");
     let sum = Checksum::Md5("0".repeat(32));
     let dest = tmp.join("x.zip");
-    let err = download(&client(), &url, &dest, &sum, &[], "put x.zip in data/", &mut Quiet)
-        .unwrap_err();
+    let err = download(
+        &client(),
+        &url,
+        &dest,
+        &sum,
+        &[],
+        "put x.zip in data/",
+        &mut Quiet,
+    )
+    .unwrap_err();
     let msg = err.to_string();
     assert!(
         matches!(err, FetchError::Network { attempts: 3, .. }),
@@ -353,7 +360,10 @@ fn path_traversal_and_escaping_links_are_rejected_and_nothing_is_left() {
         let staging = tmp.join(format!("stage{i}"));
         let err = unpack(&archive, ArchiveKind::TarGz, &staging).unwrap_err();
         assert!(matches!(err, FetchError::UnsafeEntry { .. }), "{err}");
-        assert!(!staging.exists(), "a failed unpack removes its staging folder");
+        assert!(
+            !staging.exists(),
+            "a failed unpack removes its staging folder"
+        );
     }
     assert!(!tmp.join("evil.txt").exists());
     assert!(!Path::new("/tmp/vtab-orch-evil-abs.txt").exists());
@@ -385,10 +395,7 @@ fn path_traversal_and_escaping_links_are_rejected_and_nothing_is_left() {
 fn a_traversal_archive_from_the_mirror_leaves_no_dataset_folder() {
     let _g = ENV.lock().unwrap();
     let server = Server::start();
-    let data = tar_gz(&[
-        ("dtd/labels/train1.txt", b"x"),
-        ("dtd/../../../evil", b"x"),
-    ]);
+    let data = tar_gz(&[("dtd/labels/train1.txt", b"x"), ("dtd/../../../evil", b"x")]);
     server.route(
         DTD_PATH,
         Route {
@@ -416,10 +423,7 @@ fn weights_from_the_hub_at_hf_endpoint_are_checked_against_its_sha256() {
         path,
         Route {
             redirect: Some("/cdn/blob".into()),
-            headers: vec![(
-                "x-linked-etag".into(),
-                format!("\"{}\"", sha256(&weights)),
-            )],
+            headers: vec![("x-linked-etag".into(), format!("\"{}\"", sha256(&weights)))],
             ..Default::default()
         },
     );

@@ -110,8 +110,16 @@ mod tests {
     #[test]
     fn cifar_binary_only_when_the_root_names_it() {
         let f = Format::Cifar100;
-        assert_eq!(archive_for(&f, Path::new("d/cifar-100-binary")).unwrap().inner, "cifar-100-binary");
-        assert_eq!(archive_for(&f, Path::new("d/cifar")).unwrap().inner, "cifar-100-python");
+        assert_eq!(
+            archive_for(&f, Path::new("d/cifar-100-binary"))
+                .unwrap()
+                .inner,
+            "cifar-100-binary"
+        );
+        assert_eq!(
+            archive_for(&f, Path::new("d/cifar")).unwrap().inner,
+            "cifar-100-python"
+        );
         assert!(archive_for(&Format::Vtab1k, Path::new("x")).is_none());
     }
 }

@@ -100,7 +100,9 @@ fn attempt_once(
                 url: url.to_string(),
                 status,
                 hint: match status {
-                    401 | 403 => " (access denied: set HF_TOKEN for a gated or private hub file)".into(),
+                    401 | 403 => {
+                        " (access denied: set HF_TOKEN for a gated or private hub file)".into()
+                    }
                     404 => " (not found: check the name, or the mirror's layout)".into(),
                     _ => String::new(),
                 },
@@ -121,7 +123,11 @@ fn attempt_once(
         .open(part)
         .map_err(io_err(part))?;
     let name = part.file_name().unwrap_or_default().to_string_lossy();
-    progress.begin(name.trim_end_matches(".part"), start, length.map(|l| l + start));
+    progress.begin(
+        name.trim_end_matches(".part"),
+        start,
+        length.map(|l| l + start),
+    );
     let mut body = resp.into_body().into_reader();
     let mut buf = vec![0u8; 1 << 16];
     let mut got = 0u64;

@@ -33,7 +33,12 @@ pub fn endpoint() -> String {
 
 /// `<endpoint>/timm/<name>.<tag>/resolve/main/model.safetensors`.
 pub fn hub_url(w: &WeightsRef) -> String {
-    format!("{}/timm/{}.{}/resolve/main/model.safetensors", endpoint(), w.name, w.tag)
+    format!(
+        "{}/timm/{}.{}/resolve/main/model.safetensors",
+        endpoint(),
+        w.name,
+        w.tag
+    )
 }
 
 /// `Authorization` from `HF_TOKEN`, where set.
@@ -81,7 +86,10 @@ pub fn weights_sha256(client: &Client, url: &str) -> Result<String, FetchError> 
         }
         let etag = ["x-linked-etag", "etag"].iter().find_map(|h| {
             let v = resp.headers().get(*h)?.to_str().ok()?;
-            let v = v.trim_start_matches("W/").trim_matches('"').to_ascii_lowercase();
+            let v = v
+                .trim_start_matches("W/")
+                .trim_matches('"')
+                .to_ascii_lowercase();
             (v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())).then_some(v)
         });
         return etag.ok_or_else(|| {

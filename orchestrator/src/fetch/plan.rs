@@ -14,7 +14,11 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Missing {
     /// A dataset with an official archive.
-    Data { dataset: String, root: PathBuf, archive: Archive },
+    Data {
+        dataset: String,
+        root: PathBuf,
+        archive: Archive,
+    },
     /// A dataset that cannot be downloaded (VTAB-1k, ImageFolder, CSV): what the reader said.
     Manual { dataset: String, problem: String },
     /// A timm checkpoint from the hub.
@@ -27,20 +31,30 @@ pub enum Missing {
 pub fn missing(suite: &Suite, data: bool, weights: bool) -> Vec<Missing> {
     let mut out = Vec::new();
     for d in suite.datasets.values().filter(|_| data) {
-        let Source::Real(src) = &d.source else { continue };
+        let Source::Real(src) = &d.source else {
+            continue;
+        };
         let Err(e) = check_source(src) else { continue };
         out.push(match archive_for(&src.format, &src.root) {
-            Some(archive) => {
-                Missing::Data { dataset: d.name.clone(), root: src.root.clone(), archive }
-            }
-            None => Missing::Manual { dataset: d.name.clone(), problem: e.to_string() },
+            Some(archive) => Missing::Data {
+                dataset: d.name.clone(),
+                root: src.root.clone(),
+                archive,
+            },
+            None => Missing::Manual {
+                dataset: d.name.clone(),
+                problem: e.to_string(),
+            },
         });
     }
     if let (true, Weights::File(p)) = (weights, &suite.backbone.weights) {
         if !p.is_file() {
             let name = p.file_name().unwrap_or_default().to_string_lossy();
             out.push(match WeightsRef::from_file_name(&name) {
-                Some(w) => Missing::Weights { path: p.clone(), weights: w },
+                Some(w) => Missing::Weights {
+                    path: p.clone(),
+                    weights: w,
+                },
                 None => Missing::UnknownWeights { path: p.clone() },
             });
         }
@@ -82,7 +96,15 @@ pub fn fetch_archive(
         parent.display(),
         final_dir.display()
     );
-    download(client, &url, &file, &archive.checksum(), &[], &manual, progress)?;
+    download(
+        client,
+        &url,
+        &file,
+        &archive.checksum(),
+        &[],
+        &manual,
+        progress,
+    )?;
     let staging = parent.join(format!(".{}.unpacking", archive.inner));
     let _ = fs::remove_dir_all(&staging);
     unpack(&file, archive.kind, &staging)?;

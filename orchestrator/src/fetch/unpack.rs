@@ -81,7 +81,11 @@ fn unpack_tar(archive: &Path, staging: &Path) -> Result<(), FetchError> {
         }
         let kind = entry.header().entry_type();
         if kind.is_hard_link() {
-            return Err(unsafe_entry(archive, &name, "is a hard link (not supported)"));
+            return Err(unsafe_entry(
+                archive,
+                &name,
+                "is a hard link (not supported)",
+            ));
         }
         if kind.is_symlink() {
             let target = entry
@@ -90,27 +94,37 @@ fn unpack_tar(archive: &Path, staging: &Path) -> Result<(), FetchError> {
                 .unwrap_or_default()
                 .into_owned();
             if !link_stays_inside(&rel, &target) {
-                return Err(unsafe_entry(archive, &name, "is a link leaving the archive's folder"));
+                return Err(unsafe_entry(
+                    archive,
+                    &name,
+                    "is a link leaving the archive's folder",
+                ));
             }
         }
         let dest = staging.join(&rel);
         if let Some(p) = dest.parent() {
             fs::create_dir_all(p).map_err(io_err(p))?;
         }
-        entry.unpack(&dest).map_err(|e| bad(archive, format!("{}: {e}", name.display())))?;
+        entry
+            .unpack(&dest)
+            .map_err(|e| bad(archive, format!("{}: {e}", name.display())))?;
     }
     Ok(())
 }
 
 fn unpack_zip(archive: &Path, staging: &Path) -> Result<(), FetchError> {
-    let mut zip =
-        zip::ZipArchive::new(File::open(archive).map_err(io_err(archive))?).map_err(|e| bad(archive, e))?;
+    let mut zip = zip::ZipArchive::new(File::open(archive).map_err(io_err(archive))?)
+        .map_err(|e| bad(archive, e))?;
     for i in 0..zip.len() {
         let mut file = zip.by_index(i).map_err(|e| bad(archive, e))?;
         let name = PathBuf::from(file.name());
         let rel = safe_relative(&name).map_err(|why| unsafe_entry(archive, &name, why))?;
         if file.is_symlink() {
-            return Err(unsafe_entry(archive, &name, "is a link (not supported in zip archives)"));
+            return Err(unsafe_entry(
+                archive,
+                &name,
+                "is a link (not supported in zip archives)",
+            ));
         }
         let dest = staging.join(&rel);
         if file.is_dir() {
@@ -121,7 +135,8 @@ fn unpack_zip(archive: &Path, staging: &Path) -> Result<(), FetchError> {
             fs::create_dir_all(p).map_err(io_err(p))?;
         }
         let mut out = File::create(&dest).map_err(io_err(&dest))?;
-        io::copy(&mut file, &mut out).map_err(|e| bad(archive, format!("{}: {e}", name.display())))?;
+        io::copy(&mut file, &mut out)
+            .map_err(|e| bad(archive, format!("{}: {e}", name.display())))?;
     }
     Ok(())
 }
@@ -134,7 +149,10 @@ mod tests {
     fn paths_and_links_are_checked() {
         assert!(safe_relative(Path::new("a/./b")).is_ok());
         assert_eq!(safe_relative(Path::new("a/../../b")), Err("contains `..`"));
-        assert_eq!(safe_relative(Path::new("/etc/passwd")), Err("is an absolute path"));
+        assert_eq!(
+            safe_relative(Path::new("/etc/passwd")),
+            Err("is an absolute path")
+        );
         assert!(link_stays_inside(Path::new("a/b/l"), Path::new("../c")));
         assert!(!link_stays_inside(Path::new("a/l"), Path::new("../../c")));
         assert!(!link_stays_inside(Path::new("a/l"), Path::new("/etc")));
