@@ -137,12 +137,20 @@ fn load(a: &SuiteArgs) -> Result<Loaded> {
 }
 
 fn load_for(a: &SuiteArgs, device: DeviceKind) -> Result<Loaded> {
-    Ok(orchestrator::load::load(
-        &a.suite,
-        &a.sets,
-        a.store.as_deref(),
-        device,
-    )?)
+    match orchestrator::load::load(&a.suite, &a.sets, a.store.as_deref(), device) {
+        Ok(l) => Ok(l),
+        Err(mut e) => {
+            // Missing data or weights: name the `fetch` command that gets them.
+            let fetchable = orchestrator::suite::load(&a.suite, &a.sets)
+                .ok()
+                .and_then(|s| crate::fetch_cmd::hint(&s));
+            if let Some(h) = fetchable {
+                e.errors
+                    .push(orchestrator::suite::Diagnostic::invalid("", h));
+            }
+            Err(e.into())
+        }
+    }
 }
 
 pub fn plan(a: PlanArgs) -> Result<i32> {

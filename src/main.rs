@@ -2,6 +2,7 @@
 //! lives in the `kernels` and `orchestrator` crates. Exit codes: 0 success, 1 a node
 //! failed, 2 the suite or the command line is invalid.
 mod cli;
+mod fetch_cmd;
 mod view;
 
 use anyhow::{bail, Context, Result};
@@ -49,6 +50,8 @@ enum Cmd {
     Worker(cli::WorkerArgs),
     /// Orchestration overhead benchmark: plan and fully cached run of a generated suite.
     Overhead(cli::OverheadArgs),
+    /// Download the datasets and weights a suite references and is missing.
+    Fetch(fetch_cmd::FetchArgs),
     /// Print libtorch, CUDA and device information.
     Env,
     /// Train-step benchmark of every adaptation method on random data.
@@ -205,6 +208,7 @@ fn main() {
         Cmd::Overhead(a) => cli::overhead(a),
         Cmd::Verify(a) => cli::verify(a),
         Cmd::Gc(a) => cli::gc(a),
+        Cmd::Fetch(a) => fetch_cmd::fetch(a),
         Cmd::Env => {
             env();
             Ok(0)

@@ -1,0 +1,470 @@
+//! Downloads against a loopback HTTP server started in this process: archives the tests build
+//! themselves and a fake Hugging Face hub. Nothing here touches the internet.
+use orchestrator::datasets::{Format, RealSource};
+use orchestrator::fetch::{
+    download, fetch_archive, fetch_weights, unpack, Archive, ArchiveKind, Checksum, Client,
+    FetchError, Quiet, WeightsRef, DATA_MIRROR_ENV,
+};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One served path.
+#[derive(Clone, Default)]
+struct Route {
+    body: Vec<u8>,
+    /// Close the connection after this many body bytes, on the first GET only.
+    drop_after: Option<usize>,
+    /// Extra response headers.
+    headers: Vec<(String, String)>,
+    /// Answer with a redirect to this path instead.
+    redirect: Option<String>,
+}
+
+type Request = (String, String, HashMap<String, String>);
+
+#[derive(Default)]
+struct State {
+    routes: HashMap<String, Route>,
+    /// (method, path, lower-case headers) of every request.
+    log: Vec<Request>,
+    dropped: HashMap<String, bool>,
+}
+
+struct Server {
+    base: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(State::default()));
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let st = st.clone();
+                std::thread::spawn(move || serve(conn, &st));
+            }
+        });
+        Server { base, state }
+    }
+    fn route(&self, path: &str, r: Route) {
+        self.state.lock().unwrap().routes.insert(path.into(), r);
+    }
+    fn requests(&self, path: &str) -> Vec<(String, HashMap<String, String>)> {
+        let st = self.state.lock().unwrap();
+        st.log
+            .iter()
+            .filter(|l| l.1 == path)
+            .map(|l| (l.0.clone(), l.2.clone()))
+            .collect()
+    }
+}
+
+fn serve(mut conn: TcpStream, st: &Mutex<State>) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("").to_string();
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let (route, first) = {
+        let mut s = st.lock().unwrap();
+        s.log.push((method.clone(), path.clone(), headers.clone()));
+        let route = s.routes.get(&path).cloned();
+        let first = method == "GET" && !s.dropped.contains_key(&path);
+        if first {
+            s.dropped.insert(path.clone(), true);
+        }
+        (route, first)
+    };
+    let Some(route) = route else {
+        let _ = conn
+            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        return;
+    };
+    let extra: String = route
+        .headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    if let Some(to) = &route.redirect {
+        let _ = write!(
+            conn,
+            "HTTP/1.1 302 Found\r\nlocation: {to}\r\n{extra}content-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        return;
+    }
+    let start = headers.get("range").and_then(|r| {
+        r.strip_prefix("bytes=")?
+            .strip_suffix('-')?
+            .parse::<usize>()
+            .ok()
+    });
+    let (status, body) = match start {
+        Some(s) if s >= route.body.len() => {
+            let _ = conn.write_all(
+                b"HTTP/1.1 416 Range Not Satisfiable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+            return;
+        }
+        Some(s) => ("206 Partial Content", &route.body[s..]),
+        None => ("200 OK", &route.body[..]),
+    };
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {status}\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n",
+        body.len()
+    );
+    if method == "HEAD" {
+        return;
+    }
+    match route.drop_after {
+        Some(n) if first => {
+            let _ = conn.write_all(&body[..n.min(body.len())]);
+            let _ = conn.flush();
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+        _ => {
+            let _ = conn.write_all(body);
+        }
+    }
+}
+
+fn client() -> Client {
+    let mut c = Client::new();
+    c.attempts = 3;
+    c.backoff = Duration::from_millis(10);
+    c
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn sha256(b: &[u8]) -> String {
+    hex(&Sha256::digest(b))
+}
+
+fn md5(b: &[u8]) -> String {
+    hex(&md5::Md5::digest(b))
+}
+
+/// A tar.gz with `(path, bytes)` entries; paths are written raw into the header, so `..` and
+/// absolute names get through (as in a hostile archive).
+fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    for (name, data) in entries {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+fn dtd_archive() -> Vec<u8> {
+    tar_gz(&[
+        ("dtd/images/banded/a.jpg", b"jpeg bytes"),
+        ("dtd/labels/train1.txt", b"banded/a.jpg\n"),
+        ("dtd/labels/val1.txt", b"banded/a.jpg\n"),
+        ("dtd/labels/test1.txt", b"banded/a.jpg\n"),
+    ])
+}
+
+/// The catalogue's DTD entry with the fixture's md5 (the real md5 is for the real archive).
+fn dtd_entry(md5: &str) -> Archive {
+    Archive {
+        url: "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz",
+        file_name: "dtd-r1.0.1.tar.gz",
+        kind: ArchiveKind::TarGz,
+        md5: Box::leak(md5.to_string().into_boxed_str()),
+        inner: "dtd",
+    }
+}
+
+fn dtd_source(root: &Path) -> RealSource {
+    RealSource {
+        format: Format::Dtd,
+        root: root.to_path_buf(),
+        dtd_split: None,
+        train_csv: None,
+        test_csv: None,
+    }
+}
+
+const DTD_PATH: &str = "/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz";
+
+/// Tests that set process environment variables run one at a time.
+static ENV: Mutex<()> = Mutex::new(());
+
+#[test]
+fn dataset_archive_through_the_mirror_unpacks_into_the_readers_layout() {
+    let _g = ENV.lock().unwrap();
+    let server = Server::start();
+    let data = dtd_archive();
+    server.route(
+        DTD_PATH,
+        Route {
+            body: data.clone(),
+            ..Default::default()
+        },
+    );
+    std::env::set_var(DATA_MIRROR_ENV, &server.base);
+    let tmp = tempdir("mirror");
+    let src = dtd_source(&tmp.join("data/dtd"));
+    let r = fetch_archive(&client(), &src, &dtd_entry(&md5(&data)), &mut Quiet);
+    std::env::remove_var(DATA_MIRROR_ENV);
+    assert_eq!(r.unwrap(), tmp.join("data/dtd"));
+    assert!(tmp.join("data/dtd/labels/test1.txt").is_file());
+    assert!(orchestrator::datasets::check_source(&src).is_ok());
+    // Only the unpacked folder is left: no archive, .part or staging folder.
+    let left: Vec<_> = std::fs::read_dir(tmp.join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("dtd")]);
+}
+
+#[test]
+fn an_interrupted_download_resumes_with_range() {
+    let server = Server::start();
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    server.route(
+        "/big.bin",
+        Route {
+            body: body.clone(),
+            drop_after: Some(70_000),
+            ..Default::default()
+        },
+    );
+    let tmp = tempdir("resume");
+    let dest = tmp.join("big.bin");
+    let url = format!("{}/big.bin", server.base);
+    let sum = Checksum::Sha256(sha256(&body));
+    download(&client(), &url, &dest, &sum, &[], "by hand", &mut Quiet).unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+    assert!(!tmp.join("big.bin.part").exists());
+    let reqs = server.requests("/big.bin");
+    assert_eq!(reqs.len(), 2, "one dropped GET, one resumed GET");
+    assert_eq!(reqs[0].1.get("range"), None);
+    assert_eq!(
+        reqs[1].1.get("range").map(String::as_str),
+        Some("bytes=70000-")
+    );
+}
+
+#[test]
+fn a_wrong_checksum_is_an_error_and_leaves_nothing() {
+    let server = Server::start();
+    server.route(
+        "/f.bin",
+        Route {
+            body: b"not what you wanted".to_vec(),
+            ..Default::default()
+        },
+    );
+    let tmp = tempdir("checksum");
+    let dest = tmp.join("f.bin");
+    let url = format!("{}/f.bin", server.base);
+    let sum = Checksum::Md5("0".repeat(32));
+    let err = download(&client(), &url, &dest, &sum, &[], "by hand", &mut Quiet).unwrap_err();
+    assert!(matches!(err, FetchError::Checksum { .. }), "{err}");
+    assert!(err.to_string().contains("expected md5 000"), "{err}");
+    assert!(!dest.exists() && !tmp.join("f.bin.part").exists());
+}
+
+#[test]
+fn a_404_is_an_error_naming_the_url() {
+    let server = Server::start();
+    let tmp = tempdir("404");
+    let url = format!("{}/nope.tar.gz", server.base);
+    let sum = Checksum::Md5("0".repeat(32));
+    let dest = tmp.join("nope.tar.gz");
+    let err = download(&client(), &url, &dest, &sum, &[], "by hand", &mut Quiet).unwrap_err();
+    assert!(matches!(err, FetchError::Http { status: 404, .. }), "{err}");
+    assert!(err.to_string().contains(&url), "{err}");
+    assert_eq!(
+        server.requests("/nope.tar.gz").len(),
+        1,
+        "a 404 is not retried"
+    );
+    assert!(std::fs::read_dir(&tmp).unwrap().next().is_none());
+}
+
+#[test]
+fn without_a_network_the_error_says_what_was_tried_and_how_to_place_files() {
+    // A port nobody listens on: bind, read the port, close.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tmp = tempdir("offline");
+    let url = format!("http://127.0.0.1:{port}/x.zip");
+    let sum = Checksum::Md5("0".repeat(32));
+    let dest = tmp.join("x.zip");
+    let err = download(
+        &client(),
+        &url,
+        &dest,
+        &sum,
+        &[],
+        "put x.zip in data/",
+        &mut Quiet,
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, FetchError::Network { attempts: 3, .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&url) && msg.contains("put x.zip in data/"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn path_traversal_and_escaping_links_are_rejected_and_nothing_is_left() {
+    let tmp = tempdir("traversal");
+    let hostile: [&[(&str, &[u8])]; 2] = [
+        &[("ok/a.txt", b"a"), ("ok/../../evil.txt", b"evil")],
+        &[("/tmp/vtab-orch-evil-abs.txt", b"evil")],
+    ];
+    for (i, entries) in hostile.into_iter().enumerate() {
+        let archive = tmp.join(format!("bad{i}.tar.gz"));
+        std::fs::write(&archive, tar_gz(entries)).unwrap();
+        let staging = tmp.join(format!("stage{i}"));
+        let err = unpack(&archive, ArchiveKind::TarGz, &staging).unwrap_err();
+        assert!(matches!(err, FetchError::UnsafeEntry { .. }), "{err}");
+        assert!(
+            !staging.exists(),
+            "a failed unpack removes its staging folder"
+        );
+    }
+    assert!(!tmp.join("evil.txt").exists());
+    assert!(!Path::new("/tmp/vtab-orch-evil-abs.txt").exists());
+    // A symlink pointing out of the folder.
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, "d/link", "../../outside").unwrap();
+    let archive = tmp.join("link.tar.gz");
+    std::fs::write(&archive, b.into_inner().unwrap().finish().unwrap()).unwrap();
+    let err = unpack(&archive, ArchiveKind::TarGz, &tmp.join("stage-link")).unwrap_err();
+    assert!(err.to_string().contains("link leaving"), "{err}");
+    assert!(!tmp.join("stage-link").exists());
+    // A zip with `..`.
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    z.start_file("../evil.txt", zip::write::SimpleFileOptions::default())
+        .unwrap();
+    z.write_all(b"evil").unwrap();
+    let archive = tmp.join("bad.zip");
+    std::fs::write(&archive, z.finish().unwrap().into_inner()).unwrap();
+    let err = unpack(&archive, ArchiveKind::Zip, &tmp.join("stage-zip")).unwrap_err();
+    assert!(matches!(err, FetchError::UnsafeEntry { .. }), "{err}");
+    assert!(!tmp.join("stage-zip").exists());
+}
+
+#[test]
+fn a_traversal_archive_from_the_mirror_leaves_no_dataset_folder() {
+    let _g = ENV.lock().unwrap();
+    let server = Server::start();
+    let data = tar_gz(&[("dtd/labels/train1.txt", b"x"), ("dtd/../../../evil", b"x")]);
+    server.route(
+        DTD_PATH,
+        Route {
+            body: data.clone(),
+            ..Default::default()
+        },
+    );
+    std::env::set_var(DATA_MIRROR_ENV, &server.base);
+    let tmp = tempdir("mirror-bad");
+    let src = dtd_source(&tmp.join("data/dtd"));
+    let err = fetch_archive(&client(), &src, &dtd_entry(&md5(&data)), &mut Quiet).unwrap_err();
+    std::env::remove_var(DATA_MIRROR_ENV);
+    assert!(matches!(err, FetchError::UnsafeEntry { .. }), "{err}");
+    assert!(!tmp.join("data/dtd").exists());
+    assert!(!tmp.join("data/.dtd.unpacking").exists());
+}
+
+#[test]
+fn weights_from_the_hub_at_hf_endpoint_are_checked_against_its_sha256() {
+    let _g = ENV.lock().unwrap();
+    let server = Server::start();
+    let weights = b"pretend safetensors".repeat(1000);
+    let path = "/timm/vit_tiny_patch16_224.augreg_in21k/resolve/main/model.safetensors";
+    server.route(
+        path,
+        Route {
+            redirect: Some("/cdn/blob".into()),
+            headers: vec![("x-linked-etag".into(), format!("\"{}\"", sha256(&weights)))],
+            ..Default::default()
+        },
+    );
+    server.route(
+        "/cdn/blob",
+        Route {
+            body: weights.clone(),
+            ..Default::default()
+        },
+    );
+    std::env::set_var("HF_ENDPOINT", &server.base);
+    std::env::set_var("HF_TOKEN", "hf_test_token");
+    let tmp = tempdir("hub");
+    let dest = tmp.join("weights/vit_tiny_patch16_224.augreg_in21k.safetensors");
+    let w = WeightsRef::from_file_name("vit_tiny_patch16_224.augreg_in21k.safetensors").unwrap();
+    let r = fetch_weights(&client(), &w, &dest, &mut Quiet);
+    // A hub serving other bytes than the sha256 it publishes is refused.
+    server.route(
+        "/cdn/blob",
+        Route {
+            body: b"tampered".to_vec(),
+            ..Default::default()
+        },
+    );
+    let bad = fetch_weights(&client(), &w, &tmp.join("w2/x.safetensors"), &mut Quiet);
+    std::env::remove_var("HF_ENDPOINT");
+    std::env::remove_var("HF_TOKEN");
+    r.unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), weights);
+    let reqs = server.requests(path);
+    assert!(reqs.iter().any(|(m, _)| m == "HEAD"));
+    assert!(reqs
+        .iter()
+        .all(|(_, h)| h.get("authorization").map(String::as_str) == Some("Bearer hf_test_token")));
+    assert!(matches!(bad.unwrap_err(), FetchError::Checksum { .. }));
+    assert!(!tmp.join("w2/x.safetensors").exists());
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("vtab-orch-fetch-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -1,0 +1,170 @@
+//! `vtab-orch fetch`: downloads the datasets and weights a suite references and is missing.
+//! Owns only the command's arguments and terminal output; the work is `orchestrator::fetch`.
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use orchestrator::datasets::RealSource;
+use orchestrator::fetch::{self, Client, Missing, Progress};
+use orchestrator::suite::{self, Source};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct FetchArgs {
+    /// The suite file.
+    #[arg(default_value = "suite.toml")]
+    suite: PathBuf,
+    /// Only `data` or only `weights`.
+    #[arg(long)]
+    only: Option<String>,
+    /// Put datasets and weights under DIR (named as in the suite) instead of the suite's paths;
+    /// prints the `--set` overrides that point the suite at them.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Override a suite setting (as for `run`; repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+/// An indicatif bar with bytes and rate on a terminal; nothing otherwise.
+struct Bar(Option<ProgressBar>);
+
+impl Progress for Bar {
+    fn begin(&mut self, name: &str, done: u64, total: Option<u64>) {
+        if !std::io::stderr().is_terminal() {
+            eprintln!("downloading {name}");
+            return;
+        }
+        let bar = ProgressBar::new(total.unwrap_or(0));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message(name.to_string());
+        bar.set_position(done);
+        self.0 = Some(bar);
+    }
+    fn advance(&mut self, bytes: u64) {
+        if let Some(b) = &self.0 {
+            b.inc(bytes);
+        }
+    }
+    fn end(&mut self) {
+        if let Some(b) = self.0.take() {
+            b.finish();
+        }
+    }
+}
+
+pub fn fetch(a: FetchArgs) -> Result<i32> {
+    let (data, weights) = match a.only.as_deref() {
+        None => (true, true),
+        Some("data") => (true, false),
+        Some("weights") => (false, true),
+        Some(o) => {
+            eprintln!("error: --only {o}: expected `data` or `weights`");
+            return Ok(2);
+        }
+    };
+    let mut s = suite::load(&a.suite, &a.sets)?;
+    let mut sets = Vec::new();
+    if let Some(dir) = &a.dir {
+        for d in s.datasets.values_mut() {
+            if let Source::Real(r) = &mut d.source {
+                r.root = dir.join(r.root.file_name().unwrap_or_default());
+                sets.push(format!("datasets.{}.root={:?}", d.name, r.root));
+            }
+        }
+        if let suite::Weights::File(p) = &mut s.backbone.weights {
+            *p = dir.join(p.file_name().unwrap_or_default());
+            sets.push(format!("backbone.weights={p:?}"));
+        }
+    }
+    let client = Client::new();
+    let mut bar = Bar(None);
+    let mut manual = Vec::new();
+    let todo = fetch::missing(&s, data, weights);
+    if todo.is_empty() {
+        eprintln!("{}: nothing to fetch", a.suite.display());
+    }
+    for m in todo {
+        match m {
+            Missing::Data {
+                dataset,
+                root,
+                archive,
+            } => {
+                let src = real_source(&s, &dataset)
+                    .ok_or_else(|| anyhow::anyhow!("dataset {dataset} is not a real dataset"))?;
+                let at = fetch::fetch_archive(&client, &src, &archive, &mut bar)?;
+                eprintln!(
+                    "{dataset}: {} unpacked at {} (root {})",
+                    archive.file_name,
+                    at.display(),
+                    root.display()
+                );
+            }
+            Missing::Weights { path, weights } => {
+                fetch::fetch_weights(&client, &weights, &path, &mut bar)?;
+                eprintln!(
+                    "weights: {}.{} saved at {}",
+                    weights.name,
+                    weights.tag,
+                    path.display()
+                );
+            }
+            Missing::Manual { dataset, problem } => manual.push(format!(
+                "datasets.{dataset}: no download for this format; place it by hand (README \
+                 \"Real studies\"): {problem}"
+            )),
+            Missing::UnknownWeights { path } => manual.push(format!(
+                "backbone.weights: {} is missing and its name does not say which timm checkpoint \
+                 it is; name it `<timm name>.<tag>.safetensors` (e.g. \
+                 vit_base_patch16_224.orig_in21k.safetensors) to fetch it from the hub",
+                path.display()
+            )),
+        }
+    }
+    if !sets.is_empty() {
+        eprintln!("point the suite at them with:");
+        for s in &sets {
+            eprintln!("  --set '{s}'");
+        }
+    }
+    for m in &manual {
+        eprintln!("not fetched: {m}");
+    }
+    Ok(if manual.is_empty() { 0 } else { 1 })
+}
+
+fn real_source(s: &suite::Suite, name: &str) -> Option<RealSource> {
+    match &s.datasets.get(name)?.source {
+        Source::Real(r) => Some(r.clone()),
+        Source::Synthetic { .. } => None,
+    }
+}
+
+/// A line for `plan`/`run` errors when the suite misses something `fetch` can download.
+pub fn hint(s: &suite::Suite) -> Option<String> {
+    let names: Vec<String> = fetch::missing(s, true, true)
+        .into_iter()
+        .filter_map(|m| match m {
+            Missing::Data {
+                dataset, archive, ..
+            } => Some(format!("datasets.{dataset} ({})", archive.file_name)),
+            Missing::Weights { weights, .. } => Some(format!(
+                "backbone.weights (timm {}.{})",
+                weights.name, weights.tag
+            )),
+            _ => None,
+        })
+        .collect();
+    (!names.is_empty()).then(|| {
+        format!(
+            "`vtab-orch fetch {}` downloads {}",
+            s.path.display(),
+            names.join(", ")
+        )
+    })
+}
