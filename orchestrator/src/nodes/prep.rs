@@ -132,14 +132,7 @@ pub fn run(p: &PrepNode, out: &Path, digests: &Path) -> Result<PrepInfo> {
         img_size: p.img_size,
         chunks,
     };
-    write_json(&out.join(CLASSES), &info)?;
-    write_json(
-        &out.join(SUBSET),
-        &SubsetRecord::new(p.split, definition, &members),
-    )?;
-    let path = out.join(MEMBERS);
-    std::fs::write(&path, members_text(&members)).map_err(io_err(&path))?;
-    Ok(info)
+    write_records(out, p.split, info, definition, &members)
 }
 
 /// A train800 or val200 split cut from the stored train800val200 entry `whole` (the view of
@@ -212,13 +205,25 @@ pub fn run_view(p: &PrepNode, whole: &Path, out: &Path) -> Result<PrepInfo> {
         img_size: p.img_size,
         chunks,
     };
+    write_records(out, p.split, info, definition, &members)
+}
+
+/// The records every prep entry carries beside its chunks: `classes.json` (the info),
+/// `subset.json` (how its examples were chosen) and `members.txt` (which ones).
+fn write_records(
+    out: &Path,
+    split: Split,
+    info: PrepInfo,
+    definition: SubsetDefinition,
+    members: &[String],
+) -> Result<PrepInfo> {
     write_json(&out.join(CLASSES), &info)?;
     write_json(
         &out.join(SUBSET),
-        &SubsetRecord::new(p.split, definition, &members),
+        &SubsetRecord::new(split, definition, members),
     )?;
     let path = out.join(MEMBERS);
-    std::fs::write(&path, members_text(&members)).map_err(io_err(&path))?;
+    std::fs::write(&path, members_text(members)).map_err(io_err(&path))?;
     Ok(info)
 }
 
