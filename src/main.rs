@@ -2,6 +2,7 @@
 //! lives in the `kernels` and `orchestrator` crates. Exit codes: 0 success, 1 a node
 //! failed, 2 the suite or the command line is invalid.
 mod cli;
+mod export_cmd;
 mod fetch_cmd;
 mod view;
 
@@ -52,6 +53,8 @@ enum Cmd {
     Overhead(cli::OverheadArgs),
     /// Download the datasets and weights a suite references and is missing.
     Fetch(fetch_cmd::FetchArgs),
+    /// Write one trained run as a peft adapter directory or a merged timm checkpoint.
+    Export(export_cmd::ExportArgs),
     /// Print libtorch, CUDA and device information.
     Env,
     /// Train-step benchmark of every adaptation method on random data.
@@ -209,6 +212,7 @@ fn main() {
         Cmd::Verify(a) => cli::verify(a),
         Cmd::Gc(a) => cli::gc(a),
         Cmd::Fetch(a) => fetch_cmd::fetch(a),
+        Cmd::Export(a) => export_cmd::export(a),
         Cmd::Env => {
             env();
             Ok(0)

@@ -41,6 +41,25 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
         .collect())
 }
 
+/// Writes `model`'s backbone and head under timm's names (adapter tensors are left out:
+/// merge them first), in fp32 on the CPU: the inverse of [`load_timm`] with
+/// [`HeadPolicy::Load`].
+pub fn save_timm(model: &mut VisionTransformer, path: &Path) -> Result<()> {
+    let named: Vec<(String, Tensor)> = model
+        .named_tensors()
+        .into_iter()
+        .filter(|(_, _, role)| *role != Role::Adapter)
+        .map(|(n, t, _)| {
+            let t = t.detach().to_device(tch::Device::Cpu);
+            (n, t.to_kind(Kind::Float).contiguous())
+        })
+        .collect();
+    Tensor::write_safetensors(&named, path).map_err(|e| Error::File {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })
+}
+
 /// Loads a timm checkpoint into `model` (strict: every backbone tensor must be present
 /// with its shape, and no unknown tensor may be left over). A position embedding made for
 /// another image size is resampled as timm's `resample_abs_pos_embed` does.

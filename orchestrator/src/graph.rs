@@ -105,7 +105,7 @@ pub enum Node {
     Select(SelectNode),
 }
 
-fn split_name(s: Split) -> &'static str {
+pub fn split_name(s: Split) -> &'static str {
     match s {
         Split::Train800 => "train800",
         Split::Val200 => "val200",

@@ -2,6 +2,7 @@
 //! the node executors, datasets and the report. Reads top-down in the order below.
 pub mod datasets;
 pub mod exec;
+pub mod export;
 pub mod fetch;
 pub mod graph;
 pub mod hash;

@@ -1,0 +1,79 @@
+//! `vtab-orch export`: one trained run of a suite as a peft adapter directory or a merged timm
+//! checkpoint. Owns only the command's arguments and terminal output; the work is
+//! `orchestrator::export`.
+use anyhow::Result;
+use orchestrator::export::{self, Format};
+use orchestrator::numerics::DeviceKind;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum FormatArg {
+    /// adapter_config.json + adapter_model.safetensors for peft.PeftModel.from_pretrained.
+    Peft,
+    /// config.json + model.safetensors (adapter merged, trained head) for
+    /// timm.create_model("local-dir:OUT", pretrained=True).
+    Merged,
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// The suite file.
+    suite: PathBuf,
+    /// The output folder (written whole or not at all).
+    out: PathBuf,
+    /// The run: a train or eval key (or a prefix of at least 6 characters, as `plan` prints
+    /// it), a `plan` label (`train DATASET CONFIG sSEED`), or the report's `DATASET CONFIG
+    /// sSEED` / `DATASET METHOD sSEED` (the seed may be left out when only one matches; with a
+    /// protocol, the final run wins over the search runs).
+    #[arg(long = "run", value_name = "LABEL|KEY")]
+    run: String,
+    #[arg(long, value_enum, default_value_t = FormatArg::Peft)]
+    format: FormatArg,
+    /// Replace OUT if it exists and is not empty.
+    #[arg(long)]
+    force: bool,
+    /// Override a suite setting (as for `run`; repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Store directory (default: the suite's).
+    #[arg(long)]
+    store: Option<PathBuf>,
+}
+
+pub fn export(a: ExportArgs) -> Result<i32> {
+    // Runs made for either device kind are looked up (like `report`); this machine's first.
+    let here = if tch::Cuda::is_available() {
+        DeviceKind::Cuda
+    } else {
+        DeviceKind::Cpu
+    };
+    let l = orchestrator::load::load(&a.suite, &a.sets, a.store.as_deref(), here)?;
+    let other = l.other_device()?;
+    let format = match a.format {
+        FormatArg::Peft => Format::Peft,
+        FormatArg::Merged => Format::Merged,
+    };
+    let result = export::find(&[&l.graph, &other], &l.store, &a.run).and_then(|f| {
+        export::export(&l.store, &l.suite.path, &f, format, &a.out, a.force).map(|w| (f, w))
+    });
+    match result {
+        Ok((f, w)) => {
+            eprintln!(
+                "exported {} (train {}) to {}: {}",
+                f.label(),
+                &f.train_key[..12],
+                w.dir.display(),
+                w.files.join(", ")
+            );
+            eprintln!(
+                "how to load it: see `load` in {}",
+                w.dir.join(export::RECORD).display()
+            );
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(if e.is_usage() { 2 } else { 1 })
+        }
+    }
+}
