@@ -1,0 +1,2 @@
+//! Helpers shared by the orchestrator's integration tests.
+pub mod http;
