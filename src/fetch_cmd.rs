@@ -2,8 +2,8 @@
 //! Owns only the command's arguments and terminal output; the work is `orchestrator::fetch`.
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use orchestrator::datasets::RealSource;
-use orchestrator::fetch::{self, Client, Missing, Progress};
+use orchestrator::datasets::{Format, RealSource};
+use orchestrator::fetch::{self, Client, Missing, Progress, Vtab1kArchive};
 use orchestrator::suite::{self, Source};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -20,6 +20,14 @@ pub struct FetchArgs {
     /// prints the `--set` overrides that point the suite at them.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Your copy of the VTAB-1k archive (vtab1k-pytorch / NOAH layout; it has no official
+    /// URL): a .zip or .tar.gz file, or an http(s) URL with --vtab1k-sha256. Its tasks are
+    /// unpacked into the folder holding the suite's VTAB-1k roots, each checked.
+    #[arg(long, value_name = "FILE|URL")]
+    vtab1k: Option<String>,
+    /// The sha256 of the archive at the --vtab1k URL.
+    #[arg(long, value_name = "HEX")]
+    vtab1k_sha256: Option<String>,
     /// Override a suite setting (as for `run`; repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
@@ -81,9 +89,20 @@ pub fn fetch(a: FetchArgs) -> Result<i32> {
             sets.push(format!("backbone.weights={p:?}"));
         }
     }
+    let vtab1k = match &a.vtab1k {
+        Some(spec) => match Vtab1kArchive::parse(spec, a.vtab1k_sha256.as_deref()) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(2);
+            }
+        },
+        None => None,
+    };
     let client = Client::new();
     let mut bar = Bar(None);
     let mut manual = Vec::new();
+    let mut vtab1k_sources = Vec::new();
     let todo = fetch::missing(&s, data, weights);
     if todo.is_empty() {
         eprintln!("{}: nothing to fetch", a.suite.display());
@@ -114,16 +133,42 @@ pub fn fetch(a: FetchArgs) -> Result<i32> {
                     path.display()
                 );
             }
-            Missing::Manual { dataset, problem } => manual.push(format!(
-                "datasets.{dataset}: no download for this format; place it by hand (README \
-                 \"Real studies\"): {problem}"
-            )),
+            Missing::Manual { dataset, problem } => match real_source(&s, &dataset) {
+                Some(src) if src.format == Format::Vtab1k && vtab1k.is_some() => {
+                    vtab1k_sources.push(src)
+                }
+                Some(src) if src.format == Format::Vtab1k => manual.push(format!(
+                    "datasets.{dataset}: VTAB-1k has no official download; get the archive as \
+                     README \"VTAB-1k\" says and pass it with --vtab1k FILE (or URL with \
+                     --vtab1k-sha256): {problem}"
+                )),
+                _ => manual.push(format!(
+                    "datasets.{dataset}: no download for this format; place it by hand (README \
+                     \"Real studies\"): {problem}"
+                )),
+            },
             Missing::UnknownWeights { path } => manual.push(format!(
                 "backbone.weights: {} is missing and its name does not say which timm checkpoint \
                  it is; name it `<timm name>.<tag>.safetensors` (e.g. \
                  vit_base_patch16_224.orig_in21k.safetensors) to fetch it from the hub",
                 path.display()
             )),
+        }
+    }
+    if let Some(archive) = &vtab1k {
+        if vtab1k_sources.is_empty() {
+            eprintln!("--vtab1k: no VTAB-1k dataset of the suite is missing; nothing unpacked");
+        } else {
+            let at = fetch::install_vtab1k(&client, archive, &vtab1k_sources, &mut bar)?;
+            let names: Vec<String> = vtab1k_sources
+                .iter()
+                .map(|s| s.root.display().to_string())
+                .collect();
+            eprintln!(
+                "VTAB-1k unpacked into {}; checked {}",
+                at.display(),
+                names.join(", ")
+            );
         }
     }
     if !sets.is_empty() {
@@ -147,7 +192,12 @@ fn real_source(s: &suite::Suite, name: &str) -> Option<RealSource> {
 
 /// A line for `plan`/`run` errors when the suite misses something `fetch` can download.
 pub fn hint(s: &suite::Suite) -> Option<String> {
-    let names: Vec<String> = fetch::missing(s, true, true)
+    let missing = fetch::missing(s, true, true);
+    let vtab1k = missing.iter().any(|m| {
+        matches!(m, Missing::Manual { dataset, .. }
+            if real_source(s, dataset).is_some_and(|r| r.format == Format::Vtab1k))
+    });
+    let names: Vec<String> = missing
         .into_iter()
         .filter_map(|m| match m {
             Missing::Data {
@@ -160,11 +210,20 @@ pub fn hint(s: &suite::Suite) -> Option<String> {
             _ => None,
         })
         .collect();
-    (!names.is_empty()).then(|| {
-        format!(
+    let mut lines = Vec::new();
+    if !names.is_empty() {
+        lines.push(format!(
             "`vtab-orch fetch {}` downloads {}",
             s.path.display(),
             names.join(", ")
-        )
-    })
+        ));
+    }
+    if vtab1k {
+        lines.push(format!(
+            "`vtab-orch fetch {} --vtab1k FILE` unpacks your copy of the VTAB-1k archive into \
+             place and checks it (it has no official download: README \"VTAB-1k\")",
+            s.path.display()
+        ));
+    }
+    (!lines.is_empty()).then(|| lines.join("; "))
 }

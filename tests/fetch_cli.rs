@@ -156,3 +156,143 @@ fn a_hub_serving_other_bytes_than_it_publishes_leaves_no_weights() {
     );
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// A small VTAB-1k task folder (lists + PNGs; labels by colour) at `root`.
+fn write_task(root: &Path, shift: u8) {
+    let colours = [[200u8, 30, 30], [30, 200, 30]];
+    let mut lists = [String::new(), String::new(), String::new(), String::new()];
+    for i in 0..40u32 {
+        let label = (i % 2) as usize;
+        let name = format!("images/{i:03}.png");
+        let path = root.join(&name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let rgb = colours[label].map(|c| c.saturating_add(shift + (i % 7) as u8));
+        image::RgbImage::from_pixel(8, 8, image::Rgb(rgb))
+            .save(&path)
+            .unwrap();
+        let line = format!("{name} {label}\n");
+        match i {
+            0..24 => lists[0] += &line,
+            24..30 => lists[1] += &line,
+            _ => lists[3] += &line,
+        }
+        if i < 30 {
+            lists[2] += &line;
+        }
+    }
+    let files = [
+        "train800.txt",
+        "val200.txt",
+        "train800val200.txt",
+        "test.txt",
+    ];
+    for (file, text) in files.iter().zip(lists) {
+        std::fs::write(root.join(file), text).unwrap();
+    }
+}
+
+/// `tar czf` of `dir`'s `vtab-1k/` folder (as the NOAH / vtab1k-pytorch archive has it).
+fn tar_gz(dir: &Path, out: &Path) {
+    let ok = Command::new("tar")
+        .arg("czf")
+        .arg(out)
+        .arg("-C")
+        .arg(dir)
+        .arg("vtab-1k")
+        .status()
+        .expect("running tar")
+        .success();
+    assert!(ok);
+}
+
+#[test]
+fn vtab1k_archive_from_a_file_or_a_verified_url_is_unpacked_and_checked() {
+    let d = dir("vtab1k");
+    let suite = d.join("suite.toml");
+    std::fs::write(
+        &suite,
+        "name = \"v1k\"\nstore = \"store\"\n[defaults]\nimg_size = 16\nepochs = 1\nbatch_size = 100\nwarmup_epochs = 0\n\
+         [backbone]\narch = \"vit_tiny_patch16_224\"\nimg_size = 16\npatch_size = 8\nembed_dim = 24\ndepth = 1\nnum_heads = 2\n\
+         [backbone.pretrain]\nimages = 100\nepochs = 1\n\
+         [datasets.a]\nformat = \"vtab1k\"\nroot = \"data/vtab-1k/task_a\"\n\
+         [datasets.b]\nformat = \"vtab1k\"\nroot = \"data/vtab-1k/task_b\"\n\
+         [methods.linear]\n",
+    )
+    .unwrap();
+    let s = suite.to_str().unwrap();
+    let installed = d.join("data/vtab-1k");
+
+    // plan names the way in; fetch without the archive says how to give it (exit 1).
+    let o = vtab(&["plan", s, "--gpus", "none"], "http://127.0.0.1:9");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--vtab1k FILE"), "{}", stderr(&o));
+    let o = vtab(&["fetch", s], "http://127.0.0.1:9");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--vtab1k"), "{}", stderr(&o));
+
+    // An archive without task_b: refused, nothing installed.
+    let src = d.join("src");
+    write_task(&src.join("vtab-1k/task_a"), 0);
+    let partial = d.join("partial.tar.gz");
+    tar_gz(&src, &partial);
+    let o = vtab(&["fetch", s, "--vtab1k", partial.to_str().unwrap()], "x");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no task folder task_b"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !installed.join("task_a").exists(),
+        "nothing moved into place"
+    );
+
+    // A task whose lists are broken: refused, naming the task.
+    write_task(&src.join("vtab-1k/task_b"), 9);
+    std::fs::remove_file(src.join("vtab-1k/task_b/val200.txt")).unwrap();
+    let broken = d.join("broken.tar.gz");
+    tar_gz(&src, &broken);
+    let o = vtab(&["fetch", s, "--vtab1k", broken.to_str().unwrap()], "x");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("task task_b"), "{}", stderr(&o));
+    assert!(!installed.exists(), "nothing moved into place");
+
+    // A URL needs its sha256 (exit 2); with it, the download is verified and unpacked.
+    write_task(&src.join("vtab-1k/task_b"), 9);
+    let good = d.join("vtab-1k.tar.gz");
+    tar_gz(&src, &good);
+    let bytes = std::fs::read(&good).unwrap();
+    let server = Server::start();
+    server.route(
+        "/lab/vtab-1k.tar.gz",
+        Route {
+            body: bytes.clone(),
+            ..Default::default()
+        },
+    );
+    let url = format!("{}/lab/vtab-1k.tar.gz", server.base);
+    let o = vtab(&["fetch", s, "--vtab1k", &url], "x");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--vtab1k-sha256"), "{}", stderr(&o));
+    let sha = format!("{:x}", Sha256::digest(&bytes));
+    let o = vtab(
+        &["fetch", s, "--vtab1k", &url, "--vtab1k-sha256", &sha],
+        "x",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for t in ["task_a", "task_b"] {
+        assert!(
+            installed.join(t).join("test.txt").is_file(),
+            "{t} installed"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(d.join("data"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "no staging or download left: {left:?}");
+    let o = vtab(&["run", s, "--gpus", "none"], "x");
+    assert!(o.status.success(), "run after fetch:\n{}", stderr(&o));
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -14,12 +14,14 @@ mod download;
 mod hub;
 mod plan;
 mod unpack;
+mod vtab1k;
 
 pub use catalogue::{archive_for, mirrored, Archive, ArchiveKind, DATA_MIRROR_ENV};
 pub use download::download;
 pub use hub::{hub_url, weights_sha256, WeightsRef};
 pub use plan::{fetch_archive, fetch_weights, missing, Missing};
 pub use unpack::unpack;
+pub use vtab1k::{install_vtab1k, Vtab1kArchive};
 
 /// A file's expected digest (lower-case hex).
 #[derive(Debug, Clone, PartialEq, Eq)]
