@@ -86,7 +86,10 @@ impl Parser {
                     }
                     hparams.insert(k.clone(), display(v));
                 }
-                if point.iter().any(|(k, v)| k == "peft_suffix_match" && v == &Value::Bool(true)) {
+                if point
+                    .iter()
+                    .any(|(k, v)| k == "peft_suffix_match" && v == &Value::Bool(true))
+                {
                     // The report shows what peft's matching resolved the names to.
                     let resolved: Vec<&str> = method.targets().iter().map(|t| t.as_str()).collect();
                     hparams.insert("targets".into(), resolved.join(","));
@@ -271,7 +274,10 @@ impl Parser {
     /// patch_embed.proj), resolved to our targets on the backbone's blocks.
     fn peft_targets(&mut self, tkey: &str, kind: &str, v: Option<Value>) -> Option<Vec<Target>> {
         let Some(v) = v else {
-            self.err(tkey, "missing (e.g. \"qkv,proj,fc1,fc2\", peft's target_modules)");
+            self.err(
+                tkey,
+                "missing (e.g. \"qkv,proj,fc1,fc2\", peft's target_modules)",
+            );
             return None;
         };
         let entries: Vec<String> = self

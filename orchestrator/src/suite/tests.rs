@@ -200,16 +200,28 @@ fn peft_suffix_match_puts_proj_on_the_patch_embedding_too() {
     use Target::*;
     let block = [Qkv, Proj, Fc1, Fc2];
     assert_eq!(trains["lora"].0.targets(), block);
-    assert_eq!(trains["lora_peft"].0.targets(), [PatchEmbed, Qkv, Proj, Fc1, Fc2]);
+    assert_eq!(
+        trains["lora_peft"].0.targets(),
+        [PatchEmbed, Qkv, Proj, Fc1, Fc2]
+    );
     assert_eq!(trains["ia3"].0.targets(), block);
-    assert_eq!(trains["ia3_peft"].0.targets(), [PatchEmbed, Qkv, Proj, Fc1, Fc2]);
+    assert_eq!(
+        trains["ia3_peft"].0.targets(),
+        [PatchEmbed, Qkv, Proj, Fc1, Fc2]
+    );
     assert_eq!(trains["lora_named"].0.targets(), [PatchEmbed, Fc1]);
     assert!(
-        trains["lora_peft"].1.contains("patch_embed,qkv,proj,fc1,fc2"),
+        trains["lora_peft"]
+            .1
+            .contains("patch_embed,qkv,proj,fc1,fc2"),
         "{}",
         trains["lora_peft"].1
     );
-    assert!(!trains["lora"].1.contains("patch_embed"), "{}", trains["lora"].1);
+    assert!(
+        !trains["lora"].1.contains("patch_embed"),
+        "{}",
+        trains["lora"].1
+    );
     assert_ne!(trains["lora"].2, trains["lora_peft"].2, "same node key");
     // Trainable parameters: the patch embedding's conv LoRA (A: r x 3*8*8, B: 192 x r) and
     // IA3 vector (192) on top of the block adapters.
