@@ -77,6 +77,14 @@ ADAPTERS = {
     "lora_rs": LoraConfig(r=4, lora_alpha=6, use_rslora=True, target_modules=["qkv", "fc2"], modules_to_save=["head"]),
     "vera": VeraConfig(r=16, target_modules=["qkv", "fc1", "fc2"], projection_prng_key=7, modules_to_save=["head"]),
     "ia3": IA3Config(target_modules=["qkv", "fc1", "fc2"], feedforward_modules=["fc2"], modules_to_save=["head"]),
+    # peft matches list entries as dotted suffixes: `proj` also puts a Conv2d LoRA / IA3
+    # vector on patch_embed.proj.
+    "lora_suffix": LoraConfig(r=4, lora_alpha=8, target_modules=["qkv", "proj", "fc1", "fc2"], modules_to_save=["head"]),
+    "ia3_suffix": IA3Config(target_modules=["qkv", "proj", "fc1", "fc2"], feedforward_modules=["fc2"], modules_to_save=["head"]),
+    # A regex string is matched against whole module names (re.fullmatch).
+    "lora_regex": LoraConfig(r=3, lora_alpha=5, target_modules=r"blocks\.\d+\.(attn\.qkv|mlp\.fc2)|patch_embed\.proj", modules_to_save=["head"]),
+    # No modules_to_save: the adapter has no head and uses the checkpoint's (timm's 10 classes).
+    "lora_headless": LoraConfig(r=4, lora_alpha=8, target_modules=["qkv", "fc1"]),
 }
 manifest["adapters"] = {}
 for i, (name, cfg) in enumerate(ADAPTERS.items()):
@@ -101,7 +109,8 @@ for i, (name, cfg) in enumerate(ADAPTERS.items()):
     pm.save_pretrained(os.path.join(OUT, f"peft_{name}"))
     os.remove(os.path.join(OUT, f"peft_{name}", "README.md"))  # a generated model card, not data
     save(f"peft_{name}_io.safetensors", {"fresh_logits": fresh, "logits": logits})
-    manifest["adapters"][name] = dict(dir=f"peft_{name}", io=f"peft_{name}_io.safetensors", trainable=trainable)
+    manifest["adapters"][name] = dict(dir=f"peft_{name}", io=f"peft_{name}_io.safetensors", trainable=trainable,
+                                      head_saved="head" in (cfg.modules_to_save or []))
 
 # --- LoRA on the q and v slices of the fused qkv, by hand (peft cannot slice qkv) ------
 D, R, ALPHA = CFG_A["embed_dim"], 4, 8.0

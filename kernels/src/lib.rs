@@ -11,6 +11,8 @@ pub mod method;
 pub mod model;
 pub mod optim;
 pub mod peft_format;
+pub mod peft_import;
+pub mod peft_targets;
 pub mod schedule;
 pub mod train;
 pub mod vit;

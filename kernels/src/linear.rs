@@ -99,19 +99,8 @@ impl AdaptedLinear {
         for a in &self.adapters {
             h = a.on_input(h);
         }
-        let mut y = self.base.forward(&h);
-        let deltas: Vec<(Tensor, OutRange)> = self
-            .adapters
-            .iter()
-            .filter_map(|a| a.delta(x, train))
-            .collect();
-        if !deltas.is_empty() {
-            y += combine_deltas(deltas, self.base.out_features());
-        }
-        for a in &self.adapters {
-            y = a.on_output(y);
-        }
-        y
+        let y = self.base.forward(&h);
+        add_deltas_and_scale(&self.adapters, x, y, self.base.out_features(), train)
     }
 
     pub fn is_merged(&self) -> bool {
@@ -143,6 +132,27 @@ impl AdaptedLinear {
             a.visit(f);
         }
     }
+}
+
+/// The rest of an adapted layer after its base output `y` (computed from the layer input
+/// `x` after the `on_input` changes): adds the deltas, then applies the output changes.
+/// Shared by `AdaptedLinear` and the patch embedding (whose input is the patches).
+pub(crate) fn add_deltas_and_scale(
+    adapters: &[Box<dyn Adapter>],
+    x: &Tensor,
+    mut y: Tensor,
+    out_features: i64,
+    train: bool,
+) -> Tensor {
+    let deltas: Vec<(Tensor, OutRange)> =
+        adapters.iter().filter_map(|a| a.delta(x, train)).collect();
+    if !deltas.is_empty() {
+        y += combine_deltas(deltas, out_features);
+    }
+    for a in adapters {
+        y = a.on_output(y);
+    }
+    y
 }
 
 /// Rows `[start, start+len)` of a layer's output (a q, k or v slice of a fused qkv);

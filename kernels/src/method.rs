@@ -3,11 +3,15 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// A linear layer of a ViT block an adapter can target. `q`, `k`, `v` are row slices of
+/// A layer an adapter can target: a linear layer of every ViT block, or the patch
+/// embedding's conv (`patch_embed.proj`, once per model). `q`, `k`, `v` are row slices of
 /// the fused `qkv` (something peft cannot express on a timm model).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
+    /// `patch_embed.proj`, a conv with kernel = stride = patch size (peft's Conv2d LoRA/IA3).
+    #[serde(rename = "patch_embed")]
+    PatchEmbed,
     Q,
     K,
     V,
@@ -18,7 +22,8 @@ pub enum Target {
 }
 
 impl Target {
-    pub const ALL: [Target; 7] = [
+    pub const ALL: [Target; 8] = [
+        Target::PatchEmbed,
         Target::Q,
         Target::K,
         Target::V,
@@ -30,6 +35,7 @@ impl Target {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Target::PatchEmbed => "patch_embed",
             Target::Q => "q",
             Target::K => "k",
             Target::V => "v",
@@ -160,7 +166,7 @@ impl Method {
         if matches!(self, Method::Lora(_) | Method::Vera(_) | Method::Ia3(_)) {
             if targets.is_empty() {
                 return Err(format!(
-                    "{}: `targets` is empty (choose from q, k, v, qkv, proj, fc1, fc2)",
+                    "{}: `targets` is empty (choose from patch_embed, q, k, v, qkv, proj, fc1, fc2)",
                     self.name()
                 ));
             }
@@ -178,6 +184,13 @@ impl Method {
                     self.name()
                 ));
             }
+        }
+        if matches!(self, Method::Vera(_)) && targets.contains(&Target::PatchEmbed) {
+            return Err(
+                "vera: `targets` has patch_embed, a Conv2d: VeRA (like peft's) adapts \
+                        linear layers only"
+                    .into(),
+            );
         }
         let dropout_ok = |p: f64| (0.0..1.0).contains(&p);
         match self {

@@ -3,7 +3,7 @@
 use crate::adapters::{lora_scale, Ia3, Lora, Vera, VeraProjections};
 use crate::checkpoint::{copy_into, read_safetensors};
 use crate::error::{Error, Result};
-use crate::linear::{AdaptedLinear, Adapter, Linear, OutRange, Role};
+use crate::linear::{Adapter, Linear, OutRange, Role};
 use crate::method::{Method, Target};
 use crate::vit::VisionTransformer;
 use std::collections::BTreeSet;
@@ -154,11 +154,13 @@ impl AdaptedVit {
 
     /// Folds every adapter into its base weights (evaluation runs at plain-ViT speed).
     pub fn merge(&mut self) {
+        self.vit.patch_embed.merge();
         self.vit.linears_mut().for_each(|(_, l)| l.merge());
         self.merged = true;
     }
 
     pub fn unmerge(&mut self) {
+        self.vit.patch_embed.unmerge();
         self.vit.linears_mut().for_each(|(_, l)| l.unmerge());
         self.merged = false;
     }
@@ -196,9 +198,11 @@ fn copy_into_named(
     copy_into(vit, file, path, |name, _| names.contains(name))
 }
 
-/// (in, out, output range) of the module a target names in a block with width `d`.
-fn target_geometry(t: Target, d: i64, hidden: i64) -> (i64, i64, OutRange) {
+/// (in, out, output range) of the module a target names: `d` the width, `hidden` the MLP
+/// width, `patch_in` the patch embedding's input per token (C * p * p).
+fn target_geometry(t: Target, d: i64, hidden: i64, patch_in: i64) -> (i64, i64, OutRange) {
     match t {
+        Target::PatchEmbed => (patch_in, d, None),
         Target::Q | Target::K | Target::V => (d, d, Some((t.qkv_slice().unwrap_or(0) * d, d))),
         Target::Qkv => (d, 3 * d, None),
         Target::Proj => (d, d, None),
@@ -207,9 +211,10 @@ fn target_geometry(t: Target, d: i64, hidden: i64) -> (i64, i64, OutRange) {
     }
 }
 
-/// Name of the (virtual) module a target adapts in block `i`.
+/// Name of the (virtual) module a target adapts in block `i` (the patch embedding: once).
 fn target_name(i: usize, t: Target) -> String {
     match t {
+        Target::PatchEmbed => "patch_embed.proj".into(),
         Target::Q | Target::K | Target::V | Target::Qkv | Target::Proj => {
             format!("blocks.{i}.attn.{t}")
         }
@@ -217,14 +222,35 @@ fn target_name(i: usize, t: Target) -> String {
     }
 }
 
-fn layer_mut(vit: &mut VisionTransformer, i: usize, t: Target) -> &mut AdaptedLinear {
+/// Every (block, target) an adapter goes on: block targets in every block, the patch
+/// embedding once (block index 0, unused).
+fn sites(targets: &[Target], depth: usize) -> Vec<(usize, Target)> {
+    let mut out: Vec<(usize, Target)> = targets
+        .iter()
+        .filter(|t| **t == Target::PatchEmbed)
+        .map(|t| (0, *t))
+        .collect();
+    for i in 0..depth {
+        out.extend(
+            targets
+                .iter()
+                .filter(|t| **t != Target::PatchEmbed)
+                .map(|t| (i, *t)),
+        );
+    }
+    out
+}
+
+fn push_adapter(vit: &mut VisionTransformer, i: usize, t: Target, a: Box<dyn Adapter>) {
     let b = &mut vit.blocks[i];
-    match t {
+    let layer = match t {
+        Target::PatchEmbed => return vit.patch_embed.adapters.push(a),
         Target::Q | Target::K | Target::V | Target::Qkv => &mut b.attn.qkv,
         Target::Proj => &mut b.attn.proj,
         Target::Fc1 => &mut b.mlp.fc1,
         Target::Fc2 => &mut b.mlp.fc2,
-    }
+    };
+    layer.adapters.push(a);
 }
 
 fn insert_adapters(
@@ -233,6 +259,8 @@ fn insert_adapters(
     seed: i64,
 ) -> Result<Option<VeraProjections>> {
     let (d, hidden, depth) = (vit.cfg.embed_dim, vit.cfg.mlp_hidden(), vit.blocks.len());
+    let patch_in = vit.cfg.in_chans * vit.cfg.patch_size * vit.cfg.patch_size;
+    let geometry = |t| target_geometry(t, d, hidden, patch_in);
     let device = vit.device();
     let mut targets = method.targets().to_vec();
     targets.sort();
@@ -241,81 +269,73 @@ fn insert_adapters(
         Method::Linear | Method::Full | Method::Bitfit => {}
         Method::Lora(s) => {
             let scale = lora_scale(s.r, s.alpha, s.rslora);
-            for i in 0..depth {
-                for &t in &targets {
-                    let (fi, fo, range) = target_geometry(t, d, hidden);
-                    let a = Lora::new(
-                        target_name(i, t),
-                        fi,
-                        fo,
-                        s.r,
-                        scale,
-                        s.dropout,
-                        range,
-                        device,
-                    );
-                    layer_mut(vit, i, t).adapters.push(Box::new(a));
-                }
+            for (i, t) in sites(&targets, depth) {
+                let (fi, fo, range) = geometry(t);
+                let a = Lora::new(
+                    target_name(i, t),
+                    fi,
+                    fo,
+                    s.r,
+                    scale,
+                    s.dropout,
+                    range,
+                    device,
+                );
+                push_adapter(vit, i, t, Box::new(a));
             }
         }
         Method::Vera(s) => {
             // peft sizes the shared pair by the largest adapted input and output.
-            let geo: Vec<_> = targets
-                .iter()
-                .map(|&t| target_geometry(t, d, hidden))
-                .collect();
+            let geo: Vec<_> = targets.iter().map(|&t| geometry(t)).collect();
             let max_in = geo.iter().map(|g| g.0).max().unwrap_or(d);
             let max_out = geo.iter().map(|g| g.1).max().unwrap_or(d);
             let shared =
                 VeraProjections::generate(s.r, max_in, max_out, s.projection_prng_key, device);
             tch::manual_seed(seed.wrapping_add(1)); // leave the key's stream
-            for i in 0..depth {
-                for (&t, &(fi, fo, range)) in targets.iter().zip(&geo) {
-                    let a = Vera::new(
-                        target_name(i, t),
-                        &shared,
-                        fi,
-                        fo,
-                        s.d_initial,
-                        s.dropout,
-                        range,
-                    );
-                    layer_mut(vit, i, t).adapters.push(Box::new(a));
-                }
+            for (i, t) in sites(&targets, depth) {
+                let (fi, fo, range) = geometry(t);
+                let a = Vera::new(
+                    target_name(i, t),
+                    &shared,
+                    fi,
+                    fo,
+                    s.d_initial,
+                    s.dropout,
+                    range,
+                );
+                push_adapter(vit, i, t, Box::new(a));
             }
             vera = Some(shared);
         }
         Method::Ia3(_) => {
-            for i in 0..depth {
-                // q, k, v slices share one vector over the fused qkv output; a slice that is
-                // not adapted keeps fixed ones.
-                let slices: Vec<Target> = targets
-                    .iter()
-                    .copied()
-                    .filter(|t| t.qkv_slice().is_some())
-                    .collect();
-                if !slices.is_empty() {
+            // q, k, v slices share one vector over the fused qkv output; a slice that is
+            // not adapted keeps fixed ones.
+            let slices: Vec<Target> = targets
+                .iter()
+                .copied()
+                .filter(|t| t.qkv_slice().is_some())
+                .collect();
+            if !slices.is_empty() {
+                for i in 0..depth {
                     let parts: Vec<(Option<String>, i64)> = [Target::Q, Target::K, Target::V]
                         .iter()
                         .map(|t| (slices.contains(t).then(|| target_name(i, *t)), d))
                         .collect();
-                    vit.blocks[i]
-                        .attn
-                        .qkv
-                        .adapters
-                        .push(Box::new(Ia3::new(&parts, false, device)));
+                    let a = Box::new(Ia3::new(&parts, false, device));
+                    push_adapter(vit, i, Target::Qkv, a);
                 }
-                for &t in targets.iter().filter(|t| t.qkv_slice().is_none()) {
-                    let (fi, fo, _) = target_geometry(t, d, hidden);
-                    let on_input = t == Target::Fc2;
-                    let len = if on_input { fi } else { fo };
-                    let a: Box<dyn Adapter> = Box::new(Ia3::new(
-                        &[(Some(target_name(i, t)), len)],
-                        on_input,
-                        device,
-                    ));
-                    layer_mut(vit, i, t).adapters.push(a);
-                }
+            }
+            let whole: Vec<Target> = targets
+                .iter()
+                .copied()
+                .filter(|t| t.qkv_slice().is_none())
+                .collect();
+            for (i, t) in sites(&whole, depth) {
+                let (fi, fo, _) = geometry(t);
+                let on_input = t == Target::Fc2;
+                let len = if on_input { fi } else { fo };
+                let a = Ia3::new(&[(Some(target_name(i, t)), len)], on_input, device);
+                push_adapter(vit, i, t, Box::new(a));
             }
         }
     }

@@ -1,17 +1,17 @@
 //! Hugging Face peft's on-disk adapter format (`adapter_config.json` +
-//! `adapter_model.safetensors`) for a peft model made from a timm ViT: export and import.
-//! Names there are ours prefixed with `base_model.model.`.
-use crate::checkpoint::read_safetensors;
+//! `adapter_model.safetensors`) for a peft model made from a timm ViT: export here, import
+//! in `peft_import.rs`. Names there are ours prefixed with `base_model.model.`.
 use crate::error::{Error, Result};
-use crate::method::{Ia3Spec, LoraSpec, Method, Target, VeraSpec};
+use crate::method::{Method, Target};
 use crate::model::AdaptedVit;
-use crate::vit::VisionTransformer;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::Tensor;
 
-const PREFIX: &str = "base_model.model.";
+pub use crate::peft_import::{import_peft, read_peft_method};
+
+pub(crate) const PREFIX: &str = "base_model.model.";
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 
@@ -19,6 +19,7 @@ pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 /// a bare `proj` also matches timm's `patch_embed.proj`.
 fn peft_module(t: Target) -> &'static str {
     match t {
+        Target::PatchEmbed => "patch_embed.proj",
         Target::Qkv | Target::Q | Target::K | Target::V => "qkv",
         Target::Proj => "attn.proj",
         Target::Fc1 => "fc1",
@@ -86,6 +87,7 @@ pub fn export_peft(model: &AdaptedVit, dir: &Path) -> Result<()> {
     }
     // Adapter and head tensors; IA3 q/k/v slices become one qkv vector (fixed parts = 1).
     let mut ia3_qkv: BTreeMap<String, Vec<(usize, Tensor)>> = BTreeMap::new();
+    let (cfg_c, cfg_p) = (model.vit.cfg.in_chans, model.vit.cfg.patch_size);
     for (name, t) in model.trainable() {
         let t = t.detach();
         if let (Method::Ia3(_), Some(rest)) = (&model.method, name.strip_suffix(".ia3_l")) {
@@ -100,8 +102,11 @@ pub fn export_peft(model: &AdaptedVit, dir: &Path) -> Result<()> {
                     .push((idx, t));
                 continue;
             }
-            // Output scaling is [out, 1]; feed-forward input scaling [1, in].
-            let shaped = if rest.ends_with(".fc2") {
+            // Output scaling is [out, 1] (the conv's [1, out, 1, 1]); feed-forward input
+            // scaling [1, in].
+            let shaped = if rest == "patch_embed.proj" {
+                t.view([1, -1, 1, 1])
+            } else if rest.ends_with(".fc2") {
                 t.unsqueeze(0)
             } else {
                 t.unsqueeze(-1)
@@ -109,6 +114,12 @@ pub fn export_peft(model: &AdaptedVit, dir: &Path) -> Result<()> {
             tensors.push((format!("{PREFIX}{rest}.ia3_l"), shaped));
             continue;
         }
+        // The conv LoRA: A [r, C*p*p] is peft's conv [r, C, p, p], B [D, r] its 1x1 conv.
+        let t = match name.strip_prefix("patch_embed.proj.") {
+            Some("lora_A.weight") => t.view([t.size()[0], cfg_c, cfg_p, cfg_p]),
+            Some("lora_B.weight") => t.view([t.size()[0], -1, 1, 1]),
+            _ => t,
+        };
         tensors.push((format!("{PREFIX}{name}"), t));
     }
     for (module, parts) in ia3_qkv {
@@ -136,183 +147,4 @@ pub fn export_peft(model: &AdaptedVit, dir: &Path) -> Result<()> {
         path,
         msg: e.to_string(),
     })
-}
-
-fn targets_from(cfg: &Value, dir: &Path) -> Result<Vec<Target>> {
-    let list = match &cfg["target_modules"] {
-        Value::Array(a) => a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect::<Vec<_>>(),
-        Value::String(s) => {
-            return Err(file_err(
-                dir,
-                format!("regex target_modules `{s}` is not supported; list module names"),
-            ))
-        }
-        _ => return Err(file_err(dir, "adapter_config.json has no target_modules")),
-    };
-    let mut out = Vec::new();
-    for m in list {
-        let t = match m.rsplit('.').next().unwrap_or(&m) {
-            "qkv" => Target::Qkv,
-            "proj" => Target::Proj,
-            "fc1" => Target::Fc1,
-            "fc2" => Target::Fc2,
-            _ => {
-                return Err(file_err(
-                    dir,
-                    format!(
-                        "target module `{m}` is not a ViT block linear (qkv, attn.proj, fc1, fc2)"
-                    ),
-                ))
-            }
-        };
-        out.push(t);
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
-}
-
-fn reject_unsupported(cfg: &Value, dir: &Path) -> Result<()> {
-    let set = |k: &str| match &cfg[k] {
-        Value::Null | Value::Bool(false) => false,
-        Value::Object(o) => !o.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        _ => true,
-    };
-    for k in [
-        "use_dora",
-        "layers_to_transform",
-        "rank_pattern",
-        "alpha_pattern",
-        "fan_in_fan_out",
-        "lora_bias",
-    ] {
-        if set(k) {
-            return Err(file_err(
-                dir,
-                format!("`{k}` is set in adapter_config.json; vtab-orch does not support it"),
-            ));
-        }
-    }
-    if cfg["bias"].as_str().is_some_and(|b| b != "none") {
-        return Err(file_err(dir, "`bias` other than \"none\" is not supported"));
-    }
-    Ok(())
-}
-
-/// The method an adapter directory describes.
-pub fn read_peft_method(dir: &Path) -> Result<Method> {
-    let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let cfg: Value =
-        serde_json::from_str(&text).map_err(|e| file_err(&path, format!("invalid JSON: {e}")))?;
-    reject_unsupported(&cfg, &path)?;
-    let targets = targets_from(&cfg, &path)?;
-    let num = |k: &str, default: Option<f64>| {
-        cfg[k]
-            .as_f64()
-            .or(default)
-            .ok_or_else(|| file_err(&path, format!("missing numeric `{k}`")))
-    };
-    let method = match cfg["peft_type"].as_str() {
-        Some("LORA") => Method::Lora(LoraSpec {
-            r: num("r", None)? as i64,
-            alpha: num("lora_alpha", Some(8.0))?,
-            dropout: num("lora_dropout", Some(0.0))?,
-            rslora: cfg["use_rslora"].as_bool().unwrap_or(false),
-            targets,
-        }),
-        Some("VERA") => Method::Vera(VeraSpec {
-            r: num("r", Some(256.0))? as i64,
-            d_initial: num("d_initial", Some(0.1))?,
-            projection_prng_key: num("projection_prng_key", Some(0.0))? as i64,
-            dropout: num("vera_dropout", Some(0.0))?,
-            targets,
-        }),
-        Some("IA3") => {
-            let ff: Vec<String> = cfg["feedforward_modules"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if ff.iter().any(|m| !m.ends_with("fc2"))
-                || (targets.contains(&Target::Fc2) && ff.is_empty())
-            {
-                return Err(file_err(&path, "IA3 feedforward_modules must be exactly fc2 (input scaling) when fc2 is targeted"));
-            }
-            Method::Ia3(Ia3Spec { targets })
-        }
-        other => {
-            return Err(file_err(
-                &path,
-                format!("peft_type {other:?} is not supported (LORA, VERA, IA3)"),
-            ))
-        }
-    };
-    method.validate().map_err(|m| file_err(&path, m))?;
-    Ok(method)
-}
-
-/// Loads a peft adapter directory onto `backbone` (whose weights must already be loaded).
-pub fn import_peft(backbone: VisionTransformer, dir: &Path) -> Result<AdaptedVit> {
-    let method = read_peft_method(dir)?;
-    let path = dir.join(WEIGHTS_FILE);
-    let mut file = read_safetensors(&path)?;
-    let head = file.get(&format!("{PREFIX}head.weight")).ok_or_else(|| {
-        file_err(
-            &path,
-            "no head (`base_model.model.head.weight`): save with modules_to_save=[\"head\"]",
-        )
-    })?;
-    let num_classes = head.size()[0];
-    let vera_ab = (
-        file.remove("base_model.vera_A"),
-        file.remove("base_model.vera_B"),
-    );
-    let mut model = AdaptedVit::new(backbone, &method, Some(num_classes), 0)?;
-    if let (Some(vera), (Some(a), Some(b))) = (&model.vera, vera_ab) {
-        if a.size() != vera.a.size() || b.size() != vera.b.size() {
-            return Err(file_err(
-                &path,
-                format!(
-                    "vera_A/vera_B shapes {:?}/{:?} differ from {:?}/{:?}",
-                    a.size(),
-                    b.size(),
-                    vera.a.size(),
-                    vera.b.size()
-                ),
-            ));
-        }
-        // Layers hold views of these two tensors: copying updates every layer.
-        tch::no_grad(|| {
-            vera.a.shallow_clone().copy_(&a);
-            vera.b.shallow_clone().copy_(&b);
-        });
-    }
-    let mut ours = BTreeMap::new();
-    for (name, t) in file {
-        let Some(rest) = name.strip_prefix(PREFIX) else {
-            return Err(file_err(&path, format!("unexpected tensor `{name}`")));
-        };
-        if rest.starts_with("patch_embed") {
-            return Err(file_err(
-                &path,
-                format!("`{name}`: adapters on the patch embedding are not supported"),
-            ));
-        }
-        let t = if rest.ends_with(".ia3_l") {
-            t.flatten(0, -1)
-        } else {
-            t
-        };
-        ours.insert(rest.to_string(), t);
-    }
-    model.load_trainable_map(ours, &path)?;
-    Ok(model)
 }

@@ -2,7 +2,7 @@
 //! timm's own (`blocks.0.attn.qkv.weight`). Holds no training or adapter logic beyond
 //! routing through `AdaptedLinear`.
 use crate::config::VitConfig;
-use crate::linear::{AdaptedLinear, Linear, Role, Visit};
+use crate::linear::{add_deltas_and_scale, AdaptedLinear, Adapter, Linear, Role, Visit};
 use tch::{Device, Kind, Tensor};
 
 /// timm's `LayerNorm` (eps 1e-6 in ViT).
@@ -37,19 +37,81 @@ impl LayerNorm {
 }
 
 /// `patch_embed.proj`: a conv with kernel = stride = patch size, flattened to tokens.
+/// Adapters on it (peft's Conv2d LoRA and IA3) see it as the equivalent linear layer over
+/// flattened patches: weight `[D, C*p*p]` (a view of the conv's), input `patches(x)`.
 pub struct PatchEmbed {
     pub weight: Tensor,
     pub bias: Tensor,
     pub patch_size: i64,
+    pub adapters: Vec<Box<dyn Adapter>>,
+    merged: bool,
 }
 
 impl PatchEmbed {
-    fn forward(&self, x: &Tensor) -> Tensor {
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let p = self.patch_size;
         // [B, C, H, W] -> [B, D, H/p, W/p] -> [B, N, D]
-        x.conv2d(&self.weight, Some(&self.bias), [p, p], [0, 0], [1, 1], 1)
+        let y = x
+            .conv2d(&self.weight, Some(&self.bias), [p, p], [0, 0], [1, 1], 1)
             .flatten(2, 3)
-            .transpose(1, 2)
+            .transpose(1, 2);
+        if self.merged || self.adapters.is_empty() {
+            return y;
+        }
+        let d = self.weight.size()[0];
+        add_deltas_and_scale(&self.adapters, &self.patches(x), y, d, train)
+    }
+
+    /// The conv's input as tokens [B, N, C*p*p]: non-overlapping patches in the conv's
+    /// token order, each flattened as (channel, row, column) like the conv weight.
+    pub fn patches(&self, x: &Tensor) -> Tensor {
+        let (b, c, h, w) = x.size4().expect("patch embedding input is [B, C, H, W]");
+        let p = self.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        x.narrow(2, 0, gh * p)
+            .narrow(3, 0, gw * p)
+            .reshape([b, c, gh, p, gw, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b, gh * gw, c * p * p])
+    }
+
+    /// The conv as a linear layer whose tensors are views of the conv's: in-place changes
+    /// (merging) reach the conv.
+    fn as_linear(&self) -> Linear {
+        Linear {
+            weight: self.weight.view([self.weight.size()[0], -1]),
+            bias: Some(self.bias.shallow_clone()),
+        }
+    }
+
+    pub fn is_merged(&self) -> bool {
+        self.merged
+    }
+
+    /// Folds the adapters into the conv weight and bias.
+    pub fn merge(&mut self) {
+        if !self.merged {
+            let mut lin = self.as_linear();
+            tch::no_grad(|| self.adapters.iter().for_each(|a| a.merge(&mut lin)));
+            self.merged = true;
+        }
+    }
+
+    /// Exactly undoes `merge`.
+    pub fn unmerge(&mut self) {
+        if self.merged {
+            let mut lin = self.as_linear();
+            tch::no_grad(|| self.adapters.iter().rev().for_each(|a| a.unmerge(&mut lin)));
+            self.merged = false;
+        }
+    }
+
+    fn visit(&mut self, f: &mut Visit) {
+        f("patch_embed.proj.weight", &mut self.weight, Role::Backbone);
+        f("patch_embed.proj.bias", &mut self.bias, Role::Backbone);
+        for a in &mut self.adapters {
+            a.visit(f);
+        }
     }
 }
 
@@ -147,6 +209,8 @@ impl VisionTransformer {
                     * 0.02,
                 bias: Tensor::zeros([d], opts),
                 patch_size: cfg.patch_size,
+                adapters: Vec::new(),
+                merged: false,
             },
             cls_token: Tensor::randn([1, 1, d], opts) * 1e-6,
             pos_embed: Tensor::randn([1, 1 + cfg.num_patches(), d], opts) * 0.02,
@@ -162,7 +226,7 @@ impl VisionTransformer {
 
     /// Final-normed tokens [B, 1 + N, D] for images [B, C, H, W] (normalised floats).
     pub fn forward_features(&self, x: &Tensor, train: bool) -> Tensor {
-        let x = self.patch_embed.forward(x);
+        let x = self.patch_embed.forward(x, train);
         let b = x.size()[0];
         // Under autocast `cat` promotes to fp32, as in timm: the residual stream stays fp32.
         let cls = self.cls_token.expand([b, -1, -1], false);
@@ -200,16 +264,7 @@ impl VisionTransformer {
 
     /// Visits every parameter (backbone, adapters, head) under its timm name, in a fixed order.
     pub fn visit(&mut self, f: &mut Visit) {
-        f(
-            "patch_embed.proj.weight",
-            &mut self.patch_embed.weight,
-            Role::Backbone,
-        );
-        f(
-            "patch_embed.proj.bias",
-            &mut self.patch_embed.bias,
-            Role::Backbone,
-        );
+        self.patch_embed.visit(f);
         f("cls_token", &mut self.cls_token, Role::Backbone);
         f("pos_embed", &mut self.pos_embed, Role::Backbone);
         for (i, b) in self.blocks.iter_mut().enumerate() {

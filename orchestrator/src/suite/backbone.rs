@@ -72,7 +72,10 @@ impl Parser {
             }
             if img % patch == 0 && dim % heads == 0 {
                 match arch.validate() {
-                    Ok(()) => self.patch_size = Some(patch),
+                    Ok(()) => {
+                        self.patch_size = Some(patch);
+                        self.depth = Some(arch.depth as usize);
+                    }
                     Err(e) => {
                         // Its messages start with the field ("mlp_ratio 0.1 gives no hidden units").
                         let field = e.split(' ').next().filter(|f| ARCH.contains(f));

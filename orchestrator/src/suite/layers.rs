@@ -55,6 +55,7 @@ pub fn load_with_env(
         errors: Vec::new(),
         base,
         patch_size: None,
+        depth: None,
         file,
         assigned,
     };

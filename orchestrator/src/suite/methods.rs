@@ -5,12 +5,13 @@ use super::diagnostic::{nearest, unknown_name};
 use super::grid::grid_points;
 use super::parser::{display, Parser};
 use super::{Run, METHODS};
+use kernels::peft_targets::{select, ModuleSpec};
 use kernels::{Ia3Spec, LoraSpec, Method, Target, VeraSpec};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Method-table keys that are method parameters (the rest are optimisation settings).
-pub(super) const SPEC: [&str; 7] = [
+pub(super) const SPEC: [&str; 8] = [
     "r",
     "alpha",
     "dropout",
@@ -18,10 +19,12 @@ pub(super) const SPEC: [&str; 7] = [
     "targets",
     "d_initial",
     "projection_prng_key",
+    "peft_suffix_match",
 ];
 
-/// Method parameters that `Method::label` shows.
-const LABELLED: [&str; 4] = ["r", "alpha", "rslora", "targets"];
+/// Method parameters that `Method::label` shows (`peft_suffix_match` through the targets
+/// it resolves to).
+const LABELLED: [&str; 5] = ["r", "alpha", "rslora", "targets", "peft_suffix_match"];
 
 impl Parser {
     pub(super) fn method(
@@ -82,6 +85,14 @@ impl Parser {
                         config += &format!(" {k}={}", display(v));
                     }
                     hparams.insert(k.clone(), display(v));
+                }
+                if point
+                    .iter()
+                    .any(|(k, v)| k == "peft_suffix_match" && v == &Value::Bool(true))
+                {
+                    // The report shows what peft's matching resolved the names to.
+                    let resolved: Vec<&str> = method.targets().iter().map(|t| t.as_str()).collect();
+                    hparams.insert("targets".into(), resolved.join(","));
                 }
                 hparams.insert("lr".into(), opt.lr.to_string());
                 hparams.insert("epochs".into(), opt.epochs.to_string());
@@ -157,15 +168,23 @@ impl Parser {
     ) -> Option<Method> {
         let get = |k: &str| point.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.clone());
         let allowed: &[&str] = match kind {
-            "lora" => &["r", "alpha", "dropout", "rslora", "targets"],
+            "lora" => &[
+                "r",
+                "alpha",
+                "dropout",
+                "rslora",
+                "targets",
+                "peft_suffix_match",
+            ],
             "vera" => &[
                 "r",
                 "d_initial",
                 "projection_prng_key",
                 "dropout",
                 "targets",
+                "peft_suffix_match",
             ],
-            "ia3" => &["targets"],
+            "ia3" => &["targets", "peft_suffix_match"],
             _ => &[],
         };
         for (k, _) in point
@@ -186,7 +205,18 @@ impl Parser {
                 );
             }
         }
-        let targets = |p: &mut Parser| p.targets(&format!("{key}.targets"), get("targets"));
+        let suffix_match = match get("peft_suffix_match") {
+            Some(v) => self.bool(&format!("{key}.peft_suffix_match"), &v)?,
+            None => false,
+        };
+        let targets = |p: &mut Parser| {
+            let tkey = format!("{key}.targets");
+            if suffix_match {
+                p.peft_targets(&tkey, kind, get("targets"))
+            } else {
+                p.targets(&tkey, get("targets"))
+            }
+        };
         let num = |p: &mut Parser, k: &str, d: f64| {
             get(k).map_or(Some(d), |v| p.f64(&format!("{key}.{k}"), &v))
         };
@@ -237,6 +267,56 @@ impl Parser {
             return None;
         }
         Some(method)
+    }
+
+    /// `targets` with `peft_suffix_match = true`: names matched like peft's `target_modules`
+    /// list (a timm module name or a dotted suffix of one: `proj` is attn.proj and
+    /// patch_embed.proj), resolved to our targets on the backbone's blocks.
+    fn peft_targets(&mut self, tkey: &str, kind: &str, v: Option<Value>) -> Option<Vec<Target>> {
+        let Some(v) = v else {
+            self.err(
+                tkey,
+                "missing (e.g. \"qkv,proj,fc1,fc2\", peft's target_modules)",
+            );
+            return None;
+        };
+        let entries: Vec<String> = self
+            .str(tkey, &v)?
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect();
+        // Without a valid backbone (already an error) there are no blocks to match.
+        let depth = self.depth?;
+        let spec = ModuleSpec::List(entries);
+        let sel = match select(&spec, None, &["head".into()], depth) {
+            Ok(sel) => sel,
+            Err(e) => {
+                self.err(tkey, format!("with peft_suffix_match: {e}"));
+                return None;
+            }
+        };
+        if let Some(e) = sel.unmatched.first() {
+            self.err(
+                tkey,
+                format!(
+                    "with peft_suffix_match, `{e}` matches no timm module name (entries are \
+                     module names or their dotted suffixes: qkv, proj, attn.proj, fc1, mlp.fc2, \
+                     patch_embed.proj; q/k/v slices are not modules)"
+                ),
+            );
+            return None;
+        }
+        if kind == "vera" && sel.targets.contains(&Target::PatchEmbed) {
+            self.err(
+                tkey,
+                "with peft_suffix_match this selects patch_embed.proj, a Conv2d, which VeRA \
+                 (like peft's) cannot adapt: write `attn.proj` rather than `proj`",
+            );
+            return None;
+        }
+        Some(sel.targets)
     }
 
     /// `targets = "q,v"`: distinct known layers, not both qkv and one of its slices, sorted

@@ -12,6 +12,8 @@ pub(super) struct Parser {
     pub(super) base: PathBuf,
     /// `backbone.patch_size` once the backbone is valid: run image sizes must be multiples.
     pub(super) patch_size: Option<i64>,
+    /// `backbone.depth` once the backbone is valid: peft-style targets match its blocks.
+    pub(super) depth: Option<usize>,
     /// The file's own table and the environment / `--set` assignments (dotted key, origin),
     /// to say so when the value at fault is not in the file.
     pub(super) file: toml::Table,

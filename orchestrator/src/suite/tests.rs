@@ -150,3 +150,147 @@ fn environment_overrides_are_validated_like_set() {
         )
     );
 }
+
+/// A suite file in a fresh folder, from its method tables (tiny ViT, one synthetic task).
+fn suite_with_methods(tag: &str, methods: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vtab-peftmatch-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[backbone]\narch = \"vit_tiny_patch16_224\"\nimg_size = 32\npatch_size = 8\ndepth = 2\n\
+             [backbone.pretrain]\n[defaults]\nimg_size = 32\n\
+             [datasets.shape]\nformat = \"synthetic\"\ntask = \"shape\"\n{methods}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `peft_suffix_match = true` gives `targets` peft's meaning: `proj` also adapts
+/// `patch_embed.proj` (peft's Conv2d LoRA / IA3), so the run's targets, label, key and
+/// trainable count are a peft baseline's. Without it `proj` stays the attention projection.
+#[test]
+fn peft_suffix_match_puts_proj_on_the_patch_embedding_too() {
+    use kernels::{AdaptedVit, Target, VisionTransformer};
+    let path = suite_with_methods(
+        "ok",
+        "[methods.lora]\nr = 4\ntargets = \"qkv,proj,fc1,fc2\"\n\
+         [methods.lora_peft]\nmethod = \"lora\"\nr = 4\ntargets = \"qkv,proj,fc1,fc2\"\npeft_suffix_match = true\n\
+         [methods.ia3]\ntargets = \"qkv,proj,fc1,fc2\"\n\
+         [methods.ia3_peft]\nmethod = \"ia3\"\ntargets = \"qkv,proj,fc1,fc2\"\npeft_suffix_match = true\n\
+         [methods.lora_named]\nmethod = \"lora\"\nr = 4\ntargets = \"patch_embed,fc1\"\n",
+    );
+    let store = path.parent().unwrap().join("store");
+    let loaded =
+        crate::load::load(&path, &[], Some(&store), crate::numerics::DeviceKind::Cpu).unwrap();
+    let g = &loaded.graph;
+    let trains: BTreeMap<String, (kernels::Method, String, String)> = g
+        .topo()
+        .into_iter()
+        .filter_map(|k| match g.node(&k) {
+            Some(crate::graph::Node::Train(t)) => Some((
+                t.family.clone(),
+                (t.method.clone(), g.node(&k).unwrap().label(), k.clone()),
+            )),
+            _ => None,
+        })
+        .collect();
+    use Target::*;
+    let block = [Qkv, Proj, Fc1, Fc2];
+    assert_eq!(trains["lora"].0.targets(), block);
+    assert_eq!(
+        trains["lora_peft"].0.targets(),
+        [PatchEmbed, Qkv, Proj, Fc1, Fc2]
+    );
+    assert_eq!(trains["ia3"].0.targets(), block);
+    assert_eq!(
+        trains["ia3_peft"].0.targets(),
+        [PatchEmbed, Qkv, Proj, Fc1, Fc2]
+    );
+    assert_eq!(trains["lora_named"].0.targets(), [PatchEmbed, Fc1]);
+    assert!(
+        trains["lora_peft"]
+            .1
+            .contains("patch_embed,qkv,proj,fc1,fc2"),
+        "{}",
+        trains["lora_peft"].1
+    );
+    assert!(
+        !trains["lora"].1.contains("patch_embed"),
+        "{}",
+        trains["lora"].1
+    );
+    assert_ne!(trains["lora"].2, trains["lora_peft"].2, "same node key");
+    // Trainable parameters: the patch embedding's conv LoRA (A: r x 3*8*8, B: 192 x r) and
+    // IA3 vector (192) on top of the block adapters.
+    let arch = &loaded.suite.backbone.arch;
+    let trainable = |m: &kernels::Method| {
+        let vit = VisionTransformer::new(arch, tch::Device::Cpu).unwrap();
+        AdaptedVit::new(vit, m, Some(10), 0)
+            .unwrap()
+            .counts()
+            .trainable_backbone
+    };
+    let d = arch.embed_dim;
+    let patch_in = arch.in_chans * arch.patch_size * arch.patch_size;
+    assert_eq!(
+        trainable(&trains["lora_peft"].0) - trainable(&trains["lora"].0),
+        4 * patch_in + d * 4
+    );
+    assert_eq!(
+        trainable(&trains["ia3_peft"].0) - trainable(&trains["ia3"].0),
+        d
+    );
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+}
+
+/// Misuses of `peft_suffix_match` (and of the `patch_embed` target) are suite errors filed
+/// under the key to change.
+#[test]
+fn peft_suffix_match_misuse_is_a_suite_error() {
+    let cases: [(&str, &str, &str); 6] = [
+        (
+            "[methods.linear]\npeft_suffix_match = true\n",
+            "methods.linear.peft_suffix_match",
+            "not a parameter of linear",
+        ),
+        (
+            "[methods.lora]\ntargets = \"qkv\"\npeft_suffix_match = \"yes\"\n",
+            "methods.lora.peft_suffix_match",
+            "expected true or false",
+        ),
+        (
+            "[methods.lora]\ntargets = \"q,v\"\npeft_suffix_match = true\n",
+            "methods.lora.targets",
+            "`q` matches no timm module name",
+        ),
+        (
+            "[methods.lora]\ntargets = \"blocks.0.attn.qkv\"\npeft_suffix_match = true\n",
+            "methods.lora.targets",
+            "per-layer adapters are not supported",
+        ),
+        (
+            "[methods.vera]\ntargets = \"qkv,proj\"\npeft_suffix_match = true\n",
+            "methods.vera.targets",
+            "write `attn.proj` rather than `proj`",
+        ),
+        (
+            "[methods.vera]\ntargets = \"patch_embed,qkv\"\n",
+            "methods.vera.targets",
+            "has patch_embed, a Conv2d",
+        ),
+    ];
+    for (i, (methods, key, want)) in cases.into_iter().enumerate() {
+        let path = suite_with_methods(&format!("bad{i}"), methods);
+        let e = load_with_env(&path, &[], []).unwrap_err();
+        assert!(
+            e.errors
+                .iter()
+                .any(|d| d.key == key && d.to_string().contains(want)),
+            "case {i}: no `{want}` under `{key}` in:\n{e}"
+        );
+        std::fs::remove_dir_all(path.parent().unwrap()).ok();
+    }
+}
