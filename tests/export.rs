@@ -27,11 +27,13 @@ const HEAD: &str = "store = \"store\"\n[defaults]\nimg_size = 16\nepochs = 2\nba
     [backbone.pretrain]\nimages = 100\nepochs = 1\n\
     [datasets.shape]\nformat = \"synthetic\"\ntask = \"shape\"\ntest_images = 40\n";
 
-/// One run per method that has a peft form, plus full fine-tuning (merged only).
+/// One run per method that has a peft form (LoRA also suffix-matched as peft does, so on the
+/// patch embedding too), plus full fine-tuning (merged only).
 fn methods_suite(d: &Path) -> PathBuf {
     let path = d.join("methods.toml");
     let body = "[methods.lora]\nr = 4\nalpha = 8\ntargets = \"qkv,proj,fc1,fc2\"\n\
         [methods.vera]\nr = 16\ntargets = \"qkv,fc1\"\n\
+        [methods.lora_peft]\nmethod = \"lora\"\nr = 4\nalpha = 8\ntargets = \"qkv,proj,fc1,fc2\"\npeft_suffix_match = true\n\
         [methods.ia3]\ntargets = \"k,v,fc2\"\n\
         [methods.full]\nlr = 1e-3\n";
     std::fs::write(&path, format!("name = \"export\"\n{HEAD}{body}")).unwrap();
@@ -113,6 +115,8 @@ fn exports_load_in_timm_and_peft_with_our_logits() {
     let mut ours = BTreeMap::new();
     for (method, formats) in [
         ("lora", &["peft", "merged"][..]),
+        // peft's meaning of `proj`: LoRA on patch_embed.proj (a Conv2d) too.
+        ("lora_peft", &["peft", "merged"]),
         ("vera", &["peft", "merged"]),
         ("ia3", &["peft", "merged"]),
         ("full", &["merged"]),
