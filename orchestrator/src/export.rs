@@ -431,7 +431,11 @@ fn write_into(
 /// pretrained by the build node) a copy of the store's backbone beside the adapter.
 fn base_weights(store: &Store, f: &Found, dir: &Path) -> Result<String> {
     match &f.build.weights {
-        BuildWeights::File { path, .. } => Ok(path.display().to_string()),
+        // Absolute: the record is read from wherever the export is copied to.
+        BuildWeights::File { path, .. } => Ok(std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.clone())
+            .display()
+            .to_string()),
         BuildWeights::Pretrain { .. } => {
             let from = store.entry("build", &f.train.build).join(build::BACKBONE);
             let to = dir.join(BASE_WEIGHTS);
