@@ -29,7 +29,7 @@ fn suite(d: &Path) -> PathBuf {
              [backbone]\narch = \"vit_tiny_patch16_224\"\nimg_size = 16\npatch_size = 8\nembed_dim = 24\ndepth = 1\nnum_heads = 2\n\
              weights = \"weights/{NAME}.safetensors\"\n\
              [datasets.shape]\nformat = \"synthetic\"\ntask = \"shape\"\ntest_images = 40\n\
-             [methods.linear]\n"
+             [methods.linear]\n[methods.lora]\nr = 2\ntargets = \"qkv\"\n"
         ),
     )
     .unwrap();
@@ -121,6 +121,21 @@ fn plan_names_fetch_and_fetch_then_run_is_the_whole_set_up() {
     assert_eq!(server.requests(&path).len(), asked, "nothing fetched twice");
     let o = vtab(&["run", s, "--gpus", "none"], &server.base);
     assert!(o.status.success(), "run after fetch:\n{}", stderr(&o));
+
+    // A peft export of a run on these weights names them by absolute path as its base.
+    let out = d.join("exported");
+    let o = vtab(
+        &["export", s, "--run", "shape lora s0", out.to_str().unwrap()],
+        &server.base,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join(orchestrator::export::RECORD)).unwrap(),
+    )
+    .unwrap();
+    let base = PathBuf::from(record["base_weights"].as_str().unwrap());
+    assert!(base.is_absolute(), "{base:?}");
+    assert_eq!(std::fs::read(&base).unwrap(), bytes);
     std::fs::remove_dir_all(&d).ok();
 }
 
