@@ -311,3 +311,54 @@ fn vtab1k_archive_from_a_file_or_a_verified_url_is_unpacked_and_checked() {
     assert!(o.status.success(), "run after fetch:\n{}", stderr(&o));
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// A dataset with an official archive: `plan` names the archive and the command, and `fetch`
+/// goes to `VTAB_ORCH_DATA_MIRROR` for it, refusing bytes that are not torchvision's (the
+/// pinned md5), leaving nothing where the reader would look. (The happy path needs the real
+/// archive's bytes; orchestrator/tests/fetch.rs covers it with a test catalogue entry.)
+#[test]
+fn a_missing_archive_dataset_is_named_and_fetched_only_from_verified_bytes() {
+    let d = dir("mirror");
+    let suite = d.join("suite.toml");
+    std::fs::write(
+        &suite,
+        "name = \"mirror\"\nstore = \"store\"\n[defaults]\nimg_size = 16\n\
+         [backbone]\narch = \"vit_tiny_patch16_224\"\nimg_size = 16\npatch_size = 8\nembed_dim = 24\ndepth = 1\nnum_heads = 2\n\
+         [backbone.pretrain]\nimages = 100\nepochs = 1\n\
+         [datasets.c]\nformat = \"cifar100\"\nroot = \"data/cifar-100-python\"\n[methods.linear]\n",
+    )
+    .unwrap();
+    let s = suite.to_str().unwrap();
+    let o = vtab(&["plan", s], "x");
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("vtab-orch fetch {s}")) && err.contains("cifar-100-python.tar.gz"),
+        "{err}"
+    );
+    let server = Server::start();
+    server.route(
+        "/~kriz/cifar-100-python.tar.gz",
+        Route {
+            body: b"not the CIFAR-100 archive".to_vec(),
+            ..Default::default()
+        },
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_vtab-orch"))
+        .args(["fetch", s, "--only", "data"])
+        .env("VTAB_ORCH_DATA_MIRROR", &server.base)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("checksum mismatch") && err.contains("eb9058c3a382ffc7106e4002c42a8d85"),
+        "{err}"
+    );
+    assert!(!server.requests("/~kriz/cifar-100-python.tar.gz").is_empty());
+    let data: Vec<_> = std::fs::read_dir(d.join("data"))
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(data.is_empty(), "nothing left in data/: {data:?}");
+    std::fs::remove_dir_all(&d).ok();
+}
