@@ -97,20 +97,23 @@ fn compile(key: &str, pattern: &str) -> Result<Regex, String> {
 }
 
 /// A compiled module spec: does a module name match it?
-struct Matcher(Result<Regex, Vec<String>>);
+enum Matcher {
+    Regex(Regex),
+    List(Vec<String>),
+}
 
 impl Matcher {
     fn new(key: &str, spec: &ModuleSpec) -> Result<Self, String> {
-        Ok(Matcher(match spec {
-            ModuleSpec::Regex(p) => Ok(compile(key, p)?),
-            ModuleSpec::List(l) => Err(l.clone()),
-        }))
+        Ok(match spec {
+            ModuleSpec::Regex(p) => Matcher::Regex(compile(key, p)?),
+            ModuleSpec::List(l) => Matcher::List(l.clone()),
+        })
     }
 
     fn matches(&self, name: &str) -> bool {
-        match &self.0 {
-            Ok(re) => re.is_match(name),
-            Err(list) => list.iter().any(|e| entry_matches(e, name)),
+        match self {
+            Matcher::Regex(re) => re.is_match(name),
+            Matcher::List(list) => list.iter().any(|e| entry_matches(e, name)),
         }
     }
 }
