@@ -78,6 +78,8 @@ pub fn fetch(a: FetchArgs) -> Result<i32> {
     let mut s = suite::load(&a.suite, &a.sets)?;
     let mut sets = Vec::new();
     if let Some(dir) = &a.dir {
+        // Absolute: the printed `--set` values are read relative to the suite file, not here.
+        let dir = &std::path::absolute(dir)?;
         for d in s.datasets.values_mut() {
             if let Source::Real(r) = &mut d.source {
                 r.root = dir.join(r.root.file_name().unwrap_or_default());

@@ -362,3 +362,50 @@ fn a_missing_archive_dataset_is_named_and_fetched_only_from_verified_bytes() {
     assert!(data.is_empty(), "nothing left in data/: {data:?}");
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// `fetch --dir DIR` (relative to where it runs, not to the suite) puts the weights there and
+/// prints the `--set` overrides; `plan` with them finds everything.
+#[test]
+fn fetch_dir_prints_overrides_that_plan_accepts() {
+    let d = dir("dir");
+    let s = suite(&d);
+    let s = s.to_str().unwrap();
+    let server = Server::start();
+    let bytes = weights_bytes(&d);
+    server.route(
+        &format!("/timm/{NAME}/resolve/main/model.safetensors"),
+        Route {
+            body: bytes.clone(),
+            headers: vec![(
+                "x-linked-etag".into(),
+                format!("\"{:x}\"", Sha256::digest(&bytes)),
+            )],
+            ..Default::default()
+        },
+    );
+    let elsewhere = d.join("cwd");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_vtab-orch"))
+        .args(["fetch", s, "--dir", "shared-cache"])
+        .current_dir(&elsewhere)
+        .env("HF_ENDPOINT", &server.base)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let fetched = elsewhere.join(format!("shared-cache/{NAME}.safetensors"));
+    assert_eq!(std::fs::read(&fetched).unwrap(), bytes);
+    let err = stderr(&o);
+    let sets: Vec<String> = err
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("--set '")?.strip_suffix('\''))
+        .map(String::from)
+        .collect();
+    assert_eq!(sets.len(), 1, "one override, for the weights:\n{err}");
+    let mut args = vec!["plan", s, "--gpus", "none"];
+    for set in &sets {
+        args.extend(["--set", set.as_str()]);
+    }
+    let o = vtab(&args, &server.base);
+    assert!(o.status.success(), "plan with {sets:?}:\n{}", stderr(&o));
+    std::fs::remove_dir_all(&d).ok();
+}
