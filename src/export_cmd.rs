@@ -4,6 +4,7 @@
 use anyhow::Result;
 use orchestrator::export::{self, Format};
 use orchestrator::numerics::DeviceKind;
+use orchestrator::store::Store;
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -47,14 +48,36 @@ pub fn export(a: ExportArgs) -> Result<i32> {
     } else {
         DeviceKind::Cpu
     };
-    let l = orchestrator::load::load(&a.suite, &a.sets, a.store.as_deref(), here)?;
-    let other = l.other_device()?;
     let format = match a.format {
         FormatArg::Peft => Format::Peft,
         FormatArg::Merged => Format::Merged,
     };
-    let result = export::find(&[&l.graph, &other], &l.store, &a.run).and_then(|f| {
-        export::export(&l.store, &l.suite.path, &f, format, &a.out, a.force).map(|w| (f, w))
+    let (store, suite_path, found) =
+        match orchestrator::load::load(&a.suite, &a.sets, a.store.as_deref(), here) {
+            Ok(l) => {
+                let other = l.other_device()?;
+                let found = export::find(&[&l.graph, &other], &l.store, &a.run);
+                (l.store, l.suite.path, found)
+            }
+            // The suite's data or weights are not here: a key can still be found in the store.
+            Err(e) => {
+                let Ok(suite) = orchestrator::suite::load(&a.suite, &a.sets) else {
+                    return Err(e.into());
+                };
+                let store = Store::at(&a.store.clone().unwrap_or(suite.store));
+                match export::find_in_store(&store, &a.run) {
+                    Ok(f) => (store, suite.path, Ok(f)),
+                    Err(why) => {
+                        eprintln!("note: {why}");
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
+    let cwd = std::env::current_dir()?;
+    let protected = [store.root.as_path(), suite_path.as_path(), cwd.as_path()];
+    let result = found.and_then(|f| {
+        export::export(&store, &suite_path, &f, format, &a.out, a.force, &protected).map(|w| (f, w))
     });
     match result {
         Ok((f, w)) => {

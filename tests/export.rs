@@ -80,7 +80,7 @@ fn without_adapter(l: &Loaded, f: &Found, n: i64) -> kernels::AdaptedVit {
     let info = orchestrator::nodes::prep::info(&l.store.entry("prep", &f.train.prep)).unwrap();
     let mut m = train::model(
         &l.store.entry("build", &f.train.build),
-        f.build,
+        &f.build,
         info.img_size,
         &kernels::Method::Linear,
         n,
@@ -195,7 +195,7 @@ fn run_accepts_keys_and_labels_and_bad_uses_say_what_to_do() {
         label.clone(),
         eval_label,
         key[..12].to_string(),
-        want.eval_key[..8].to_string(),
+        want.eval_key.as_ref().unwrap()[..8].to_string(),
         format!("shape {}", want.train.config),
         "shape lora".to_string(),
     ];
@@ -238,6 +238,47 @@ fn run_accepts_keys_and_labels_and_bad_uses_say_what_to_do() {
     let r = vtab(&["export", s, "--run", "shape full s0", "--force", o]);
     assert_eq!(r.status.code(), Some(2), "{}", stderr(&r));
     assert!(stderr(&r).contains("--format merged"), "{}", stderr(&r));
+
+    // --force replaces only a previous export: never the suite's folder (which holds the
+    // store), never `.`, never a folder of other files; a file as OUT is refused up front.
+    // Each exits 2, deletes nothing and leaves no staging folder.
+    let other = d.join("notes");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("precious.txt"), "keep").unwrap();
+    let file = d.join("out.safetensors");
+    std::fs::write(&file, "hi").unwrap();
+    let store_entries = std::fs::read_dir(d.join("store")).unwrap().count();
+    for (target, why) in [
+        (d.clone(), "holds"),
+        (PathBuf::from("."), "holds"),
+        (other.clone(), "not a previous export"),
+        (file.clone(), "not a folder"),
+    ] {
+        // Run from the suite's folder, so `.` is that folder.
+        let r = Command::new(env!("CARGO_BIN_EXE_vtab-orch"))
+            .args(["export", s, "--run", &label, "--force"])
+            .arg(&target)
+            .current_dir(&d)
+            .output()
+            .unwrap();
+        assert_eq!(r.status.code(), Some(2), "{target:?}: {}", stderr(&r));
+        assert!(stderr(&r).contains(why), "{target:?}: {}", stderr(&r));
+    }
+    assert_eq!(
+        std::fs::read_dir(d.join("store")).unwrap().count(),
+        store_entries
+    );
+    assert_eq!(
+        std::fs::read_to_string(other.join("precious.txt")).unwrap(),
+        "keep"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "hi");
+    let staging: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".export-"))
+        .collect();
+    assert!(staging.is_empty(), "no staging folder left: {staging:?}");
     std::fs::remove_dir_all(&d).ok();
 }
 
@@ -274,8 +315,25 @@ fn with_a_protocol_the_method_name_finds_the_final_run() {
         finals.iter().all(|k| text.contains(&k[..12])),
         "lists both finals: {text}"
     );
-    // Seed 0 has a search run and a final run with the same label: the final wins.
+    // Seed 0 has two search runs and a final run: `shape lora s0` is the final.
     let f0 = export::find(&graphs, &l.store, "shape lora s0").unwrap();
     assert_eq!(f0.train_key, finals[0]);
+
+    // A final that is not trained (its entry gone) is an error, not a silent search run.
+    std::fs::remove_dir_all(l.store.entry("train", &finals[0])).unwrap();
+    let err = export::find(&graphs, &l.store, "shape lora s0")
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("not trained yet") && err.to_string().contains(&finals[0][..12]),
+        "{err}"
+    );
+    // Before the select node has chosen, `shape lora` says the final does not exist yet.
+    let fresh = load(&path, &[], Some(&d.join("empty-store")), DeviceKind::Cpu).unwrap();
+    let fresh_other = fresh.other_device().unwrap();
+    let err = export::find(&[&fresh.graph, &fresh_other], &fresh.store, "shape lora s0")
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("does not exist yet"), "{err}");
     std::fs::remove_dir_all(&d).ok();
 }

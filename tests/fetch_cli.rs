@@ -136,6 +136,44 @@ fn plan_names_fetch_and_fetch_then_run_is_the_whole_set_up() {
     let base = PathBuf::from(record["base_weights"].as_str().unwrap());
     assert!(base.is_absolute(), "{base:?}");
     assert_eq!(std::fs::read(&base).unwrap(), bytes);
+
+    // Without the weights on this machine a run is still exported by its key (from the
+    // store's specs); a label needs the suite's inputs and says to use the key.
+    std::fs::rename(d.join("weights"), d.join("weights-away")).unwrap();
+    let key = record["train_key"].as_str().unwrap();
+    let o = vtab(
+        &[
+            "export",
+            s,
+            "--run",
+            "shape lora s0",
+            d.join("by-label").to_str().unwrap(),
+        ],
+        &server.base,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("only a train key"), "{}", stderr(&o));
+    let by_key = d.join("by-key");
+    let o = vtab(
+        &[
+            "export",
+            s,
+            "--run",
+            &key[..10],
+            "--format",
+            "merged",
+            by_key.to_str().unwrap(),
+        ],
+        &server.base,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let again: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(by_key.join(orchestrator::export::RECORD)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(again["train_key"], key);
+    assert!(record["top1"].is_number());
+    assert_eq!(again["top1"], record["top1"], "the eval entry is found too");
     std::fs::remove_dir_all(&d).ok();
 }
 
