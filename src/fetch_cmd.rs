@@ -90,6 +90,21 @@ pub fn fetch(a: FetchArgs) -> Result<i32> {
             *p = dir.join(p.file_name().unwrap_or_default());
             sets.push(format!("backbone.weights={p:?}"));
         }
+        // Each root becomes DIR/<its last name>: two datasets must not land on one folder.
+        let mut seen = std::collections::BTreeMap::new();
+        for d in s.datasets.values() {
+            if let Source::Real(r) = &d.source {
+                if let Some(other) = seen.insert(r.root.clone(), d.name.clone()) {
+                    eprintln!(
+                        "error: --dir: datasets.{other} and datasets.{} would both go to {}; \
+                         fetch without --dir, or give their roots different folder names",
+                        d.name,
+                        r.root.display()
+                    );
+                    return Ok(2);
+                }
+            }
+        }
     }
     let vtab1k = match &a.vtab1k {
         Some(spec) => match Vtab1kArchive::parse(spec, a.vtab1k_sha256.as_deref()) {
@@ -158,7 +173,9 @@ pub fn fetch(a: FetchArgs) -> Result<i32> {
         }
     }
     if let Some(archive) = &vtab1k {
-        if vtab1k_sources.is_empty() {
+        if !data {
+            eprintln!("--vtab1k: ignored with --only weights (it installs data)");
+        } else if vtab1k_sources.is_empty() {
             eprintln!("--vtab1k: no VTAB-1k dataset of the suite is missing; nothing unpacked");
         } else {
             let at = fetch::install_vtab1k(&client, archive, &vtab1k_sources, &mut bar)?;

@@ -310,20 +310,33 @@ fn vtab1k_archive_from_a_file_or_a_verified_url_is_unpacked_and_checked() {
     assert!(stderr(&o).contains("task task_b"), "{}", stderr(&o));
     assert!(!installed.exists(), "nothing moved into place");
 
-    // A URL needs its sha256 (exit 2); with it, the download is verified and unpacked.
+    // A root that exists but is incomplete is refused before anything is unpacked.
     write_task(&src.join("vtab-1k/task_b"), 9);
     let good = d.join("vtab-1k.tar.gz");
     tar_gz(&src, &good);
+    std::fs::create_dir_all(installed.join("task_a")).unwrap();
+    std::fs::write(installed.join("task_a/train800.txt"), "").unwrap();
+    let o = vtab(&["fetch", s, "--vtab1k", good.to_str().unwrap()], "x");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("move it away"), "{}", stderr(&o));
+    assert!(
+        !installed.join("task_b").exists(),
+        "nothing moved into place"
+    );
+    std::fs::remove_dir_all(&installed).unwrap();
+
+    // A URL needs its sha256 (exit 2); with it (and a query string, as presigned links have),
+    // the download is verified, unpacked and checked.
     let bytes = std::fs::read(&good).unwrap();
     let server = Server::start();
     server.route(
-        "/lab/vtab-1k.tar.gz",
+        "/lab/vtab-1k.tar.gz?sig=abc",
         Route {
             body: bytes.clone(),
             ..Default::default()
         },
     );
-    let url = format!("{}/lab/vtab-1k.tar.gz", server.base);
+    let url = format!("{}/lab/vtab-1k.tar.gz?sig=abc", server.base);
     let o = vtab(&["fetch", s, "--vtab1k", &url], "x");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--vtab1k-sha256"), "{}", stderr(&o));
@@ -333,18 +346,47 @@ fn vtab1k_archive_from_a_file_or_a_verified_url_is_unpacked_and_checked() {
         "x",
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    for t in ["task_a", "task_b"] {
-        assert!(
-            installed.join(t).join("test.txt").is_file(),
-            "{t} installed"
-        );
-    }
-    let left: Vec<_> = std::fs::read_dir(d.join("data"))
+    let installed_tasks = |installed: &Path| {
+        for t in ["task_a", "task_b"] {
+            assert!(
+                installed.join(t).join("test.txt").is_file(),
+                "{t} installed"
+            );
+        }
+        let mut left: Vec<_> = std::fs::read_dir(installed)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["task_a", "task_b"], "no staging or download left");
+    };
+    installed_tasks(&installed);
+
+    // An archive made on a Mac (`__MACOSX/`) with one more level (`data/vtab-1k/<task>`),
+    // installed from a file into a folder that is a symlink to another place.
+    std::fs::remove_dir_all(&installed).unwrap();
+    let nested = d.join("nested");
+    std::fs::create_dir_all(nested.join("data")).unwrap();
+    std::fs::rename(src.join("vtab-1k"), nested.join("data/vtab-1k")).unwrap();
+    std::fs::create_dir_all(nested.join("__MACOSX/vtab-1k")).unwrap();
+    let mac = d.join("mac.tar.gz");
+    let ok = Command::new("tar")
+        .arg("czf")
+        .arg(&mac)
+        .arg("-C")
+        .arg(&nested)
+        .args(["data", "__MACOSX"])
+        .status()
         .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert_eq!(left.len(), 1, "no staging or download left: {left:?}");
+        .success();
+    assert!(ok);
+    let elsewhere = d.join("scratch");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &installed).unwrap();
+    let o = vtab(&["fetch", s, "--vtab1k", mac.to_str().unwrap()], "x");
+    assert!(o.status.success(), "{}", stderr(&o));
+    installed_tasks(&elsewhere);
     let o = vtab(&["run", s, "--gpus", "none"], "x");
     assert!(o.status.success(), "run after fetch:\n{}", stderr(&o));
     std::fs::remove_dir_all(&d).ok();
@@ -445,5 +487,27 @@ fn fetch_dir_prints_overrides_that_plan_accepts() {
     }
     let o = vtab(&args, &server.base);
     assert!(o.status.success(), "plan with {sets:?}:\n{}", stderr(&o));
+
+    // Two roots with the same last name would land on one folder under --dir: refused.
+    let two = d.join("two.toml");
+    std::fs::write(
+        &two,
+        "name = \"two\"\n[backbone]\narch = \"vit_tiny_patch16_224\"\n\
+         [backbone.pretrain]\nimages = 10\n[datasets.a]\nformat = \"dtd\"\nroot = \"data/dtd\"\n\
+         [datasets.b]\nformat = \"vtab1k\"\nroot = \"data/vtab-1k/dtd\"\n[methods.linear]\n",
+    )
+    .unwrap();
+    let o = vtab(
+        &[
+            "fetch",
+            two.to_str().unwrap(),
+            "--dir",
+            d.join("D").to_str().unwrap(),
+        ],
+        &server.base,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("would both go to"), "{}", stderr(&o));
+    assert!(!d.join("D").exists(), "nothing fetched");
     std::fs::remove_dir_all(&d).ok();
 }

@@ -159,7 +159,9 @@ pub fn read_peft_method(dir: &Path, depth: usize) -> Result<Method> {
         Some("IA3") => {
             let ff = module_spec(&cfg, "feedforward_modules", &path)?
                 .unwrap_or(ModuleSpec::List(Vec::new()));
-            if let Some(m) = feedforward_mismatch(&ff, &targets, depth) {
+            let mismatch =
+                feedforward_mismatch(&ff, &targets, depth).map_err(|m| file_err(&path, m))?;
+            if let Some(m) = mismatch {
                 return Err(file_err(
                     &path,
                     format!(

@@ -193,15 +193,25 @@ pub fn select(
 /// IA3's `feedforward_modules` (peft: a regex matched in full, or list entries matched as
 /// plain suffixes, without the dot) must mark exactly the fc2 layers: our IA3 scales the
 /// input of fc2 and the output of every other target. The first module that differs.
-pub fn feedforward_mismatch(ff: &ModuleSpec, targets: &[Target], depth: usize) -> Option<String> {
-    let is_ff = |name: &str| match ff {
-        ModuleSpec::Regex(p) => compile("feedforward_modules", p).is_ok_and(|re| re.is_match(name)),
-        ModuleSpec::List(l) => l.iter().any(|e| name.ends_with(e.as_str())),
+/// Errors (naming the key) when the regex does not compile.
+pub fn feedforward_mismatch(
+    ff: &ModuleSpec,
+    targets: &[Target],
+    depth: usize,
+) -> Result<Option<String>, String> {
+    let re = match ff {
+        ModuleSpec::Regex(p) => Some(compile("feedforward_modules", p)?),
+        ModuleSpec::List(_) => None,
     };
-    timm_module_names(depth).into_iter().find(|name| {
+    let is_ff = |name: &str| match (ff, &re) {
+        (_, Some(re)) => re.is_match(name),
+        (ModuleSpec::List(l), None) => l.iter().any(|e| name.ends_with(e.as_str())),
+        (ModuleSpec::Regex(_), None) => false,
+    };
+    Ok(timm_module_names(depth).into_iter().find(|name| {
         target_of(name)
             .is_some_and(|(t, _)| targets.contains(&t) && is_ff(name) != (t == Target::Fc2))
-    })
+    }))
 }
 
 /// Up to four names, then a count.
@@ -220,6 +230,22 @@ mod tests {
 
     fn list(entries: &[&str]) -> ModuleSpec {
         ModuleSpec::List(entries.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn a_feedforward_regex_that_does_not_compile_is_an_error_not_no_match() {
+        let bad = ModuleSpec::Regex(r"blocks\.(?=\d).*fc2".into()); // look-ahead: Python only
+        let err = feedforward_mismatch(&bad, &[Qkv, Fc2], 2).unwrap_err();
+        assert!(
+            err.contains("`feedforward_modules`") && err.contains("does not compile"),
+            "{err}"
+        );
+        let fc2 = ModuleSpec::Regex(r"blocks\.\d+\.mlp\.fc2".into());
+        assert_eq!(feedforward_mismatch(&fc2, &[Qkv, Fc2], 2), Ok(None));
+        assert_eq!(
+            feedforward_mismatch(&list(&["fc1"]), &[Fc1, Fc2], 1),
+            Ok(Some("blocks.0.mlp.fc1".into()))
+        );
     }
 
     fn targets(spec: ModuleSpec) -> Result<Vec<Target>, String> {

@@ -75,18 +75,17 @@ pub enum FetchError {
     },
     #[error("archive {archive}: {problem}; nothing was unpacked")]
     BadArchive { archive: PathBuf, problem: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The io error is in the message, not chained as a source: callers print the chain, and
+    /// it would appear twice.
+    #[error("{}: {err}", .path.display())]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{0}")]
     Unsupported(String),
 }
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> FetchError {
     let path = path.into();
-    move |source| FetchError::Io { path, source }
+    move |err| FetchError::Io { path, err }
 }
 
 /// Reports a download's progress (the CLI draws a bar; tests and scripts stay quiet).

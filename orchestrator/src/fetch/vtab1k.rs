@@ -35,32 +35,40 @@ impl Vtab1kArchive {
                 sha256: sha256.to_ascii_lowercase(),
             });
         }
-        Ok(Vtab1kArchive::File(PathBuf::from(spec)))
-    }
-
-    fn name(&self) -> String {
-        match self {
-            Vtab1kArchive::File(p) => p.display().to_string(),
-            Vtab1kArchive::Url { url, .. } => url.clone(),
+        let file = PathBuf::from(spec);
+        if !file.is_file() {
+            return Err(FetchError::Unsupported(format!(
+                "--vtab1k {spec}: no such file (a .zip or .tar.gz, or an http(s) URL)"
+            )));
         }
+        Ok(Vtab1kArchive::File(file))
     }
 }
 
-fn kind_of(name: &str) -> Option<ArchiveKind> {
-    if name.ends_with(".zip") {
-        Some(ArchiveKind::Zip)
-    } else if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
-        Some(ArchiveKind::TarGz)
-    } else {
-        None
+/// The archive's kind from its first bytes (a name can carry a query string or any case).
+fn sniff(file: &Path) -> Result<ArchiveKind, FetchError> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let n = fs::File::open(file)
+        .and_then(|mut f| f.read(&mut magic))
+        .map_err(io_err(file))?;
+    match &magic[..n] {
+        [b'P', b'K', 3, 4] => Ok(ArchiveKind::Zip),
+        [0x1f, 0x8b, ..] => Ok(ArchiveKind::TarGz),
+        _ => Err(FetchError::BadArchive {
+            archive: file.to_path_buf(),
+            problem: "it is neither a zip nor a gzip-compressed tar".into(),
+        }),
     }
 }
 
 /// Installs the tasks of `archive` into the folder that holds the suite's missing VTAB-1k
-/// roots (`sources`, all in one folder, each named after its task) and checks the layout of
-/// every one of them. Task folders already there are kept; the archive's other tasks are
-/// installed too (a later suite may use them). Returns the folder. Nothing is moved into it
-/// unless every wanted task is in the archive with a valid layout.
+/// roots (`sources`, all in one folder, each named after its task) and checks every one of
+/// them after the move. Nothing is moved unless every wanted task is in the archive with a
+/// valid layout; a wanted root that exists but is incomplete is refused first (move it away).
+/// Task folders already there are kept; the archive's other tasks are installed too (a later
+/// suite may use them). Staging happens inside that folder, so a folder on another file
+/// system (scratch storage, a symlink) works. Returns the folder.
 pub fn install_vtab1k(
     client: &Client,
     archive: &Vtab1kArchive,
@@ -82,20 +90,51 @@ pub fn install_vtab1k(
             other.root.display()
         )));
     }
-    let name = archive.name();
-    let kind = kind_of(&name).ok_or_else(|| {
-        FetchError::Unsupported(format!(
-            "--vtab1k {name}: expected a .zip, .tar.gz or .tgz archive"
-        ))
-    })?;
-    let work = folder.parent().unwrap_or(Path::new(".")).to_path_buf();
-    fs::create_dir_all(&work).map_err(io_err(&work))?;
-    let leaf = folder.file_name().unwrap_or_default().to_string_lossy();
+    if let Some(s) = sources.iter().find(|s| s.root.exists()) {
+        let why = check_source(s)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        return Err(FetchError::Unsupported(format!(
+            "{} exists but is not a complete vtab1k task ({why}); move it away and rerun fetch",
+            s.root.display()
+        )));
+    }
+    let created = !folder.exists();
+    fs::create_dir_all(&folder).map_err(io_err(&folder))?;
+    let result = fetch_into(client, archive, sources, &folder, progress);
+    if result.is_err() && created {
+        let _ = fs::remove_dir(&folder); // only if empty: a kept download stays
+    }
+    result?;
+    let after: Vec<String> = sources
+        .iter()
+        .filter_map(|s| check_source(s).err().map(|e| e.to_string()))
+        .collect();
+    if !after.is_empty() {
+        return Err(FetchError::Unsupported(format!(
+            "after unpacking: {}",
+            after.join("; ")
+        )));
+    }
+    Ok(folder)
+}
+
+/// Gets the archive (downloaded into `folder` for a URL), unpacks it in a staging folder inside
+/// `folder`, checks the wanted tasks and moves the tasks into `folder`.
+fn fetch_into(
+    client: &Client,
+    archive: &Vtab1kArchive,
+    sources: &[RealSource],
+    folder: &Path,
+    progress: &mut dyn Progress,
+) -> Result<(), FetchError> {
     let (file, downloaded) = match archive {
         Vtab1kArchive::File(p) => (p.clone(), false),
         Vtab1kArchive::Url { url, sha256 } => {
-            let file_name = url.rsplit('/').next().unwrap_or("vtab-1k.zip");
-            let file = work.join(format!(".{leaf}.{file_name}"));
+            let path = url.split(['?', '#']).next().unwrap_or(url);
+            let file_name = path.rsplit('/').next().filter(|n| !n.is_empty());
+            let file = folder.join(format!(".{}", file_name.unwrap_or("vtab-1k.archive")));
             let manual = format!(
                 "download {url} (sha256 {sha256}) yourself and pass the file: --vtab1k FILE"
             );
@@ -104,25 +143,28 @@ pub fn install_vtab1k(
             (file, true)
         }
     };
-    let staging = work.join(format!(".{leaf}.unpacking"));
+    let staging = folder.join(format!(".vtab1k-unpacking-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
-    let result = unpack(&file, kind, &staging).and_then(|()| {
-        let base = task_base(&staging, sources).map_err(|problem| FetchError::BadArchive {
+    let unpacked = sniff(&file).and_then(|kind| unpack(&file, kind, &staging));
+    let result = unpacked.and_then(|()| {
+        let bad = |problem: String| FetchError::BadArchive {
             archive: file.clone(),
             problem,
-        })?;
-        check_tasks(&base, sources).map_err(|problem| FetchError::BadArchive {
-            archive: file.clone(),
-            problem,
-        })?;
-        move_tasks(&base, &folder)
+        };
+        let base = task_base(&staging, sources).map_err(bad)?;
+        check_tasks(&base, sources).map_err(bad)?;
+        move_tasks(&base, folder)
     });
     let _ = fs::remove_dir_all(&staging);
-    if downloaded {
-        let _ = fs::remove_file(&file);
+    match &result {
+        // Kept for a rerun after a failed check: it may be gigabytes.
+        Err(_) if downloaded => eprintln!("note: the download is kept at {}", file.display()),
+        _ if downloaded => {
+            let _ = fs::remove_file(&file);
+        }
+        _ => {}
     }
-    result?;
-    Ok(folder)
+    result
 }
 
 fn task_name(s: &RealSource) -> String {
@@ -133,10 +175,11 @@ fn task_name(s: &RealSource) -> String {
         .into_owned()
 }
 
-/// The folder inside the unpacked archive that holds the task folders: the archive's top level
-/// or its one top folder (`vtab-1k/`).
+/// The folder inside the unpacked archive that holds the task folders: the first, level by
+/// level down to three levels (`vtab-1k/`, `data/vtab-1k/`), that has every wanted task;
+/// `__MACOSX` and hidden folders are not looked into.
 fn task_base(staging: &Path, sources: &[RealSource]) -> Result<PathBuf, String> {
-    let dirs = |p: &Path| -> Vec<PathBuf> {
+    let subdirs = |p: &Path| -> Vec<PathBuf> {
         let mut d: Vec<PathBuf> = fs::read_dir(p)
             .map(|r| {
                 r.flatten()
@@ -145,40 +188,66 @@ fn task_base(staging: &Path, sources: &[RealSource]) -> Result<PathBuf, String> 
                     .collect()
             })
             .unwrap_or_default();
+        d.retain(|p| {
+            let n = p.file_name().unwrap_or_default().to_string_lossy();
+            !n.starts_with('.') && n != "__MACOSX"
+        });
         d.sort();
         d
     };
-    let has_tasks = |p: &Path| sources.iter().any(|s| p.join(task_name(s)).is_dir());
-    let top = dirs(staging);
-    let base = if has_tasks(staging) {
-        staging.to_path_buf()
-    } else if let [only] = top.as_slice() {
-        only.clone()
-    } else {
-        staging.to_path_buf()
-    };
-    let missing: Vec<String> = sources
-        .iter()
-        .map(task_name)
-        .filter(|t| !base.join(t).is_dir())
-        .collect();
-    if missing.is_empty() {
-        return Ok(base);
-    }
-    let found: Vec<String> = dirs(&base)
-        .iter()
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect();
-    Err(format!(
-        "it has no task folder {} (found: {}); the suite's roots must be named after the \
-         archive's task folders",
-        missing.join(", "),
-        if found.is_empty() {
-            "none".into()
-        } else {
-            found.join(", ")
+    let wanted: Vec<String> = sources.iter().map(task_name).collect();
+    let mut level = vec![staging.to_path_buf()];
+    let mut partial: Vec<(PathBuf, Vec<String>)> = Vec::new();
+    for _ in 0..=3 {
+        for dir in &level {
+            let here: Vec<String> = wanted
+                .iter()
+                .filter(|t| dir.join(t).is_dir())
+                .cloned()
+                .collect();
+            if here.len() == wanted.len() {
+                return Ok(dir.clone());
+            }
+            if !here.is_empty() {
+                partial.push((dir.clone(), here));
+            }
         }
-    ))
+        level = level.iter().flat_map(|d| subdirs(d)).collect();
+    }
+    let inside = |p: &Path| {
+        let rel = p.strip_prefix(staging).unwrap_or(p).display().to_string();
+        if rel.is_empty() {
+            "the top level".to_string()
+        } else {
+            format!("`{rel}/`")
+        }
+    };
+    Err(match partial.first() {
+        Some((dir, here)) => format!(
+            "{} has {} but no task folder {}; the suite's roots must be named after the \
+             archive's task folders",
+            inside(dir),
+            here.join(", "),
+            wanted
+                .iter()
+                .filter(|t| !here.contains(t))
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => {
+            let top: Vec<String> = subdirs(staging).iter().map(|p| inside(p)).collect();
+            format!(
+                "no folder within three levels holds the task folders {} (top level: {})",
+                wanted.join(", "),
+                if top.is_empty() {
+                    "no folders".into()
+                } else {
+                    top.join(", ")
+                }
+            )
+        }
+    })
 }
 
 /// The reader's layout check on every wanted task, in the staging copy.
