@@ -87,7 +87,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     eval_steps: usize,
     /// Comma-separated subset of methods (default: all): linear, full, lora_qkv_r8,
-    /// lora_all_r8, vera_qkv_mlp_r256, ia3_qkv_fc2, lora_qv_r8, bitfit.
+    /// lora_all_r8, lora_all_pe_r8, vera_qkv_mlp_r256, ia3_qkv_fc2, lora_qv_r8, bitfit.
     #[arg(long, value_delimiter = ',')]
     methods: Vec<String>,
     /// cpu, cuda or cuda:N (default: cuda if available).

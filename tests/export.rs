@@ -212,6 +212,8 @@ fn run_accepts_keys_and_labels_and_bad_uses_say_what_to_do() {
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join(export::RECORD)).unwrap()).unwrap();
     assert_eq!(record["train_key"], key.as_str());
+    let suite_in_record = PathBuf::from(record["suite"].as_str().unwrap());
+    assert!(suite_in_record.is_absolute() && suite_in_record.is_file());
     assert_eq!(record["format"], "peft");
     assert!(out.join("adapter_config.json").is_file());
 

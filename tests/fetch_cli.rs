@@ -310,6 +310,39 @@ fn vtab1k_archive_from_a_file_or_a_verified_url_is_unpacked_and_checked() {
     assert!(stderr(&o).contains("task task_b"), "{}", stderr(&o));
     assert!(!installed.exists(), "nothing moved into place");
 
+    // A downloaded archive that fails the check is kept (it may be gigabytes) and named.
+    let server = Server::start();
+    let partial_bytes = std::fs::read(&partial).unwrap();
+    server.route(
+        "/lab/partial.tar.gz",
+        Route {
+            body: partial_bytes.clone(),
+            ..Default::default()
+        },
+    );
+    let partial_url = format!("{}/lab/partial.tar.gz", server.base);
+    let partial_sha = format!("{:x}", Sha256::digest(&partial_bytes));
+    let o = vtab(
+        &[
+            "fetch",
+            s,
+            "--vtab1k",
+            &partial_url,
+            "--vtab1k-sha256",
+            &partial_sha,
+        ],
+        "x",
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let kept = installed.join(format!(".{}-partial.tar.gz", &partial_sha[..12]));
+    assert!(stderr(&o).contains("download is kept at"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&kept).unwrap(), partial_bytes);
+    assert!(
+        !installed.join("task_a").exists(),
+        "nothing moved into place"
+    );
+    std::fs::remove_dir_all(&installed).unwrap();
+
     // A root that exists but is incomplete is refused before anything is unpacked.
     write_task(&src.join("vtab-1k/task_b"), 9);
     let good = d.join("vtab-1k.tar.gz");
@@ -328,7 +361,6 @@ fn vtab1k_archive_from_a_file_or_a_verified_url_is_unpacked_and_checked() {
     // A URL needs its sha256 (exit 2); with it (and a query string, as presigned links have),
     // the download is verified, unpacked and checked.
     let bytes = std::fs::read(&good).unwrap();
-    let server = Server::start();
     server.route(
         "/lab/vtab-1k.tar.gz?sig=abc",
         Route {

@@ -41,7 +41,8 @@ pub struct BenchRow {
     pub final_loss: f64,
 }
 
-/// The methods of `peft_bench.py`, by its names, plus BitFit.
+/// The methods of `peft_bench.py`, by its names, plus BitFit, LoRA on q,v slices and LoRA on
+/// all linears with peft's own target set (`lora_all_pe_r8`).
 pub fn standard_methods() -> Vec<(&'static str, Method)> {
     use Target::*;
     let lora = |targets: Vec<Target>| {
@@ -58,6 +59,13 @@ pub fn standard_methods() -> Vec<(&'static str, Method)> {
         ("full", Method::Full),
         ("lora_qkv_r8", lora(vec![Qkv])),
         ("lora_all_r8", lora(vec![Qkv, Proj, Fc1, Fc2])),
+        // peft's `lora_all_r8` config exactly: its suffix-matched `proj` also adapts
+        // patch_embed.proj, so this row has peft's trainable count (the one above, kept for
+        // comparisons with earlier runs, adapts attn.proj only).
+        (
+            "lora_all_pe_r8",
+            lora(vec![PatchEmbed, Qkv, Proj, Fc1, Fc2]),
+        ),
         (
             "vera_qkv_mlp_r256",
             Method::Vera(VeraSpec {

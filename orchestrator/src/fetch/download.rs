@@ -32,6 +32,9 @@ pub fn download(
         return if got == hex(sum) {
             Ok(())
         } else {
+            // Left from another run or placed by hand, and not the file: the error says it is
+            // deleted, and a rerun downloads it again.
+            let _ = fs::remove_file(dest);
             Err(FetchError::Checksum {
                 url: url.to_string(),
                 file: dest.to_path_buf(),

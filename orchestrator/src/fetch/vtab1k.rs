@@ -134,7 +134,13 @@ fn fetch_into(
         Vtab1kArchive::Url { url, sha256 } => {
             let path = url.split(['?', '#']).next().unwrap_or(url);
             let file_name = path.rsplit('/').next().filter(|n| !n.is_empty());
-            let file = folder.join(format!(".{}", file_name.unwrap_or("vtab-1k.archive")));
+            // Named by its sha256 too: a rerun with the same archive reuses a kept download,
+            // one with another archive does not trip over it.
+            let file = folder.join(format!(
+                ".{}-{}",
+                &sha256[..12],
+                file_name.unwrap_or("vtab-1k.archive")
+            ));
             let manual = format!(
                 "download {url} (sha256 {sha256}) yourself and pass the file: --vtab1k FILE"
             );
