@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
@@ -194,12 +194,7 @@ impl LocalLauncher {
             let Some(key) = b.lock().expect("busy lock").take() else {
                 return;
             };
-            let code = loop {
-                if let Ok(Some(status)) = c.lock().expect("child lock").try_wait() {
-                    break status.code();
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            };
+            let code = wait_polled(&c);
             let _ = tx.send(Report::Exit {
                 key,
                 code,
@@ -262,13 +257,7 @@ impl Launcher for LocalLauncher {
                     line,
                 });
             }
-            // Polled, so that `cancel_all` can take the lock to kill it meanwhile.
-            let code = loop {
-                if let Ok(Some(status)) = c.lock().expect("child lock").try_wait() {
-                    break status.code();
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            };
+            let code = wait_polled(&c);
             let _ = tx.send(Report::Exit {
                 key,
                 code,
@@ -312,16 +301,9 @@ impl Launcher for LocalLauncher {
                 n += 1;
             }
         }
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now();
         for r in &running {
-            let mut c = r.child.lock().expect("child lock");
-            while matches!(c.try_wait(), Ok(None)) && t0.elapsed() < STOP_GRACE {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            if matches!(c.try_wait(), Ok(None)) {
-                let _ = c.kill();
-            }
-            let _ = c.wait();
+            reap_within_grace(&mut r.child.lock().expect("child lock"), t0);
         }
         n
     }
@@ -332,21 +314,36 @@ impl Drop for LocalLauncher {
     fn drop(&mut self) {
         for (_, w) in std::mem::take(&mut self.workers) {
             drop(w.stdin);
-            let mut c = w.child.lock().expect("child lock");
-            let t0 = std::time::Instant::now();
-            while matches!(c.try_wait(), Ok(None)) && t0.elapsed() < STOP_GRACE {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if matches!(c.try_wait(), Ok(None)) {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+            reap_within_grace(&mut w.child.lock().expect("child lock"), Instant::now());
         }
     }
 }
 
 /// How long stopped nodes get to checkpoint and exit before they are killed.
-const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// Waits for a child to exit by polling, so that `cancel_all` can take the lock to stop it
+/// meanwhile; its exit code (None if a signal ended it).
+fn wait_polled(child: &Mutex<Child>) -> Option<i32> {
+    loop {
+        if let Ok(Some(status)) = child.lock().expect("child lock").try_wait() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Gives a child that was asked to stop until `STOP_GRACE` after `t0` to exit, kills it if it
+/// has not, and reaps it.
+fn reap_within_grace(c: &mut Child, t0: Instant) {
+    while matches!(c.try_wait(), Ok(None)) && t0.elapsed() < STOP_GRACE {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if matches!(c.try_wait(), Ok(None)) {
+        let _ = c.kill();
+    }
+    let _ = c.wait();
+}
 
 #[cfg(test)]
 #[path = "local_tests.rs"]

@@ -386,6 +386,18 @@ impl Driver<'_> {
             .extend(specs)
             .expect("finals read only known nodes");
         // A final whose (shared) prep failed earlier in this run.
+        self.blocked(blocked);
+        for k in added {
+            let node = self.g.node(&k).expect("added node");
+            let blocked = self.core.state(&k) == Some(state::State::Blocked);
+            if !blocked && self.store.is_complete(node.kind(), &k) {
+                self.cached(&k);
+            }
+        }
+    }
+
+    /// Counts and reports nodes blocked by a failed input.
+    fn blocked(&mut self, blocked: Vec<state::Blocked>) {
         for b in blocked {
             self.summary.blocked += 1;
             let (label, by) = (self.label(&b.key), self.label(&b.by));
@@ -394,13 +406,6 @@ impl Driver<'_> {
                 label,
                 by,
             });
-        }
-        for k in added {
-            let node = self.g.node(&k).expect("added node");
-            let blocked = self.core.state(&k) == Some(state::State::Blocked);
-            if !blocked && self.store.is_complete(node.kind(), &k) {
-                self.cached(&k);
-            }
         }
     }
 
@@ -417,15 +422,7 @@ impl Driver<'_> {
             log,
             tail,
         });
-        for b in blocked {
-            self.summary.blocked += 1;
-            let (label, by) = (self.label(&b.key), self.label(&b.by));
-            self.emit(Event::Blocked {
-                key: b.key,
-                label,
-                by,
-            });
-        }
+        self.blocked(blocked);
     }
 }
 
