@@ -2,7 +2,7 @@
 //! Owns only the command's arguments and terminal output; the work is `orchestrator::fetch`.
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use orchestrator::datasets::{Format, RealSource};
+use orchestrator::datasets::RealSource;
 use orchestrator::fetch::{self, Client, Missing, Progress, Vtab1kArchive};
 use orchestrator::suite::{self, Source};
 use std::io::IsTerminal;
@@ -80,20 +80,11 @@ pub fn fetch(a: FetchArgs) -> Result<i32> {
     if let Some(dir) = &a.dir {
         // Absolute: the printed `--set` values are read relative to the suite file, not here.
         let dir = &std::path::absolute(dir)?;
+        // Each root becomes DIR/<its last name>: two datasets must not land on one folder.
+        let mut seen = std::collections::BTreeMap::new();
         for d in s.datasets.values_mut() {
             if let Source::Real(r) = &mut d.source {
                 r.root = dir.join(r.root.file_name().unwrap_or_default());
-                sets.push(format!("datasets.{}.root={:?}", d.name, r.root));
-            }
-        }
-        if let suite::Weights::File(p) = &mut s.backbone.weights {
-            *p = dir.join(p.file_name().unwrap_or_default());
-            sets.push(format!("backbone.weights={p:?}"));
-        }
-        // Each root becomes DIR/<its last name>: two datasets must not land on one folder.
-        let mut seen = std::collections::BTreeMap::new();
-        for d in s.datasets.values() {
-            if let Source::Real(r) = &d.source {
                 if let Some(other) = seen.insert(r.root.clone(), d.name.clone()) {
                     eprintln!(
                         "error: --dir: datasets.{other} and datasets.{} would both go to {}; \
@@ -103,7 +94,12 @@ pub fn fetch(a: FetchArgs) -> Result<i32> {
                     );
                     return Ok(2);
                 }
+                sets.push(format!("datasets.{}.root={:?}", d.name, r.root));
             }
+        }
+        if let suite::Weights::File(p) = &mut s.backbone.weights {
+            *p = dir.join(p.file_name().unwrap_or_default());
+            sets.push(format!("backbone.weights={p:?}"));
         }
     }
     let vtab1k = match &a.vtab1k {
@@ -150,20 +146,18 @@ pub fn fetch(a: FetchArgs) -> Result<i32> {
                     path.display()
                 );
             }
-            Missing::Manual { dataset, problem } => match real_source(&s, &dataset) {
-                Some(src) if src.format == Format::Vtab1k && vtab1k.is_some() => {
-                    vtab1k_sources.push(src)
-                }
-                Some(src) if src.format == Format::Vtab1k => manual.push(format!(
-                    "datasets.{dataset}: VTAB-1k has no official download; get the archive as \
-                     README \"VTAB-1k\" says and pass it with --vtab1k FILE (or URL with \
-                     --vtab1k-sha256): {problem}"
-                )),
-                _ => manual.push(format!(
-                    "datasets.{dataset}: no download for this format; place it by hand (README \
-                     \"Real studies\"): {problem}"
-                )),
-            },
+            Missing::Vtab1k { source, .. } if vtab1k.is_some() => vtab1k_sources.push(source),
+            Missing::Vtab1k {
+                dataset, problem, ..
+            } => manual.push(format!(
+                "datasets.{dataset}: VTAB-1k has no official download; get the archive as \
+                 README \"VTAB-1k\" says and pass it with --vtab1k FILE (or URL with \
+                 --vtab1k-sha256): {problem}"
+            )),
+            Missing::Manual { dataset, problem } => manual.push(format!(
+                "datasets.{dataset}: no download for this format; place it by hand (README \
+                 \"Real studies\"): {problem}"
+            )),
             Missing::UnknownWeights { path } => manual.push(format!(
                 "backbone.weights: {} is missing and its name does not say which timm checkpoint \
                  it is; name it `<timm name>.<tag>.safetensors` (e.g. \
@@ -212,10 +206,7 @@ fn real_source(s: &suite::Suite, name: &str) -> Option<RealSource> {
 /// A line for `plan`/`run` errors when the suite misses something `fetch` can download.
 pub fn hint(s: &suite::Suite) -> Option<String> {
     let missing = fetch::missing(s, true, true);
-    let vtab1k = missing.iter().any(|m| {
-        matches!(m, Missing::Manual { dataset, .. }
-            if real_source(s, dataset).is_some_and(|r| r.format == Format::Vtab1k))
-    });
+    let vtab1k = missing.iter().any(|m| matches!(m, Missing::Vtab1k { .. }));
     let names: Vec<String> = missing
         .into_iter()
         .filter_map(|m| match m {

@@ -5,7 +5,7 @@ use super::{
     archive_for, catalogue::DATA_MIRROR_ENV, download, hub, io_err, mirrored, unpack, Archive,
     Checksum, Client, FetchError, Progress, WeightsRef,
 };
-use crate::datasets::{check_source, RealSource};
+use crate::datasets::{check_source, Format, RealSource};
 use crate::suite::{Source, Suite, Weights};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,13 @@ pub enum Missing {
         root: PathBuf,
         archive: Archive,
     },
-    /// A dataset that cannot be downloaded (VTAB-1k, ImageFolder, CSV): what the reader said.
+    /// A VTAB-1k task: no official download, but `install_vtab1k` unpacks the user's archive.
+    Vtab1k {
+        dataset: String,
+        source: RealSource,
+        problem: String,
+    },
+    /// A dataset that cannot be downloaded (ImageFolder, CSV): what the reader said.
     Manual { dataset: String, problem: String },
     /// A timm checkpoint from the hub.
     Weights { path: PathBuf, weights: WeightsRef },
@@ -40,6 +46,11 @@ pub fn missing(suite: &Suite, data: bool, weights: bool) -> Vec<Missing> {
                 dataset: d.name.clone(),
                 root: src.root.clone(),
                 archive,
+            },
+            None if src.format == Format::Vtab1k => Missing::Vtab1k {
+                dataset: d.name.clone(),
+                source: src.clone(),
+                problem: e.to_string(),
             },
             None => Missing::Manual {
                 dataset: d.name.clone(),

@@ -275,9 +275,9 @@ fn check_tasks(base: &Path, sources: &[RealSource]) -> Result<(), String> {
     }
 }
 
-/// Moves every task folder of `base` that `folder` does not have yet into `folder`.
+/// Moves every task folder of `base` that `folder` (made by the caller) does not have yet
+/// into `folder`.
 fn move_tasks(base: &Path, folder: &Path) -> Result<(), FetchError> {
-    fs::create_dir_all(folder).map_err(io_err(folder))?;
     for e in fs::read_dir(base).map_err(io_err(base))?.flatten() {
         let to = folder.join(e.file_name());
         if e.path().is_dir() && !to.exists() {
