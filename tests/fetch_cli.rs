@@ -49,7 +49,7 @@ fn weights_bytes(d: &Path) -> Vec<u8> {
     tch::manual_seed(0);
     let mut vit = VisionTransformer::new(&cfg, tch::Device::Cpu).unwrap();
     let file = d.join("served.safetensors");
-    kernels::checkpoint::save_timm(&mut vit, &file).unwrap();
+    kernels::checkpoint::save_timm(&mut vit, &file, kernels::checkpoint::HeadPolicy::Load).unwrap();
     std::fs::read(&file).unwrap()
 }
 

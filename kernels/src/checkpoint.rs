@@ -41,14 +41,18 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
         .collect())
 }
 
-/// Writes `model`'s backbone and head under timm's names (adapter tensors are left out:
-/// merge them first), in fp32 on the CPU: the inverse of [`load_timm`] with
-/// [`HeadPolicy::Load`].
-pub fn save_timm(model: &mut VisionTransformer, path: &Path) -> Result<()> {
+/// Writes `model`'s backbone under timm's names, with its head for [`HeadPolicy::Load`] and
+/// without for [`HeadPolicy::Ignore`], in fp32 on the CPU: the inverse of [`load_timm`].
+/// Adapter tensors are left out (merge them first).
+pub fn save_timm(model: &mut VisionTransformer, path: &Path, head: HeadPolicy) -> Result<()> {
     let named: Vec<(String, Tensor)> = model
         .named_tensors()
         .into_iter()
-        .filter(|(_, _, role)| *role != Role::Adapter)
+        .filter(|(_, _, role)| match role {
+            Role::Backbone => true,
+            Role::Head => head == HeadPolicy::Load,
+            Role::Adapter => false,
+        })
         .map(|(n, t, _)| {
             let t = t.detach().to_device(tch::Device::Cpu);
             (n, t.to_kind(Kind::Float).contiguous())

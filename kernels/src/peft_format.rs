@@ -34,11 +34,23 @@ fn file_err(dir: &Path, msg: impl Into<String>) -> Error {
     }
 }
 
+/// Whether peft can hold `method` on a fused-qkv timm ViT: LoRA and VeRA on whole modules and
+/// IA3 (whose q/k/v slices become one qkv vector). LoRA or VeRA on q/k/v slices, full
+/// fine-tuning, BitFit and linear probes have no peft adapter form.
+pub fn has_peft_form(method: &Method) -> bool {
+    let slices = method.targets().iter().any(|t| t.qkv_slice().is_some());
+    match method {
+        Method::Lora(_) | Method::Vera(_) => !slices,
+        Method::Ia3(_) => true,
+        Method::Linear | Method::Full | Method::Bitfit => false,
+    }
+}
+
 /// Writes `model`'s adapter and head so that `peft.PeftModel.from_pretrained(timm_model, dir)`
-/// reproduces our logits. LoRA and VeRA on q/k/v slices have no peft equivalent and are refused.
+/// reproduces our logits. Methods without a peft form ([`has_peft_form`]) are refused.
 pub fn export_peft(model: &AdaptedVit, dir: &Path) -> Result<()> {
     let targets = model.method.targets();
-    let slices = targets.iter().any(|t| t.qkv_slice().is_some());
+    let peft_form = has_peft_form(&model.method);
     let mut modules: Vec<&str> = targets.iter().map(|&t| peft_module(t)).collect();
     modules.dedup();
     let common = json!({
@@ -49,7 +61,7 @@ pub fn export_peft(model: &AdaptedVit, dir: &Path) -> Result<()> {
     let mut cfg = common;
     let obj = cfg.as_object_mut().expect("json object");
     match &model.method {
-        Method::Lora(s) if !slices => {
+        Method::Lora(s) if peft_form => {
             obj.insert("peft_type".into(), json!("LORA"));
             obj.insert("bias".into(), json!("none"));
             obj.insert("r".into(), json!(s.r));
@@ -59,7 +71,7 @@ pub fn export_peft(model: &AdaptedVit, dir: &Path) -> Result<()> {
             obj.insert("use_dora".into(), json!(false));
             obj.insert("init_lora_weights".into(), json!(true));
         }
-        Method::Vera(s) if !slices => {
+        Method::Vera(s) if peft_form => {
             let vera = model.vera.as_ref().expect("a VeRA model holds its projections");
             obj.insert("peft_type".into(), json!("VERA"));
             obj.insert("bias".into(), json!("none"));

@@ -1,8 +1,9 @@
 //! Which run `--run` names: by key or label in the suite's graphs, or by key in the store
 //! alone (when the suite's data or weights are not on this machine). Reads only.
-use super::{read_json, ExportError, Result};
+use super::{ExportError, Result};
 use crate::exec::SPEC;
 use crate::graph::{split_name, BuildNode, Graph, Node, TrainNode};
+use crate::nodes::read_json;
 use crate::store::Store;
 
 /// A trained (or trainable) run: its train node, the build it starts from, its eval key.
@@ -204,28 +205,27 @@ pub fn find_in_store(store: &Store, spec: &str) -> Result<Found> {
                 .into(),
         });
     };
-    let entries = |kind: &str| -> Vec<String> {
-        std::fs::read_dir(store.root.join(kind))
-            .map(|r| {
-                r.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let mut trains: Vec<String> = entries("train")
-        .into_iter()
-        .filter(|k| k.starts_with(&key) && store.is_complete("train", k))
+    let all = store.entries();
+    let keys = |kind: &'static str| all.iter().filter(move |(k, _)| k == kind).map(|(_, e)| e);
+    let trained = |k: &str| store.is_complete("train", k);
+    // (eval key, its train key), each eval spec read once.
+    let evals: Vec<(&String, String)> = keys("eval")
+        .filter_map(|e| match read_json(&store.entry("eval", e).join(SPEC)) {
+            Ok(Node::Eval(ev)) => Some((e, ev.train)),
+            _ => None,
+        })
+        .collect();
+    let mut trains: Vec<String> = keys("train")
+        .filter(|k| k.starts_with(&key) && trained(k))
+        .cloned()
         .collect();
     // An eval key names its train through its spec.
     if trains.is_empty() {
-        for e in entries("eval").into_iter().filter(|k| k.starts_with(&key)) {
-            if let Ok(Node::Eval(ev)) = read_json(&store.entry("eval", &e).join(SPEC)) {
-                if store.is_complete("train", &ev.train) {
-                    trains.push(ev.train);
-                }
-            }
-        }
+        trains = evals
+            .iter()
+            .filter(|(e, t)| e.starts_with(&key) && trained(t))
+            .map(|(_, t)| t.clone())
+            .collect();
     }
     let train_key = match trains.as_slice() {
         [one] => one.clone(),
@@ -257,9 +257,10 @@ pub fn find_in_store(store: &Store, spec: &str) -> Result<Found> {
             hint: format!("store entry build/{} holds no build node", train.build),
         });
     };
-    let eval_key = entries("eval").into_iter().find(|e| {
-        matches!(read_json(&store.entry("eval", e).join(SPEC)), Ok(Node::Eval(ev)) if ev.train == train_key)
-    });
+    let eval_key = evals
+        .iter()
+        .find(|(_, t)| *t == train_key)
+        .map(|(e, _)| (*e).clone());
     Ok(Found {
         train_key,
         eval_key,

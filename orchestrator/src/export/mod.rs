@@ -79,11 +79,3 @@ fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ExportError + '_
         msg: e.to_string(),
     }
 }
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
-    serde_json::from_str(&text).map_err(|e| ExportError::Io {
-        path: path.to_path_buf(),
-        msg: e.to_string(),
-    })
-}

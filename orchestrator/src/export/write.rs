@@ -1,11 +1,10 @@
 //! Writing one found run: the trained model rebuilt from the store, then a peft adapter
 //! directory or a merged timm folder, staged beside OUT and renamed into place.
-use super::{
-    io, read_json, ExportError, Format, Found, Result, BASE_WEIGHTS, MERGED_WEIGHTS, RECORD,
-};
+use super::{io, ExportError, Format, Found, Result, BASE_WEIGHTS, MERGED_WEIGHTS, RECORD};
 use crate::graph::{split_name, BuildWeights};
-use crate::nodes::{self, build, prep, train};
+use crate::nodes::{self, build, read_json, train, write_json};
 use crate::store::Store;
+use kernels::checkpoint::HeadPolicy;
 use kernels::{AdaptedVit, Method, VitConfig};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -17,18 +16,8 @@ pub fn load_model(store: &Store, f: &Found) -> Result<(AdaptedVit, Vec<String>)>
     let train_dir = store.entry("train", &f.train_key);
     let prep_dir = store.entry("prep", &f.train.prep);
     let build_dir = store.entry("build", &f.train.build);
-    let log: train::TrainLog = read_json(&train_dir.join(train::LOG))?;
-    let info = prep::info(&prep_dir)?;
-    let mut model = train::model(
-        &build_dir,
-        &f.build,
-        info.img_size,
-        &f.train.method,
-        log.num_classes,
-        f.train.seed,
-        Device::Cpu,
-    )?;
-    model.load_trainable(&train_dir.join(train::TRAINABLE))?;
+    let dirs = [&*train_dir, &*prep_dir, &*build_dir];
+    let (model, _, info) = train::load_trained(&f.train, &f.build, dirs, Device::Cpu)?;
     Ok((model, info.class_names))
 }
 
@@ -180,12 +169,7 @@ fn check_out(out: &Path, force: bool, protected: &[&Path]) -> Result<()> {
 }
 
 fn check_format(method: &Method, format: Format) -> Result<()> {
-    let peft_has_it = match method {
-        Method::Lora(s) => !s.targets.iter().any(|t| t.qkv_slice().is_some()),
-        Method::Vera(s) => !s.targets.iter().any(|t| t.qkv_slice().is_some()),
-        Method::Ia3(_) => true,
-        Method::Linear | Method::Full | Method::Bitfit => false,
-    };
+    let peft_has_it = kernels::peft_format::has_peft_form(method);
     if format == Format::Peft && !peft_has_it {
         return Err(ExportError::Unsupported(format!(
             "`{}` has no peft adapter form (peft has LoRA and VeRA on whole modules, and IA3); \
@@ -220,7 +204,11 @@ fn write_into(
         }
         Format::Merged => {
             model.merge();
-            kernels::checkpoint::save_timm(&mut model.vit, &dir.join(MERGED_WEIGHTS))?;
+            kernels::checkpoint::save_timm(
+                &mut model.vit,
+                &dir.join(MERGED_WEIGHTS),
+                HeadPolicy::Load,
+            )?;
             let config = json!({
                 "architecture": arch,
                 "num_classes": cfg.num_classes,
@@ -271,7 +259,7 @@ fn write_into(
         "base_weights": base,
         "load": how,
     });
-    write_json(&dir.join(RECORD), &record)
+    Ok(write_json(&dir.join(RECORD), &record)?)
 }
 
 /// The base model a peft adapter goes on: the suite's timm checkpoint, or (for a backbone
@@ -290,9 +278,4 @@ fn base_weights(store: &Store, f: &Found, dir: &Path) -> Result<String> {
             Ok(format!("OUT/{BASE_WEIGHTS}"))
         }
     }
-}
-
-fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(v).expect("json");
-    std::fs::write(path, text + "\n").map_err(io(path))
 }

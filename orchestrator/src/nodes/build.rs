@@ -3,22 +3,16 @@
 use super::{write_json, NodeError, Result};
 use crate::datasets::synthetic;
 use crate::graph::{BuildNode, BuildWeights};
-use kernels::checkpoint::{load_timm, HeadPolicy};
+use kernels::checkpoint::{load_timm, save_timm, HeadPolicy};
 use kernels::{AdaptedVit, Method, VisionTransformer};
 use std::path::Path;
 use tch::{Device, Tensor};
 
 pub const BACKBONE: &str = "backbone.safetensors";
 
+/// The backbone without its head, under timm's names.
 fn save_backbone(vit: &mut VisionTransformer, path: &Path) -> Result<()> {
-    let named: Vec<(String, Tensor)> = vit
-        .named_tensors()
-        .into_iter()
-        .filter(|(n, _, _)| !n.starts_with("head."))
-        .map(|(n, t, _)| (n, t.detach().to_device(Device::Cpu)))
-        .collect();
-    Tensor::write_safetensors(&named, path)
-        .map_err(|e| NodeError::Failed(format!("{}: {e}", path.display())))
+    Ok(save_timm(vit, path, HeadPolicy::Ignore)?)
 }
 
 pub fn run(b: &BuildNode, out: &Path, device: Device) -> Result<()> {

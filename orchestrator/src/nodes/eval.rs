@@ -1,6 +1,6 @@
 //! eval: top-1 and per-class accuracy of a trained run on a prepared split, with adapters
 //! merged into the backbone; streams the split chunk by chunk.
-use super::{read_json, write_json, Result};
+use super::{write_json, Result};
 use crate::graph::{BuildNode, EvalNode, TrainNode};
 use crate::nodes::{prep, train};
 use kernels::accel::synchronize;
@@ -30,19 +30,8 @@ pub fn run(
     out: &Path,
     device: Device,
 ) -> Result<Metrics> {
-    let [train_dir, prep_dir, build_dir] = dirs;
-    let log: train::TrainLog = read_json(&train_dir.join(train::LOG))?;
-    let info = prep::info(prep_dir)?;
-    let mut model = train::model(
-        build_dir,
-        b,
-        info.img_size,
-        &t.method,
-        log.num_classes,
-        t.seed,
-        device,
-    )?;
-    model.load_trainable(&train_dir.join(train::TRAINABLE))?;
+    let prep_dir = dirs[1];
+    let (mut model, log, info) = train::load_trained(t, b, dirs, device)?;
     model.merge();
     if device.is_cuda() {
         if let Some(kind) = e.numerics.precision.autocast_kind(device) {

@@ -95,6 +95,29 @@ pub fn model(
     )?)
 }
 
+/// A finished train entry's model (adapters not merged), with its log and the info of the
+/// split it was trained on: what eval and export start from.
+pub fn load_trained(
+    t: &TrainNode,
+    b: &BuildNode,
+    [train_dir, prep_dir, build_dir]: [&Path; 3],
+    device: Device,
+) -> Result<(AdaptedVit, TrainLog, prep::PrepInfo)> {
+    let log: TrainLog = super::read_json(&train_dir.join(LOG))?;
+    let info = prep::info(prep_dir)?;
+    let mut model = model(
+        build_dir,
+        b,
+        info.img_size,
+        &t.method,
+        log.num_classes,
+        t.seed,
+        device,
+    )?;
+    model.load_trainable(&train_dir.join(TRAINABLE))?;
+    Ok((model, log, info))
+}
+
 pub fn run(
     t: &TrainNode,
     b: &BuildNode,
