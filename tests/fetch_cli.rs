@@ -402,6 +402,8 @@ fn vtab1k_archive_from_a_file_or_a_verified_url_is_unpacked_and_checked() {
     std::fs::create_dir_all(nested.join("data")).unwrap();
     std::fs::rename(src.join("vtab-1k"), nested.join("data/vtab-1k")).unwrap();
     std::fs::create_dir_all(nested.join("__MACOSX/vtab-1k")).unwrap();
+    // Also beside the tasks, where it must not be installed as one.
+    std::fs::create_dir_all(nested.join("data/vtab-1k/__MACOSX")).unwrap();
     let mac = d.join("mac.tar.gz");
     let ok = Command::new("tar")
         .arg("czf")

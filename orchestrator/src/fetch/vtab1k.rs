@@ -194,10 +194,7 @@ fn task_base(staging: &Path, sources: &[RealSource]) -> Result<PathBuf, String> 
                     .collect()
             })
             .unwrap_or_default();
-        d.retain(|p| {
-            let n = p.file_name().unwrap_or_default().to_string_lossy();
-            !n.starts_with('.') && n != "__MACOSX"
-        });
+        d.retain(|p| may_be_task(p));
         d.sort();
         d
     };
@@ -256,6 +253,13 @@ fn task_base(staging: &Path, sources: &[RealSource]) -> Result<PathBuf, String> 
     })
 }
 
+/// Whether a folder of the archive may hold tasks: not `__MACOSX` (resource forks of an archive
+/// made on a Mac) and not hidden.
+fn may_be_task(dir: &Path) -> bool {
+    let n = dir.file_name().unwrap_or_default().to_string_lossy();
+    !n.starts_with('.') && n != "__MACOSX"
+}
+
 /// The reader's layout check on every wanted task, in the staging copy.
 fn check_tasks(base: &Path, sources: &[RealSource]) -> Result<(), String> {
     let problems: Vec<String> = sources
@@ -280,7 +284,7 @@ fn check_tasks(base: &Path, sources: &[RealSource]) -> Result<(), String> {
 fn move_tasks(base: &Path, folder: &Path) -> Result<(), FetchError> {
     for e in fs::read_dir(base).map_err(io_err(base))?.flatten() {
         let to = folder.join(e.file_name());
-        if e.path().is_dir() && !to.exists() {
+        if e.path().is_dir() && may_be_task(&e.path()) && !to.exists() {
             fs::rename(e.path(), &to).map_err(io_err(&to))?;
         }
     }
