@@ -69,6 +69,13 @@ fn vtab(conf: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
         .expect("running vtab-orch")
 }
 
+/// `vtab-orch run SUITE --gpus none --launcher slurm`: every node a Slurm job, on the CPU.
+fn slurm_run(conf: &str, suite: &Path, envs: &[(&str, &str)]) -> Command {
+    let suite = suite.to_str().unwrap();
+    let args = ["run", suite, "--gpus", "none", "--launcher", "slurm"];
+    command(conf, &args, envs)
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -222,18 +229,9 @@ fn a_slurm_run_gives_the_same_keys_and_metrics_as_a_local_run() {
     let local = vtab(&conf, &["run", sa.to_str().unwrap(), "--gpus", "none"], &[]);
     assert!(local.status.success(), "{}", stderr(&local));
     let t0 = Instant::now();
-    let remote = vtab(
-        &conf,
-        &[
-            "run",
-            sb.to_str().unwrap(),
-            "--gpus",
-            "none",
-            "--launcher",
-            "slurm",
-        ],
-        &[],
-    );
+    let remote = slurm_run(&conf, &sb, &[])
+        .output()
+        .expect("running vtab-orch");
     let err = stderr(&remote);
     assert!(remote.status.success(), "{err}");
     eprintln!("slurm run of 7 nodes: {:.1} s", t0.elapsed().as_secs_f64());
@@ -253,18 +251,9 @@ fn a_slurm_run_gives_the_same_keys_and_metrics_as_a_local_run() {
         .iter()
         .all(|e| e["slot"].as_str().unwrap().starts_with("slurm job ")));
     // The same suite again: everything cached, nothing submitted.
-    let again = vtab(
-        &conf,
-        &[
-            "run",
-            sb.to_str().unwrap(),
-            "--gpus",
-            "none",
-            "--launcher",
-            "slurm",
-        ],
-        &[],
-    );
+    let again = slurm_run(&conf, &sb, &[])
+        .output()
+        .expect("running vtab-orch");
     assert!(
         again.status.success() && stderr(&again).contains("0 ran, 7 cached"),
         "{}",
@@ -286,15 +275,7 @@ fn scancel_fails_only_its_node_and_the_next_run_recomputes_it() {
         3,
     );
     let store = d.join("store");
-    let args = [
-        "run",
-        s.to_str().unwrap(),
-        "--gpus",
-        "none",
-        "--launcher",
-        "slurm",
-    ];
-    let child = command(&conf, &args, &[("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "1500")])
+    let child = slurm_run(&conf, &s, &[("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "1500")])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -320,7 +301,9 @@ fn scancel_fails_only_its_node_and_the_next_run_recomputes_it() {
         "the sibling must finish: {err}"
     );
     // The next run recomputes exactly the cancelled node and its dependant.
-    let next = vtab(&conf, &args, &[]);
+    let next = slurm_run(&conf, &s, &[])
+        .output()
+        .expect("running vtab-orch");
     let err = stderr(&next);
     assert!(next.status.success(), "{err}");
     assert!(err.contains("2 ran, 5 cached"), "{err}");
@@ -339,21 +322,10 @@ fn a_requeued_job_resumes_from_its_checkpoint_with_identical_weights() {
     let reference = vtab(&conf, &["run", sa.to_str().unwrap(), "--gpus", "none"], &[]);
     assert!(reference.status.success(), "{}", stderr(&reference));
     let store = b.join("store");
-    let child = command(
-        &conf,
-        &[
-            "run",
-            sb.to_str().unwrap(),
-            "--gpus",
-            "none",
-            "--launcher",
-            "slurm",
-        ],
-        &[("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "1000")],
-    )
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let child = slurm_run(&conf, &sb, &[("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "1000")])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut guard = Cleanup {
         conf: &conf,
         child: Some(child),
@@ -430,21 +402,10 @@ fn ctrl_c_of_the_driver_cancels_its_own_jobs_and_no_other() {
         child: None,
         jobs: vec![foreign_job(&conf, false)],
     };
-    let child = command(
-        &conf,
-        &[
-            "run",
-            s.to_str().unwrap(),
-            "--gpus",
-            "none",
-            "--launcher",
-            "slurm",
-        ],
-        &[("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "2000")],
-    )
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let child = slurm_run(&conf, &s, &[("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "2000")])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let pid = child.id().to_string();
     guard.child = Some(child);
     wait_for(&store, "a running train node", |e| {
@@ -552,16 +513,8 @@ fn two_drivers_on_one_store_never_run_a_node_twice() {
     };
     let d = dir("two");
     let s = suite(&d, "[methods.linear]\n[methods.bitfit]\n", 2);
-    let args = [
-        "run",
-        s.to_str().unwrap(),
-        "--gpus",
-        "none",
-        "--launcher",
-        "slurm",
-    ];
     let spawn = || {
-        command(&conf, &args, &[("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "300")])
+        slurm_run(&conf, &s, &[("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "300")])
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
