@@ -47,6 +47,27 @@ fn launcher(dir: &Path, exe: PathBuf, gpus: &[&str]) -> LocalLauncher {
     })
 }
 
+/// Runs the test graph with `exe` as every node's process (CPU only): summary and events.
+fn run_with(dir: &Path, exe: PathBuf) -> (crate::sched::Summary, Vec<Event>) {
+    let g = graph(dir);
+    let store = Store::open(&dir.join("store")).unwrap();
+    let mut events = Vec::new();
+    let mut l = launcher(dir, exe, &[]);
+    let summary = run(&g, &store, &mut l, &mut |e| events.push(e.clone()));
+    (summary, events)
+}
+
+/// The log tails of the failed nodes.
+fn failure_tails(events: &[Event]) -> Vec<&String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Failed { tail, .. } => Some(tail),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn children_see_the_parents_devices_not_physical_ordinals() {
     // Indices inside an allocation, UUIDs, MIG ids: slot i gets entry i.
@@ -171,18 +192,8 @@ fn an_oom_child_fails_only_its_node_with_a_hint() {
         &dir,
         "echo 'torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB' >&2\nexit 1",
     );
-    let g = graph(&dir);
-    let store = Store::open(&dir.join("store")).unwrap();
-    let mut events = Vec::new();
-    let mut l = launcher(&dir, exe, &[]);
-    let summary = run(&g, &store, &mut l, &mut |e| events.push(e.clone()));
-    let failed: Vec<&String> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Failed { tail, .. } => Some(tail),
-            _ => None,
-        })
-        .collect();
+    let (summary, events) = run_with(&dir, exe);
+    let failed = failure_tails(&events);
     // The three roots (build, two preps) fail; train and eval are blocked, not run.
     assert_eq!(failed.len(), 3, "{events:?}");
     assert!(
@@ -209,18 +220,8 @@ fn a_failure_reason_reaches_the_summary_when_the_log_cannot_hold_it() {
         &dir,
         "echo '{\"error\": \"No space left on device (os error 28)\"}'\nexit 1",
     );
-    let g = graph(&dir);
-    let store = Store::open(&dir.join("store")).unwrap();
-    let mut events = Vec::new();
-    let mut l = launcher(&dir, exe, &[]);
-    run(&g, &store, &mut l, &mut |e| events.push(e.clone()));
-    let failed: Vec<&String> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Failed { tail, .. } => Some(tail),
-            _ => None,
-        })
-        .collect();
+    let (_, events) = run_with(&dir, exe);
+    let failed = failure_tails(&events);
     assert!(!failed.is_empty());
     assert!(
         failed.iter().all(|t| t.contains("No space left on device")),
