@@ -52,14 +52,7 @@ fn only_entry(store: &Path, kind: &str) -> PathBuf {
 #[test]
 fn resume_after_a_crash_gives_identical_tensors() {
     let methods = "[methods.lora]\nr = 2\ntargets = \"q,v\"\n";
-    let a = dir("resume-a");
-    let b = dir("resume-b");
-    let (sa, sb) = (
-        suite(&a, "s", &["shape"], methods, 4),
-        suite(&b, "s", &["shape"], methods, 4),
-    );
-    let ok = vtab(&["run", sa.to_str().unwrap(), "--gpus", "none"], &[]);
-    assert!(ok.status.success(), "{}", stderr(&ok));
+    let (a, b, sb) = reference_and_copy("resume", &["shape"], methods, 4);
     // The same suite, checkpointing every epoch, killed (abort) right after the epoch-2
     // checkpoint of the train node.
     let every_epoch = "defaults.checkpoint_every='1 epoch'";
@@ -122,9 +115,23 @@ fn resume_after_a_crash_gives_identical_tensors() {
     std::fs::remove_dir_all(&b).ok();
 }
 
-/// Two runs on one store sharing nodes: run x is held inside a shared node (paused after its
-/// first epoch, lease held) while run y starts, so y certainly meets the lease, waits, and
-/// then finds the node done; every node ran exactly once.
+/// Two copies of suite `s` (`datasets`, `methods`, `epochs`) in fresh folders `NAME-a` and
+/// `NAME-b`; the first is run to the end: the reference an interrupted second run must equal.
+/// Returns (a, b, suite b).
+fn reference_and_copy(
+    name: &str,
+    datasets: &[&str],
+    methods: &str,
+    epochs: u32,
+) -> (PathBuf, PathBuf, PathBuf) {
+    let (a, b) = (dir(&format!("{name}-a")), dir(&format!("{name}-b")));
+    let sa = suite(&a, "s", datasets, methods, epochs);
+    let sb = suite(&b, "s", datasets, methods, epochs);
+    let ok = vtab(&["run", sa.to_str().unwrap(), "--gpus", "none"], &[]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    (a, b, sb)
+}
+
 /// The bytes of the one train node's weights in a store.
 fn trained(store: &Path) -> Vec<u8> {
     std::fs::read(only_entry(store, "train").join("trainable.safetensors")).unwrap()
@@ -135,14 +142,7 @@ fn trained(store: &Path) -> Vec<u8> {
 #[test]
 fn the_default_policy_writes_no_checkpoint_in_a_short_run() {
     let methods = "[methods.lora]\nr = 2\ntargets = \"q,v\"\n";
-    let (a, b) = (dir("policy-a"), dir("policy-b"));
-    let (sa, sb) = (
-        suite(&a, "s", &["shape"], methods, 4),
-        suite(&b, "s", &["shape"], methods, 4),
-    );
-    assert!(vtab(&["run", sa.to_str().unwrap(), "--gpus", "none"], &[])
-        .status
-        .success());
+    let (a, b, sb) = reference_and_copy("policy", &["shape"], methods, 4);
     let crashed = vtab(
         &["run", sb.to_str().unwrap(), "--gpus", "none"],
         &[("VTAB_ORCH_TEST_CRASH_AFTER_EPOCH", "2")],
@@ -171,14 +171,7 @@ fn the_default_policy_writes_no_checkpoint_in_a_short_run() {
 #[test]
 fn ctrl_c_checkpoints_the_running_node_and_the_next_run_resumes_it() {
     let methods = "[methods.lora]\nr = 2\ntargets = \"q,v\"\n";
-    let (a, b) = (dir("ctrlc-a"), dir("ctrlc-b"));
-    let (sa, sb) = (
-        suite(&a, "s", &["shape"], methods, 4),
-        suite(&b, "s", &["shape"], methods, 4),
-    );
-    assert!(vtab(&["run", sa.to_str().unwrap(), "--gpus", "none"], &[])
-        .status
-        .success());
+    let (a, b, sb) = reference_and_copy("ctrlc", &["shape"], methods, 4);
     let marker = b.join("pause");
     let run = Command::new(env!("CARGO_BIN_EXE_vtab-orch"))
         .args(["run", sb.to_str().unwrap(), "--gpus", "none"])
@@ -235,6 +228,9 @@ fn ctrl_c_checkpoints_the_running_node_and_the_next_run_resumes_it() {
     std::fs::remove_dir_all(&b).ok();
 }
 
+/// Two runs on one store sharing nodes: run x is held inside a shared node (paused after its
+/// first epoch, lease held) while run y starts, so y certainly meets the lease, waits, and
+/// then finds the node done; every node ran exactly once.
 #[test]
 fn concurrent_runs_never_execute_a_node_twice() {
     let d = dir("concurrent");
@@ -478,15 +474,7 @@ fn alive(pid: u32) -> bool {
 #[test]
 fn kill_9_of_the_run_or_a_child_then_rerun_gives_identical_results() {
     let methods = "[methods.linear]\n[methods.lora]\nr = 2\ntargets = \"q,v\"\n";
-    let a = dir("kill-a");
-    let b = dir("kill-b");
-    let (sa, sb) = (
-        suite(&a, "s", &["shape", "count"], methods, 3),
-        suite(&b, "s", &["shape", "count"], methods, 3),
-    );
-    assert!(vtab(&["run", sa.to_str().unwrap(), "--gpus", "none"], &[])
-        .status
-        .success());
+    let (a, b, sb) = reference_and_copy("kill", &["shape", "count"], methods, 3);
     let store = b.join("store");
     let start_paused = |marker: &Path| {
         Command::new(env!("CARGO_BIN_EXE_vtab-orch"))
