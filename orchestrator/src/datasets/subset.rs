@@ -200,30 +200,35 @@ pub fn vtab1k_comparable(train: &SubsetRecord, eval: &SubsetRecord) -> bool {
     }
 }
 
+/// For tests: the definition of official VTAB-1k lists `list`, each list file's digest made
+/// from its name.
+#[cfg(test)]
+pub(crate) fn fake_lists(list: &str) -> SubsetDefinition {
+    let digests = [
+        "train800.txt",
+        "val200.txt",
+        "train800val200.txt",
+        "test.txt",
+    ]
+    .iter()
+    .map(|f| {
+        (
+            f.to_string(),
+            blake3::hash(f.as_bytes()).to_hex().to_string(),
+        )
+    })
+    .collect();
+    SubsetDefinition::Vtab1kLists {
+        list: list.into(),
+        digests,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn lists(list: &str) -> SubsetDefinition {
-        let digests = [
-            "train800.txt",
-            "val200.txt",
-            "train800val200.txt",
-            "test.txt",
-        ]
-        .iter()
-        .map(|f| {
-            (
-                f.to_string(),
-                blake3::hash(f.as_bytes()).to_hex().to_string(),
-            )
-        })
-        .collect();
-        SubsetDefinition::Vtab1kLists {
-            list: list.into(),
-            digests,
-        }
-    }
+    use super::fake_lists as lists;
 
     fn members(prefix: &str, n: usize) -> Vec<String> {
         (0..n).map(|i| format!("{prefix}/{i}.jpg")).collect()

@@ -84,23 +84,7 @@ pub(super) fn subsets_of(dataset: &str) -> Option<DataSubsets> {
     let members = |prefix: &str, n: usize| -> Vec<String> {
         (0..n).map(|i| format!("{prefix}/{i}.jpg")).collect()
     };
-    let lists = |list: &str| SubsetDefinition::Vtab1kLists {
-        list: list.into(),
-        digests: [
-            "train800.txt",
-            "val200.txt",
-            "train800val200.txt",
-            "test.txt",
-        ]
-        .iter()
-        .map(|f| {
-            (
-                f.to_string(),
-                blake3::hash(f.as_bytes()).to_hex().to_string(),
-            )
-        })
-        .collect(),
-    };
+    let lists = crate::datasets::subset::fake_lists;
     match dataset {
         "cifar100" => Some(DataSubsets {
             train: SubsetRecord::new(
