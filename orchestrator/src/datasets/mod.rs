@@ -47,12 +47,16 @@ use serde::{Deserialize, Serialize};
 mod cifar;
 mod csv_list;
 mod decode;
+#[doc(hidden)]
+pub use decode::decode_bytes;
 mod dtd;
 mod error;
 mod fingerprint;
 pub use fingerprint::{DigestCache, FileChanges, SourceFingerprint};
 mod folder;
-mod pickle;
+pub mod listed;
+#[doc(hidden)]
+pub mod pickle;
 mod sampling;
 pub mod subset;
 pub mod synthetic;

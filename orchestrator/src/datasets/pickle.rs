@@ -7,22 +7,42 @@
 //! protocol 5, `numpy[._]core.multiarray.scalar`); any other call yields an opaque
 //! [`Value::Object`], which is an error only if the caller needs its value. Python 2 `str` (as in
 //! the official files) reads as bytes, like Python 3's `pickle.load(f, encoding='bytes')`.
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
+/// At most this many containers (lists, tuples, dicts) inside one another. CIFAR's pickles
+/// nest three deep; the limit keeps every recursive walk (drop included) far from the end of
+/// the stack.
+pub const MAX_DEPTH: usize = 1000;
+
+/// Bytes that evaluating calls may copy beyond the pickle's own length (latin-1 / UTF-8
+/// encodes of a str already read), so that a small file cannot ask for gigabytes by encoding
+/// one large str many times.
+const COPY_SLACK: usize = 1 << 20;
+
+/// A pickle that cannot be read: where (the byte offset of the opcode) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("at byte {offset}: {message}")]
+pub struct PickleError {
+    pub offset: usize,
+    pub message: String,
+}
+
 /// A decoded pickle value. Containers are shared so memo references see later mutations.
-#[derive(Debug, Clone)]
-pub(crate) enum Value {
+/// There are no cycles and at most [`MAX_DEPTH`] levels: a list or dict cannot change once
+/// it is inside another container, nor be put inside itself (see [`load`]).
+#[derive(Clone)]
+pub enum Value {
     None,
     Bool(bool),
     Int(i64),
     Float(f64),
     Bytes(Rc<Vec<u8>>),
     Str(Rc<str>),
-    List(Rc<RefCell<Vec<Value>>>),
-    Tuple(Rc<Vec<Value>>),
-    Dict(Rc<RefCell<Vec<(Value, Value)>>>),
+    List(Rc<Container<Vec<Value>>>),
+    Tuple(Rc<Tuple>),
+    Dict(Rc<Container<Vec<(Value, Value)>>>),
     Global(Rc<(String, String)>),
     Dtype(Rc<RefCell<Dtype>>),
     Array(Rc<RefCell<Array>>),
@@ -30,9 +50,31 @@ pub(crate) enum Value {
     Object(Rc<str>),
 }
 
+/// A list's or dict's entries, its nesting depth so far, and whether it is inside another
+/// container yet (after which it may not change).
+pub struct Container<T> {
+    items: RefCell<T>,
+    depth: Cell<usize>,
+    nested: Cell<bool>,
+}
+
+/// A tuple's items and nesting depth (fixed: tuples never change).
+pub struct Tuple {
+    items: Vec<Value>,
+    depth: usize,
+}
+
+/// Shallow on purpose: a value can share sub-values many times over, so printing it whole
+/// could be exponentially long.
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.kind())
+    }
+}
+
 /// A numpy dtype of fixed-size numbers: kind (`b`, `i`, `u`, `f`), item size and byte order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Dtype {
+pub struct Dtype {
     pub kind: char,
     pub size: usize,
     pub little_endian: bool,
@@ -42,7 +84,7 @@ pub(crate) struct Dtype {
 /// reader cannot represent (object or string dtype, size mismatch) keeps the reason in `error`,
 /// so a file still loads when only its other entries are needed.
 #[derive(Debug, Clone)]
-pub(crate) struct Array {
+pub struct Array {
     pub shape: Vec<usize>,
     pub dtype: Dtype,
     pub fortran: bool,
@@ -99,7 +141,7 @@ impl Dtype {
 
 impl Array {
     /// The items as integers, in C order of a 1-D array (bool/integer dtypes).
-    pub(crate) fn to_ints(&self) -> Result<Vec<i64>, String> {
+    pub fn to_ints(&self) -> Result<Vec<i64>, String> {
         if let Some(e) = &self.error {
             return Err(e.clone());
         }
@@ -119,9 +161,9 @@ impl Array {
 
 impl Value {
     /// Looks up a dict entry by a str or bytes key.
-    pub(crate) fn get(&self, key: &str) -> Option<Value> {
+    pub fn get(&self, key: &str) -> Option<Value> {
         let Value::Dict(d) = self else { return None };
-        let entries = d.borrow();
+        let entries = d.items.borrow();
         entries.iter().find_map(|(k, v)| {
             let hit = match k {
                 Value::Str(s) => &**s == key,
@@ -132,14 +174,23 @@ impl Value {
         })
     }
 
+    /// The items of a list or tuple (shallow copies), or `None` for anything else.
+    fn items(&self) -> Option<Vec<Value>> {
+        match self {
+            Value::List(l) => Some(l.items.borrow().clone()),
+            Value::Tuple(t) => Some(t.items.clone()),
+            _ => None,
+        }
+    }
+
     /// A list, tuple or 1-D integer array as integers.
-    pub(crate) fn to_ints(&self) -> Result<Vec<i64>, String> {
-        let items = match self {
-            Value::List(l) => l.borrow().clone(),
-            Value::Tuple(t) => t.as_ref().clone(),
-            Value::Array(a) => return a.borrow().to_ints(),
-            other => return Err(format!("expected a list of ints, got {}", other.kind())),
-        };
+    pub fn to_ints(&self) -> Result<Vec<i64>, String> {
+        if let Value::Array(a) = self {
+            return a.borrow().to_ints();
+        }
+        let items = self
+            .items()
+            .ok_or_else(|| format!("expected a list of ints, got {}", self.kind()))?;
         items
             .iter()
             .map(|v| match v {
@@ -151,12 +202,10 @@ impl Value {
     }
 
     /// A list or tuple of str/bytes as strings (bytes decoded as UTF-8, lossily).
-    pub(crate) fn to_strings(&self) -> Result<Vec<String>, String> {
-        let items = match self {
-            Value::List(l) => l.borrow().clone(),
-            Value::Tuple(t) => t.as_ref().clone(),
-            other => return Err(format!("expected a list of strings, got {}", other.kind())),
-        };
+    pub fn to_strings(&self) -> Result<Vec<String>, String> {
+        let items = self
+            .items()
+            .ok_or_else(|| format!("expected a list of strings, got {}", self.kind()))?;
         items
             .iter()
             .map(|v| match v {
@@ -167,8 +216,8 @@ impl Value {
             .collect()
     }
 
-    /// A short description for error messages.
-    pub(crate) fn kind(&self) -> String {
+    /// A short description for error messages (never looks inside containers).
+    pub fn kind(&self) -> String {
         match self {
             Value::None => "None".into(),
             Value::Bool(_) => "a bool".into(),
@@ -193,6 +242,124 @@ impl Value {
             _ => None,
         }
     }
+
+    /// Containers nested inside this value, itself included (0 for scalars).
+    fn depth(&self) -> usize {
+        match self {
+            Value::List(l) => l.depth.get(),
+            Value::Dict(d) => d.depth.get(),
+            Value::Tuple(t) => t.depth,
+            _ => 0,
+        }
+    }
+
+    /// Marks a list or dict as inside another container: from now on it may not change.
+    fn nest(&self) {
+        match self {
+            Value::List(l) => l.nested.set(true),
+            Value::Dict(d) => d.nested.set(true),
+            _ => {}
+        }
+    }
+
+    /// Whether `self` and `other` are the same list or dict.
+    fn same_container(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::List(a), Value::List(b)) => Rc::ptr_eq(a, b),
+            (Value::Dict(a), Value::Dict(b)) => Rc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl<T: Default> Container<T> {
+    fn new() -> Self {
+        Container {
+            items: RefCell::new(T::default()),
+            depth: Cell::new(1),
+            nested: Cell::new(false),
+        }
+    }
+}
+
+fn new_list(items: Vec<Value>) -> Result<Value, String> {
+    let list = Value::List(Rc::new(Container::new()));
+    append(&list, items)?;
+    Ok(list)
+}
+
+fn new_dict() -> Value {
+    Value::Dict(Rc::new(Container::new()))
+}
+
+/// 1 + the deepest of `items`, checked against [`MAX_DEPTH`]; nests every item.
+fn nest_items<'a>(items: impl IntoIterator<Item = &'a Value>) -> Result<usize, String> {
+    let mut deepest = 0;
+    for item in items {
+        item.nest();
+        deepest = deepest.max(item.depth());
+    }
+    if deepest >= MAX_DEPTH {
+        return Err(format!(
+            "containers nest more than {MAX_DEPTH} deep; a dataset pickle nests a few levels"
+        ));
+    }
+    Ok(deepest + 1)
+}
+
+fn new_tuple(items: Vec<Value>) -> Result<Value, String> {
+    let depth = nest_items(&items)?;
+    Ok(Value::Tuple(Rc::new(Tuple { items, depth })))
+}
+
+/// APPEND(S): adds `items` to the list `target`.
+fn append(target: &Value, items: Vec<Value>) -> Result<(), String> {
+    let Value::List(l) = target else {
+        return Err(format!("APPEND to {}", target.kind()));
+    };
+    admit(target, &l.depth, &l.nested, &items)?;
+    l.items.borrow_mut().extend(items);
+    Ok(())
+}
+
+/// SETITEM(S): adds `items`, as key, value pairs, to the dict `target`.
+fn set_items(target: &Value, items: Vec<Value>) -> Result<(), String> {
+    let Value::Dict(d) = target else {
+        return Err(format!("SETITEM on {}", target.kind()));
+    };
+    if !items.len().is_multiple_of(2) {
+        return Err("SETITEMS with an odd number of items".into());
+    }
+    admit(target, &d.depth, &d.nested, &items)?;
+    let mut d = d.items.borrow_mut();
+    let mut it = items.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        d.push((k, v));
+    }
+    Ok(())
+}
+
+/// Whether `items` may go into `target` (a list or dict with `depth` and `nested`), which
+/// must not be inside another container yet nor be one of `items`: either would make a cycle
+/// or change a depth already counted. Updates `depth` and nests the items.
+fn admit(
+    target: &Value,
+    depth: &Cell<usize>,
+    nested: &Cell<bool>,
+    items: &[Value],
+) -> Result<(), String> {
+    let recursive = "(a recursive structure), which this reader does not support";
+    if nested.get() {
+        return Err(format!(
+            "changes {} already inside another container {recursive}",
+            target.kind()
+        ));
+    }
+    if items.iter().any(|i| i.same_container(target)) {
+        return Err(format!("puts {} inside itself {recursive}", target.kind()));
+    }
+    depth.set(depth.get().max(nest_items(items)?));
+    Ok(())
 }
 
 /// Byte cursor over the pickle; every read checks bounds.
@@ -327,10 +494,10 @@ fn is_numpy_core(module: &str, sub: &str) -> bool {
 
 fn shape_of(v: &Value) -> Result<Vec<usize>, String> {
     let dims = match v {
-        Value::Tuple(t) => t.as_ref().clone(),
-        Value::List(l) => l.borrow().clone(),
         Value::Int(_) => vec![v.clone()],
-        other => return Err(format!("numpy shape is {}", other.kind())),
+        other => other
+            .items()
+            .ok_or_else(|| format!("numpy shape is {}", other.kind()))?,
     };
     dims.iter()
         .map(|d| match d {
@@ -347,7 +514,8 @@ fn dtype_of(v: &Value) -> Result<Dtype, String> {
     }
 }
 
-/// An array, with `error` set when the dtype is unsupported or the bytes do not fit the shape.
+/// An array, with `error` set when the dtype is unsupported or the bytes do not fit the shape
+/// (the product of the dimensions is checked, so no shape allocates anything).
 fn make_array(shape: Vec<usize>, dtype: Dtype, fortran: bool, data: Rc<Vec<u8>>) -> Array {
     let want = shape
         .iter()
@@ -381,8 +549,23 @@ fn arg(args: &[Value], i: usize, what: &str) -> Result<Value, String> {
         .ok_or_else(|| format!("{what}: missing argument {i}"))
 }
 
+/// What evaluating calls may still copy (see [`COPY_SLACK`]).
+struct CopyBudget(usize);
+
+impl CopyBudget {
+    /// `bytes`, counted against the budget.
+    fn copy(&mut self, bytes: Vec<u8>) -> Result<Rc<Vec<u8>>, String> {
+        self.0 = self.0.checked_sub(bytes.len()).ok_or_else(|| {
+            "encodes more text than the file holds (the same str encoded over and over); a \
+             dataset pickle encodes each str once"
+                .to_string()
+        })?;
+        Ok(Rc::new(bytes))
+    }
+}
+
 /// Evaluates `callable(*args)` for the globals listed in the module doc.
-fn call(callable: &Value, args: &[Value]) -> Result<Value, String> {
+fn call(callable: &Value, args: &[Value], budget: &mut CopyBudget) -> Result<Value, String> {
     let Value::Global(g) = callable else {
         return Ok(Value::Object(
             format!("<call of {}>", callable.kind()).into(),
@@ -393,25 +576,28 @@ fn call(callable: &Value, args: &[Value]) -> Result<Value, String> {
     match (module, name) {
         ("_codecs", "encode") => {
             let text = arg(args, 0, "_codecs.encode")?;
-            let Value::Str(s) = text else {
+            let Value::Str(s) = &text else {
                 return Err(format!("_codecs.encode of {}", text.kind()));
             };
             let enc = args
                 .get(1)
                 .and_then(Value::text)
                 .unwrap_or_else(|| "utf-8".into());
-            match enc.to_ascii_lowercase().replace('_', "-").as_str() {
-                "latin1" | "latin-1" | "iso-8859-1" => Ok(Value::Bytes(Rc::new(latin1(&s)?))),
-                "utf-8" | "utf8" => Ok(Value::Bytes(Rc::new(s.as_bytes().to_vec()))),
-                other => Err(format!(
-                    "_codecs.encode with unsupported encoding {other:?}"
-                )),
-            }
+            let bytes = match enc.to_ascii_lowercase().replace('_', "-").as_str() {
+                "latin1" | "latin-1" | "iso-8859-1" => latin1(s)?,
+                "utf-8" | "utf8" => s.as_bytes().to_vec(),
+                other => {
+                    return Err(format!(
+                        "_codecs.encode with unsupported encoding {other:?}"
+                    ))
+                }
+            };
+            Ok(Value::Bytes(budget.copy(bytes)?))
         }
         (_, "bytes" | "bytearray") if builtin => match args.first() {
             None => Ok(Value::Bytes(Rc::new(Vec::new()))),
             Some(Value::Bytes(b)) => Ok(Value::Bytes(b.clone())),
-            Some(Value::Str(s)) => Ok(Value::Bytes(Rc::new(latin1(s)?))),
+            Some(Value::Str(s)) => Ok(Value::Bytes(budget.copy(latin1(s)?)?)),
             Some(other) => Err(format!("{name}() of {}", other.kind())),
         },
         ("numpy", "dtype") => {
@@ -460,11 +646,11 @@ fn call(callable: &Value, args: &[Value]) -> Result<Value, String> {
 }
 
 /// Applies BUILD's `state` to `target` (numpy dtypes and arrays; ignored for other objects).
-fn build(target: &Value, state: &Value) -> Result<(), String> {
+fn build(target: &Value, state: &Value, budget: &mut CopyBudget) -> Result<(), String> {
     match target {
         Value::Dtype(d) => {
             if let Value::Tuple(t) = state {
-                match t.get(1).and_then(Value::text).as_deref() {
+                match t.items.get(1).and_then(Value::text).as_deref() {
                     Some(">") => d.borrow_mut().little_endian = false,
                     Some("<" | "|" | "=") => d.borrow_mut().little_endian = true,
                     _ => {}
@@ -477,9 +663,9 @@ fn build(target: &Value, state: &Value) -> Result<(), String> {
                 return Err(format!("numpy array state is {}", state.kind()));
             };
             // (version, shape, dtype, is_fortran, rawdata), or the version-less 4-tuple.
-            let s: &[Value] = match t.len() {
-                5 => &t[1..],
-                4 => &t[..],
+            let s: &[Value] = match t.items.len() {
+                5 => &t.items[1..],
+                4 => &t.items[..],
                 n => return Err(format!("numpy array state has {n} items, expected 4 or 5")),
             };
             let shape = shape_of(&s[0])?;
@@ -487,7 +673,7 @@ fn build(target: &Value, state: &Value) -> Result<(), String> {
             let fortran = matches!(s[2], Value::Bool(true) | Value::Int(1));
             let array = match &s[3] {
                 Value::Bytes(b) => make_array(shape, dtype, fortran, b.clone()),
-                Value::Str(text) => make_array(shape, dtype, fortran, Rc::new(latin1(text)?)),
+                Value::Str(text) => make_array(shape, dtype, fortran, budget.copy(latin1(text)?)?),
                 other => {
                     let mut array = make_array(shape, dtype, fortran, Rc::new(Vec::new()));
                     array.error = Some(format!(
@@ -504,81 +690,104 @@ fn build(target: &Value, state: &Value) -> Result<(), String> {
     }
 }
 
-/// Runs the pickle in `bytes` and returns the value STOP leaves on the stack.
-pub(crate) fn load(bytes: &[u8]) -> Result<Value, String> {
-    let mut c = Cursor { buf: bytes, pos: 0 };
-    let mut stack: Vec<Value> = Vec::new();
-    let mut marks: Vec<usize> = Vec::new();
-    let mut memo: HashMap<usize, Value> = HashMap::new();
+/// Runs the pickle in `bytes` and returns the value STOP leaves on the stack. Never panics and
+/// allocates at most a small multiple of `bytes.len()`: every length is checked against the
+/// bytes left, containers nest at most [`MAX_DEPTH`] deep and never in a cycle (a pickle of a
+/// recursive structure is an error), and calls copy at most the file's length plus 1 MiB.
+pub fn load(bytes: &[u8]) -> Result<Value, PickleError> {
+    let mut m = Machine {
+        c: Cursor { buf: bytes, pos: 0 },
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+        budget: CopyBudget(bytes.len().saturating_add(COPY_SLACK)),
+    };
+    loop {
+        let offset = m.c.pos;
+        let step = m.c.u8().and_then(|op| m.step(op));
+        match step {
+            Ok(Step::Next) => {}
+            Ok(Step::Push(v)) => m.stack.push(v),
+            Ok(Step::Stop(v)) => return Ok(v),
+            Err(message) => return Err(PickleError { offset, message }),
+        }
+    }
+}
 
-    fn pop(stack: &mut Vec<Value>) -> Result<Value, String> {
-        stack.pop().ok_or_else(|| "stack underflow".to_string())
+/// The pickle virtual machine: input, stack, marks, memo.
+struct Machine<'a> {
+    c: Cursor<'a>,
+    stack: Vec<Value>,
+    marks: Vec<usize>,
+    memo: HashMap<usize, Value>,
+    budget: CopyBudget,
+}
+
+/// What one opcode did.
+enum Step {
+    Next,
+    Push(Value),
+    Stop(Value),
+}
+
+fn text_int(s: &str) -> Result<i64, String> {
+    s.trim_end_matches('L')
+        .parse()
+        .map_err(|_| format!("bad text integer {s:?}"))
+}
+
+impl Machine<'_> {
+    fn pop(&mut self) -> Result<Value, String> {
+        self.stack
+            .pop()
+            .ok_or_else(|| "stack underflow".to_string())
     }
-    fn top(stack: &[Value]) -> Result<&Value, String> {
-        stack.last().ok_or_else(|| "stack underflow".to_string())
+
+    fn top(&self) -> Result<&Value, String> {
+        self.stack
+            .last()
+            .ok_or_else(|| "stack underflow".to_string())
     }
-    fn pop_mark(stack: &mut Vec<Value>, marks: &mut Vec<usize>) -> Result<Vec<Value>, String> {
-        let m = marks.pop().ok_or("no MARK to pop to")?;
-        if m > stack.len() {
+
+    fn pop_mark(&mut self) -> Result<Vec<Value>, String> {
+        let m = self.marks.pop().ok_or("no MARK to pop to")?;
+        if m > self.stack.len() {
             return Err("MARK beyond the stack".into());
         }
-        Ok(stack.split_off(m))
-    }
-    fn append(target: &Value, items: Vec<Value>) -> Result<(), String> {
-        match target {
-            Value::List(l) => {
-                l.borrow_mut().extend(items);
-                Ok(())
-            }
-            other => Err(format!("APPEND to {}", other.kind())),
-        }
-    }
-    fn set_items(target: &Value, items: Vec<Value>) -> Result<(), String> {
-        let Value::Dict(d) = target else {
-            return Err(format!("SETITEM on {}", target.kind()));
-        };
-        if !items.len().is_multiple_of(2) {
-            return Err("SETITEMS with an odd number of items".into());
-        }
-        let mut d = d.borrow_mut();
-        let mut it = items.into_iter();
-        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            d.push((k, v));
-        }
-        Ok(())
-    }
-    fn text_int(s: &str) -> Result<i64, String> {
-        s.trim_end_matches('L')
-            .parse()
-            .map_err(|_| format!("bad text integer {s:?}"))
+        Ok(self.stack.split_off(m))
     }
 
-    loop {
-        let at = c.pos;
-        let op = c.u8()?;
+    /// The next `n` input bytes as a bytes value (`n` is checked against the input first).
+    fn bytes(&mut self, n: usize) -> Result<Value, String> {
+        Ok(Value::Bytes(Rc::new(self.c.take(n)?.to_vec())))
+    }
+
+    /// Executes opcode `op` (its arguments follow in the input).
+    fn step(&mut self, op: u8) -> Result<Step, String> {
+        let c = &mut self.c;
         let value = match op {
             0x80 => {
                 c.u8()?; // PROTO
-                continue;
+                return Ok(Step::Next);
             }
             0x95 => {
                 c.take(8)?; // FRAME
-                continue;
+                return Ok(Step::Next);
             }
-            b'.' => return pop(&mut stack),
+            b'.' => return self.pop().map(Step::Stop),
             b'(' => {
-                marks.push(stack.len());
-                continue;
+                self.marks.push(self.stack.len());
+                return Ok(Step::Next);
             }
             b'0' => {
-                pop(&mut stack)?;
-                continue;
+                self.pop()?;
+                return Ok(Step::Next);
             }
             b'1' => {
-                pop_mark(&mut stack, &mut marks)?;
-                continue;
+                self.pop_mark()?;
+                return Ok(Step::Next);
             }
-            b'2' => top(&stack)?.clone(),
+            b'2' => self.top()?.clone(),
             b'N' => Value::None,
             0x88 => Value::Bool(true),
             0x89 => Value::Bool(false),
@@ -608,19 +817,19 @@ pub(crate) fn load(bytes: &[u8]) -> Result<Value, String> {
             b'T' => {
                 let n = i32::from_le_bytes(c.arr()?);
                 let n = usize::try_from(n).map_err(|_| "negative string length".to_string())?;
-                Value::Bytes(Rc::new(c.take(n)?.to_vec()))
+                self.bytes(n)?
             }
             b'U' | b'C' => {
                 let n = usize::from(c.u8()?);
-                Value::Bytes(Rc::new(c.take(n)?.to_vec()))
+                self.bytes(n)?
             }
             b'B' => {
                 let n = c.u32()?;
-                Value::Bytes(Rc::new(c.take(n)?.to_vec()))
+                self.bytes(n)?
             }
             0x8e | 0x96 => {
                 let n = c.u64()?;
-                Value::Bytes(Rc::new(c.take(n)?.to_vec()))
+                self.bytes(n)?
             }
             b'X' => {
                 let n = c.u32()?;
@@ -635,44 +844,44 @@ pub(crate) fn load(bytes: &[u8]) -> Result<Value, String> {
                 utf8(c.take(n)?)?
             }
             b'V' => raw_unicode_escape(c.line()?.as_bytes())?,
-            b']' | 0x8f => Value::List(Rc::new(RefCell::new(Vec::new()))),
-            b'l' | 0x91 => Value::List(Rc::new(RefCell::new(pop_mark(&mut stack, &mut marks)?))),
+            b']' | 0x8f => new_list(Vec::new())?,
+            b'l' | 0x91 => new_list(self.pop_mark()?)?,
             b'a' => {
-                let item = pop(&mut stack)?;
-                append(top(&stack)?, vec![item])?;
-                continue;
+                let item = self.pop()?;
+                append(self.top()?, vec![item])?;
+                return Ok(Step::Next);
             }
             b'e' | 0x90 => {
-                let items = pop_mark(&mut stack, &mut marks)?;
-                append(top(&stack)?, items)?;
-                continue;
+                let items = self.pop_mark()?;
+                append(self.top()?, items)?;
+                return Ok(Step::Next);
             }
-            b')' => Value::Tuple(Rc::new(Vec::new())),
-            b't' => Value::Tuple(Rc::new(pop_mark(&mut stack, &mut marks)?)),
+            b')' => new_tuple(Vec::new())?,
+            b't' => new_tuple(self.pop_mark()?)?,
             0x85..=0x87 => {
                 let n = usize::from(op - 0x84);
-                if stack.len() < n {
+                let Some(start) = self.stack.len().checked_sub(n) else {
                     return Err("stack underflow".into());
-                }
-                Value::Tuple(Rc::new(stack.split_off(stack.len() - n)))
+                };
+                new_tuple(self.stack.split_off(start))?
             }
-            b'}' => Value::Dict(Rc::new(RefCell::new(Vec::new()))),
+            b'}' => new_dict(),
             b'd' => {
-                let items = pop_mark(&mut stack, &mut marks)?;
-                let dict = Value::Dict(Rc::new(RefCell::new(Vec::new())));
+                let items = self.pop_mark()?;
+                let dict = new_dict();
                 set_items(&dict, items)?;
                 dict
             }
             b's' => {
-                let v = pop(&mut stack)?;
-                let k = pop(&mut stack)?;
-                set_items(top(&stack)?, vec![k, v])?;
-                continue;
+                let v = self.pop()?;
+                let k = self.pop()?;
+                set_items(self.top()?, vec![k, v])?;
+                return Ok(Step::Next);
             }
             b'u' => {
-                let items = pop_mark(&mut stack, &mut marks)?;
-                set_items(top(&stack)?, items)?;
-                continue;
+                let items = self.pop_mark()?;
+                set_items(self.top()?, items)?;
+                return Ok(Step::Next);
             }
             b'c' => {
                 let module = c.line()?.to_string();
@@ -680,46 +889,47 @@ pub(crate) fn load(bytes: &[u8]) -> Result<Value, String> {
                 Value::Global(Rc::new((module, name)))
             }
             0x93 => {
-                let name = pop(&mut stack)?;
-                let module = pop(&mut stack)?;
+                let name = self.pop()?;
+                let module = self.pop()?;
                 match (module.text(), name.text()) {
                     (Some(m), Some(n)) => Value::Global(Rc::new((m, n))),
                     _ => return Err("STACK_GLOBAL of non-strings".into()),
                 }
             }
             b'R' => {
-                let args = pop(&mut stack)?;
-                let callable = pop(&mut stack)?;
-                let Value::Tuple(args) = args else {
+                let args = self.pop()?;
+                let callable = self.pop()?;
+                let Value::Tuple(args) = &args else {
                     return Err(format!("REDUCE arguments are {}", args.kind()));
                 };
-                call(&callable, &args)?
+                call(&callable, &args.items, &mut self.budget)?
             }
             0x81 | 0x92 => {
                 if op == 0x92 {
-                    pop(&mut stack)?; // kwargs
+                    self.pop()?; // kwargs
                 }
-                pop(&mut stack)?; // args
-                let cls = pop(&mut stack)?;
-                match cls {
+                self.pop()?; // args
+                match self.pop()? {
                     Value::Global(g) => Value::Object(format!("{}.{}", g.0, g.1).into()),
                     other => Value::Object(other.kind().into()),
                 }
             }
             b'b' => {
-                let state = pop(&mut stack)?;
-                build(top(&stack)?, &state)?;
-                continue;
+                let state = self.pop()?;
+                let target = self.stack.last().ok_or("stack underflow")?;
+                build(target, &state, &mut self.budget)?;
+                return Ok(Step::Next);
             }
             b'p' | b'q' | b'r' | 0x94 => {
                 let key = match op {
                     b'p' => usize::try_from(text_int(c.line()?)?).map_err(|e| e.to_string())?,
                     b'q' => usize::from(c.u8()?),
                     b'r' => c.u32()?,
-                    _ => memo.len(),
+                    _ => self.memo.len(),
                 };
-                memo.insert(key, top(&stack)?.clone());
-                continue;
+                let value = self.top()?.clone();
+                self.memo.insert(key, value);
+                return Ok(Step::Next);
             }
             b'g' | b'h' | b'j' => {
                 let key = match op {
@@ -727,7 +937,8 @@ pub(crate) fn load(bytes: &[u8]) -> Result<Value, String> {
                     b'h' => usize::from(c.u8()?),
                     _ => c.u32()?,
                 };
-                memo.get(&key)
+                self.memo
+                    .get(&key)
                     .cloned()
                     .ok_or_else(|| format!("memo key {key} used before it was set"))?
             }
@@ -738,13 +949,9 @@ pub(crate) fn load(bytes: &[u8]) -> Result<Value, String> {
                         .into(),
                 )
             }
-            other => {
-                return Err(format!(
-                    "unsupported pickle opcode 0x{other:02x} at byte {at}"
-                ))
-            }
+            other => return Err(format!("unsupported pickle opcode 0x{other:02x}")),
         };
-        stack.push(value);
+        Ok(Step::Push(value))
     }
 }
 
@@ -781,8 +988,11 @@ mod tests {
     fn pickle_errors_on_truncation_and_unknown_opcodes() {
         assert!(load(b"\x80\x02}q\x01(U\x04da")
             .unwrap_err()
+            .to_string()
             .contains("truncated"));
-        assert!(load(b"\x80\x02\xff").unwrap_err().contains("0xff"));
+        let err = load(b"\x80\x02\xff").unwrap_err();
+        assert_eq!(err.offset, 2);
+        assert_eq!(err.to_string(), "at byte 2: unsupported pickle opcode 0xff");
         assert!(load(b"").is_err());
     }
 
@@ -794,5 +1004,92 @@ mod tests {
         assert!(matches!(v, Value::Int(-2)));
         let v = load(b"\x8a\x01\xff.").unwrap();
         assert!(matches!(v, Value::Int(-1)));
+    }
+
+    /// `n` opcodes `open` (each making a container) then `n - 1` `close` (each nesting the top
+    /// one in the one below): containers nested `n` deep, as a few bytes per level.
+    fn nested(open: &[u8], close: &[u8], n: usize) -> Vec<u8> {
+        let mut p = open.repeat(n);
+        p.extend(close.repeat(n - 1));
+        p.push(b'.');
+        p
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_naming_the_offset_not_a_stack_overflow() {
+        // 300,000 lists in one another (900 KB): dropping or printing them recursively would
+        // overflow the stack.
+        let err = load(&nested(b"]", b"a", 300_000)).unwrap_err();
+        assert_eq!(err.offset, 300_000 + MAX_DEPTH - 1, "{err}");
+        assert!(
+            err.to_string().contains("nest more than 1000 deep"),
+            "{err}"
+        );
+        // Tuples (TUPLE1 of TUPLE1 of ...) and dicts (SETITEM under a key) alike.
+        let mut tuples = b")".to_vec();
+        tuples.extend([0x85].repeat(300_000));
+        tuples.push(b'.');
+        assert!(load(&tuples).is_err());
+        let err = load(&nested(b"K\x00}", b"s", 300_000)).unwrap_err();
+        assert!(err.to_string().contains("nest more"), "{err}");
+        // Exactly the limit loads.
+        let v = load(&nested(b"]", b"a", MAX_DEPTH)).unwrap();
+        assert_eq!(v.depth(), MAX_DEPTH);
+    }
+
+    #[test]
+    fn recursive_structures_are_refused_not_followed() {
+        // l = []; l.append(l)  (what pickle.dumps writes for it)
+        let err = load(b"]q\x00h\x00a.").unwrap_err();
+        assert!(err.to_string().contains("inside itself"), "{err}");
+        // a = []; b = [a]; a.append(b): a changes after it went into b.
+        let err = load(b"]q\x00]q\x01h\x00ah\x00h\x01a.").unwrap_err();
+        assert!(err.to_string().contains("already inside"), "{err}");
+        assert_eq!(err.offset, 13);
+        // d = {}; d['d'] = d
+        assert!(load(b"}q\x00U\x01dh\x00s.").is_err());
+        // Sharing without a cycle is fine: [x, x] with x = [1].
+        let v = load(b"(]q\x00K\x01ah\x00l.").unwrap();
+        assert_eq!(v.items().unwrap().len(), 2);
+        assert_eq!(v.depth(), 2);
+    }
+
+    #[test]
+    fn encoding_one_str_over_and_over_runs_out_of_budget() {
+        // A 100 KB str, then _codecs.encode(s, 'latin1') 20 times, each result kept on the
+        // stack: 2 MB of copies from a 100 KB file.
+        let mut p = b"c_codecs\nencode\nq\x00X\xa0\x86\x01\x00".to_vec();
+        p.extend([b'a'].repeat(100_000));
+        p.extend(b"q\x01U\x06latin1q\x02");
+        for _ in 0..20 {
+            p.extend(b"h\x00h\x01h\x02\x86R");
+        }
+        p.push(b'.');
+        let err = load(&p).unwrap_err();
+        assert!(err.to_string().contains("encodes more text"), "{err}");
+        // Once is fine.
+        let once = [&p[..p.len() - 1 - 19 * 8], b"."].concat();
+        assert!(matches!(load(&once), Ok(Value::Bytes(b)) if b.len() == 100_000));
+    }
+
+    #[test]
+    fn lengths_past_the_end_and_huge_shapes_are_errors() {
+        // BINBYTES8 claiming 2^62 bytes, LONG4 claiming 4 GB, BINUNICODE8 past the end.
+        for p in [
+            &b"\x8e\x00\x00\x00\x00\x00\x00\x00\x40."[..],
+            b"\x8b\xff\xff\xff\xff.",
+            b"\x8d\x05\x00\x00\x00\x00\x00\x00\x00ab.",
+        ] {
+            assert!(load(p).unwrap_err().to_string().contains("truncated"));
+        }
+        // A shape whose product overflows is an array error, not an allocation.
+        let shape = vec![usize::MAX / 2, 4];
+        let a = make_array(shape, Dtype::parse("u1"), false, Rc::new(vec![0; 4]));
+        assert!(a.error.unwrap().contains("does not match"));
+        // LONG_BINPUT with the largest index does not allocate a memo of that size.
+        assert!(matches!(
+            load(b"K\x07r\xff\xff\xff\xff0j\xff\xff\xff\xff."),
+            Ok(Value::Int(7))
+        ));
     }
 }
