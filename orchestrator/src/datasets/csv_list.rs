@@ -8,10 +8,13 @@
 //! target, category, y), case-insensitively. If every label in both files is a
 //! non-negative integer, labels are those integers and the class names `"0"` to `"<max>"`;
 //! otherwise every label is a class name, the class names are the sorted distinct labels of
-//! both files and a label is its name's index. Pool and test keep file order.
+//! both files and a label is its name's index. Pool and test keep file order. Integer labels
+//! are below 100,000 and paths stay inside root (`listed.rs`), each refused with the file
+//! and line.
 use std::path::{Path, PathBuf};
 
 use super::error::io_err;
+use super::listed::{class_index, inside_root};
 use super::{
     draw_from_pool, existing_root, layout_err, DatasetError, Example, Format, ImageRef, Part,
     RealSource, Split, SplitList, SubsetDefinition,
@@ -41,10 +44,21 @@ const LABEL_HEADERS: [&str; 8] = [
     "y",
 ];
 
-/// One data row: the image and its label as written.
+/// One data row: the image (inside root), its label as written, and its line in the file.
 struct Row {
     file: PathBuf,
     label: String,
+    line: usize,
+}
+
+/// One non-blank record of a CSV list as written: its line, its first two fields, and
+/// whether it is the file's first record (which may be a header).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub line: usize,
+    pub path: String,
+    pub label: String,
+    pub first: bool,
 }
 
 /// `root/train_csv` and `root/test_csv`.
@@ -83,14 +97,15 @@ fn is_header(root: &Path, path: &str, label: &str) -> bool {
         && (PATH_HEADERS.contains(&path_l.as_str()) || LABEL_HEADERS.contains(&label_l.as_str()))
 }
 
-fn read_rows(root: &Path, csv_path: &Path) -> Result<Vec<Row>, DatasetError> {
-    let file = std::fs::File::open(csv_path).map_err(io_err(csv_path))?;
+/// The records of the CSV list `bytes` (read from `csv_path`, named in errors with the
+/// line). Pure: no header rule (that needs the disk), paths and labels as written.
+pub fn parse_records(bytes: &[u8], csv_path: &Path) -> Result<Vec<Record>, DatasetError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .trim(csv::Trim::All)
-        .from_reader(file);
-    let mut rows = Vec::new();
+        .from_reader(bytes);
+    let mut out = Vec::new();
     for (i, record) in reader.records().enumerate() {
         let bad = |line: usize, problem: String| DatasetError::BadLine {
             path: csv_path.to_path_buf(),
@@ -98,24 +113,44 @@ fn read_rows(root: &Path, csv_path: &Path) -> Result<Vec<Row>, DatasetError> {
             problem,
             expected: ROW_FORMAT,
         };
-        let record = record.map_err(|e| {
-            let line = e.position().map_or(i + 1, |p| p.line() as usize);
-            bad(line, e.to_string())
-        })?;
-        let line = record.position().map_or(i + 1, |p| p.line() as usize);
+        let line_of = |p: Option<&csv::Position>| p.map_or(i + 1, |p| p.line() as usize);
+        let record = record.map_err(|e| bad(line_of(e.position()), e.to_string()))?;
+        let line = line_of(record.position());
         if record.iter().all(str::is_empty) {
             continue;
         }
         let (Some(path), Some(label)) = (record.get(0), record.get(1)) else {
             return Err(bad(line, format!("{} column(s), need 2", record.len())));
         };
-        if i == 0 && is_header(root, path, label) {
+        out.push(Record {
+            line,
+            path: path.to_string(),
+            label: label.to_string(),
+            first: i == 0,
+        });
+    }
+    Ok(out)
+}
+
+/// The data rows of the CSV list at `csv_path`: a header skipped, every path inside root and
+/// existing.
+fn read_rows(root: &Path, csv_path: &Path) -> Result<Vec<Row>, DatasetError> {
+    let bytes = std::fs::read(csv_path).map_err(io_err(csv_path))?;
+    let mut rows = Vec::new();
+    for r in parse_records(&bytes, csv_path)? {
+        let bad = |problem: String| DatasetError::BadLine {
+            path: csv_path.to_path_buf(),
+            line: r.line,
+            problem,
+            expected: ROW_FORMAT,
+        };
+        if r.first && is_header(root, &r.path, &r.label) {
             continue;
         }
-        if path.is_empty() || label.is_empty() {
-            return Err(bad(line, "empty path or label".into()));
+        if r.path.is_empty() || r.label.is_empty() {
+            return Err(bad("empty path or label".into()));
         }
-        let file = root.join(path);
+        let file = inside_root(root, &r.path).map_err(bad)?;
         if !file.is_file() {
             return Err(DatasetError::ListedFileMissing {
                 file,
@@ -124,10 +159,36 @@ fn read_rows(root: &Path, csv_path: &Path) -> Result<Vec<Row>, DatasetError> {
         }
         rows.push(Row {
             file,
-            label: label.to_string(),
+            label: r.label,
+            line: r.line,
         });
     }
     Ok(rows)
+}
+
+/// With every label of both lists a non-negative integer, the largest (`None` for empty
+/// lists); each must be below [`super::listed::MAX_CLASSES`]. `Ok(None)` as well when some
+/// label is not an integer: then labels are class names.
+fn largest_integer_label(lists: [(&Path, &[Row]); 2]) -> Result<Option<Option<i64>>, DatasetError> {
+    let rows = || {
+        lists
+            .iter()
+            .flat_map(|(path, rows)| rows.iter().map(move |r| (*path, r)))
+    };
+    if !rows().all(|(_, r)| r.label.parse::<u64>().is_ok()) {
+        return Ok(None);
+    }
+    let mut max = None;
+    for (path, r) in rows() {
+        let label = class_index(&r.label).map_err(|problem| DatasetError::BadLine {
+            path: path.to_path_buf(),
+            line: r.line,
+            problem,
+            expected: ROW_FORMAT,
+        })?;
+        max = max.max(Some(label));
+    }
+    Ok(Some(max))
 }
 
 /// Both files' rows.
@@ -143,20 +204,17 @@ pub(crate) fn list(
     sample_seed: u64,
 ) -> Result<SplitList, DatasetError> {
     let (train, test) = read(src)?;
-    let all = train.iter().chain(&test);
-    let ints: Option<Vec<i64>> = all
-        .clone()
-        .map(|r| r.label.parse::<i64>().ok().filter(|l| *l >= 0))
-        .collect();
+    let (train_csv, test_csv) = csv_paths(src)?;
+    let largest = largest_integer_label([(&train_csv, &train), (&test_csv, &test)])?;
     // `names` is sorted: with integer labels "0".."max" is looked up by parsing instead.
-    let (class_names, integer_labels) = match ints {
-        Some(ints) => {
-            let max = ints.iter().copied().max();
+    let (class_names, integer_labels) = match largest {
+        Some(max) => {
             let names = max.map_or(Vec::new(), |m| (0..=m).map(|l| l.to_string()).collect());
             (names, true)
         }
         None => {
-            let mut names: Vec<String> = all.map(|r| r.label.clone()).collect();
+            let mut names: Vec<String> =
+                train.iter().chain(&test).map(|r| r.label.clone()).collect();
             names.sort();
             names.dedup();
             (names, false)
@@ -370,5 +428,49 @@ mod tests {
         src.test_csv = Some("lists/absent.csv".into());
         let msg = check_source(&src).unwrap_err().to_string();
         assert!(msg.contains("absent.csv"), "{msg}");
+    }
+
+    #[test]
+    fn csv_huge_labels_and_escaping_paths_name_file_and_line() {
+        let dir = TempDir::new("csv-hostile");
+        write_named(dir.path());
+        let src = source(dir.path());
+        // All-integer labels, one of which would ask for 3e9 class names.
+        std::fs::write(
+            dir.path().join("lists/train.csv"),
+            "img/tr0.tif,1\nimg/tr1.tif,3000000000\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("lists/test.csv"), "img/te0.png,0\n").unwrap();
+        let msg = list_split(&src, Split::Test, 0).unwrap_err().to_string();
+        assert!(
+            msg.contains("train.csv:2") && msg.contains("too large"),
+            "{msg}"
+        );
+        std::fs::write(
+            dir.path().join("lists/test.csv"),
+            "img/te0.png,0\n../../../../../etc/hostname,0\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("lists/train.csv"), "img/tr0.tif,1\n").unwrap();
+        let msg = list_split(&src, Split::Test, 0).unwrap_err().to_string();
+        assert!(
+            msg.contains("test.csv:2") && msg.contains("outside the dataset root"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn csv_parse_records_is_pure() {
+        let list = Path::new("/r/l.csv");
+        let rows = parse_records(b"path,label\n a.png , cat,x\n", list).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(rows[0].first && !rows[1].first);
+        assert_eq!((rows[1].line, rows[1].path.as_str()), (2, "a.png"));
+        let msg = parse_records(b"a.png,1\nb.png\n", list)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("l.csv:2"), "{msg}");
+        assert!(parse_records(b"\xff\xfe,\x00\n", list).is_err());
     }
 }

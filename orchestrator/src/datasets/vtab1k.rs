@@ -6,9 +6,12 @@
 //! of whitespace (so paths may contain spaces), relative to root. Class names are `"0"` to
 //! `"<max>"` for the largest label in any of the four lists: the sorted distinct labels as
 //! strings when labels are contiguous, and always long enough that `class_names[label]` exists.
+//! Labels are below 100,000 and paths stay inside root (`listed.rs`), each refused with the
+//! list file and line.
 use std::path::{Path, PathBuf};
 
 use super::error::io_err;
+use super::listed::{class_index, inside_root};
 use std::collections::BTreeMap;
 
 use super::{
@@ -34,9 +37,14 @@ const ALL: [Split; 4] = [
     Split::Test,
 ];
 
-/// `(image path, label)` of every line of one list.
-fn read_list(root: &Path, list: &Path) -> Result<Vec<(PathBuf, i64)>, DatasetError> {
-    let text = std::fs::read_to_string(list).map_err(io_err(list))?;
+/// `(image path under root, label)` of every line of the list `text` (read from `list`, named
+/// in errors with the line). Pure: the paths are checked to stay inside `root`, not for
+/// existence. Labels are below [`super::listed::MAX_CLASSES`].
+pub fn parse_list(
+    text: &str,
+    root: &Path,
+    list: &Path,
+) -> Result<Vec<(PathBuf, i64)>, DatasetError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -52,19 +60,21 @@ fn read_list(root: &Path, list: &Path) -> Result<Vec<(PathBuf, i64)>, DatasetErr
         let (path, label) = line
             .rsplit_once(char::is_whitespace)
             .ok_or_else(|| bad(format!("{line:?} has no label")))?;
-        let label: i64 = label
-            .parse()
-            .ok()
-            .filter(|l| *l >= 0)
-            .ok_or_else(|| bad(format!("label {label:?} is not a non-negative integer")))?;
-        let file = root.join(path.trim_end());
-        if !file.is_file() {
-            return Err(DatasetError::ListedFileMissing {
-                file,
-                list: list.to_path_buf(),
-            });
-        }
-        out.push((file, label));
+        let label = class_index(label).map_err(bad)?;
+        out.push((inside_root(root, path.trim_end()).map_err(bad)?, label));
+    }
+    Ok(out)
+}
+
+/// [`parse_list`] of the file `list`, every image checked to exist.
+fn read_list(root: &Path, list: &Path) -> Result<Vec<(PathBuf, i64)>, DatasetError> {
+    let text = std::fs::read_to_string(list).map_err(io_err(list))?;
+    let out = parse_list(&text, root, list)?;
+    if let Some((file, _)) = out.iter().find(|(file, _)| !file.is_file()) {
+        return Err(DatasetError::ListedFileMissing {
+            file: file.clone(),
+            list: list.to_path_buf(),
+        });
     }
     Ok(out)
 }
@@ -278,5 +288,55 @@ mod tests {
         std::fs::remove_file(dir.path().join("test.txt")).unwrap();
         let msg = check_source(&src).unwrap_err().to_string();
         assert!(msg.contains("missing test.txt"), "{msg}");
+    }
+
+    #[test]
+    fn vtab1k_huge_labels_and_escaping_paths_name_file_and_line() {
+        let dir = TempDir::new("vtab-hostile");
+        write_vtab(dir.path());
+        let src = source(dir.path());
+        // One line would otherwise ask for 3e9 class names (72 GB).
+        std::fs::write(
+            dir.path().join("test.txt"),
+            "images/test/0.jpg 1\nimages/test/1.jpg 3000000000\n",
+        )
+        .unwrap();
+        let msg = list_split(&src, Split::Test, 0).unwrap_err().to_string();
+        assert!(
+            msg.contains("test.txt:2") && msg.contains("too large"),
+            "{msg}"
+        );
+        // A file outside the task folder (it exists: the list must not reach it).
+        std::fs::write(dir.path().join("test.txt"), "images/test/0.jpg 1\n").unwrap();
+        let outside = dir
+            .path()
+            .parent()
+            .unwrap()
+            .join("vtab-hostile-outside.png");
+        write_image(&outside, 1);
+        std::fs::write(
+            dir.path().join("val200.txt"),
+            "../vtab-hostile-outside.png 0\n",
+        )
+        .unwrap();
+        let msg = list_split(&src, Split::Val200, 0).unwrap_err().to_string();
+        std::fs::remove_file(&outside).unwrap();
+        assert!(
+            msg.contains("val200.txt:1") && msg.contains("outside the dataset root"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn vtab1k_parse_list_is_pure_and_bounded() {
+        let root = Path::new("/r");
+        let list = Path::new("/r/test.txt");
+        let rows = parse_list("a b.png 3\n\n  c.png\t0 \n", root, list).unwrap();
+        assert_eq!(rows, [(root.join("a b.png"), 3), (root.join("c.png"), 0)]);
+        let limit = format!("x.png {}", crate::datasets::listed::MAX_CLASSES);
+        for bad in ["/etc/passwd 0", "../x 0", "x.png", limit.as_str()] {
+            let msg = parse_list(bad, root, list).unwrap_err().to_string();
+            assert!(msg.contains("test.txt:1"), "{bad}: {msg}");
+        }
     }
 }
