@@ -1,9 +1,57 @@
 //! `load_image`: decoding an [`ImageRef`] (JPEG/PNG/TIFF file or in-memory RGB) and resizing it
 //! to a square CHW u8 tensor. Owns pixels only; it must not list or sample datasets.
+//!
+//! Decoding is limited ([`MAX_SIDE`] pixels a side, [`MAX_DECODE_MIB`] MiB of buffers): the
+//! image crate refuses a larger header before it allocates anything.
 use image::imageops::{self, FilterType};
-use image::{ImageReader, RgbImage};
+use image::{ImageError, ImageReader, Limits, RgbImage};
+use std::io::{BufRead, Cursor, Seek};
+use std::path::Path;
 
 use super::{DatasetError, ImageRef};
+
+/// The widest and tallest image decoded (VTAB images are at most a few thousand pixels).
+pub const MAX_SIDE: u32 = 16_384;
+/// The most memory the decoder may allocate for one image, in MiB.
+pub const MAX_DECODE_MIB: u64 = 512;
+
+fn limits() -> Limits {
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_MIB << 20);
+    limits
+}
+
+/// Decodes the image `reader` reads (format guessed from its bytes) within [`limits`] and
+/// converts it to RGB; errors name `path`.
+fn decode<R: BufRead + Seek>(
+    reader: ImageReader<R>,
+    path: &Path,
+) -> Result<RgbImage, DatasetError> {
+    let decode_err = |problem: String| DatasetError::Decode {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let mut reader = reader
+        .with_guessed_format()
+        .map_err(|e| decode_err(e.to_string()))?;
+    reader.limits(limits());
+    match reader.decode() {
+        Ok(image) => Ok(image.into_rgb8()),
+        Err(e @ ImageError::Limits(_)) => Err(decode_err(format!(
+            "{e} (images are limited to {MAX_SIDE} x {MAX_SIDE} pixels and {MAX_DECODE_MIB} MiB \
+             while decoding)"
+        ))),
+        Err(e) => Err(decode_err(e.to_string())),
+    }
+}
+
+/// The image in `bytes` (JPEG, PNG or TIFF, as read from `path`, which errors name) as RGB,
+/// within the decoding limits.
+pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage, DatasetError> {
+    decode(ImageReader::new(Cursor::new(bytes)), path)
+}
 
 /// Decodes `img`, converts it to RGB (grayscale is replicated, alpha dropped, 16-bit scaled to
 /// 8), resizes it to `size x size` with CatmullRom (bicubic, antialiased when shrinking) unless
@@ -14,18 +62,11 @@ pub(crate) fn load_image(img: &ImageRef, size: u32) -> Result<Vec<u8>, DatasetEr
     }
     let rgb = match img {
         ImageRef::File(path) => {
-            let decode_err = |problem: String| DatasetError::Decode {
+            let reader = ImageReader::open(path).map_err(|e| DatasetError::Decode {
                 path: path.clone(),
-                problem,
-            };
-            let reader = ImageReader::open(path)
-                .map_err(|e| decode_err(e.to_string()))?
-                .with_guessed_format()
-                .map_err(|e| decode_err(e.to_string()))?;
-            reader
-                .decode()
-                .map_err(|e| decode_err(e.to_string()))?
-                .into_rgb8()
+                problem: e.to_string(),
+            })?;
+            decode(reader, path)?
         }
         ImageRef::Rgb {
             width,
@@ -186,5 +227,47 @@ mod tests {
         assert!(msg.contains("missing.png"), "{msg}");
         let zero = load_image(&ImageRef::File(good), 0).unwrap_err();
         assert!(matches!(zero, DatasetError::BadSize { size: 0 }));
+    }
+
+    /// A PNG of `width` x `height` 8-bit grey pixels: signature and IHDR only (no pixels).
+    fn png_header(width: u32, height: u32) -> Vec<u8> {
+        let mut ihdr = b"IHDR".to_vec();
+        ihdr.extend(width.to_be_bytes());
+        ihdr.extend(height.to_be_bytes());
+        ihdr.extend([8, 0, 0, 0, 0]);
+        let mut crc = flate2::Crc::new();
+        crc.update(&ihdr);
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        png.extend(13u32.to_be_bytes());
+        png.extend(ihdr);
+        png.extend(crc.sum().to_be_bytes());
+        png
+    }
+
+    #[test]
+    fn huge_image_headers_are_refused_before_decoding() {
+        // 20,000 x 20,000 grey is 400 MB: under the image crate's default memory limit, so
+        // only the side limit refuses it before the pixels are allocated.
+        for (w, h) in [(20_000, 20_000), (60_000, 60_000), (16_385, 1)] {
+            let msg = decode_bytes(&png_header(w, h), Path::new("big.png"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("big.png") && msg.contains("16384 x 16384"),
+                "{msg}"
+            );
+        }
+        // Within the limits, the same header fails only for its missing pixels.
+        let msg = decode_bytes(&png_header(64, 64), Path::new("small.png"))
+            .unwrap_err()
+            .to_string();
+        assert!(!msg.contains("limited"), "{msg}");
+        let dir = TempDir::new("bigfile");
+        let path = dir.path().join("big.png");
+        std::fs::write(&path, png_header(60_000, 60_000)).unwrap();
+        let msg = load_image(&ImageRef::File(path), 8)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("big.png") && msg.contains("limited"), "{msg}");
     }
 }
