@@ -3,7 +3,7 @@
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use orchestrator::datasets::RealSource;
-use orchestrator::fetch::{self, Client, Missing, Progress, Vtab1kArchive};
+use orchestrator::fetch::{self, Client, Missing, Progress, UnpackLimits, Vtab1kArchive};
 use orchestrator::suite::{self, Source};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -31,6 +31,27 @@ pub struct FetchArgs {
     /// Override a suite setting (as for `run`; repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
+    /// Refuse a download larger than this (GiB; a server's Content-Length is held to as well).
+    #[arg(long, value_name = "GIB", default_value_t = 64.0)]
+    max_download_gib: f64,
+    /// Refuse an archive that unpacks to more than this (GiB, all files together).
+    #[arg(long, value_name = "GIB", default_value_t = 64.0)]
+    max_unpacked_gib: f64,
+    /// Refuse an archive with more entries (files and folders) than this.
+    #[arg(long, value_name = "N", default_value_t = UnpackLimits::default().max_entries)]
+    max_entries: u64,
+    /// Refuse an archive that expands more than this many times its compressed size (beyond
+    /// each entry's first MiB): a compression bomb.
+    #[arg(long, value_name = "R", default_value_t = UnpackLimits::default().max_ratio)]
+    max_ratio: u64,
+}
+
+/// `gib` GiB in bytes, for a limit given on the command line (positive and finite).
+fn gib_bytes(flag: &str, gib: f64) -> Result<u64> {
+    if !(gib.is_finite() && gib > 0.0 && gib <= 1e9) {
+        anyhow::bail!("{flag} {gib}: expected a positive number of GiB");
+    }
+    Ok((gib * (1u64 << 30) as f64) as u64)
 }
 
 /// An indicatif bar with bytes and rate on a terminal; nothing otherwise.
@@ -112,7 +133,13 @@ pub fn fetch(a: FetchArgs) -> Result<i32> {
         },
         None => None,
     };
-    let client = Client::new();
+    let mut client = Client::new();
+    client.max_download_bytes = gib_bytes("--max-download-gib", a.max_download_gib)?;
+    client.unpack_limits = UnpackLimits {
+        max_bytes: gib_bytes("--max-unpacked-gib", a.max_unpacked_gib)?,
+        max_entries: a.max_entries,
+        max_ratio: a.max_ratio,
+    };
     let mut bar = Bar(None);
     let mut manual = Vec::new();
     let mut vtab1k_sources = Vec::new();

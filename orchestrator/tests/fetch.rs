@@ -3,7 +3,7 @@
 use orchestrator::datasets::{Format, RealSource};
 use orchestrator::fetch::{
     download, fetch_archive, fetch_weights, unpack, Archive, ArchiveKind, Checksum, Client,
-    FetchError, Quiet, WeightsRef, DATA_MIRROR_ENV,
+    FetchError, Quiet, UnpackLimits, WeightsRef, DATA_MIRROR_ENV,
 };
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -20,6 +20,10 @@ fn client() -> Client {
     c.attempts = 3;
     c.backoff = Duration::from_millis(10);
     c
+}
+
+fn limits() -> UnpackLimits {
+    UnpackLimits::default()
 }
 
 fn hex(b: &[u8]) -> String {
@@ -224,7 +228,7 @@ fn path_traversal_and_escaping_links_are_rejected_and_nothing_is_left() {
         let archive = tmp.join(format!("bad{i}.tar.gz"));
         std::fs::write(&archive, tar_gz(entries)).unwrap();
         let staging = tmp.join(format!("stage{i}"));
-        let err = unpack(&archive, ArchiveKind::TarGz, &staging).unwrap_err();
+        let err = unpack(&archive, ArchiveKind::TarGz, &staging, &limits()).unwrap_err();
         assert!(matches!(err, FetchError::UnsafeEntry { .. }), "{err}");
         assert!(
             !staging.exists(),
@@ -233,18 +237,6 @@ fn path_traversal_and_escaping_links_are_rejected_and_nothing_is_left() {
     }
     assert!(!tmp.join("evil.txt").exists());
     assert!(!Path::new("/tmp/vtab-orch-evil-abs.txt").exists());
-    // A symlink pointing out of the folder.
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut b = tar::Builder::new(gz);
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Symlink);
-    h.set_size(0);
-    b.append_link(&mut h, "d/link", "../../outside").unwrap();
-    let archive = tmp.join("link.tar.gz");
-    std::fs::write(&archive, b.into_inner().unwrap().finish().unwrap()).unwrap();
-    let err = unpack(&archive, ArchiveKind::TarGz, &tmp.join("stage-link")).unwrap_err();
-    assert!(err.to_string().contains("link leaving"), "{err}");
-    assert!(!tmp.join("stage-link").exists());
     // A zip with `..`.
     let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     z.start_file("../evil.txt", zip::write::SimpleFileOptions::default())
@@ -252,7 +244,13 @@ fn path_traversal_and_escaping_links_are_rejected_and_nothing_is_left() {
     z.write_all(b"evil").unwrap();
     let archive = tmp.join("bad.zip");
     std::fs::write(&archive, z.finish().unwrap().into_inner()).unwrap();
-    let err = unpack(&archive, ArchiveKind::Zip, &tmp.join("stage-zip")).unwrap_err();
+    let err = unpack(
+        &archive,
+        ArchiveKind::Zip,
+        &tmp.join("stage-zip"),
+        &limits(),
+    )
+    .unwrap_err();
     assert!(matches!(err, FetchError::UnsafeEntry { .. }), "{err}");
     assert!(!tmp.join("stage-zip").exists());
 }
@@ -326,6 +324,254 @@ fn weights_from_the_hub_at_hf_endpoint_are_checked_against_its_sha256() {
         .all(|(_, h)| h.get("authorization").map(String::as_str) == Some("Bearer hf_test_token")));
     assert!(matches!(bad.unwrap_err(), FetchError::Checksum { .. }));
     assert!(!tmp.join("w2/x.safetensors").exists());
+}
+
+/// A tar.gz built entry by entry: `(path, type, link target or data)`.
+fn tar_gz_typed(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let mut b = tar::Builder::new(gz);
+    for (name, kind, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        if kind.is_symlink() || kind.is_hard_link() {
+            h.set_size(0);
+            b.append_link(&mut h, name, std::str::from_utf8(data).unwrap())
+                .unwrap();
+        } else {
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+/// Every file or link named `name` under `dir` (links not followed).
+fn find_named(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.file_name().is_some_and(|n| n == name) {
+            found.push(p.clone());
+        }
+        if e.file_type().unwrap().is_dir() {
+            found.extend(find_named(&p, name));
+        }
+    }
+    found
+}
+
+/// Issue 19's escape: `a/b -> ..`, `a/b/c -> ..`, `a/b/c/d -> ..`, then a file through the
+/// chain. Each link alone stays inside; followed in turn they leave three levels up. Links,
+/// hard links, devices, pipes and a name given twice are all refused before anything can use
+/// them, the message names the entry, and nothing exists afterwards, inside or outside.
+#[test]
+fn links_devices_and_duplicates_are_refused_and_nothing_is_written_anywhere() {
+    use tar::EntryType::{Char, Fifo, Link, Regular, Symlink};
+    let tmp = tempdir("contained");
+    let deep = tmp.join("x/y/z");
+    std::fs::create_dir_all(&deep).unwrap();
+    let cases: [(&str, Vec<(&str, tar::EntryType, &[u8])>, &str); 6] = [
+        (
+            "chain",
+            vec![
+                ("a/keep.txt", Regular, b"k"),
+                ("a/b", Symlink, b".."),
+                ("a/b/c", Symlink, b".."),
+                ("a/b/c/d", Symlink, b".."),
+                ("a/b/c/d/ESCAPED.txt", Regular, b"escaped"),
+            ],
+            "`a/b` is a symbolic link",
+        ),
+        (
+            "inner-link",
+            vec![("a/t.txt", Regular, b"t"), ("a/l", Symlink, b"t.txt")],
+            "`a/l` is a symbolic link",
+        ),
+        (
+            "hard-link",
+            vec![("a/t.txt", Regular, b"t"), ("a/h", Link, b"a/t.txt")],
+            "`a/h` is a hard link",
+        ),
+        ("device", vec![("a/dev", Char, b"")], "`a/dev` is a device"),
+        (
+            "fifo",
+            vec![("a/p", Fifo, b"")],
+            "`a/p` is a device or pipe",
+        ),
+        (
+            "twice",
+            vec![
+                ("a/ESCAPED.txt", Regular, b"1"),
+                ("a/ESCAPED.txt", Regular, b"2"),
+            ],
+            "appears twice",
+        ),
+    ];
+    for (name, entries, expect) in cases {
+        let archive = tmp.join(format!("{name}.tar.gz"));
+        std::fs::write(&archive, tar_gz_typed(&entries)).unwrap();
+        let staging = deep.join(format!("stage-{name}"));
+        let err = unpack(&archive, ArchiveKind::TarGz, &staging, &limits()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(expect), "{name}: {msg}");
+        assert!(msg.contains("nothing was unpacked"), "{name}: {msg}");
+        assert!(!staging.exists(), "{name}: the staging folder is removed");
+    }
+    assert_eq!(
+        find_named(&tmp, "ESCAPED.txt"),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert!(find_named(&tmp, "keep.txt").is_empty());
+    // A zip link is refused the same way.
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    z.add_symlink("a/up", "..", zip::write::SimpleFileOptions::default())
+        .unwrap();
+    let archive = tmp.join("link.zip");
+    std::fs::write(&archive, z.finish().unwrap().into_inner()).unwrap();
+    let err = unpack(
+        &archive,
+        ArchiveKind::Zip,
+        &deep.join("stage-zl"),
+        &limits(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("`a/up` is a symbolic link"),
+        "{err}"
+    );
+    assert!(!deep.join("stage-zl").exists());
+    // A staging folder that already exists is not filled (it may be a link to elsewhere).
+    std::fs::create_dir(deep.join("taken")).unwrap();
+    let ok = tmp.join("ok.tar.gz");
+    std::fs::write(&ok, tar_gz(&[("f.txt", b"f")])).unwrap();
+    assert!(unpack(&ok, ArchiveKind::TarGz, &deep.join("taken"), &limits()).is_err());
+    assert!(!deep.join("taken/f.txt").exists());
+}
+
+/// 64 MiB of zeros compresses about 1,000x: the default ratio (100x beyond the first MiB)
+/// stops it long before the end, in a zip and in a tar.gz; entry and byte limits hold too, and
+/// an archive within the limits unpacks.
+#[test]
+fn compression_bombs_and_oversized_archives_stop_at_their_limit() {
+    let tmp = tempdir("bombs");
+    let zeros = vec![0u8; 64 << 20];
+    let tar = tmp.join("bomb.tar.gz");
+    std::fs::write(
+        &tar,
+        tar_gz_typed(&[("zeros.bin", tar::EntryType::Regular, &zeros)]),
+    )
+    .unwrap();
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let deflate = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .compression_level(Some(9));
+    z.start_file("zeros.bin", deflate).unwrap();
+    z.write_all(&zeros).unwrap();
+    let zip = tmp.join("bomb.zip");
+    std::fs::write(&zip, z.finish().unwrap().into_inner()).unwrap();
+    for (archive, kind) in [(&tar, ArchiveKind::TarGz), (&zip, ArchiveKind::Zip)] {
+        assert!(std::fs::metadata(archive).unwrap().len() < 1 << 20);
+        let staging = tmp.join("stage-bomb");
+        let err = unpack(archive, kind, &staging, &limits()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, FetchError::Limit { .. }), "{msg}");
+        assert!(
+            msg.contains("expands more than 100x") && msg.contains("--max-ratio"),
+            "{msg}"
+        );
+        assert!(!staging.exists());
+        // Trusted by the user: a higher ratio lets it through.
+        let lenient = UnpackLimits {
+            max_ratio: 10_000,
+            ..limits()
+        };
+        unpack(archive, kind, &staging, &lenient).unwrap();
+        assert_eq!(
+            std::fs::metadata(staging.join("zeros.bin")).unwrap().len(),
+            64 << 20
+        );
+        std::fs::remove_dir_all(&staging).unwrap();
+    }
+    let many: Vec<(String, &[u8])> = (0..5).map(|i| (format!("f{i}.txt"), &b"x"[..])).collect();
+    let many: Vec<(&str, &[u8])> = many.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+    let archive = tmp.join("many.tar.gz");
+    std::fs::write(&archive, tar_gz(&many)).unwrap();
+    let few = UnpackLimits {
+        max_entries: 4,
+        ..limits()
+    };
+    let err = unpack(&archive, ArchiveKind::TarGz, &tmp.join("s1"), &few).unwrap_err();
+    assert!(err.to_string().contains("more than 4 entries"), "{err}");
+    let small = UnpackLimits {
+        max_bytes: 4,
+        ..limits()
+    };
+    let err = unpack(&archive, ArchiveKind::TarGz, &tmp.join("s2"), &small).unwrap_err();
+    assert!(err.to_string().contains("more than 4 bytes"), "{err}");
+    assert!(!tmp.join("s1").exists() && !tmp.join("s2").exists());
+    unpack(&archive, ArchiveKind::TarGz, &tmp.join("s3"), &limits()).unwrap();
+    assert_eq!(std::fs::read_dir(tmp.join("s3")).unwrap().count(), 5);
+}
+
+/// A download larger than the client's cap is refused: announced (before a byte is written)
+/// or streamed without a length (stopped at the cap); no `.part` file is left either way.
+#[test]
+fn downloads_over_the_size_limit_are_refused_and_deleted() {
+    let server = Server::start();
+    let body = vec![7u8; 10_000];
+    server.route(
+        "/announced",
+        Route {
+            body: body.clone(),
+            ..Default::default()
+        },
+    );
+    server.route(
+        "/streamed",
+        Route {
+            body: body.clone(),
+            no_length: true,
+            ..Default::default()
+        },
+    );
+    let tmp = tempdir("too-large");
+    let mut c = client();
+    c.max_download_bytes = 4096;
+    let sum = Checksum::Sha256(sha256(&body));
+    for (path, expect) in [
+        ("/announced", "announces 10000 bytes"),
+        ("/streamed", "past 4096 bytes"),
+    ] {
+        let dest = tmp.join(&path[1..]);
+        let url = format!("{}{path}", server.base);
+        let err = download(&c, &url, &dest, &sum, &[], "", &mut Quiet).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, FetchError::TooLarge { .. }), "{msg}");
+        assert!(
+            msg.contains(expect) && msg.contains("--max-download-gib"),
+            "{msg}"
+        );
+        assert!(!dest.exists());
+        assert!(
+            std::fs::read_dir(&tmp).unwrap().next().is_none(),
+            "no .part left"
+        );
+    }
+    // Within the limit, the same streamed body downloads.
+    c.max_download_bytes = 10_000;
+    let dest = tmp.join("ok");
+    download(
+        &c,
+        &format!("{}/streamed", server.base),
+        &dest,
+        &sum,
+        &[],
+        "",
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {

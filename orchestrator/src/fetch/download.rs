@@ -118,6 +118,24 @@ fn attempt_once(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let start = if append { have } else { 0 };
+    // The most this file may have: what the server announced, never more than the client's cap.
+    let cap = length.map_or(client.max_download_bytes, |l| {
+        (start + l).min(client.max_download_bytes)
+    });
+    let too_large = |what: String| {
+        let _ = fs::remove_file(part);
+        Err(FetchError::TooLarge {
+            url: url.to_string(),
+            what,
+        })
+    };
+    if let Some(l) = length.filter(|l| start + l > client.max_download_bytes) {
+        return too_large(format!(
+            "it announces {} bytes, more than the limit of {}",
+            start + l,
+            client.max_download_bytes
+        ));
+    }
     let mut file = OpenOptions::new()
         .create(true)
         .write(true)
@@ -138,6 +156,14 @@ fn attempt_once(
         match body.read(&mut buf) {
             Ok(0) => break None,
             Ok(n) => {
+                if start + got + n as u64 > cap {
+                    drop(file);
+                    progress.end();
+                    return too_large(format!(
+                        "the body goes past {cap} bytes (Content-Length {length:?}, limit {})",
+                        client.max_download_bytes
+                    ));
+                }
                 file.write_all(&buf[..n]).map_err(io_err(part))?;
                 got += n as u64;
                 progress.advance(n as u64);

@@ -20,7 +20,7 @@ pub use catalogue::{archive_for, mirrored, Archive, ArchiveKind, DATA_MIRROR_ENV
 pub use download::download;
 pub use hub::{hub_url, weights_sha256, WeightsRef};
 pub use plan::{fetch_archive, fetch_weights, missing, Missing};
-pub use unpack::unpack;
+pub use unpack::{unpack, UnpackLimits};
 pub use vtab1k::{install_vtab1k, Vtab1kArchive};
 
 /// A file's expected digest (lower-case hex).
@@ -73,6 +73,20 @@ pub enum FetchError {
         entry: String,
         why: &'static str,
     },
+    #[error(
+        "archive {archive} refused: {what} (raise the limit with `vtab-orch fetch {flag}` if \
+         you trust it); nothing was unpacked"
+    )]
+    Limit {
+        archive: PathBuf,
+        what: String,
+        flag: String,
+    },
+    #[error(
+        "{url}: refused: {what} (raise the limit with `vtab-orch fetch --max-download-gib` if \
+         you trust it); the partial download was deleted"
+    )]
+    TooLarge { url: String, what: String },
     #[error("archive {archive}: {problem}; nothing was unpacked")]
     BadArchive { archive: PathBuf, problem: String },
     /// The io error is in the message, not chained as a source: callers print the chain, and
@@ -114,6 +128,11 @@ pub struct Client {
     pub attempts: u32,
     /// First back-off delay; doubled after each failed attempt.
     pub backoff: Duration,
+    /// The most bytes one download may have when the server does not say (`Content-Length`)
+    /// or says more; a body longer than its `Content-Length` is refused too.
+    pub max_download_bytes: u64,
+    /// What one archive may unpack to.
+    pub unpack_limits: UnpackLimits,
 }
 
 impl Client {
@@ -136,6 +155,8 @@ impl Client {
             no_redirect: agent(0),
             attempts: 5,
             backoff: Duration::from_millis(500),
+            max_download_bytes: 64 << 30,
+            unpack_limits: UnpackLimits::default(),
         }
     }
 }

@@ -118,7 +118,7 @@ pub fn fetch_archive(
     )?;
     let staging = parent.join(format!(".{}.unpacking", archive.inner));
     let _ = fs::remove_dir_all(&staging);
-    unpack(&file, archive.kind, &staging)?;
+    unpack(&file, archive.kind, &staging, &client.unpack_limits)?;
     let inner = staging.join(archive.inner);
     if !inner.is_dir() {
         let _ = fs::remove_dir_all(&staging);

@@ -151,7 +151,8 @@ fn fetch_into(
     };
     let staging = folder.join(format!(".vtab1k-unpacking-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
-    let unpacked = sniff(&file).and_then(|kind| unpack(&file, kind, &staging));
+    let unpacked =
+        sniff(&file).and_then(|kind| unpack(&file, kind, &staging, &client.unpack_limits));
     let result = unpacked.and_then(|()| {
         let bad = |problem: String| FetchError::BadArchive {
             archive: file.clone(),

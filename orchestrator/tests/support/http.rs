@@ -17,6 +17,8 @@ pub struct Route {
     pub headers: Vec<(String, String)>,
     /// Answer with a redirect to this path instead.
     pub redirect: Option<String>,
+    /// Send no `content-length`: the body ends when the connection closes.
+    pub no_length: bool,
 }
 
 type Request = (String, String, HashMap<String, String>);
@@ -123,10 +125,14 @@ fn serve(mut conn: TcpStream, st: &Mutex<State>) {
         Some(s) => ("206 Partial Content", &route.body[s..]),
         None => ("200 OK", &route.body[..]),
     };
+    let length = if route.no_length {
+        String::new()
+    } else {
+        format!("content-length: {}\r\n", body.len())
+    };
     let _ = write!(
         conn,
-        "HTTP/1.1 {status}\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n",
-        body.len()
+        "HTTP/1.1 {status}\r\n{length}{extra}connection: close\r\n\r\n"
     );
     if method == "HEAD" {
         return;
