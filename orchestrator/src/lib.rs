@@ -4,6 +4,8 @@ pub mod datasets;
 pub mod exec;
 pub mod export;
 pub mod fetch;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod graph;
 pub mod hash;
 pub mod identity;

@@ -1,0 +1,119 @@
+//! The bodies of the fuzz targets: `fuzz/fuzz_targets/<name>.rs` calls [`run`] under libFuzzer
+//! (`./x fuzz`), and `orchestrator/tests/fuzz_regressions.rs` replays every input kept in
+//! `fuzz/regressions/<name>/` through the same function in the normal test suite. Each body
+//! feeds the bytes to one parser of third-party input and panics only where that parser broke
+//! its promise (a panic, an abort, or for archives a file outside its folder). Owns only a
+//! scratch folder of its own; the product never calls it.
+use crate::fetch::{unpack, ArchiveKind, UnpackLimits};
+use crate::sched::slurm::poll;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Every target: its name (the file in fuzz/fuzz_targets/ and the folder of its seeds and
+/// regressions) and its body.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[("tar", tar), ("zip", zip), ("slurm", slurm)];
+
+/// Runs target `name` on `data`; false if there is no such target.
+pub fn run(name: &str, data: &[u8]) -> bool {
+    match TARGETS.iter().find(|(n, _)| *n == name) {
+        Some((_, body)) => {
+            body(data);
+            true
+        }
+        None => false,
+    }
+}
+
+/// A tar archive (gzip-compressed here, so the fuzzer mutates the tar itself).
+fn tar(data: &[u8]) {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(data).expect("gzip to memory");
+    unpack_contained(&gz.finish().expect("gzip to memory"), ArchiveKind::TarGz);
+}
+
+fn zip(data: &[u8]) {
+    unpack_contained(data, ArchiveKind::Zip);
+}
+
+/// What Slurm's tools print: sbatch's job id, squeue's pairs, sacct's `|` records, states.
+fn slurm(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let _ = poll::parse_job_id(&text);
+    let _ = poll::parse_pairs(&text);
+    let _ = poll::parse_sacct(&text);
+    for line in text.lines() {
+        let _ = poll::phase(line);
+    }
+}
+
+/// A folder of this process's own under /dev/shm (memory, not disk), or the temp dir.
+fn scratch() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!("vtab-orch-fuzz-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch folder");
+        dir
+    })
+}
+
+/// Unpacks `bytes` in a fresh `case/` folder and panics on anything an archive must never
+/// produce: a file beside `case/stage`, a link or special file inside it, or a staging folder
+/// left after an error.
+fn unpack_contained(bytes: &[u8], kind: ArchiveKind) {
+    let case = scratch().join("case");
+    let _ = std::fs::remove_dir_all(&case);
+    std::fs::create_dir_all(&case).expect("case folder");
+    let archive = case.join("archive");
+    std::fs::write(&archive, bytes).expect("archive file");
+    let stage = case.join("stage");
+    // Small limits: inputs are small, and the fuzzer should reach them.
+    let limits = UnpackLimits {
+        max_bytes: 64 << 20,
+        max_entries: 10_000,
+        max_ratio: 100,
+    };
+    let result = unpack(&archive, kind, &stage, &limits);
+    let mut top: Vec<String> = std::fs::read_dir(&case)
+        .expect("case folder")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    match result {
+        Ok(()) => {
+            assert_eq!(
+                top,
+                ["archive", "stage"],
+                "an unpack wrote beside its folder"
+            );
+            only_files_and_folders(&stage);
+        }
+        Err(e) => {
+            assert_eq!(top, ["archive"], "a failed unpack left files behind: {e}");
+        }
+    }
+    let beside = std::fs::read_dir(scratch()).expect("scratch").count();
+    assert_eq!(beside, 1, "an unpack wrote outside its case folder");
+}
+
+fn only_files_and_folders(dir: &Path) {
+    for e in std::fs::read_dir(dir).expect("unpacked folder") {
+        let e = e.expect("entry");
+        let t = e.file_type().expect("file type");
+        assert!(
+            t.is_file() || t.is_dir(),
+            "{} is neither a file nor a folder",
+            e.path().display()
+        );
+        if t.is_dir() {
+            only_files_and_folders(&e.path());
+        }
+    }
+}
