@@ -16,30 +16,7 @@ pub enum HeadPolicy {
     Ignore,
 }
 
-/// Reads every tensor of a safetensors file (any float dtype) as fp32 on the CPU.
-pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
-    if !path.exists() {
-        return Err(Error::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-        ));
-    }
-    let tensors = Tensor::read_safetensors(path).map_err(|e| Error::Safetensors {
-        path: path.to_path_buf(),
-        msg: e.to_string(),
-    })?;
-    Ok(tensors
-        .into_iter()
-        .map(|(n, t)| {
-            let t = if t.is_floating_point() {
-                t.to_kind(Kind::Float)
-            } else {
-                t
-            };
-            (n, t)
-        })
-        .collect())
-}
+pub use crate::safetensors_file::read_safetensors;
 
 /// Writes `model`'s backbone under timm's names, with its head for [`HeadPolicy::Load`] and
 /// without for [`HeadPolicy::Ignore`], in fp32 on the CPU: the inverse of [`load_timm`].

@@ -13,6 +13,7 @@ pub mod optim;
 pub mod peft_format;
 pub mod peft_import;
 pub mod peft_targets;
+pub mod safetensors_file;
 pub mod schedule;
 pub mod train;
 pub mod vit;
