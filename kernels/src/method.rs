@@ -103,6 +103,10 @@ fn d_initial() -> f64 {
     0.1
 }
 
+/// The largest LoRA or VeRA rank (`r`): ranks allocate `r x width` per adapted layer, and
+/// published ViT studies stay below a few hundred.
+pub const MAX_RANK: i64 = 4096;
+
 /// How a backbone is adapted. Every method trains a new classification head.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "lowercase")]
@@ -195,6 +199,9 @@ impl Method {
         let dropout_ok = |p: f64| (0.0..1.0).contains(&p);
         match self {
             Method::Lora(s) if s.r <= 0 => Err(format!("lora: `r` must be >= 1, got {}", s.r)),
+            Method::Lora(s) if s.r > MAX_RANK => {
+                Err(format!("lora: `r` must be at most {MAX_RANK}, got {}", s.r))
+            }
             Method::Lora(s) if !(s.alpha > 0.0 && s.alpha.is_finite()) => {
                 Err(format!("lora: `alpha` must be > 0, got {}", s.alpha))
             }
@@ -203,6 +210,9 @@ impl Method {
                 s.dropout
             )),
             Method::Vera(s) if s.r <= 0 => Err(format!("vera: `r` must be >= 1, got {}", s.r)),
+            Method::Vera(s) if s.r > MAX_RANK => {
+                Err(format!("vera: `r` must be at most {MAX_RANK}, got {}", s.r))
+            }
             Method::Vera(s) if !s.d_initial.is_finite() => Err(format!(
                 "vera: `d_initial` must be finite, got {}",
                 s.d_initial

@@ -2,7 +2,7 @@
 //! onto a loaded timm ViT; module matching is `peft_targets.rs`, writing is `peft_format.rs`.
 use crate::checkpoint::read_safetensors;
 use crate::error::{Error, Result};
-use crate::method::{Ia3Spec, LoraSpec, Method, Target, VeraSpec};
+use crate::method::{Ia3Spec, LoraSpec, Method, Target, VeraSpec, MAX_RANK};
 use crate::model::AdaptedVit;
 use crate::peft_format::{CONFIG_FILE, PREFIX, WEIGHTS_FILE};
 use crate::peft_targets::{feedforward_mismatch, select, ModuleSpec};
@@ -10,6 +10,10 @@ use crate::vit::VisionTransformer;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
+use tch::Tensor;
+
+/// The most classes an imported head may have (as many as a list file's labels may name).
+pub const MAX_CLASSES: i64 = 100_000;
 
 fn file_err(path: &Path, msg: impl Into<String>) -> Error {
     Error::File {
@@ -122,19 +126,63 @@ fn targets_from(cfg: &Value, depth: usize, path: &Path) -> Result<Vec<Target>> {
 pub fn read_peft_method(dir: &Path, depth: usize) -> Result<Method> {
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    parse_peft_config(&text, depth, &path)
+}
+
+/// A number of `cfg` (`default` when absent): finite, and an integer in `ints` when given.
+fn number(
+    cfg: &Value,
+    key: &str,
+    default: Option<f64>,
+    ints: Option<std::ops::RangeInclusive<i64>>,
+    path: &Path,
+) -> Result<f64> {
+    let v = &cfg[key];
+    let x = match v {
+        Value::Null => default.ok_or_else(|| file_err(path, format!("missing numeric `{key}`")))?,
+        _ => v
+            .as_f64()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| file_err(path, format!("`{key}` must be a number, not {v}")))?,
+    };
+    match ints {
+        // (`as` saturates: compare as floats first.)
+        Some(range)
+            if !(x.fract() == 0.0
+                && x >= *range.start() as f64
+                && x <= *range.end() as f64
+                && range.contains(&(x as i64))) =>
+        {
+            Err(file_err(
+                path,
+                format!(
+                    "`{key}` must be an integer from {} to {}, not {v}",
+                    range.start(),
+                    range.end()
+                ),
+            ))
+        }
+        _ => Ok(x),
+    }
+}
+
+/// The method the `adapter_config.json` text `text` (read from `path`, named in errors)
+/// describes, for a ViT with `depth` blocks. Pure: no file is read. Ranks are integers in
+/// 1..=[`MAX_RANK`], every other number finite.
+pub fn parse_peft_config(text: &str, depth: usize, path: &Path) -> Result<Method> {
+    let path = path.to_path_buf();
     let cfg: Value =
-        serde_json::from_str(&text).map_err(|e| file_err(&path, format!("invalid JSON: {e}")))?;
+        serde_json::from_str(text).map_err(|e| file_err(&path, format!("invalid JSON: {e}")))?;
+    if !cfg.is_object() {
+        return Err(file_err(&path, "must hold a JSON object"));
+    }
     reject_unsupported(&cfg, &path)?;
     let targets = targets_from(&cfg, depth, &path)?;
-    let num = |k: &str, default: Option<f64>| {
-        cfg[k]
-            .as_f64()
-            .or(default)
-            .ok_or_else(|| file_err(&path, format!("missing numeric `{k}`")))
-    };
+    let num = |k: &str, default: Option<f64>| number(&cfg, k, default, None, &path);
+    let rank = |default: Option<f64>| number(&cfg, "r", default, Some(1..=MAX_RANK), &path);
     let method = match cfg["peft_type"].as_str() {
         Some("LORA") => Method::Lora(LoraSpec {
-            r: num("r", None)? as i64,
+            r: rank(None)? as i64,
             alpha: num("lora_alpha", Some(8.0))?,
             dropout: num("lora_dropout", Some(0.0))?,
             rslora: cfg["use_rslora"].as_bool().unwrap_or(false),
@@ -149,9 +197,15 @@ pub fn read_peft_method(dir: &Path, depth: usize) -> Result<Method> {
                 ));
             }
             Method::Vera(VeraSpec {
-                r: num("r", Some(256.0))? as i64,
+                r: rank(Some(256.0))? as i64,
                 d_initial: num("d_initial", Some(0.1))?,
-                projection_prng_key: num("projection_prng_key", Some(0.0))? as i64,
+                projection_prng_key: number(
+                    &cfg,
+                    "projection_prng_key",
+                    Some(0.0),
+                    Some(0..=i64::MAX),
+                    &path,
+                )? as i64,
                 dropout: num("vera_dropout", Some(0.0))?,
                 targets,
             })
@@ -183,6 +237,21 @@ pub fn read_peft_method(dir: &Path, depth: usize) -> Result<Method> {
     Ok(method)
 }
 
+/// The classes of the saved head `head` (`[classes, embed_dim]`, at most [`MAX_CLASSES`]).
+fn head_classes(head: &Tensor, embed_dim: i64, path: &Path) -> Result<i64> {
+    match head.size()[..] {
+        [n, d] if d == embed_dim && (1..=MAX_CLASSES).contains(&n) => Ok(n),
+        ref got => Err(file_err(
+            path,
+            format!(
+                "tensor `{PREFIX}head.weight` has shape {got:?}, expected [classes, \
+                 {embed_dim}] with 1 to {MAX_CLASSES} classes (the backbone's embed_dim): \
+                 the adapter was saved from another model"
+            ),
+        )),
+    }
+}
+
 /// Loads a peft adapter directory onto `backbone` (whose weights must already be loaded).
 /// An adapter saved without its head (no `modules_to_save=["head"]`) uses the backbone's.
 pub fn import_peft(backbone: VisionTransformer, dir: &Path) -> Result<AdaptedVit> {
@@ -190,7 +259,7 @@ pub fn import_peft(backbone: VisionTransformer, dir: &Path) -> Result<AdaptedVit
     let path = dir.join(WEIGHTS_FILE);
     let mut file = read_safetensors(&path)?;
     let num_classes = match file.get(&format!("{PREFIX}head.weight")) {
-        Some(head) => Some(head.size()[0]),
+        Some(head) => Some(head_classes(head, backbone.cfg.embed_dim, &path)?),
         None if backbone.head.is_some() => None,
         None => {
             return Err(file_err(
@@ -251,4 +320,85 @@ pub fn import_peft(backbone: VisionTransformer, dir: &Path) -> Result<AdaptedVit
     }
     model.load_trainable_map(ours, &path)?;
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::VitConfig;
+    use tch::{Device, Kind};
+
+    fn config(r: &str) -> String {
+        format!(
+            r#"{{"peft_type": "LORA", "r": {r}, "lora_alpha": 4, "target_modules": ["qkv"],
+                "modules_to_save": ["head"], "bias": "none"}}"#
+        )
+    }
+
+    #[test]
+    fn ranks_and_numbers_are_bounded_integers() {
+        let path = Path::new("a/adapter_config.json");
+        assert!(parse_peft_config(&config("8"), 2, path).is_ok());
+        for r in ["0", "4097", "1e18", "8.5", "-3", "\"8\""] {
+            let msg = parse_peft_config(&config(r), 2, path)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("adapter_config.json") && msg.contains("`r`"),
+                "{r}: {msg}"
+            );
+        }
+        let vera =
+            r#"{"peft_type": "VERA", "target_modules": ["qkv"], "projection_prng_key": 1e300}"#;
+        let msg = parse_peft_config(vera, 2, path).unwrap_err().to_string();
+        assert!(msg.contains("`projection_prng_key`"), "{msg}");
+        let alpha = config("8").replace("\"lora_alpha\": 4", "\"lora_alpha\": \"x\"");
+        let msg = parse_peft_config(&alpha, 2, path).unwrap_err().to_string();
+        assert!(msg.contains("`lora_alpha` must be a number"), "{msg}");
+        assert!(parse_peft_config("[1]", 2, path).is_err());
+        assert!(parse_peft_config("{", 2, path).is_err());
+    }
+
+    /// An adapter directory holding `config(r=2)` and a head of `shape`.
+    fn adapter_with_head(tag: &str, shape: &[i64]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("peft-head-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(CONFIG_FILE), config("2")).unwrap();
+        let head = Tensor::zeros(shape, (Kind::Float, Device::Cpu));
+        let name = format!("{PREFIX}head.weight");
+        Tensor::write_safetensors(&[(name.as_str(), &head)], dir.join(WEIGHTS_FILE)).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_scalar_or_outsized_head_is_an_error_naming_the_tensor() {
+        let cfg = VitConfig {
+            img_size: 16,
+            patch_size: 8,
+            embed_dim: 8,
+            depth: 1,
+            num_heads: 2,
+            num_classes: 3,
+            ..VitConfig::preset("vit_tiny_patch16_224").unwrap()
+        };
+        // 0-d (was indexed), 2e9 x 0 (zero bytes, but a 2e9-way head to build), wrong width.
+        for (tag, shape) in [
+            ("scalar", &[][..]),
+            ("huge", &[2_000_000_000, 0]),
+            ("width", &[3, 5]),
+        ] {
+            let dir = adapter_with_head(tag, shape);
+            let vit = VisionTransformer::new(&cfg, Device::Cpu).unwrap();
+            let msg = match import_peft(vit, &dir) {
+                Ok(_) => panic!("{tag}: imported"),
+                Err(e) => e.to_string(),
+            };
+            std::fs::remove_dir_all(&dir).unwrap();
+            assert!(
+                msg.contains("`base_model.model.head.weight`")
+                    && msg.contains("expected [classes, 8]"),
+                "{tag}: {msg}"
+            );
+        }
+    }
 }
