@@ -186,6 +186,11 @@ impl Store {
             .map_err(io(&mp))?;
         let dest = self.entry(&manifest.kind, &manifest.key);
         std::fs::create_dir_all(dest.parent().expect("entry has a parent")).map_err(io(&dest))?;
+        // Another process (another host, on a shared store) committed the same key first: its
+        // entry stays, and a reader of it never sees the directory swapped underneath.
+        if self.is_complete(&manifest.kind, &manifest.key) {
+            return self.discard(staged, dest);
+        }
         if dest.exists() {
             // An incomplete or corrupt entry: move it aside first, then remove it.
             let trash = self.root.join("tmp").join(format!(
@@ -197,7 +202,17 @@ impl Store {
             std::fs::rename(&dest, &trash).map_err(io(&dest))?;
             std::fs::remove_dir_all(&trash).map_err(io(&trash))?;
         }
-        std::fs::rename(staged, &dest).map_err(io(&dest))?;
+        match std::fs::rename(staged, &dest) {
+            Ok(()) => Ok(dest),
+            // Lost the race between the check above and the rename ("Directory not empty").
+            Err(_) if self.is_complete(&manifest.kind, &manifest.key) => self.discard(staged, dest),
+            Err(e) => Err(io(&dest)(e)),
+        }
+    }
+
+    /// Drops a staged result whose entry is already complete; returns the entry.
+    fn discard(&self, staged: &Path, dest: PathBuf) -> Result<PathBuf, StoreError> {
+        std::fs::remove_dir_all(staged).map_err(io(staged))?;
         Ok(dest)
     }
 
@@ -380,6 +395,26 @@ mod tests {
         );
         assert!(!s.is_complete("prep", "bad") && s.is_complete("prep", "good"));
         std::fs::remove_dir_all(&root).ok();
+    }
+
+    /// Two processes finished the same node: the second commit leaves the first entry as it
+    /// is (same directory, same files) and removes its own staging folder.
+    #[test]
+    fn a_commit_over_a_complete_entry_discards_itself() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tmp("commit-twice");
+        let s = Store::open(&root).unwrap();
+        let first = s.stage("k").unwrap();
+        std::fs::write(first.join("a.bin"), b"first").unwrap();
+        let dest = s.commit(&first, manifest("k")).unwrap();
+        let inode = std::fs::metadata(&dest).unwrap().ino();
+        let second = s.stage("k").unwrap();
+        std::fs::write(second.join("a.bin"), b"other").unwrap();
+        assert_eq!(s.commit(&second, manifest("k")).unwrap(), dest);
+        assert!(!second.exists(), "the second staging folder is removed");
+        assert_eq!(std::fs::metadata(&dest).unwrap().ino(), inode);
+        assert_eq!(std::fs::read(dest.join("a.bin")).unwrap(), b"first");
+        assert!(s.is_complete("prep", "k"));
     }
 
     #[test]
