@@ -62,6 +62,13 @@ const CASES: &[(&str, &[&str])] = &[
     ("protocol_with_split.toml", &["`defaults.eval_split`", "contradicts [protocol]", "the protocol sets the splits"]),
     ("protocol_unknown_key.toml", &["`protocol.final_seed`", "unknown key", "did you mean `final_seeds`?"]),
     ("protocol_unknown_kind.toml", &["`protocol.kind`", "unknown protocol `vtab`", "vtab1k"]),
+    ("slurm_poll_overflows_duration.toml", &["`slurm.poll_s`", "at most 86400", "found 1e+30"]),
+    ("rank_huge.toml", &["`methods.lora.r`", "must be at most 4096, got 1000000"]),
+    ("pretrain_images_huge.toml", &["`backbone.pretrain.images`", "must be at most 10000000, got 1000000000000"]),
+    ("img_size_huge.toml", &["`defaults.img_size`", "must be at most 4096, got 1048576"]),
+    ("batch_size_huge.toml", &["`defaults.batch_size`", "must be at most 65536, got 10000000000"]),
+    ("grid_too_large.toml", &["`methods.lora`", "more than 100000 points"]),
+    ("test_images_huge.toml", &["`datasets.shape.test_images`", "must be at most 10000000"]),
 ];
 
 /// Files in the corpus folder that are not suites but inputs of one.

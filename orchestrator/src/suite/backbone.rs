@@ -1,10 +1,16 @@
 //! The `[backbone]` section: a timm preset with shape overrides, normalisation, and either a
 //! weights file or a `[backbone.pretrain]` recipe. Checks timm's construction rules.
-use super::parser::{sub, Parser};
+use super::parser::{sub, Parser, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_IMG_SIZE};
 use super::{Backbone, Pretrain, Weights};
+use crate::datasets::listed::MAX_CLASSES;
 use crate::datasets::synthetic::Task;
 use kernels::VitConfig;
 use serde_json::Value;
+
+/// Bounds of the architecture's sizes (ViT-g has width 1536, depth 40, 24 heads).
+const MAX_EMBED_DIM: u64 = 16_384;
+const MAX_DEPTH_OR_HEADS: u64 = 1_024;
+const MAX_MLP_RATIO: f64 = 64.0;
 
 impl Parser {
     pub(super) fn backbone(&mut self, v: &Value) -> Option<Backbone> {
@@ -31,12 +37,23 @@ impl Parser {
             let Some(v) = m.get(k) else { continue };
             let key = format!("backbone.{k}");
             match k {
-                "mlp_ratio" => arch.mlp_ratio = self.positive(&key, v).unwrap_or(arch.mlp_ratio),
+                "mlp_ratio" => {
+                    let ok = |x: f64| x > 0.0 && x <= MAX_MLP_RATIO;
+                    let what = format!("> 0 and at most {MAX_MLP_RATIO}");
+                    arch.mlp_ratio = self.number_in(&key, v, &what, ok).unwrap_or(arch.mlp_ratio)
+                }
                 "num_classes" => {
-                    arch.num_classes = self.u64(&key, v).map_or(arch.num_classes, |x| x as i64)
+                    arch.num_classes = self
+                        .integer_in(&key, v, 0, MAX_CLASSES as u64)
+                        .map_or(arch.num_classes, |x| x as i64)
                 }
                 _ => {
-                    let Some(x) = self.count(&key, v) else {
+                    let max = match k {
+                        "img_size" | "patch_size" => MAX_IMG_SIZE,
+                        "embed_dim" => MAX_EMBED_DIM,
+                        _ => MAX_DEPTH_OR_HEADS,
+                    };
+                    let Some(x) = self.integer_in(&key, v, 1, max) else {
                         continue;
                     };
                     let x = x as i64;
@@ -158,10 +175,12 @@ impl Parser {
             let key = format!("backbone.pretrain.{k}");
             match k.as_str() {
                 "task" => p.task = self.task(&key, v).unwrap_or(p.task),
-                "images" => p.images = self.count(&key, v).unwrap_or(p.images),
-                "epochs" => p.epochs = self.count(&key, v).unwrap_or(p.epochs),
+                "images" => p.images = self.integer_in(&key, v, 1, MAX_IMAGES).unwrap_or(p.images),
+                "epochs" => p.epochs = self.integer_in(&key, v, 1, MAX_EPOCHS).unwrap_or(p.epochs),
                 "batch_size" => {
-                    p.batch_size = self.count(&key, v).map_or(p.batch_size, |x| x as i64)
+                    p.batch_size = self
+                        .integer_in(&key, v, 1, MAX_BATCH)
+                        .map_or(p.batch_size, |x| x as i64)
                 }
                 "seed" => p.seed = self.u64(&key, v).unwrap_or(p.seed),
                 "lr" => p.lr = self.positive(&key, v).unwrap_or(p.lr),

@@ -1,6 +1,6 @@
 //! A `[datasets.NAME]` table: synthetic or real source, its own settings and seeds.
 use super::defaults::{Opt, OPT_KEYS};
-use super::parser::Parser;
+use super::parser::{Parser, MAX_IMAGES};
 use super::{DatasetDef, Source, FORMATS};
 use crate::datasets::synthetic::Task;
 use crate::datasets::{Format, RealSource};
@@ -61,7 +61,7 @@ impl Parser {
                 }
             };
             let test_images = match m.get("test_images") {
-                Some(t) => self.count(&format!("{key}.test_images"), t)?,
+                Some(t) => self.integer_in(&format!("{key}.test_images"), t, 1, MAX_IMAGES)?,
                 None => 1000,
             };
             Source::Synthetic { task, test_images }

@@ -1,6 +1,6 @@
 //! The optimisation and data settings of a run (`[defaults]`, and the same keys in dataset,
 //! method and override tables) and seed lists. Reads values; knows no sections.
-use super::parser::Parser;
+use super::parser::{Parser, MAX_BATCH, MAX_EPOCHS, MAX_IMG_SIZE, MAX_LIST};
 use crate::datasets::Split;
 use kernels::train::Precision;
 use serde::{Deserialize, Serialize};
@@ -42,6 +42,9 @@ pub enum CheckpointEvery {
     Epochs(u64),
 }
 
+/// The longest checkpoint interval: a year of wall time.
+const MAX_CHECKPOINT_S: f64 = 365.0 * 86_400.0;
+
 impl std::str::FromStr for CheckpointEvery {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -63,7 +66,9 @@ impl std::str::FromStr for CheckpointEvery {
             _ => return Err(bad()),
         };
         match num.trim().parse::<f64>() {
-            Ok(x) if x.is_finite() && x >= 0.0 => Ok(CheckpointEvery::Seconds(x * scale)),
+            Ok(x) if x >= 0.0 && x * scale <= MAX_CHECKPOINT_S => {
+                Ok(CheckpointEvery::Seconds(x * scale))
+            }
             _ => Err(bad()),
         }
     }
@@ -122,11 +127,22 @@ impl Parser {
 
     pub(super) fn opt_key(&mut self, key: &str, k: &str, v: &Value, opt: &mut Opt) {
         match k {
-            "epochs" => opt.epochs = self.count(key, v).unwrap_or(opt.epochs),
-            "warmup_epochs" => opt.warmup_epochs = self.u64(key, v).unwrap_or(opt.warmup_epochs),
+            "epochs" => opt.epochs = self.integer_in(key, v, 1, MAX_EPOCHS).unwrap_or(opt.epochs),
+            "warmup_epochs" => {
+                opt.warmup_epochs = self
+                    .integer_in(key, v, 0, MAX_EPOCHS)
+                    .unwrap_or(opt.warmup_epochs)
+            }
             "sample_seed" => opt.sample_seed = self.u64(key, v).unwrap_or(opt.sample_seed),
             "batch_size" | "eval_batch_size" | "img_size" => {
-                let Some(x) = self.count(key, v) else { return };
+                let max = if k == "img_size" {
+                    MAX_IMG_SIZE
+                } else {
+                    MAX_BATCH
+                };
+                let Some(x) = self.integer_in(key, v, 1, max) else {
+                    return;
+                };
                 let x = x as i64;
                 match k {
                     "batch_size" => opt.batch_size = x,
@@ -201,6 +217,13 @@ impl Parser {
         };
         if list.is_empty() {
             self.err(key, "is empty: give at least one seed");
+        }
+        if list.len() > MAX_LIST {
+            self.err(
+                key,
+                format!("lists {} seeds, at most {MAX_LIST}", list.len()),
+            );
+            return Vec::new();
         }
         let mut seeds = Vec::new();
         for s in list {

@@ -1,7 +1,7 @@
 //! The whole suite: top-level keys, sections in order, runs checked for collisions, and
 //! `[[override]]` entries applied to the runs they match.
 use super::defaults::{Opt, OPT_KEYS};
-use super::parser::{display, Parser};
+use super::parser::{display, Parser, MAX_LIST};
 use super::{Run, Suite, TOP_KEYS};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -223,6 +223,10 @@ impl Parser {
                 Value::Array(a) if a.is_empty() => {
                     self.err(&axis, "is an empty grid axis: give at least one value")
                 }
+                Value::Array(a) if a.len() > MAX_LIST => self.err(
+                    &axis,
+                    format!("lists {} values, at most {MAX_LIST}", a.len()),
+                ),
                 Value::Array(a) => {
                     // A repeated value is reported and dropped (it would repeat runs).
                     let mut values = Vec::new();

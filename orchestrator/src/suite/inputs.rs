@@ -5,7 +5,6 @@ use super::parser::sub;
 use super::{Source, Suite, Weights};
 use crate::datasets::DatasetError;
 use kernels::{VisionTransformer, VitConfig};
-use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -97,35 +96,17 @@ fn check_weights(path: &Path, arch: &VitConfig) -> Result<(), String> {
     }
 }
 
-/// Names and shapes of the tensors in a safetensors file, from its JSON header.
+/// Names and shapes of the tensors in a safetensors file, from its checked header.
 fn safetensors_shapes(path: &Path) -> Result<BTreeMap<String, Vec<i64>>, String> {
-    use std::io::Read;
-    let bad = |why: String| format!("not a safetensors file ({why})");
-    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let size = f.metadata().map_err(|e| e.to_string())?.len();
-    let mut len = [0; 8];
-    f.read_exact(&mut len)
-        .map_err(|_| bad("shorter than 8 bytes".into()))?;
-    let len = u64::from_le_bytes(len);
-    if len > size - 8 {
-        return Err(bad(format!("header length {len} past the end")));
-    }
-    let mut header = vec![0; len as usize];
-    f.read_exact(&mut header).map_err(|e| e.to_string())?;
-    let header: Map<String, Value> =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
-    header
+    let header = kernels::safetensors_file::read_header(path).map_err(|e| match e {
+        kernels::Error::Safetensors { msg, .. } => format!("not a safetensors file: {msg}"),
+        other => other.to_string(),
+    })?;
+    Ok(header
+        .tensors
         .into_iter()
-        .filter(|(name, _)| name != "__metadata__")
-        .map(|(name, t)| {
-            let shape = t["shape"]
-                .as_array()
-                .and_then(|s| s.iter().map(Value::as_i64).collect::<Option<Vec<i64>>>());
-            shape
-                .map(|s| (name.clone(), s))
-                .ok_or_else(|| bad(format!("tensor `{name}` has no shape")))
-        })
-        .collect()
+        .map(|(name, t)| (name, t.shape))
+        .collect())
 }
 
 /// The backbone tensors `arch` needs (timm names, no head), with their shapes. Every block

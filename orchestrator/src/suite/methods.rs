@@ -3,8 +3,9 @@
 use super::defaults::{Opt, OPT_KEYS};
 use super::diagnostic::{nearest, unknown_name};
 use super::grid::grid_points;
-use super::parser::{display, Parser};
+use super::parser::{display, Parser, MAX_RUNS};
 use super::{Run, METHODS};
+use kernels::method::MAX_RANK;
 use kernels::peft_targets::{select, ModuleSpec};
 use kernels::{Ia3Spec, LoraSpec, Method, Target, VeraSpec};
 use serde_json::Value;
@@ -56,6 +57,20 @@ impl Parser {
             .copied()
             .filter(|k| !["method", "datasets", "seeds"].contains(k));
         let axes = self.grid_axes(&key, m, &grid_keys.collect::<Vec<_>>());
+        let size = axes
+            .iter()
+            .try_fold(1usize, |n, (_, values)| n.checked_mul(values.len()))
+            .filter(|n| *n <= MAX_RUNS);
+        if size.is_none() {
+            self.err(
+                &key,
+                format!(
+                    "its grid has more than {MAX_RUNS} points (the product of its list \
+                     lengths); split the study into several suites"
+                ),
+            );
+            return Vec::new();
+        }
         let points = grid_points(&axes);
         // Every setting the table gives (a grid axis or a single value: either way it differs
         // from the defaults on purpose) goes into the row label, unless the method label shows
@@ -100,6 +115,16 @@ impl Parser {
                     .clone()
                     .or_else(|| dseeds.clone())
                     .unwrap_or_else(|| seeds.to_vec());
+                if runs.len() + run_seeds.len() > MAX_RUNS {
+                    self.err(
+                        &key,
+                        format!(
+                            "expands to more than {MAX_RUNS} runs (grid points x datasets x \
+                             seeds); split the study into several suites"
+                        ),
+                    );
+                    return Vec::new();
+                }
                 for seed in run_seeds {
                     runs.push(Run {
                         dataset: dname.clone(),
@@ -222,7 +247,8 @@ impl Parser {
         };
         let rank = |p: &mut Parser, d: i64| {
             get("r").map_or(Some(d), |v| {
-                p.count(&format!("{key}.r"), &v).map(|x| x as i64)
+                p.integer_in(&format!("{key}.r"), &v, 1, MAX_RANK as u64)
+                    .map(|x| x as i64)
             })
         };
         let method = match kind {
@@ -246,7 +272,12 @@ impl Parser {
                 r: rank(self, 256)?,
                 d_initial: num(self, "d_initial", 0.1)?,
                 projection_prng_key: match get("projection_prng_key") {
-                    Some(v) => self.u64(&format!("{key}.projection_prng_key"), &v)? as i64,
+                    Some(v) => self.integer_in(
+                        &format!("{key}.projection_prng_key"),
+                        &v,
+                        0,
+                        i64::MAX as u64,
+                    )? as i64,
                     None => 0,
                 },
                 dropout: num(self, "dropout", 0.0)?,

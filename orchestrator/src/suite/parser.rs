@@ -6,6 +6,20 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 
+/// Upper bounds of the suite's counts and sizes that allocate or multiply (tensors, images,
+/// runs): far above any real study, low enough that a typo fails here, naming its key,
+/// rather than in the allocator.
+pub(super) const MAX_EPOCHS: u64 = 100_000;
+pub(super) const MAX_BATCH: u64 = 65_536;
+/// Pixels a side (of the backbone's and a run's image size).
+pub(super) const MAX_IMG_SIZE: u64 = 4_096;
+/// Synthetic images generated (pretraining, a synthetic test split).
+pub(super) const MAX_IMAGES: u64 = 10_000_000;
+/// Runs of one method table, and points of its grid (the product of its axes' lengths).
+pub(super) const MAX_RUNS: usize = 100_000;
+/// The longest list (a grid axis, seeds): each is checked for repeats value by value.
+pub(super) const MAX_LIST: usize = 10_000;
+
 pub(super) struct Parser {
     pub(super) errors: Vec<Diagnostic>,
     /// The suite file's folder: relative paths in it are relative to this.
@@ -112,11 +126,6 @@ impl Parser {
         self.integer(key, v, 0)
     }
 
-    /// An integer >= 1 (sizes, counts).
-    pub(super) fn count(&mut self, key: &str, v: &Value) -> Option<u64> {
-        self.integer(key, v, 1)
-    }
-
     pub(super) fn integer(&mut self, key: &str, v: &Value, min: u64) -> Option<u64> {
         let (want, must) = match min {
             0 => (
@@ -131,6 +140,16 @@ impl Parser {
             _ => self.wrong_type(key, want, v),
         }
         None
+    }
+
+    /// An integer in `min..=max` (a count or size that allocates or multiplies).
+    pub(super) fn integer_in(&mut self, key: &str, v: &Value, min: u64, max: u64) -> Option<u64> {
+        let x = self.integer(key, v, min)?;
+        if x > max {
+            self.err(key, format!("must be at most {max}, got {x}"));
+            return None;
+        }
+        Some(x)
     }
 
     pub(super) fn f64(&mut self, key: &str, v: &Value) -> Option<f64> {

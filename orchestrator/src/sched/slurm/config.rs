@@ -2,6 +2,7 @@
 //! Parsed here (the suite parser only hands over the table); it runs nothing.
 use serde::Serialize;
 use serde_json::Value;
+use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SlurmConfig {
@@ -65,6 +66,15 @@ pub const KEYS: [&str; 13] = [
     "extra_args",
 ];
 
+/// The longest poll interval: a day (`Duration` and the back-off arithmetic stay in range).
+pub const MAX_POLL_S: f64 = 86_400.0;
+/// Upper bounds of the counts, far above any cluster's, so that no value truncates or
+/// overflows where it is used.
+const MAX_SIGNAL_S: u64 = 7 * 86_400;
+const MAX_CPUS: u64 = 4_096;
+const MAX_JOBS: u64 = 100_000;
+const MAX_REQUEUES: u64 = 1_000;
+
 /// A problem with one key of `[slurm]`: (key, what is wrong and how to fix it).
 pub type KeyError = (String, String);
 
@@ -82,17 +92,27 @@ impl SlurmConfig {
                     None
                 }
             };
-            let count = |err: &mut dyn FnMut(&str, String), min: u64| match v.as_u64() {
-                Some(n) if n >= min => Some(n),
+            let count = |err: &mut dyn FnMut(&str, String), min: u64, max: u64| match v.as_u64() {
+                Some(n) if (min..=max).contains(&n) => Some(n),
                 _ => {
-                    err(k, format!("expected an integer >= {min}, found {v}"));
+                    err(
+                        k,
+                        format!("expected an integer from {min} to {max}, found {v}"),
+                    );
                     None
                 }
             };
             let seconds = |err: &mut dyn FnMut(&str, String)| match v.as_f64() {
-                Some(s) if s > 0.0 && s.is_finite() => Some(s),
+                Some(s) if s > 0.0 && s <= MAX_POLL_S && Duration::try_from_secs_f64(s).is_ok() => {
+                    Some(s)
+                }
                 _ => {
-                    err(k, format!("expected a number of seconds > 0, found {v}"));
+                    err(
+                        k,
+                        format!(
+                            "expected a number of seconds > 0 and at most {MAX_POLL_S}, found {v}"
+                        ),
+                    );
                     None
                 }
             };
@@ -103,12 +123,17 @@ impl SlurmConfig {
                 "time" => c.time = string(&mut err),
                 "mem" => c.mem = string(&mut err),
                 "gres" => c.gres = string(&mut err).unwrap_or(c.gres),
-                "cpus_per_task" => c.cpus_per_task = count(&mut err, 1).map(|n| n as u32),
-                "max_jobs" => c.max_jobs = count(&mut err, 1).map_or(c.max_jobs, |n| n as usize),
-                "max_requeues" => {
-                    c.max_requeues = count(&mut err, 0).map_or(c.max_requeues, |n| n as u32)
+                "cpus_per_task" => {
+                    c.cpus_per_task = count(&mut err, 1, MAX_CPUS).map(|n| n as u32)
                 }
-                "signal_s" => c.signal_s = count(&mut err, 1).unwrap_or(c.signal_s),
+                "max_jobs" => {
+                    c.max_jobs = count(&mut err, 1, MAX_JOBS).map_or(c.max_jobs, |n| n as usize)
+                }
+                "max_requeues" => {
+                    c.max_requeues =
+                        count(&mut err, 0, MAX_REQUEUES).map_or(c.max_requeues, |n| n as u32)
+                }
+                "signal_s" => c.signal_s = count(&mut err, 1, MAX_SIGNAL_S).unwrap_or(c.signal_s),
                 "poll_s" => c.poll_s = seconds(&mut err).unwrap_or(c.poll_s),
                 "max_poll_s" => c.max_poll_s = seconds(&mut err).unwrap_or(c.max_poll_s),
                 "extra_args" => match v.as_array() {
@@ -182,5 +207,35 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert!(e[0].1.contains("poll_s is 10"), "{e:?}");
         assert_eq!(parse("").0, SlurmConfig::default());
+    }
+
+    #[test]
+    fn numbers_that_overflow_a_duration_or_a_count_name_their_key() {
+        // 1e30 s panicked in Duration::from_secs_f64; 2^32 + 1 cpus truncated to 1.
+        let (c, e) = parse(
+            "poll_s = 1e30\nmax_poll_s = 1e300\ncpus_per_task = 4294967297\nmax_jobs = 9223372036854775807\n\
+             max_requeues = 4294967296\nsignal_s = 9223372036854775807\n",
+        );
+        let keys: Vec<&str> = e.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "slurm.cpus_per_task",
+                "slurm.max_jobs",
+                "slurm.max_poll_s",
+                "slurm.max_requeues",
+                "slurm.poll_s",
+                "slurm.signal_s"
+            ]
+        );
+        assert!(
+            e.iter()
+                .all(|(_, m)| m.contains("at most") || m.contains(" to ")),
+            "{e:?}"
+        );
+        assert_eq!(c, SlurmConfig::default());
+        let (c, e) = parse("poll_s = 86400\nmax_poll_s = 86400\n");
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(c.poll_s, MAX_POLL_S);
     }
 }
