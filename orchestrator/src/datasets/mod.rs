@@ -46,6 +46,8 @@ use serde::{Deserialize, Serialize};
 
 mod cifar;
 mod csv_list;
+#[doc(hidden)]
+pub use csv_list::{parse_records as parse_csv_records, Record as CsvRecord};
 mod decode;
 #[doc(hidden)]
 pub use decode::decode_bytes;
@@ -63,6 +65,8 @@ pub mod synthetic;
 #[cfg(test)]
 mod testutil;
 mod vtab1k;
+#[doc(hidden)]
+pub use vtab1k::parse_list as parse_vtab1k_list;
 
 pub use error::DatasetError;
 pub use subset::{Part, SubsetDefinition, SubsetRecord};
