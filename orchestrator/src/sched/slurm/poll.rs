@@ -159,4 +159,37 @@ mod tests {
         assert_eq!(parse_job_id("42;gpu-cluster\n").as_deref(), Some("42"));
         assert_eq!(parse_job_id("sbatch: error"), None);
     }
+
+    #[test]
+    fn odd_tool_output_parses_to_nothing_or_unknown_never_a_panic() {
+        let odd = [
+            "",
+            "\n\n|\n||\n|||\n",
+            "12\n|RUNNING\n12|\n",
+            "99999999999999999999999999999|RUNNING|99999999999999999999:99999999999\n",
+            "4|FAILED|:\n5|FAILED|x:y\n6|FAILED|-2147483649:0\n",
+            "\u{feff}7|PENDING\r\n",
+        ];
+        for text in odd {
+            let _ = parse_pairs(text);
+            let _ = parse_job_id(text);
+            for line in text.lines() {
+                let _ = phase(line);
+            }
+            for ended in parse_sacct(text).values() {
+                // Unparseable exit codes are unknown, not a number.
+                assert!(ended.code.is_none_or(|c| c == 0), "{text:?}: {ended:?}");
+            }
+        }
+        assert_eq!(parse_pairs("12\n|RUNNING\n").len(), 0);
+        let a = parse_sacct("99999999999999999999999999999|RUNNING|99999999999999999999:0\n");
+        assert_eq!(a["99999999999999999999999999999"].code, None);
+        assert_eq!(
+            parse_job_id(&"9".repeat(1000)).map(|id| id.len()),
+            Some(1000)
+        );
+        assert_eq!(parse_job_id("12abc"), None);
+        let lossy = String::from_utf8_lossy(b"4\xff|RUNNING\n");
+        assert!(parse_pairs(&lossy).contains_key("4\u{fffd}"));
+    }
 }
