@@ -365,10 +365,9 @@ pub fn info(dir: &Path) -> Result<PrepInfo> {
 /// Loads one chunk: (uint8 images [n,3,H,W], int64 labels [n]).
 pub fn load_chunk(dir: &Path, name: &str) -> Result<(Tensor, Tensor)> {
     let path = dir.join(name);
-    let mut t: std::collections::BTreeMap<String, Tensor> = Tensor::read_safetensors(&path)
-        .map_err(|e| NodeError::Failed(format!("{}: {e}", path.display())))?
-        .into_iter()
-        .collect();
+    // Through the checked reader: a damaged store entry is an error, not a libtorch abort.
+    let mut t = kernels::safetensors_file::read_safetensors(&path)
+        .map_err(|e| NodeError::Failed(e.to_string()))?;
     match (t.remove("images"), t.remove("labels")) {
         (Some(i), Some(l)) => Ok((i, l)),
         _ => Err(NodeError::Failed(format!(
