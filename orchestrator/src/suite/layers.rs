@@ -19,15 +19,24 @@ pub fn load_with_env(
     sets: &[String],
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Suite, SuiteError> {
-    let fail = |d: Diagnostic| SuiteError::new(path, vec![d]);
     let text = std::fs::read_to_string(path).map_err(|e| {
-        fail(Diagnostic::invalid(
-            "",
-            format!("cannot read the suite: {e}"),
-        ))
+        let problem = Diagnostic::invalid("", format!("cannot read the suite: {e}"));
+        SuiteError::new(path, vec![problem])
     })?;
-    let file = toml::from_str::<toml::Table>(&text).map_err(|e| fail(syntax_error(&text, &e)))?;
-    let mut fig = Figment::from(Toml::string(&text));
+    parse_str(&text, path, sets, env)
+}
+
+/// [`load_with_env`] of the suite text `text`, as if read from `path` (named in errors, and
+/// the folder relative paths start from). Pure: nothing is read from disk.
+pub fn parse_str(
+    text: &str,
+    path: &Path,
+    sets: &[String],
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Suite, SuiteError> {
+    let fail = |d: Diagnostic| SuiteError::new(path, vec![d]);
+    let file = toml::from_str::<toml::Table>(text).map_err(|e| fail(syntax_error(text, &e)))?;
+    let mut fig = Figment::from(Toml::string(text));
     let mut assigned = Vec::new();
     let mut env: Vec<(String, String)> = env.into_iter().collect();
     env.sort();

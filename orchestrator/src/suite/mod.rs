@@ -25,7 +25,7 @@ mod protocol;
 pub use defaults::{CheckpointEvery, Opt};
 pub use diagnostic::{Diagnostic, Origin, Problem, SuiteError};
 pub use inputs::check_inputs;
-pub use layers::load_with_env;
+pub use layers::{load_with_env, parse_str};
 
 use crate::datasets::synthetic::Task;
 use crate::datasets::RealSource;
