@@ -4,15 +4,30 @@
 //! feeds the bytes to one parser of third-party input and panics only where that parser broke
 //! its promise (a panic, an abort, or for archives a file outside its folder). Owns only a
 //! scratch folder of its own; the product never calls it.
+use crate::datasets;
 use crate::fetch::{unpack, ArchiveKind, UnpackLimits};
 use crate::sched::slurm::poll;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// A target's body: the bytes libFuzzer made.
+pub type Body = fn(&[u8]);
+
 /// Every target: its name (the file in fuzz/fuzz_targets/ and the folder of its seeds and
 /// regressions) and its body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[("tar", tar), ("zip", zip), ("slurm", slurm)];
+pub const TARGETS: &[(&str, Body)] = &[
+    ("pickle", pickle),
+    ("vtab1k_list", vtab1k_list),
+    ("csv_list", csv_list),
+    ("image", image),
+    ("safetensors", safetensors),
+    ("peft_config", peft_config),
+    ("suite", suite),
+    ("tar", tar),
+    ("zip", zip),
+    ("slurm", slurm),
+];
 
 /// Runs target `name` on `data`; false if there is no such target.
 pub fn run(name: &str, data: &[u8]) -> bool {
@@ -23,6 +38,57 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         }
         None => false,
     }
+}
+
+/// A CIFAR-100 python pickle, read both as a `train`/`test` part and as `meta`.
+fn pickle(data: &[u8]) {
+    let path = Path::new("cifar-100-python/train");
+    let _ = datasets::parse_python_part(data, path);
+    let _ = datasets::parse_python_names(data, path);
+}
+
+/// A VTAB-1k list (`<image path> <label>` lines), paths checked against a root.
+fn vtab1k_list(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let _ = datasets::parse_vtab1k_list(
+        &text,
+        Path::new("/data/vtab-1k/dtd"),
+        Path::new("train800.txt"),
+    );
+}
+
+/// A CSV list (`path,label` rows), then every row's path and label as the reader takes them.
+fn csv_list(data: &[u8]) {
+    if let Ok(records) = datasets::parse_csv_records(data, Path::new("train.csv")) {
+        for r in records {
+            let _ = datasets::listed::inside_root(Path::new("/data/csv"), &r.path);
+            let _ = datasets::listed::class_index(&r.label);
+        }
+    }
+}
+
+/// An image file (JPEG, PNG or TIFF) decoded within the limits.
+fn image(data: &[u8]) {
+    let _ = datasets::decode_bytes(data, Path::new("image"));
+}
+
+/// A safetensors file: the header checked, then the tensors read through that check.
+fn safetensors(data: &[u8]) {
+    let path = Path::new("model.safetensors");
+    let _ = kernels::safetensors_file::check_header(data, data.len() as u64, path);
+    let _ = kernels::safetensors_file::tensors_from_bytes(data, path);
+}
+
+/// A peft `adapter_config.json`, for a 12-block ViT.
+fn peft_config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let _ = kernels::peft_import::parse_peft_config(&text, 12, Path::new("adapter_config.json"));
+}
+
+/// A suite file, with no environment overrides; the paths it names do not exist.
+fn suite(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let _ = crate::suite::parse_str(&text, Path::new("/fuzz/suite.toml"), &[], Vec::new());
 }
 
 /// A tar archive (gzip-compressed here, so the fuzzer mutates the tar itself).

@@ -326,8 +326,11 @@ fn weights_from_the_hub_at_hf_endpoint_are_checked_against_its_sha256() {
     assert!(!tmp.join("w2/x.safetensors").exists());
 }
 
-/// A tar.gz built entry by entry: `(path, type, link target or data)`.
-fn tar_gz_typed(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+/// One entry of [`tar_gz_typed`]: path, type, link target or data.
+type Entry<'a> = (&'a str, tar::EntryType, &'a [u8]);
+
+/// A tar.gz built entry by entry.
+fn tar_gz_typed(entries: &[Entry]) -> Vec<u8> {
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     let mut b = tar::Builder::new(gz);
     for (name, kind, data) in entries {
@@ -371,7 +374,7 @@ fn links_devices_and_duplicates_are_refused_and_nothing_is_written_anywhere() {
     let tmp = tempdir("contained");
     let deep = tmp.join("x/y/z");
     std::fs::create_dir_all(&deep).unwrap();
-    let cases: [(&str, Vec<(&str, tar::EntryType, &[u8])>, &str); 6] = [
+    let cases: [(&str, Vec<Entry>, &str); 6] = [
         (
             "chain",
             vec![

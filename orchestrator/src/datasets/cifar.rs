@@ -87,7 +87,7 @@ fn detect(src: &RealSource) -> Result<Layout, DatasetError> {
 }
 
 /// One split's pixels (HWC, 3072 bytes per image) and fine labels.
-struct Part {
+pub(crate) struct Part {
     pixels: Vec<u8>,
     labels: Vec<i64>,
 }
@@ -104,14 +104,19 @@ fn push_hwc(planes: &[u8], out: &mut Vec<u8>) {
 }
 
 fn read_python_part(path: &Path) -> Result<Part, DatasetError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    parse_python_part(&bytes, path)
+}
+
+/// A python-version `train`/`test` pickle's images and fine labels (`bytes` read from `path`,
+/// which errors name).
+pub(crate) fn parse_python_part(bytes: &[u8], path: &Path) -> Result<Part, DatasetError> {
     let bad = |problem: String| DatasetError::BadFile {
         path: path.to_path_buf(),
         problem,
         fix: PY_FIX,
     };
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let dict = pickle::load(&bytes).map_err(|m| bad(format!("not a readable pickle: {m}")))?;
-    drop(bytes);
+    let dict = pickle::load(bytes).map_err(|m| bad(format!("not a readable pickle: {m}")))?;
     let data = dict
         .get("data")
         .ok_or_else(|| bad(format!("the pickle ({}) has no 'data' entry", dict.kind())))?;
@@ -166,13 +171,18 @@ fn read_python_part(path: &Path) -> Result<Part, DatasetError> {
 }
 
 fn read_python_names(path: &Path) -> Result<Vec<String>, DatasetError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    parse_python_names(&bytes, path)
+}
+
+/// The `meta` pickle's fine label names (`bytes` read from `path`, which errors name).
+pub(crate) fn parse_python_names(bytes: &[u8], path: &Path) -> Result<Vec<String>, DatasetError> {
     let bad = |problem: String| DatasetError::BadFile {
         path: path.to_path_buf(),
         problem,
         fix: PY_FIX,
     };
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let meta = pickle::load(&bytes).map_err(|m| bad(format!("not a readable pickle: {m}")))?;
+    let meta = pickle::load(bytes).map_err(|m| bad(format!("not a readable pickle: {m}")))?;
     meta.get("fine_label_names")
         .ok_or_else(|| bad("no 'fine_label_names' entry".into()))?
         .to_strings()

@@ -56,18 +56,17 @@ fn read_list(root: &Path, list: &Path) -> Result<Entries, DatasetError> {
         if line.is_empty() {
             continue;
         }
+        let bad = |problem: String| DatasetError::BadLine {
+            path: list.to_path_buf(),
+            line: i + 1,
+            problem,
+            expected: LINE_FORMAT,
+        };
         let class = match line.split_once('/') {
             Some((class, name)) if !class.is_empty() && !name.is_empty() => class,
-            _ => {
-                return Err(DatasetError::BadLine {
-                    path: list.to_path_buf(),
-                    line: i + 1,
-                    problem: format!("{line:?} has no class folder"),
-                    expected: LINE_FORMAT,
-                })
-            }
+            _ => return Err(bad(format!("{line:?} has no class folder"))),
         };
-        let file = root.join("images").join(line);
+        let file = super::listed::inside_root(&root.join("images"), line).map_err(bad)?;
         if !file.is_file() {
             return Err(DatasetError::ListedFileMissing {
                 file,
@@ -318,6 +317,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("val1.txt:1"), "{msg}");
+        // A line that climbs out of images/ is refused before the disk is asked.
+        std::fs::write(
+            dir.path().join("labels/val1.txt"),
+            "../../../../etc/hostname\n",
+        )
+        .unwrap();
+        let msg = list_split(&src, Split::Train800, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("val1.txt:1") && msg.contains("outside the dataset root"),
+            "{msg}"
+        );
         std::fs::remove_file(dir.path().join("labels/train1.txt")).unwrap();
         let msg = check_source(&src).unwrap_err().to_string();
         assert!(msg.contains("train1.txt"), "{msg}");

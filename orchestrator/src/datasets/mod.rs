@@ -45,6 +45,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 mod cifar;
+pub(crate) use cifar::{parse_python_names, parse_python_part};
 mod csv_list;
 #[doc(hidden)]
 pub use csv_list::{parse_records as parse_csv_records, Record as CsvRecord};

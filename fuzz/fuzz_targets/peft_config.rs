@@ -1,0 +1,6 @@
+//! Fuzz target `peft_config`: the body is orchestrator::fuzzing's (replayed by its regression test).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    orchestrator::fuzzing::run("peft_config", data);
+});
