@@ -3,6 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "support/skip.rs"]
+mod skip;
+
 fn vtab(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vtab-orch"))
         .args(args)
@@ -70,7 +73,11 @@ fn jobs_per_gpu_zero_is_an_invalid_argument() {
 #[test]
 fn a_gpu_on_a_machine_without_one_suggests_gpus_none() {
     if tch::Cuda::device_count() > 0 {
-        skipped("a_gpu_on_a_machine_without_one_suggests_gpus_none: this machine has a GPU");
+        skip::skipped(
+            "no-gpu",
+            "a_gpu_on_a_machine_without_one_suggests_gpus_none",
+            "this machine has a GPU",
+        );
         return;
     }
     let st = scratch("gpu0");
@@ -143,10 +150,4 @@ fn a_pipe_closed_early_ends_quietly() {
             "exit {code} (SIGPIPE is 141):\n{err}"
         );
     }
-}
-
-/// Says loudly that a test could not run here, past the harness's capture.
-fn skipped(why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "\n*** SKIPPED {why} ***\n");
 }

@@ -5,6 +5,10 @@ use orchestrator::graph::{Node, PrepNode};
 use orchestrator::suite::Source;
 use std::path::Path;
 
+#[path = "support/hooks.rs"]
+mod hooks;
+use hooks::hook;
+
 fn write_folder(root: &Path) {
     for (class, shade) in [("a", 40u8), ("b", 200)] {
         std::fs::create_dir_all(root.join(class)).unwrap();
@@ -199,7 +203,7 @@ fn plan_says_a_node_resumes_from_its_checkpoint() {
             "--set",
             "defaults.checkpoint_every='1 epoch'",
         ],
-        &[("VTAB_ORCH_TEST_CRASH_AFTER_EPOCH", "2")],
+        &[hook("VTAB_ORCH_TEST_CRASH_AFTER_EPOCH", "2")],
     );
     assert_eq!(crashed.status.code(), Some(1));
     let p = plan(&suite, &["defaults.epochs=3"]);

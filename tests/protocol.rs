@@ -1,13 +1,17 @@
 //! The VTAB-1k protocol stage: final runs keyed like hand-written runs, seeds and search
 //! axes that change only what they must, and a run killed between select and finals that
 //! completes without recomputing the search.
-use orchestrator::graph::Graph;
+use orchestrator::graph::{Graph, Node};
 use orchestrator::load::{load, Loaded};
 use orchestrator::numerics::DeviceKind;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+#[path = "support/hooks.rs"]
+mod hooks;
+use hooks::hook;
 
 const HEAD: &str = "store = \"store\"\n\
 [defaults]\nimg_size = 16\nepochs = 1\nbatch_size = 100\nwarmup_epochs = 0\n\
@@ -38,6 +42,15 @@ fn protocol_suite(d: &Path, lrs: &str, final_seeds: &str) -> PathBuf {
 
 fn loaded(suite: &Path) -> Loaded {
     load(suite, &[], None, DeviceKind::Cpu).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The graph of `suite` as planned before any selection: with an empty store, so that no
+/// stored choice grows finals into it.
+fn unselected(suite: &Path) -> Graph {
+    let empty = suite.with_file_name("empty-store");
+    let l = load(suite, &[], Some(&empty), DeviceKind::Cpu).unwrap_or_else(|e| panic!("{e}"));
+    assert!(l.graph.finals.is_empty());
+    l.graph
 }
 
 fn keys(g: &Graph) -> BTreeSet<String> {
@@ -177,15 +190,70 @@ fn ran(o: &Output) -> (usize, usize) {
     (n("ran"), n("cached"))
 }
 
-fn chosen(store: &Path) -> String {
-    let dir = store.join("select");
-    let entry = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap();
-    let s: Value = serde_json::from_str(
-        &std::fs::read_to_string(entry.path().join("selection.json")).unwrap(),
-    )
-    .unwrap();
-    let i = s["chosen"].as_u64().unwrap() as usize;
-    s["candidates"][i]["config"].as_str().unwrap().to_string()
+/// What the selection must choose, worked out here from the search runs' val200 metrics in
+/// the store, not from what the select node wrote: (index, config) of the candidate with the
+/// highest mean val top-1, ties to fewer trainable parameters, then to the first in suite
+/// order; and every candidate's score, for failure messages.
+fn expected_choice(suite: &Path, store: &Path) -> (usize, String, String) {
+    let g = unselected(suite);
+    let Some(Node::Select(sel)) = g.node(&select_key(&g)) else {
+        panic!("not a select node");
+    };
+    let scores: Vec<(String, f64, i64)> = sel
+        .candidates
+        .iter()
+        .map(|c| {
+            let metrics: Vec<Value> = c
+                .evals
+                .iter()
+                .map(|k| {
+                    let f = store.join("eval").join(k).join("metrics.json");
+                    let text = std::fs::read_to_string(&f)
+                        .unwrap_or_else(|e| panic!("search run {}: {e}", f.display()));
+                    serde_json::from_str(&text).unwrap()
+                })
+                .collect();
+            let top1: Vec<f64> = metrics
+                .iter()
+                .map(|m| m["top1"].as_f64().unwrap())
+                .collect();
+            let mean = top1.iter().sum::<f64>() / top1.len() as f64;
+            let trainable = metrics[0]["train"]["counts"]["trainable"].as_i64().unwrap();
+            (c.config.clone(), mean, trainable)
+        })
+        .collect();
+    let mut best = 0;
+    for (i, (_, mean, trainable)) in scores.iter().enumerate() {
+        let (_, best_mean, best_trainable) = &scores[best];
+        if mean > best_mean || (mean == best_mean && trainable < best_trainable) {
+            best = i;
+        }
+    }
+    (best, scores[best].0.clone(), format!("{scores:?}"))
+}
+
+/// The candidate index the select node of `suite` stored in its `selection.json`.
+fn stored_choice(suite: &Path, store: &Path) -> usize {
+    let key = select_key(&unselected(suite));
+    let f = store.join("select").join(key).join("selection.json");
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+    s["chosen"].as_u64().unwrap() as usize
+}
+
+/// The eval keys of the final runs of candidate `chosen` of `suite`.
+fn finals_of(suite: &Path, chosen: usize) -> Vec<String> {
+    let mut g = unselected(suite);
+    let s = select_key(&g);
+    assert!(!g.add_finals(&s, chosen).is_empty());
+    g.finals.into_iter().map(|(_, k)| k).collect()
+}
+
+fn evaluated(store: &Path, eval_key: &str) -> bool {
+    store
+        .join("eval")
+        .join(eval_key)
+        .join("metrics.json")
+        .exists()
 }
 
 /// The driver dies (abort, like kill -9) right after the select node is done, before its
@@ -204,7 +272,7 @@ fn killed_between_select_and_finals_the_rerun_does_not_recompute_the_search() {
         .all(|e| e["key"] == "" && e["reason"] == "waits for select shape linear"));
     let o = vtab(
         &["run", s, "--gpus", "none"],
-        &[("VTAB_ORCH_TEST_ABORT_AFTER_SELECT", "1")],
+        &[hook("VTAB_ORCH_TEST_ABORT_AFTER_SELECT", "1")],
     );
     assert!(!o.status.success(), "the driver aborted");
     // Search and select are stored; the finals are known now, and not run.
@@ -233,7 +301,23 @@ fn killed_between_select_and_finals_the_rerun_does_not_recompute_the_search() {
     );
     let sel = std::fs::read_to_string(d.join("reports/suite/selection.csv")).unwrap();
     assert!(sel.starts_with("dataset,method,chosen,settings,val200_top1_winner,val200_top1_runner_up,candidates,search_seeds"), "{sel}");
-    assert!(sel.contains(&chosen(&d.join("store"))), "{sel}");
+    // The choice, its report row and the finals that ran are those the rule gives for the
+    // search runs' metrics.
+    let store = d.join("store");
+    let (want, config, scores) = expected_choice(&suite, &store);
+    assert_eq!(stored_choice(&suite, &store), want, "{scores}");
+    let rows: Vec<csv::StringRecord> = csv::Reader::from_reader(sel.as_bytes())
+        .records()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 1, "{sel}");
+    assert_eq!(&rows[0][2], config, "{scores}\n{sel}");
+    for k in finals_of(&suite, want) {
+        assert!(evaluated(&store, &k), "final {k} of {config} did not run");
+    }
+    for k in finals_of(&suite, 1 - want) {
+        assert!(!evaluated(&store, &k), "final {k} of the loser ran");
+    }
 }
 
 /// A changed search axis, run for real: the new candidate's search run, the select node,
@@ -242,26 +326,18 @@ fn killed_between_select_and_finals_the_rerun_does_not_recompute_the_search() {
 fn a_changed_search_axis_reruns_only_what_the_choice_needs() {
     let d = dir("rerun");
     let s1 = protocol_suite(&d, "[0.001, 0.01]", "[0]");
+    let store = d.join("store");
     let first = vtab(&["run", s1.to_str().unwrap(), "--gpus", "none"], &[]);
     ran(&first);
-    let old = chosen(&d.join("store"));
+    let (_, old, _) = expected_choice(&s1, &store);
     let s2 = protocol_suite(&d, "[0.001, 0.1]", "[0]");
     let o = vtab(&["run", s2.to_str().unwrap(), "--gpus", "none"], &[]);
     let (n, _) = ran(&o);
-    // Two select entries now; the newest is this run's.
-    let mut sels: Vec<_> = std::fs::read_dir(d.join("store/select"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    sels.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
-    let s: Value = serde_json::from_str(
-        &std::fs::read_to_string(sels.last().unwrap().join("selection.json")).unwrap(),
-    )
-    .unwrap();
-    let new = s["candidates"][s["chosen"].as_u64().unwrap() as usize]["config"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (want, new, scores) = expected_choice(&s2, &store);
+    assert_eq!(stored_choice(&s2, &store), want, "{scores}");
+    for k in finals_of(&s2, want) {
+        assert!(evaluated(&store, &k), "final {k} of {new} is missing");
+    }
     let finals = if new == old { 0 } else { 2 };
     assert_eq!(
         n,

@@ -4,6 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+#[path = "support/hooks.rs"]
+mod hooks;
+use hooks::hook;
+
+#[path = "support/skip.rs"]
+mod skip;
+
 fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("vtab-rel-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -65,7 +72,7 @@ fn resume_after_a_crash_gives_identical_tensors() {
             "--set",
             every_epoch,
         ],
-        &[("VTAB_ORCH_TEST_CRASH_AFTER_EPOCH", "2")],
+        &[hook("VTAB_ORCH_TEST_CRASH_AFTER_EPOCH", "2")],
     );
     assert_eq!(crashed.status.code(), Some(1), "{}", stderr(&crashed));
     assert!(
@@ -145,7 +152,7 @@ fn the_default_policy_writes_no_checkpoint_in_a_short_run() {
     let (a, b, sb) = reference_and_copy("policy", &["shape"], methods, 4);
     let crashed = vtab(
         &["run", sb.to_str().unwrap(), "--gpus", "none"],
-        &[("VTAB_ORCH_TEST_CRASH_AFTER_EPOCH", "2")],
+        &[hook("VTAB_ORCH_TEST_CRASH_AFTER_EPOCH", "2")],
     );
     assert_eq!(crashed.status.code(), Some(1), "{}", stderr(&crashed));
     let ckpts: Vec<_> = std::fs::read_dir(b.join("store/checkpoints"))
@@ -175,11 +182,11 @@ fn ctrl_c_checkpoints_the_running_node_and_the_next_run_resumes_it() {
     let marker = b.join("pause");
     let run = Command::new(env!("CARGO_BIN_EXE_vtab-orch"))
         .args(["run", sb.to_str().unwrap(), "--gpus", "none"])
-        .env(
+        .envs([hook(
             "VTAB_ORCH_TEST_PAUSE_AFTER_EPOCH",
             // Epoch 2: the backbone's 1-epoch pretraining never pauses.
             format!("2:{}", marker.display()),
-        )
+        )])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -245,10 +252,10 @@ fn concurrent_runs_never_execute_a_node_twice() {
             .stderr(Stdio::piped())
             .stdout(Stdio::null());
         if pause {
-            c.env(
+            c.envs([hook(
                 "VTAB_ORCH_TEST_PAUSE_AFTER_EPOCH",
                 format!("1:{}", marker.display()),
-            );
+            )]);
         }
         c.spawn().unwrap()
     };
@@ -479,10 +486,10 @@ fn kill_9_of_the_run_or_a_child_then_rerun_gives_identical_results() {
     let start_paused = |marker: &Path| {
         Command::new(env!("CARGO_BIN_EXE_vtab-orch"))
             .args(["run", sb.to_str().unwrap(), "--gpus", "none"])
-            .env(
+            .envs([hook(
                 "VTAB_ORCH_TEST_PAUSE_AFTER_EPOCH",
                 format!("1:{}", marker.display()),
-            )
+            )])
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
@@ -592,7 +599,11 @@ fn a_full_disk_leaves_the_store_consistent() {
         .map(|s| s.success())
         .unwrap_or(false);
     if !mounted {
-        skipped("a_full_disk_leaves_the_store_consistent: cannot mount a tmpfs here (needs root)");
+        skip::skipped(
+            "root",
+            "a_full_disk_leaves_the_store_consistent",
+            "cannot mount a tmpfs here (needs root and mount rights)",
+        );
         return;
     }
     let _guard = Mount(store.clone());
@@ -631,12 +642,4 @@ fn a_full_disk_leaves_the_store_consistent() {
         .success());
     drop(_guard);
     std::fs::remove_dir_all(&d).ok();
-}
-
-/// Says loudly that a test could not run here. Written to the stderr handle directly, not
-/// through `eprintln!`, which the test harness captures: the line shows in a plain
-/// `cargo test` run (and `./x test` lists every such line at the end).
-fn skipped(why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "\n*** SKIPPED {why} ***\n");
 }

@@ -1,35 +1,61 @@
 //! `vtab-orch run --launcher slurm` on a real (single-node) Slurm cluster, started by
 //! `scripts/local-slurm.sh start` (`./x test` does): same results as a local run, a
 //! cancelled job fails only its node, a requeued job resumes from its checkpoint, Ctrl-C
-//! cancels our jobs only, a GPU node sees the GPU Slurm gave it. Without a cluster each
-//! test says SKIPPED.
+//! cancels our jobs only, a GPU node sees the GPU Slurm gave it, two drivers on one store
+//! never run a node twice. Without a cluster each test says SKIPPED (tests/support/skip.rs),
+//! or fails when the test command declared one (`VTAB_ORCH_REQUIRE=slurm`, as `./x test`
+//! does after starting it).
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// SLURM_CONF of a cluster that answers, or None (and the test says SKIPPED).
+#[path = "support/hooks.rs"]
+mod hooks;
+use hooks::hook;
+
+#[path = "support/skip.rs"]
+mod skip;
+
+/// SLURM_CONF of a cluster that answers, or None (and the test says SKIPPED, or fails if a
+/// cluster was declared required). A busy controller or a node still completing another
+/// test's job is not a missing cluster: asked again for up to 20 s.
 fn cluster(test: &str) -> Option<String> {
     let conf = std::env::var("SLURM_CONF").unwrap_or_else(|_| {
         let dir = std::env::var("VTAB_SLURM_DIR").unwrap_or_else(|_| "/tmp/vtab-slurm".into());
         format!("{dir}/slurm.conf")
     });
-    let up = Path::new(&conf).exists()
-        && Command::new("sinfo")
+    if !Path::new(&conf).exists() {
+        let why = format!("no Slurm cluster at {conf} (start one with scripts/local-slurm.sh start; ./x test does)");
+        skip::skipped("slurm", test, &why);
+        return None;
+    }
+    let t0 = Instant::now();
+    let said = loop {
+        let said = match Command::new("sinfo")
             .args(["-h", "-o", "%T"])
             .env("SLURM_CONF", &conf)
             .output()
-            .is_ok_and(|o| {
-                o.status.success() && {
-                    let s = String::from_utf8_lossy(&o.stdout);
-                    s.contains("idle") || s.contains("mixed") || s.contains("alloc")
+        {
+            Ok(o) if o.status.success() => {
+                let s = String::from_utf8_lossy(&o.stdout).into_owned();
+                let usable = ["idle", "mixed", "alloc", "completing"];
+                if usable.iter().any(|u| s.contains(u)) {
+                    return Some(conf);
                 }
-            });
-    if !up {
-        eprintln!("\n*** SKIPPED {test}: no Slurm cluster answers at {conf} (start one with scripts/local-slurm.sh start; ./x test does) ***\n");
-        return None;
-    }
-    Some(conf)
+                format!("node state {:?}", s.trim())
+            }
+            Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            Err(e) => format!("sinfo: {e}"),
+        };
+        if t0.elapsed() > Duration::from_secs(20) {
+            break said;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let why = format!("the Slurm cluster at {conf} does not answer ({said}; start it with scripts/local-slurm.sh start; ./x test does)");
+    skip::skipped("slurm", test, &why);
+    None
 }
 
 fn dir(name: &str) -> PathBuf {
@@ -159,6 +185,7 @@ impl Drop for Cleanup<'_> {
             let _ = Command::new("scancel")
                 .args(&self.jobs)
                 .env("SLURM_CONF", self.conf)
+                .stderr(Stdio::null())
                 .status();
         }
     }
@@ -275,7 +302,7 @@ fn scancel_fails_only_its_node_and_the_next_run_recomputes_it() {
         3,
     );
     let store = d.join("store");
-    let child = slurm_run(&conf, &s, &[("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "1500")])
+    let child = slurm_run(&conf, &s, &[hook("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "1500")])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -322,7 +349,7 @@ fn a_requeued_job_resumes_from_its_checkpoint_with_identical_weights() {
     let reference = vtab(&conf, &["run", sa.to_str().unwrap(), "--gpus", "none"], &[]);
     assert!(reference.status.success(), "{}", stderr(&reference));
     let store = b.join("store");
-    let child = slurm_run(&conf, &sb, &[("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "1000")])
+    let child = slurm_run(&conf, &sb, &[hook("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "1000")])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -402,7 +429,7 @@ fn ctrl_c_of_the_driver_cancels_its_own_jobs_and_no_other() {
         child: None,
         jobs: vec![foreign_job(&conf, false)],
     };
-    let child = slurm_run(&conf, &s, &[("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "2000")])
+    let child = slurm_run(&conf, &s, &[hook("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "2000")])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -506,6 +533,10 @@ fn a_gpu_node_sees_the_cuda_visible_devices_slurm_gave_it() {
     std::fs::remove_dir_all(&d).ok();
 }
 
+/// Two drivers on one store, every node a Slurm job of each: driver x's backbone node is
+/// held after its first epoch (lease held) while driver y starts, so y's job for that node
+/// certainly meets the lease and y waits on it; released, y finds the node done. Across both
+/// run records every node started and finished exactly once.
 #[test]
 fn two_drivers_on_one_store_never_run_a_node_twice() {
     let Some(conf) = cluster("two_drivers_on_one_store_never_run_a_node_twice") else {
@@ -513,30 +544,93 @@ fn two_drivers_on_one_store_never_run_a_node_twice() {
     };
     let d = dir("two");
     let s = suite(&d, "[methods.linear]\n[methods.bitfit]\n", 2);
-    let spawn = || {
-        slurm_run(&conf, &s, &[("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "300")])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+    let store = d.join("store");
+    let marker = d.join("pause");
+    // Epoch 1: the first node to train is the backbone's 1-epoch pretraining.
+    let pause = hook(
+        "VTAB_ORCH_TEST_PAUSE_AFTER_EPOCH",
+        format!("1:{}", marker.display()),
+    );
+    let spawn = |envs: &[(&str, &str)]| {
+        let c = slurm_run(&conf, &s, envs).stderr(Stdio::piped()).spawn();
+        Some(c.expect("running vtab-orch"))
     };
-    let (x, y) = (spawn(), spawn());
-    let (ox, oy) = (x.wait_with_output().unwrap(), y.wait_with_output().unwrap());
+    let mut x = Cleanup {
+        conf: &conf,
+        child: spawn(&[(pause.0, pause.1.as_str())]),
+        jobs: Vec::new(),
+    };
+    let paused = wait_for(&store, "x's build node", |e| {
+        label_starts(e, "started", "build")
+    });
+    let held = paused["key"].as_str().unwrap().to_string();
+    // A failing test must not leave the paused job behind.
+    x.jobs.push(job_id(&paused));
+    wait_paused(&marker);
+    assert!(lease_held(&store, &held), "x's paused node holds its lease");
+    let mut y = Cleanup {
+        conf: &conf,
+        child: spawn(&[]),
+        jobs: Vec::new(),
+    };
+    wait_for(&store, "y waiting on x's lease", |e| {
+        e["event"] == "waiting" && e["key"] == held.as_str()
+    });
+    assert!(lease_held(&store, &held), "x still holds the node");
+    std::fs::write(d.join("pause.go"), "").unwrap();
+    let ox = x.child.take().unwrap().wait_with_output().unwrap();
+    let oy = y.child.take().unwrap().wait_with_output().unwrap();
     assert!(
         ox.status.success() && oy.status.success(),
         "{}\n---\n{}",
         stderr(&ox),
         stderr(&oy)
     );
-    // A node starts only under its lease: across both run records, each started once.
-    let mut started: Vec<String> = records(&d.join("store"))
-        .into_iter()
-        .filter(|e| e["event"] == "started")
-        .map(|e| e["key"].as_str().unwrap().to_string())
-        .collect();
-    started.sort();
-    let n = started.len();
-    started.dedup();
-    assert_eq!(n, started.len(), "a node ran twice");
-    assert_eq!(n, 7, "every node ran once");
+    // Executions, from both run records: a node starts only under its lease.
+    let events = records(&store);
+    let per_key = |event: &str| {
+        let mut n = std::collections::BTreeMap::<String, usize>::new();
+        for e in events.iter().filter(|e| e["event"] == event) {
+            *n.entry(e["key"].as_str().unwrap().to_string()).or_default() += 1;
+        }
+        n
+    };
+    let (started, finished) = (per_key("started"), per_key("finished"));
+    assert!(
+        started.values().all(|&n| n == 1),
+        "a node ran twice: {started:?}"
+    );
+    assert_eq!(started.len(), 7, "every node ran: {started:?}");
+    assert_eq!(
+        started.keys().collect::<Vec<_>>(),
+        finished.keys().collect::<Vec<_>>()
+    );
+    assert!(finished.values().all(|&n| n == 1), "{finished:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "cached" && e["key"] == held.as_str()),
+        "y took the node x ran from the store"
+    );
+    assert_eq!(results(&store).len(), 7);
     std::fs::remove_dir_all(&d).ok();
+}
+
+/// Waits (up to 10 minutes: a slow machine is not a failure) until a node paused by the
+/// `VTAB_ORCH_TEST_PAUSE_AFTER_EPOCH` hook has written its pid into `marker`.
+fn wait_paused(marker: &Path) {
+    let t0 = Instant::now();
+    while std::fs::read_to_string(marker).map_or(true, |s| s.trim().parse::<u32>().is_err()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "no node reached the pause point"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether some process holds the lease (flock) of `key`.
+fn lease_held(store: &Path, key: &str) -> bool {
+    let f = std::fs::File::open(store.join("leases").join(key)).unwrap();
+    matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock))
 }

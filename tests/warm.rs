@@ -4,6 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "support/hooks.rs"]
+mod hooks;
+use hooks::hook;
+
 fn vtab(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vtab-orch"));
     c.args(args);
@@ -97,7 +101,7 @@ fn a_node_that_crashes_its_worker_fails_alone() {
             "none",
             "--warm-workers",
         ],
-        &[("VTAB_ORCH_TEST_CRASH_AFTER_EPOCH", "2")],
+        &[hook("VTAB_ORCH_TEST_CRASH_AFTER_EPOCH", "2")],
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");

@@ -4,6 +4,9 @@
 use kernels::accel::{memory_stats, reset_peak_memory, Autocast};
 use tch::{Device, Kind, Tensor};
 
+#[path = "../../tests/support/skip.rs"]
+mod skip;
+
 fn machine_has_nvidia_gpu() -> bool {
     std::path::Path::new("/dev/nvidia0").exists()
         || std::path::Path::new("/proc/driver/nvidia/gpus").exists()
@@ -12,7 +15,11 @@ fn machine_has_nvidia_gpu() -> bool {
 #[test]
 fn cuda_is_wired_when_a_gpu_is_present() {
     if !machine_has_nvidia_gpu() {
-        skipped(&format!("cuda_is_wired_when_a_gpu_is_present: no NVIDIA GPU on this machine (tch::Cuda::is_available() = {})", tch::Cuda::is_available()));
+        let why = format!(
+            "no NVIDIA GPU on this machine (tch::Cuda::is_available() = {})",
+            tch::Cuda::is_available()
+        );
+        skip::skipped("gpu", "cuda_is_wired_when_a_gpu_is_present", &why);
         return;
     }
     assert!(tch::Cuda::is_available(), "an NVIDIA GPU is present but libtorch does not see CUDA: is libtorch_cuda linked (--no-as-needed)?");
@@ -45,12 +52,4 @@ fn autocast_on_cpu_is_scoped() {
         "autocast leaked out of its scope"
     );
     assert!(memory_stats(Device::Cpu).unwrap().is_none());
-}
-
-/// Says loudly that a test could not run here. Written to the stderr handle directly, not
-/// through `eprintln!`, which the test harness captures: the line shows in a plain
-/// `cargo test` run (and `./x test` lists every such line at the end).
-fn skipped(why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "\n*** SKIPPED {why} ***\n");
 }

@@ -19,3 +19,4 @@ pub mod sched;
 pub mod store;
 pub mod suite;
 pub mod suite_log;
+pub mod test_hooks;

@@ -2,13 +2,13 @@
 //! the device, augmentation, per-epoch logs, atomic resumable checkpoints. No node I/O.
 use super::checkpoint::{AfterEpoch, Checkpoints};
 use super::{NodeError, Result};
+use crate::test_hooks;
 use kernels::accel::{memory_stats, reset_peak_memory, synchronize};
 use kernels::optim::AdamWConfig;
 use kernels::schedule::WarmupCosine;
 use kernels::train::{Precision, TrainConfig, Trainer};
 use kernels::AdaptedVit;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
@@ -81,42 +81,6 @@ pub fn random_resized_crop(x: &Tensor) -> Tensor {
     x.grid_sampler(&grid, 0, 1, false)
 }
 
-/// Test hook standing in for `kill -9`: abort right after this epoch (and its checkpoint,
-/// if the policy wrote one; the write in flight is waited for).
-const CRASH_AFTER_EPOCH: &str = "VTAB_ORCH_TEST_CRASH_AFTER_EPOCH";
-/// Test hook: sleep this many milliseconds after each epoch's checkpoint, so that a test
-/// can cancel or requeue a node mid-way (tiny test models train in milliseconds).
-const EPOCH_DELAY_MS: &str = "VTAB_ORCH_TEST_EPOCH_DELAY_MS";
-
-/// Test hook, `VTAB_ORCH_TEST_PAUSE_AFTER_EPOCH=EPOCH:MARKER`: the first process to create
-/// the file MARKER (others go on) writes its pid into it after EPOCH's checkpoint and waits
-/// until `MARKER.go` exists or the process is asked to stop (a stop signal, see
-/// `checkpoint.rs`). A test then acts while a node is certainly mid-run (its staging directory
-/// and lease live), however fast or slow the machine is.
-const PAUSE_AFTER_EPOCH: &str = "VTAB_ORCH_TEST_PAUSE_AFTER_EPOCH";
-
-fn pause_for_test(epoch: u64) {
-    use std::io::Write;
-    let Some((at, marker)) = std::env::var(PAUSE_AFTER_EPOCH).ok().and_then(|v| {
-        v.split_once(':')
-            .map(|(e, m)| (e.to_string(), m.to_string()))
-    }) else {
-        return;
-    };
-    if at.parse() != Ok(epoch) {
-        return;
-    }
-    let Ok(mut f) = std::fs::File::create_new(&marker) else {
-        return;
-    };
-    let _ = write!(f, "{}", std::process::id());
-    drop(f);
-    let go = format!("{marker}.go");
-    while !Path::new(&go).exists() && !super::checkpoint::stop_requested() {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 /// Trains `model` on (images u8, labels) already on the device. With `checkpoints`, resumes
 /// from the checkpoint found there and writes them as its policy says (and stops, with a
 /// checkpoint, when the process is asked to).
@@ -154,9 +118,6 @@ pub fn fit(
     if done > 0 {
         super::progress(serde_json::json!({"resumed_after_epoch": done}));
     }
-    let crash_after: Option<u64> = std::env::var(CRASH_AFTER_EPOCH)
-        .ok()
-        .and_then(|v| v.parse().ok());
     reset_peak_memory(device)?;
     for epoch in done + 1..=c.epochs {
         tch::manual_seed(
@@ -219,19 +180,15 @@ pub fn fit(
                 )));
             }
         }
-        pause_for_test(epoch);
-        if crash_after == Some(epoch) {
+        test_hooks::pause_after_epoch(epoch);
+        if test_hooks::crash_after_epoch(epoch) {
+            // The checkpoint write in flight is waited for.
             if let Some(ck) = checkpoints.as_mut() {
                 ck.finish()?;
             }
             std::process::abort();
         }
-        if let Some(ms) = std::env::var(EPOCH_DELAY_MS)
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            std::thread::sleep(std::time::Duration::from_millis(ms));
-        }
+        test_hooks::epoch_delay();
     }
     if let Some(ck) = checkpoints.as_mut() {
         ck.finish()?;

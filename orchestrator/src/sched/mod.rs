@@ -22,10 +22,6 @@ use std::time::{Duration, Instant};
 /// Exit code of `vtab-orch exec` when another process holds the node's lease (EX_TEMPFAIL).
 pub const EXIT_LEASED: i32 = 75;
 
-/// Test hook: the driver dies (abort, as if killed) right after a select node it ran is
-/// done, before its final runs join the run.
-const ABORT_AFTER_SELECT: &str = "VTAB_ORCH_TEST_ABORT_AFTER_SELECT";
-
 /// Set by a signal handler (Ctrl-C, SIGTERM): the run cancels what it started and stops.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -333,8 +329,8 @@ impl Driver<'_> {
                         label,
                         wall_s: t.elapsed().as_secs_f64(),
                     });
-                    if node_is_select && std::env::var_os(ABORT_AFTER_SELECT).is_some() {
-                        std::process::abort();
+                    if node_is_select {
+                        crate::test_hooks::abort_after_select();
                     }
                     self.grow(key);
                 }
