@@ -55,7 +55,7 @@ enum Cmd {
     Fetch(fetch_cmd::FetchArgs),
     /// Write one trained run as a peft adapter directory or a merged timm checkpoint.
     Export(export_cmd::ExportArgs),
-    /// Print libtorch, CUDA and device information.
+    /// Print libtorch, CUDA and device information, and whether test hooks are built in.
     Env,
     /// Train-step benchmark of every adaptation method on random data.
     Bench(BenchArgs),
@@ -195,6 +195,9 @@ fn env() {
     println!("cuda devices: {}", tch::Cuda::device_count());
     println!("cudnn available: {}", tch::Cuda::cudnn_is_available());
     println!("cpu threads: {}", tch::get_num_threads());
+    // The end-to-end tests that use the hooks check this line.
+    let hooks = orchestrator::test_hooks::COMPILED_IN;
+    println!("test hooks: {}", if hooks { "on" } else { "off" });
 }
 
 fn main() {
