@@ -1,5 +1,6 @@
 //! The suite commands (`run`, `plan`, `report`, `exec`): argument types, loading and
 //! expanding the suite, and the terminal view of scheduler events.
+use crate::view::say;
 use anyhow::{Context, Result};
 use orchestrator::graph::Node;
 use orchestrator::load::Loaded;
@@ -304,12 +305,19 @@ pub fn run(a: RunArgs) -> Result<i32> {
             }))
         }
     };
-    // Ctrl-C or SIGTERM: the scheduler cancels what it started, then stops.
+    // Ctrl-C, SIGTERM or SIGHUP: the scheduler cancels what it started, then stops. Under
+    // `nohup` (SIGHUP ignored) a closed SSH session must not stop the study: ctrlc's handler
+    // would replace the inherited SIG_IGN, so it is put back.
+    let hangup_ignored = signal_ignored(libc::SIGHUP);
     let _ =
         ctrlc::set_handler(|| sched::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst));
+    if hangup_ignored {
+        // SAFETY: restores the disposition this process was started with.
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    }
     let total = l.graph.len() + l.graph.pending_finals();
     let mut view = crate::view::View::new(total);
-    eprintln!(
+    say!(
         "suite {}: {} runs, {} nodes, store {}",
         l.suite.name,
         l.suite.runs.len(),
@@ -320,7 +328,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
         view.on(e)
     });
     view.finish();
-    eprintln!(
+    say!(
         "\n{} ran, {} cached, {} failed, {} blocked in {:.1} s (record: {})",
         s.ran,
         s.cached,
@@ -330,7 +338,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
         s.record.display()
     );
     for (label, log) in &s.failed {
-        eprintln!("  failed: {label}  (log: {})", log.display());
+        say!("  failed: {label}  (log: {})", log.display());
     }
     Ok(if s.interrupted {
         130
@@ -698,4 +706,13 @@ pub fn gc(a: GcArgs) -> Result<i32> {
         freed as f64 / 1e6
     );
     Ok(0)
+}
+
+/// Whether `sig` is ignored in this process (inherited: `nohup` ignores SIGHUP).
+fn signal_ignored(sig: libc::c_int) -> bool {
+    // SAFETY: reads the current disposition only (a null new action changes nothing).
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
 }

@@ -181,7 +181,9 @@ fn bench(a: BenchArgs) -> Result<()> {
 /// Rust ignores SIGPIPE, so `println!` into a closed pipe (`vtab-orch plan --json | head`)
 /// panics. The default action ends the process quietly instead, as for other Unix tools.
 /// Not in `exec` children: their progress pipe closes when the parent dies, and they must
-/// finish their node (under its lease) all the same.
+/// finish their node (under its lease) all the same. Not in `run` either: a driver whose
+/// output pipe closed (`run | tee log`, Ctrl-C) must still cancel its jobs (its writes ignore
+/// the error instead).
 fn restore_sigpipe() {
     // SAFETY: setting a signal's disposition to SIG_DFL before any thread is started.
     unsafe {
@@ -202,7 +204,7 @@ fn env() {
 
 fn main() {
     let cli = Cli::parse();
-    if !matches!(cli.cmd, Cmd::Exec(_) | Cmd::Worker(_)) {
+    if !matches!(cli.cmd, Cmd::Exec(_) | Cmd::Worker(_) | Cmd::Run(_)) {
         restore_sigpipe();
     }
     let result = match cli.cmd {

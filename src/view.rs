@@ -5,6 +5,16 @@ use orchestrator::sched::Event;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 
+/// `eprintln!` that survives a closed stderr (`run ... 2>&1 | tee log`, then Ctrl-C ends tee):
+/// the line is lost, the driver goes on to cancel its jobs instead of dying on the write.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use say;
+
 pub enum View {
     Lines {
         done: usize,
@@ -143,24 +153,24 @@ fn lines(done: &mut usize, total: usize, e: &Event) {
     match e {
         Event::Cached { .. } => *done += 1,
         Event::Started { label, slot, .. } => {
-            eprintln!("[{done:>4}/{total}] start  {label}  ({slot})")
+            say!("[{done:>4}/{total}] start  {label}  ({slot})")
         }
         Event::Progress { label, data, .. } => {
             if data.get("done").is_none() {
                 if let Some(text) = progress_text(data) {
-                    eprintln!("            {label}: {text}");
+                    say!("            {label}: {text}");
                 }
             }
         }
         Event::Finished { label, wall_s, .. } => {
             *done += 1;
-            eprintln!("[{done:>4}/{total}] done   {label}  ({wall_s:.1} s)");
+            say!("[{done:>4}/{total}] done   {label}  ({wall_s:.1} s)");
         }
         Event::Failed {
             label, log, tail, ..
         } => {
             *done += 1;
-            eprintln!(
+            say!(
                 "[{done:>4}/{total}] FAILED {label}\n            log: {}\n{}",
                 log.display(),
                 indent(tail)
@@ -168,16 +178,16 @@ fn lines(done: &mut usize, total: usize, e: &Event) {
         }
         Event::Blocked { label, by, .. } => {
             *done += 1;
-            eprintln!("[{done:>4}/{total}] blocked {label}  (input {by} failed)");
+            say!("[{done:>4}/{total}] blocked {label}  (input {by} failed)");
         }
-        Event::Waiting { label, .. } => eprintln!(
-            "[{done:>4}/{total}] waiting {label}  (another vtab-orch run is executing it)"
-        ),
+        Event::Waiting { label, .. } => {
+            say!("[{done:>4}/{total}] waiting {label}  (another vtab-orch run is executing it)")
+        }
         Event::Requeued { label, why, .. } => {
-            eprintln!("[{done:>4}/{total}] requeued {label}  ({why})")
+            say!("[{done:>4}/{total}] requeued {label}  ({why})")
         }
         Event::Interrupted { cancelled } => {
-            eprintln!("interrupted: stopped {cancelled} running node(s); training nodes saved a checkpoint and resume from it on the next run")
+            say!("interrupted: stopped {cancelled} running node(s); training nodes saved a checkpoint and resume from it on the next run")
         }
     }
 }

@@ -643,3 +643,70 @@ fn a_full_disk_leaves_the_store_consistent() {
     drop(_guard);
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// A study started under `nohup` over SSH: the session closes (SIGHUP to the whole process
+/// group) and the run goes on, its node too; then its output pipe closes (`run 2>&1 | tee log`
+/// and tee is gone) and Ctrl-C must still stop the node (checkpoint, no child left) and end
+/// with 130, not die on the write (SIGPIPE) with the node orphaned.
+#[test]
+fn under_nohup_sighup_is_ignored_and_a_closed_pipe_does_not_stop_ctrl_c() {
+    use std::os::unix::process::CommandExt;
+    let d = dir("nohup");
+    let s = suite(
+        &d,
+        "nohup",
+        &["shape"],
+        "[methods.lora]\nr = 2\ntargets = \"q,v\"\n",
+        4,
+    );
+    let marker = d.join("pause");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vtab-orch"));
+    cmd.args(["run", s.to_str().unwrap(), "--gpus", "none"])
+        .envs([hook(
+            "VTAB_ORCH_TEST_PAUSE_AFTER_EPOCH",
+            format!("2:{}", marker.display()),
+        )])
+        .stderr(Stdio::piped())
+        // Its own process group, as a shell job is: the hangup goes to the whole group.
+        .process_group(0);
+    // SAFETY: only async-signal-safe `signal` between fork and exec, as `nohup` does.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut run = cmd.spawn().unwrap();
+    let child = paused_child(&marker);
+    let key = exec_key(child);
+    let pid = run.id().to_string();
+    let group = format!("-{pid}");
+    assert!(Command::new("kill")
+        .args(["-HUP", "--", &group])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the run stopped on SIGHUP under nohup"
+    );
+    assert!(alive(child), "the node stopped on SIGHUP under nohup");
+    drop(run.stderr.take()); // the reading end of its output is gone
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = run.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(!alive(child), "the node's process is gone");
+    assert!(
+        d.join("store/checkpoints")
+            .join(&key)
+            .join("ckpt.safetensors")
+            .exists(),
+        "the stopped node wrote its checkpoint"
+    );
+    std::fs::remove_dir_all(&d).ok();
+}
