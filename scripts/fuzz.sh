@@ -46,7 +46,7 @@ for t in "${targets[@]}"; do
   log="target/fuzz/$t.log"
   echo "[fuzz] $t for ${secs}s" >&2
   set +e
-  "$bin/$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+  "$bin/$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
     -artifact_prefix="$arts/" "${seeds[@]}" >"$log" 2>&1
   rc=$?
   set -e
