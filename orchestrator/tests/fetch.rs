@@ -496,6 +496,24 @@ fn compression_bombs_and_oversized_archives_stop_at_their_limit() {
         );
         std::fs::remove_dir_all(&staging).unwrap();
     }
+    // A GNU long name of 64 MiB: the tar reader itself would inflate it into memory.
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let mut b = tar::Builder::new(gz);
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_size(zeros.len() as u64);
+    h.set_cksum();
+    b.append(&h, &zeros[..]).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(1);
+    h.set_cksum();
+    b.append(&h, &b"x"[..]).unwrap();
+    let long = tmp.join("long-name.tar.gz");
+    std::fs::write(&long, b.into_inner().unwrap().finish().unwrap()).unwrap();
+    let err = unpack(&long, ArchiveKind::TarGz, &tmp.join("s0"), &limits()).unwrap_err();
+    assert!(matches!(err, FetchError::Limit { .. }), "{err}");
+    assert!(!tmp.join("s0").exists());
     let many: Vec<(String, &[u8])> = (0..5).map(|i| (format!("f{i}.txt"), &b"x"[..])).collect();
     let many: Vec<(&str, &[u8])> = many.iter().map(|(n, d)| (n.as_str(), *d)).collect();
     let archive = tmp.join("many.tar.gz");

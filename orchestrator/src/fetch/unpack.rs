@@ -62,7 +62,12 @@ pub fn unpack(
     if r.is_err() {
         let _ = fs::remove_dir_all(staging);
     }
-    r
+    // A file system error (a name too long, a file where a folder must go) is the archive's
+    // fault here too, and its message must say that nothing was unpacked.
+    r.map_err(|e| match e {
+        FetchError::Io { path, err } => bad(archive, format!("{}: {err}", path.display())),
+        e => e,
+    })
 }
 
 /// `name` as a relative path with only normal components, or why not.
@@ -94,7 +99,53 @@ fn bad(archive: &Path, e: impl std::fmt::Display) -> FetchError {
     }
 }
 
-/// What has been written so far, against the limits.
+/// A limit crossed: what was found, and the `fetch` flag that raises it.
+struct Crossed {
+    what: String,
+    flag: &'static str,
+}
+
+impl Crossed {
+    fn into_error(self, archive: &Path) -> FetchError {
+        FetchError::Limit {
+            archive: archive.to_path_buf(),
+            what: self.what,
+            flag: self.flag.to_string(),
+        }
+    }
+}
+
+/// Whether `inflated` bytes from `compressed` input bytes stay within the expansion ratio.
+fn within_ratio(limits: &UnpackLimits, inflated: u64, compressed: u64) -> Result<(), Crossed> {
+    let allowed = limits
+        .max_ratio
+        .saturating_mul(compressed)
+        .saturating_add(RATIO_SLACK);
+    if inflated > allowed {
+        return Err(Crossed {
+            what: format!(
+                "it expands more than {}x ({inflated} bytes from {compressed} compressed): a \
+                 compression bomb, or an unusually compressible archive",
+                limits.max_ratio
+            ),
+            flag: "--max-ratio",
+        });
+    }
+    Ok(())
+}
+
+fn too_many_bytes(limits: &UnpackLimits) -> Crossed {
+    Crossed {
+        what: format!(
+            "it unpacks to more than {} bytes ({:.1} GiB)",
+            limits.max_bytes,
+            limits.max_bytes as f64 / GIB as f64
+        ),
+        flag: "--max-unpacked-gib",
+    }
+}
+
+/// Entries and file bytes written so far, against the limits.
 struct Budget<'a> {
     archive: &'a Path,
     limits: &'a UnpackLimits,
@@ -112,68 +163,41 @@ impl<'a> Budget<'a> {
         }
     }
 
-    fn refuse(&self, what: String, flag: &str) -> FetchError {
-        FetchError::Limit {
-            archive: self.archive.to_path_buf(),
-            what,
-            flag: flag.to_string(),
-        }
-    }
-
     /// One more entry.
     fn entry(&mut self) -> Result<(), FetchError> {
         self.entries += 1;
         if self.entries > self.limits.max_entries {
-            return Err(self.refuse(
-                format!("it has more than {} entries", self.limits.max_entries),
-                "--max-entries",
-            ));
+            return Err(Crossed {
+                what: format!("it has more than {} entries", self.limits.max_entries),
+                flag: "--max-entries",
+            }
+            .into_error(self.archive));
         }
         Ok(())
     }
 
-    /// `n` more bytes, `written` of them (this one included) against `compressed` input bytes.
-    fn charge(&mut self, n: u64, written: u64, compressed: u64) -> Result<(), FetchError> {
+    /// `n` more file bytes; with `ratio = (inflated, compressed)`, also the expansion so far.
+    fn charge(&mut self, n: u64, ratio: Option<(u64, u64)>) -> Result<(), FetchError> {
         self.bytes += n;
         if self.bytes > self.limits.max_bytes {
-            return Err(self.refuse(
-                format!(
-                    "it unpacks to more than {} bytes ({:.1} GiB)",
-                    self.limits.max_bytes,
-                    self.limits.max_bytes as f64 / GIB as f64
-                ),
-                "--max-unpacked-gib",
-            ));
+            return Err(too_many_bytes(self.limits).into_error(self.archive));
         }
-        let allowed = self
-            .limits
-            .max_ratio
-            .saturating_mul(compressed)
-            .saturating_add(RATIO_SLACK);
-        if written > allowed {
-            return Err(self.refuse(
-                format!(
-                    "it expands more than {}x ({written} bytes from {compressed} compressed): \
-                     a compression bomb, or an unusually compressible archive",
-                    self.limits.max_ratio
-                ),
-                "--max-ratio",
-            ));
+        if let Some((inflated, compressed)) = ratio {
+            within_ratio(self.limits, inflated, compressed)
+                .map_err(|c| c.into_error(self.archive))?;
         }
         Ok(())
     }
 }
 
-/// Copies `from` into a new file `dest` (which must not exist), charging `budget`; the
-/// compressed size to check the ratio against comes from `compressed()`, and `written_before`
-/// is what the ratio's stream had already produced (0 for a zip entry of its own).
+/// Copies `from` into a new file `dest` (which must not exist), charging `budget`; a zip entry
+/// passes its compressed size for the ratio (a tar's stream is checked by [`Inflated`]).
 fn copy_bounded(
     from: &mut dyn Read,
     dest: &Path,
     budget: &mut Budget,
-    written_before: u64,
-    compressed: &dyn Fn() -> u64,
-) -> Result<u64, FetchError> {
+    compressed: Option<u64>,
+) -> Result<(), FetchError> {
     // `create_new`: an entry never replaces (or writes through) something already unpacked.
     let mut out = OpenOptions::new()
         .write(true)
@@ -199,10 +223,10 @@ fn copy_bounded(
             Err(e) => return Err(bad(budget.archive, format!("{}: {e}", dest.display()))),
         };
         written += n as u64;
-        budget.charge(n as u64, written_before + written, compressed())?;
+        budget.charge(n as u64, compressed.map(|c| (written, c)))?;
         out.write_all(&buf[..n]).map_err(io_err(dest))?;
     }
-    Ok(written)
+    Ok(())
 }
 
 /// A reader that counts the bytes read through it (the compressed side of a stream).
@@ -219,16 +243,67 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
+/// The decompressed side of a tar.gz, bounded as a whole: everything tar reads (headers, GNU
+/// long names, pax records, file data) counts against the ratio and the byte limit, so a long
+/// name inflated to gigabytes inside the tar reader stops like a file would. The limit crossed
+/// is kept in `crossed` (tar only passes the io error on).
+struct Inflated<'a, R> {
+    inner: R,
+    limits: &'a UnpackLimits,
+    compressed: Rc<Cell<u64>>,
+    inflated: u64,
+    crossed: Rc<Cell<Option<Crossed>>>,
+}
+
+impl<R: Read> Read for Inflated<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.inflated += n as u64;
+        // Headers (512 bytes and padding per entry) ride on top of the files' bytes.
+        let headers = self.limits.max_entries.saturating_mul(1536);
+        let check = if self.inflated > self.limits.max_bytes.saturating_add(headers) {
+            Err(too_many_bytes(self.limits))
+        } else {
+            within_ratio(self.limits, self.inflated, self.compressed.get())
+        };
+        if let Err(c) = check {
+            let what = c.what.clone();
+            self.crossed.set(Some(c));
+            return Err(io::Error::other(what));
+        }
+        Ok(n)
+    }
+}
+
 fn unpack_tar(archive: &Path, staging: &Path, limits: &UnpackLimits) -> Result<(), FetchError> {
-    use tar::EntryType;
-    let read = Rc::new(Cell::new(0u64));
+    let compressed = Rc::new(Cell::new(0u64));
+    let crossed = Rc::new(Cell::new(None));
     let file = Counting {
         inner: File::open(archive).map_err(io_err(archive))?,
-        count: read.clone(),
+        count: compressed.clone(),
     };
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let stream = Inflated {
+        inner: flate2::read::GzDecoder::new(file),
+        limits,
+        compressed,
+        inflated: 0,
+        crossed: crossed.clone(),
+    };
+    let result = unpack_tar_entries(tar::Archive::new(stream), archive, staging, limits);
+    match crossed.take() {
+        Some(c) => Err(c.into_error(archive)),
+        None => result,
+    }
+}
+
+fn unpack_tar_entries(
+    mut tar: tar::Archive<impl Read>,
+    archive: &Path,
+    staging: &Path,
+    limits: &UnpackLimits,
+) -> Result<(), FetchError> {
+    use tar::EntryType;
     let mut budget = Budget::new(archive, limits);
-    let mut stream = 0u64;
     for entry in tar.entries().map_err(|e| bad(archive, e))? {
         let mut entry = entry.map_err(|e| bad(archive, e))?;
         let name = entry.path().map_err(|e| bad(archive, e))?.into_owned();
@@ -258,8 +333,7 @@ fn unpack_tar(archive: &Path, staging: &Path, limits: &UnpackLimits) -> Result<(
         if let Some(p) = dest.parent() {
             fs::create_dir_all(p).map_err(io_err(p))?;
         }
-        let counted = read.clone();
-        stream += copy_bounded(&mut entry, &dest, &mut budget, stream, &|| counted.get())?;
+        copy_bounded(&mut entry, &dest, &mut budget, None)?;
     }
     Ok(())
 }
@@ -291,7 +365,7 @@ fn unpack_zip(archive: &Path, staging: &Path, limits: &UnpackLimits) -> Result<(
             fs::create_dir_all(p).map_err(io_err(p))?;
         }
         let compressed = file.compressed_size().min(archive_len);
-        copy_bounded(&mut file, &dest, &mut budget, 0, &|| compressed)?;
+        copy_bounded(&mut file, &dest, &mut budget, Some(compressed))?;
     }
     Ok(())
 }
@@ -328,11 +402,12 @@ mod tests {
         );
         // 1 MiB of slack, then 10x the compressed size.
         let mut b = Budget::new(archive, &limits);
-        b.charge(RATIO_SLACK + 100, RATIO_SLACK + 100, 10).unwrap();
-        let e = b.charge(1, RATIO_SLACK + 101, 10).unwrap_err().to_string();
-        assert!(e.contains("expands more than 10x"), "{e}");
+        b.charge(RATIO_SLACK + 100, Some((RATIO_SLACK + 100, 10)))
+            .unwrap();
+        let e = b.charge(1, Some((RATIO_SLACK + 101, 10))).unwrap_err();
+        assert!(e.to_string().contains("expands more than 10x"), "{e}");
         let mut b = Budget::new(archive, &limits);
-        let e = b.charge(11 << 20, 0, 1 << 30).unwrap_err().to_string();
+        let e = b.charge(11 << 20, None).unwrap_err().to_string();
         assert!(e.contains("--max-unpacked-gib"), "{e}");
     }
 }
