@@ -634,3 +634,60 @@ fn lease_held(store: &Path, key: &str) -> bool {
     let f = std::fs::File::open(store.join("leases").join(key)).unwrap();
     matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock))
 }
+
+/// A busy controller or a full per-user queue: sbatch (a shim in front of the real one)
+/// refuses the first three submissions with "Resource temporarily unavailable". The refusals
+/// are retried with back-off and fail no node; the study ends as usual, every node ran once.
+#[test]
+fn a_passing_sbatch_refusal_is_retried_and_fails_no_node() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(conf) = cluster("a_passing_sbatch_refusal_is_retried_and_fails_no_node") else {
+        return;
+    };
+    let d = dir("refused");
+    let s = suite(&d, "[methods.linear]\n", 1);
+    let real = Command::new("sh")
+        .args(["-c", "command -v sbatch"])
+        .output()
+        .unwrap();
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
+    assert!(!real.is_empty(), "no sbatch on PATH");
+    let shims = d.join("shims");
+    std::fs::create_dir_all(&shims).unwrap();
+    let count = d.join("sbatch-calls");
+    let shim = shims.join("sbatch");
+    std::fs::write(
+        &shim,
+        format!(
+            "#!/bin/sh\nn=$(cat '{c}' 2>/dev/null || echo 0)\necho $((n + 1)) > '{c}'\n\
+             if [ \"$n\" -lt 3 ]; then\n  echo 'sbatch: error: Batch job submission failed: Resource temporarily unavailable' >&2\n  exit 1\nfi\n\
+             exec '{real}' \"$@\"\n",
+            c = count.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", shims.display(), std::env::var("PATH").unwrap());
+    let out = slurm_run(&conf, &s, &[("PATH", &path)])
+        .output()
+        .expect("running vtab-orch");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("sbatch refused it for now").count(), 3, "{err}");
+    let events = records(&d.join("store"));
+    let count_of = |event: &str| events.iter().filter(|e| e["event"] == event).count();
+    let nodes = count_of("finished");
+    assert_eq!(count_of("started"), nodes, "{err}");
+    assert_eq!(count_of("failed"), 0, "{err}");
+    let calls: usize = std::fs::read_to_string(&count)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        calls,
+        nodes + 3,
+        "one sbatch call per node, plus the three refused"
+    );
+    std::fs::remove_dir_all(&d).ok();
+}

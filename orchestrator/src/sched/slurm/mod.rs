@@ -46,9 +46,43 @@ struct InFlight {
     last_state: Option<String>,
 }
 
+/// A node whose submission sbatch refused for a passing reason (see [`transient_refusal`]):
+/// it is submitted again at `next`, with a delay that doubles up to `max_poll_s`.
+struct Deferred {
+    job: Job,
+    /// What [`InFlight::attempts`] will be once it is submitted.
+    attempts: u32,
+    /// Refusals in a row.
+    refusals: u32,
+    next: Instant,
+}
+
+/// Whether sbatch's refusal says nothing against the job itself: the controller is busy,
+/// restarting or unreachable, or the user's submit limit is reached. Such a refusal is retried
+/// with back-off and never fails the node; any other refusal (an unknown partition, an
+/// impossible request) fails it with sbatch's message.
+pub fn transient_refusal(message: &str) -> bool {
+    const SIGNS: [&str; 11] = [
+        "resource temporarily unavailable",
+        "socket timed out",
+        "temporarily unable to accept job",
+        "unable to contact slurm controller",
+        "zero bytes were transmitted",
+        "transport endpoint is not connected",
+        "communication connection failure",
+        "job submit limit",
+        "maxsubmitjob",
+        "qosmaxsubmitjob",
+        "slurm_persist_conn",
+    ];
+    let m = message.to_ascii_lowercase();
+    SIGNS.iter().any(|s| m.contains(s))
+}
+
 pub struct SlurmLauncher {
     o: SlurmOptions,
     jobs: BTreeMap<String, InFlight>,
+    deferred: BTreeMap<String, Deferred>,
     /// The last job id of every node submitted, kept after the job ends: a node that ends
     /// within one poll still reports where it ran.
     last_job: BTreeMap<String, String>,
@@ -69,6 +103,7 @@ impl SlurmLauncher {
         SlurmLauncher {
             o,
             jobs: BTreeMap::new(),
+            deferred: BTreeMap::new(),
             last_job: BTreeMap::new(),
             queue: VecDeque::new(),
             interval,
@@ -334,6 +369,10 @@ exit "$code"
                     why: format!("{why}; submitted again as job {}", j.id),
                 });
             }
+            Err(e) if transient_refusal(&e) => {
+                let j = self.jobs.remove(key).expect("in flight");
+                self.defer(j.job, j.attempts + 1, 0, &e);
+            }
             Err(e) => {
                 self.jobs.remove(key);
                 self.queue.push_back(Report::Exit {
@@ -343,6 +382,77 @@ exit "$code"
                 });
             }
         }
+    }
+
+    /// Keeps `job` for a later submission after sbatch's passing refusal `why`.
+    fn defer(&mut self, job: Job, attempts: u32, refusals: u32, why: &str) {
+        let first = Duration::from_secs_f64(self.o.config.poll_s);
+        let delay = first
+            .mul_f64(2f64.powi(refusals.min(30) as i32))
+            .min(Duration::from_secs_f64(self.o.config.max_poll_s));
+        self.queue.push_back(Report::Requeued {
+            key: job.key.clone(),
+            why: format!(
+                "sbatch refused it for now ({}); submitting again in {:.0} s",
+                why.trim(),
+                delay.as_secs_f64()
+            ),
+        });
+        let key = job.key.clone();
+        let next = Instant::now() + delay;
+        self.deferred.insert(
+            key,
+            Deferred {
+                job,
+                attempts,
+                refusals: refusals + 1,
+                next,
+            },
+        );
+    }
+
+    /// Submits the deferred nodes whose time has come.
+    fn submit_deferred(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .deferred
+            .iter()
+            .filter(|(_, d)| d.next <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            let d = self.deferred.remove(&key).expect("deferred");
+            match self.submit(&d.job) {
+                Ok(id) => self.track(d.job, id, d.attempts),
+                Err(e) if transient_refusal(&e) => self.defer(d.job, d.attempts, d.refusals, &e),
+                Err(e) => self.queue.push_back(Report::Exit {
+                    key,
+                    code: None,
+                    note: Some(format!("submitting it failed: {e}")),
+                }),
+            }
+        }
+    }
+
+    /// Watches the new job `id` of `job`.
+    fn track(&mut self, job: Job, id: String, attempts: u32) {
+        let key = job.key.clone();
+        self.last_job.insert(key.clone(), id.clone());
+        self.jobs.insert(
+            key,
+            InFlight {
+                job,
+                id,
+                offset: 0,
+                partial: String::new(),
+                attempts,
+                unsettled_since: None,
+                last_state: None,
+            },
+        );
+        // A new job: look at the queue soon again.
+        self.interval = Duration::from_secs_f64(self.o.config.poll_s);
+        self.next_poll = self.next_poll.min(Instant::now() + self.interval);
     }
 }
 
@@ -360,24 +470,11 @@ impl Launcher for SlurmLauncher {
         for p in [&mut job.spec, &mut job.log] {
             *p = std::path::absolute(&*p).map_err(|e| format!("{}: {e}", p.display()))?;
         }
-        let id = self.submit(&job)?;
-        let key = job.key.clone();
-        self.last_job.insert(key.clone(), id.clone());
-        self.jobs.insert(
-            key,
-            InFlight {
-                job,
-                id,
-                offset: 0,
-                partial: String::new(),
-                attempts: 1,
-                unsettled_since: None,
-                last_state: None,
-            },
-        );
-        // A new job: look at the queue soon again.
-        self.interval = Duration::from_secs_f64(self.o.config.poll_s);
-        self.next_poll = self.next_poll.min(Instant::now() + self.interval);
+        match self.submit(&job) {
+            Ok(id) => self.track(job, id, 1),
+            Err(e) if transient_refusal(&e) => self.defer(job, 1, 0, &e),
+            Err(e) => return Err(e),
+        }
         Ok(())
     }
 
@@ -401,10 +498,16 @@ impl Launcher for SlurmLauncher {
                     continue;
                 }
             }
+            self.submit_deferred();
+            if !self.queue.is_empty() {
+                continue;
+            }
             if now >= deadline {
                 return None;
             }
+            let retry = self.deferred.values().map(|d| d.next).min();
             let next = self.next_tail.min(self.next_poll).min(deadline);
+            let next = retry.map_or(next, |r| next.min(r));
             std::thread::sleep(
                 next.saturating_duration_since(now)
                     .max(Duration::from_millis(5)),
@@ -413,11 +516,15 @@ impl Launcher for SlurmLauncher {
     }
 
     fn place(&self, key: &str) -> String {
+        if self.deferred.contains_key(key) {
+            return "slurm (waiting to submit)".into();
+        }
         let id = self.jobs.get(key).map(|j| &j.id).or(self.last_job.get(key));
         id.map_or_else(|| "slurm".into(), |id| format!("slurm job {id}"))
     }
 
     fn cancel_all(&mut self) -> usize {
+        self.deferred.clear(); // never submitted: nothing to cancel
         let ids: Vec<String> = self.jobs.values().map(|j| j.id.clone()).collect();
         if ids.is_empty() {
             return 0;
@@ -440,6 +547,27 @@ impl Launcher for SlurmLauncher {
 mod tests {
     use super::*;
     use crate::sched::state::Resources;
+
+    #[test]
+    fn passing_sbatch_refusals_are_told_from_the_job_s_own() {
+        for m in [
+            "sbatch: error: Batch job submission failed: Resource temporarily unavailable",
+            "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation",
+            "sbatch: error: Slurm temporarily unable to accept job, sleeping and retrying",
+            "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)",
+            "sbatch: error: QOSMaxSubmitJobPerUserLimit",
+            "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)",
+        ] {
+            assert!(transient_refusal(m), "{m}");
+        }
+        for m in [
+            "sbatch: error: Batch job submission failed: Invalid partition name specified",
+            "sbatch: error: Batch job submission failed: Requested node configuration is not available",
+            "running sbatch: No such file or directory (os error 2) (is Slurm installed here, and SLURM_CONF set?)",
+        ] {
+            assert!(!transient_refusal(m), "{m}");
+        }
+    }
 
     fn launcher(config: SlurmConfig, gpus: bool) -> SlurmLauncher {
         SlurmLauncher::new(SlurmOptions {
