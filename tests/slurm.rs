@@ -66,14 +66,15 @@ fn dir(name: &str) -> PathBuf {
 }
 
 /// A tiny suite on the synthetic `shape` task with the given methods; jobs of one core
-/// (the test cluster has 8) and a short poll interval.
+/// (the test cluster has 8) and a short poll interval (the cluster is the test's own, so
+/// the 30 s floor is lowered).
 fn suite(dir: &Path, methods: &str, epochs: u32) -> PathBuf {
     let s = format!(
         "name = \"s\"\nstore = \"store\"\n[defaults]\nimg_size = 16\nepochs = {epochs}\nbatch_size = 100\nwarmup_epochs = 0\n\
          [backbone]\narch = \"vit_tiny_patch16_224\"\nimg_size = 16\npatch_size = 8\nembed_dim = 24\ndepth = 1\nnum_heads = 2\n\
          [backbone.pretrain]\nimages = 100\nepochs = 1\n\
          [datasets.shape]\nformat = \"synthetic\"\ntask = \"shape\"\ntest_images = 40\n{methods}\
-         [slurm]\npoll_s = 0.3\nmax_poll_s = 2\ncpus_per_task = 1\n"
+         [slurm]\npoll_floor_s = 0\npoll_s = 0.3\nmax_poll_s = 2\ncpus_per_task = 1\n"
     );
     let p = dir.join("s.toml");
     std::fs::write(&p, s).unwrap();

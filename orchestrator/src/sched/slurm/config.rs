@@ -22,6 +22,9 @@ pub struct SlurmConfig {
     /// Seconds between two `squeue` calls, growing up to `max_poll_s` while nothing changes.
     pub poll_s: f64,
     pub max_poll_s: f64,
+    /// The smallest `poll_s` accepted: a shared slurmctld's admins ask for no faster polling
+    /// than every 30 s. Lowered only on a cluster of one's own (the tests' one).
+    pub poll_floor_s: f64,
     /// Seconds before the time limit at which a job requeues itself (`--signal=B:USR1@N`).
     pub signal_s: u64,
     /// Times a preempted or timed-out node is submitted again before it counts as failed.
@@ -41,8 +44,9 @@ impl Default for SlurmConfig {
             cpus_per_task: None,
             gres: "gpu:1".into(),
             max_jobs: 100,
-            poll_s: 5.0,
-            max_poll_s: 60.0,
+            poll_s: 30.0,
+            max_poll_s: 180.0,
+            poll_floor_s: 30.0,
             signal_s: 120,
             max_requeues: 3,
             extra_args: Vec::new(),
@@ -50,7 +54,7 @@ impl Default for SlurmConfig {
     }
 }
 
-pub const KEYS: [&str; 13] = [
+pub const KEYS: [&str; 14] = [
     "partition",
     "account",
     "qos",
@@ -61,6 +65,7 @@ pub const KEYS: [&str; 13] = [
     "max_jobs",
     "poll_s",
     "max_poll_s",
+    "poll_floor_s",
     "signal_s",
     "max_requeues",
     "extra_args",
@@ -136,6 +141,13 @@ impl SlurmConfig {
                 "signal_s" => c.signal_s = count(&mut err, 1, MAX_SIGNAL_S).unwrap_or(c.signal_s),
                 "poll_s" => c.poll_s = seconds(&mut err).unwrap_or(c.poll_s),
                 "max_poll_s" => c.max_poll_s = seconds(&mut err).unwrap_or(c.max_poll_s),
+                "poll_floor_s" => match v.as_f64() {
+                    Some(f) if (0.0..=MAX_POLL_S).contains(&f) => c.poll_floor_s = f,
+                    _ => err(
+                        k,
+                        format!("expected a number of seconds from 0 to {MAX_POLL_S}, found {v}"),
+                    ),
+                },
                 "extra_args" => match v.as_array() {
                     Some(a) if a.iter().all(Value::is_string) => {
                         c.extra_args = a
@@ -150,6 +162,17 @@ impl SlurmConfig {
                 },
                 _ => {}
             }
+        }
+        if c.poll_s < c.poll_floor_s {
+            err(
+                "poll_s",
+                format!(
+                    "is {} but the floor is {} s: a shared Slurm controller must not be asked \
+                     faster (admins ask for 30-180 s); on a cluster of your own set \
+                     slurm.poll_floor_s lower",
+                    c.poll_s, c.poll_floor_s
+                ),
+            );
         }
         if c.max_poll_s < c.poll_s {
             err(
@@ -179,7 +202,7 @@ mod tests {
     fn keys_parse_and_bad_values_name_their_key() {
         let (c, e) = parse(
             "partition = \"gpu\"\naccount = \"lab\"\nqos = \"normal\"\ntime = \"1:00:00\"\nmem = \"16G\"\n\
-             cpus_per_task = 8\ngres = \"gpu:a100:1\"\nmax_jobs = 20\npoll_s = 2\nmax_poll_s = 30.5\n\
+             cpus_per_task = 8\ngres = \"gpu:a100:1\"\nmax_jobs = 20\npoll_floor_s = 1\npoll_s = 2\nmax_poll_s = 30.5\n\
              signal_s = 300\nmax_requeues = 0\nextra_args = [\"--exclusive\"]\n",
         );
         assert!(e.is_empty(), "{e:?}");
@@ -203,7 +226,7 @@ mod tests {
                 "slurm.poll_s"
             ]
         );
-        let (_, e) = parse("poll_s = 10\nmax_poll_s = 5\n");
+        let (_, e) = parse("poll_floor_s = 1\npoll_s = 10\nmax_poll_s = 5\n");
         assert_eq!(e.len(), 1);
         assert!(e[0].1.contains("poll_s is 10"), "{e:?}");
         assert_eq!(parse("").0, SlurmConfig::default());
@@ -237,5 +260,28 @@ mod tests {
         let (c, e) = parse("poll_s = 86400\nmax_poll_s = 86400\n");
         assert!(e.is_empty(), "{e:?}");
         assert_eq!(c.poll_s, MAX_POLL_S);
+    }
+
+    /// By default nobody polls a shared controller faster than every 30 s; a test cluster
+    /// lowers the floor explicitly.
+    #[test]
+    fn the_poll_interval_has_a_floor_that_only_an_explicit_key_lowers() {
+        let d = SlurmConfig::default();
+        assert_eq!(
+            (d.poll_s, d.max_poll_s, d.poll_floor_s),
+            (30.0, 180.0, 30.0)
+        );
+        let (_, e) = parse("poll_s = 5\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].0, "slurm.poll_s");
+        assert!(
+            e[0].1.contains("floor is 30 s") && e[0].1.contains("poll_floor_s"),
+            "{e:?}"
+        );
+        let (c, e) = parse("poll_floor_s = 0\npoll_s = 0.3\nmax_poll_s = 2\n");
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!((c.poll_s, c.max_poll_s), (0.3, 2.0));
+        let (_, e) = parse("poll_floor_s = -1\n");
+        assert_eq!(e[0].0, "slurm.poll_floor_s");
     }
 }
