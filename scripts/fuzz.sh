@@ -27,7 +27,7 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing"
 echo "[fuzz] building ${#targets[@]} targets (coverage-instrumented, target/fuzz)" >&2
 # --target: the flags reach the targets' code, not build scripts or proc macros.
-cargo build --quiet --release --manifest-path fuzz/Cargo.toml --target "$host" \
+cargo build --quiet --locked --release --manifest-path fuzz/Cargo.toml --target "$host" \
   --target-dir target/fuzz --bins
 bin="target/fuzz/$host/release"
 "${VTAB_ORCH_PYTHON:-python3}" scripts/fuzz_corpus.py target/fuzz-corpus >&2
@@ -40,6 +40,7 @@ failed=0
 for t in "${targets[@]}"; do
   corpus="target/fuzz-corpus/$t"
   arts="target/fuzz-artifacts/$t"
+  rm -rf "$arts" # a crash named below is this run's
   mkdir -p "$corpus" "$arts"
   seeds=("$corpus")
   [[ -d "fuzz/regressions/$t" ]] && seeds+=("fuzz/regressions/$t")
@@ -47,9 +48,13 @@ for t in "${targets[@]}"; do
   echo "[fuzz] $t for ${secs}s" >&2
   set +e
   "$bin/$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
-    -artifact_prefix="$arts/" "${seeds[@]}" >"$log" 2>&1
+    -artifact_prefix="$arts/" "${seeds[@]}" >"$log" 2>&1 &
+  pid=$!
+  wait "$pid"
   rc=$?
   set -e
+  # The archive targets' scratch folder (orchestrator/src/fuzzing.rs), named by the pid.
+  rm -rf "/dev/shm/vtab-orch-fuzz-$pid" "${TMPDIR:-/tmp}/vtab-orch-fuzz-$pid"
   execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
   rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)"
   size="$(find "$corpus" -type f | wc -l)"

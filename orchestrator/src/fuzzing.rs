@@ -130,11 +130,16 @@ fn scratch() -> &'static Path {
     })
 }
 
-/// Unpacks `bytes` in a fresh `case/` folder and panics on anything an archive must never
-/// produce: a file beside `case/stage`, a link or special file inside it, or a staging folder
-/// left after an error.
+/// Folders between the scratch folder and `case/`: an entry that climbs out of its folder
+/// (the link chain went three levels up) lands in one of them, where it is seen.
+const DEPTH: [&str; 8] = ["1", "2", "3", "4", "5", "6", "7", "8"];
+
+/// Unpacks `bytes` in a fresh `case/` folder eight levels below the scratch folder and panics
+/// on anything an archive must never produce: a file beside `case/stage` or in any folder
+/// above it, a link or special file inside it, or a staging folder left after an error.
 fn unpack_contained(bytes: &[u8], kind: ArchiveKind) {
-    let case = scratch().join("case");
+    let deep = DEPTH.iter().fold(scratch().to_path_buf(), |p, d| p.join(d));
+    let case = deep.join("case");
     let _ = std::fs::remove_dir_all(&case);
     std::fs::create_dir_all(&case).expect("case folder");
     let archive = case.join("archive");
@@ -165,8 +170,21 @@ fn unpack_contained(bytes: &[u8], kind: ArchiveKind) {
             assert_eq!(top, ["archive"], "a failed unpack left files behind: {e}");
         }
     }
-    let beside = std::fs::read_dir(scratch()).expect("scratch").count();
-    assert_eq!(beside, 1, "an unpack wrote outside its case folder");
+    // Each folder above `case/` holds exactly the next one down.
+    let mut dir = scratch().to_path_buf();
+    for next in DEPTH.iter().copied().chain(["case"]) {
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .expect("scratch")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [next], "an unpack wrote into {}", dir.display());
+        dir = dir.join(next);
+    }
+}
+
+/// Removes this process's scratch folder (the replay test calls it when done).
+pub fn remove_scratch() {
+    let _ = std::fs::remove_dir_all(scratch());
 }
 
 fn only_files_and_folders(dir: &Path) {

@@ -21,6 +21,7 @@ fn every_kept_fuzz_input_runs_clean() {
             ran += 1;
         }
     }
+    orchestrator::fuzzing::remove_scratch();
     // The folder is not empty: this test checks something.
     assert!(ran > 0, "no inputs under {}", dir.display());
 }

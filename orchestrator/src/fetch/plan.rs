@@ -127,8 +127,9 @@ pub fn fetch_archive(
             problem: format!("it has no top-level `{}/` folder", archive.inner),
         });
     }
-    fs::rename(&inner, &final_dir).map_err(io_err(&final_dir))?;
+    let moved = fs::rename(&inner, &final_dir).map_err(io_err(&final_dir));
     let _ = fs::remove_dir_all(&staging);
+    moved?;
     let _ = fs::remove_file(&file);
     check_source(src).map_err(|e| FetchError::Unsupported(format!("after unpacking: {e}")))?;
     Ok(final_dir)

@@ -13,22 +13,25 @@ use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 
 const GIB: u64 = 1 << 30;
-/// Bytes any entry may write before the expansion ratio is checked (small, well-compressed
+/// Bytes an archive may inflate to before the expansion ratio is checked (small, well-compressed
 /// text files such as VTAB-1k's lists expand 5-10x).
 const RATIO_SLACK: u64 = 1 << 20;
+/// The most a tar may read for one entry's header records (GNU long names, pax records): the
+/// tar reader holds them in memory whole.
+const HEADER_BYTES: u64 = 1 << 20;
 
 /// Bounds on what one archive may unpack to. The defaults fit the archives vtab-orch knows (the
-/// 19-task VTAB-1k archive: ~370,000 entries of already-compressed images; torchvision's
+/// 19-task VTAB-1k archive: ~400,000 entries of already-compressed images; torchvision's
 /// CIFAR, DTD, ... tar.gz: pickles and JPEGs that expand about 1.1x) with a wide margin, and
-/// stop a zip bomb (deflate reaches ~1,000x) after 100x its compressed size.
+/// stop a bomb (deflate reaches ~1,000x) once it has written 100x the archive's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnpackLimits {
     /// Total bytes of all unpacked files.
     pub max_bytes: u64,
     /// Entries (files and folders).
     pub max_entries: u64,
-    /// Unpacked bytes per compressed byte (per entry in a zip; over the stream read so far in a
-    /// tar.gz), beyond the first MiB.
+    /// Unpacked bytes per compressed byte, over the whole archive (a zip: all files against the
+    /// archive's size; a tar.gz: the stream against the bytes read so far), beyond the first MiB.
     pub max_ratio: u64,
 }
 
@@ -99,18 +102,21 @@ fn bad(archive: &Path, e: impl std::fmt::Display) -> FetchError {
     }
 }
 
-/// A limit crossed: what was found, and the `fetch` flag that raises it.
+/// A limit crossed: what was found, and the `fetch` flag that raises it (None: a fixed bound).
 struct Crossed {
     what: String,
-    flag: &'static str,
+    flag: Option<&'static str>,
 }
 
 impl Crossed {
     fn into_error(self, archive: &Path) -> FetchError {
-        FetchError::Limit {
-            archive: archive.to_path_buf(),
-            what: self.what,
-            flag: self.flag.to_string(),
+        match self.flag {
+            Some(flag) => FetchError::Limit {
+                archive: archive.to_path_buf(),
+                what: self.what,
+                flag: flag.to_string(),
+            },
+            None => bad(archive, self.what),
         }
     }
 }
@@ -128,7 +134,7 @@ fn within_ratio(limits: &UnpackLimits, inflated: u64, compressed: u64) -> Result
                  compression bomb, or an unusually compressible archive",
                 limits.max_ratio
             ),
-            flag: "--max-ratio",
+            flag: Some("--max-ratio"),
         });
     }
     Ok(())
@@ -141,7 +147,7 @@ fn too_many_bytes(limits: &UnpackLimits) -> Crossed {
             limits.max_bytes,
             limits.max_bytes as f64 / GIB as f64
         ),
-        flag: "--max-unpacked-gib",
+        flag: Some("--max-unpacked-gib"),
     }
 }
 
@@ -169,29 +175,32 @@ impl<'a> Budget<'a> {
         if self.entries > self.limits.max_entries {
             return Err(Crossed {
                 what: format!("it has more than {} entries", self.limits.max_entries),
-                flag: "--max-entries",
+                flag: Some("--max-entries"),
             }
             .into_error(self.archive));
         }
         Ok(())
     }
 
-    /// `n` more file bytes; with `ratio = (inflated, compressed)`, also the expansion so far.
-    fn charge(&mut self, n: u64, ratio: Option<(u64, u64)>) -> Result<(), FetchError> {
+    /// `n` more file bytes; with `compressed` (the archive's size), also every file byte so
+    /// far against the expansion ratio.
+    fn charge(&mut self, n: u64, compressed: Option<u64>) -> Result<(), FetchError> {
         self.bytes += n;
         if self.bytes > self.limits.max_bytes {
             return Err(too_many_bytes(self.limits).into_error(self.archive));
         }
-        if let Some((inflated, compressed)) = ratio {
-            within_ratio(self.limits, inflated, compressed)
+        if let Some(compressed) = compressed {
+            within_ratio(self.limits, self.bytes, compressed)
                 .map_err(|c| c.into_error(self.archive))?;
         }
         Ok(())
     }
 }
 
-/// Copies `from` into a new file `dest` (which must not exist), charging `budget`; a zip entry
-/// passes its compressed size for the ratio (a tar's stream is checked by [`Inflated`]).
+/// Copies `from` into a new file `dest` (which must not exist), charging `budget`; a zip
+/// passes the archive's size for the ratio over all its files (a zip's entries may claim
+/// overlapping data, so no entry's own size is trusted); a tar's stream is checked by
+/// [`Inflated`].
 fn copy_bounded(
     from: &mut dyn Read,
     dest: &Path,
@@ -214,7 +223,6 @@ fn copy_bounded(
             },
         })?;
     let mut buf = vec![0u8; 1 << 16];
-    let mut written = 0u64;
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) => break,
@@ -222,8 +230,7 @@ fn copy_bounded(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(bad(budget.archive, format!("{}: {e}", dest.display()))),
         };
-        written += n as u64;
-        budget.charge(n as u64, compressed.map(|c| (written, c)))?;
+        budget.charge(n as u64, compressed)?;
         out.write_all(&buf[..n]).map_err(io_err(dest))?;
     }
     Ok(())
@@ -252,6 +259,9 @@ struct Inflated<'a, R> {
     limits: &'a UnpackLimits,
     compressed: Rc<Cell<u64>>,
     inflated: u64,
+    /// Bytes read while the tar reader looks for the next entry (its header records), or
+    /// None while an entry's data is read.
+    header: Rc<Cell<Option<u64>>>,
     crossed: Rc<Cell<Option<Crossed>>>,
 }
 
@@ -261,8 +271,18 @@ impl<R: Read> Read for Inflated<'_, R> {
         self.inflated += n as u64;
         // Headers (512 bytes and padding per entry) ride on top of the files' bytes.
         let headers = self.limits.max_entries.saturating_mul(1536);
+        let in_header = self.header.get().map(|h| h + n as u64);
+        self.header.set(in_header);
         let check = if self.inflated > self.limits.max_bytes.saturating_add(headers) {
             Err(too_many_bytes(self.limits))
+        } else if in_header.is_some_and(|h| h > HEADER_BYTES) {
+            Err(Crossed {
+                what: format!(
+                    "one entry's header records (a long name or pax record) exceed {HEADER_BYTES} \
+                     bytes"
+                ),
+                flag: None,
+            })
         } else {
             within_ratio(self.limits, self.inflated, self.compressed.get())
         };
@@ -282,29 +302,40 @@ fn unpack_tar(archive: &Path, staging: &Path, limits: &UnpackLimits) -> Result<(
         inner: File::open(archive).map_err(io_err(archive))?,
         count: compressed.clone(),
     };
+    let header = Rc::new(Cell::new(None));
     let stream = Inflated {
         inner: flate2::read::GzDecoder::new(file),
         limits,
         compressed,
         inflated: 0,
+        header: header.clone(),
         crossed: crossed.clone(),
     };
-    let result = unpack_tar_entries(tar::Archive::new(stream), archive, staging, limits);
+    let tar = tar::Archive::new(stream);
+    let result = unpack_tar_entries(tar, &header, archive, staging, limits);
     match crossed.take() {
         Some(c) => Err(c.into_error(archive)),
         None => result,
     }
 }
 
+/// The entries of `tar`; `header` is switched on while the reader looks for the next entry, so
+/// that [`Inflated`] bounds its header records.
 fn unpack_tar_entries(
     mut tar: tar::Archive<impl Read>,
+    header: &Cell<Option<u64>>,
     archive: &Path,
     staging: &Path,
     limits: &UnpackLimits,
 ) -> Result<(), FetchError> {
     use tar::EntryType;
     let mut budget = Budget::new(archive, limits);
-    for entry in tar.entries().map_err(|e| bad(archive, e))? {
+    let mut entries = tar.entries().map_err(|e| bad(archive, e))?;
+    loop {
+        header.set(Some(0));
+        let next = entries.next();
+        header.set(None);
+        let Some(entry) = next else { break };
         let mut entry = entry.map_err(|e| bad(archive, e))?;
         let name = entry.path().map_err(|e| bad(archive, e))?.into_owned();
         let rel = safe_relative(&name).map_err(|why| unsafe_entry(archive, &name, why))?;
@@ -341,7 +372,6 @@ fn unpack_tar_entries(
 fn unpack_zip(archive: &Path, staging: &Path, limits: &UnpackLimits) -> Result<(), FetchError> {
     let mut zip = zip::ZipArchive::new(File::open(archive).map_err(io_err(archive))?)
         .map_err(|e| bad(archive, e))?;
-    // A zip entry's compressed size is declared in its header: never more than the file.
     let archive_len = fs::metadata(archive).map_err(io_err(archive))?.len();
     let mut budget = Budget::new(archive, limits);
     for i in 0..zip.len() {
@@ -364,8 +394,7 @@ fn unpack_zip(archive: &Path, staging: &Path, limits: &UnpackLimits) -> Result<(
         if let Some(p) = dest.parent() {
             fs::create_dir_all(p).map_err(io_err(p))?;
         }
-        let compressed = file.compressed_size().min(archive_len);
-        copy_bounded(&mut file, &dest, &mut budget, Some(compressed))?;
+        copy_bounded(&mut file, &dest, &mut budget, Some(archive_len))?;
     }
     Ok(())
 }
@@ -400,11 +429,11 @@ mod tests {
             e.contains("more than 2 entries") && e.contains("--max-entries"),
             "{e}"
         );
-        // 1 MiB of slack, then 10x the compressed size.
+        // 1 MiB of slack, then 10x the compressed size, over every byte written so far.
         let mut b = Budget::new(archive, &limits);
-        b.charge(RATIO_SLACK + 100, Some((RATIO_SLACK + 100, 10)))
-            .unwrap();
-        let e = b.charge(1, Some((RATIO_SLACK + 101, 10))).unwrap_err();
+        b.charge(100, Some(10)).unwrap();
+        b.charge(RATIO_SLACK, Some(10)).unwrap();
+        let e = b.charge(1, Some(10)).unwrap_err();
         assert!(e.to_string().contains("expands more than 10x"), "{e}");
         let mut b = Budget::new(archive, &limits);
         let e = b.charge(11 << 20, None).unwrap_err().to_string();
