@@ -1,6 +1,9 @@
 //! The `[backbone]` section: a timm preset with shape overrides, normalisation, and either a
 //! weights file or a `[backbone.pretrain]` recipe. Checks timm's construction rules.
 use super::parser::{sub, Parser, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_IMG_SIZE};
+
+/// The most memory a pretraining set may take (it is held whole by the build node).
+const MAX_PRETRAIN_BYTES: u64 = 16 << 30;
 use super::{Backbone, Pretrain, Weights};
 use crate::datasets::listed::MAX_CLASSES;
 use crate::datasets::synthetic::Task;
@@ -112,7 +115,10 @@ impl Parser {
             (Some(w), None) => self
                 .str("backbone.weights", w)
                 .map(|s| Weights::File(self.base.join(s))),
-            (None, Some(p)) => self.pretrain(p).map(Weights::Pretrain),
+            (None, Some(p)) => self
+                .pretrain(p)
+                .filter(|p| self.pretrain_fits(p, arch.img_size))
+                .map(Weights::Pretrain),
             (None, None) => {
                 self.err(
                     "backbone",
@@ -146,6 +152,27 @@ impl Parser {
             mean,
             std,
         })
+    }
+
+    /// Whether the pretraining set fits in memory, where the build node holds it whole
+    /// (`images` x 3 x `img_size`^2 bytes, at most [`MAX_PRETRAIN_BYTES`]); else an error.
+    fn pretrain_fits(&mut self, p: &Pretrain, img_size: i64) -> bool {
+        let side = img_size.max(0) as u64;
+        let bytes = p.images.saturating_mul(3).saturating_mul(side * side);
+        if bytes > MAX_PRETRAIN_BYTES {
+            self.err(
+                "backbone.pretrain.images",
+                format!(
+                    "{} images of {side}x{side} need {:.1} GiB in memory (the build node holds \
+                     the pretraining set whole); at most {} GiB: use fewer images",
+                    p.images,
+                    bytes as f64 / (1u64 << 30) as f64,
+                    MAX_PRETRAIN_BYTES >> 30
+                ),
+            );
+            return false;
+        }
+        true
     }
 
     pub(super) fn pretrain(&mut self, v: &Value) -> Option<Pretrain> {
