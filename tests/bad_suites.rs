@@ -66,6 +66,8 @@ const CASES: &[(&str, &[&str])] = &[
     ("rank_huge.toml", &["`methods.lora.r`", "must be at most 4096, got 1000000"]),
     ("pretrain_images_huge.toml", &["`backbone.pretrain.images`", "must be at most 10000000, got 1000000000000"]),
     ("pretrain_set_too_large.toml", &["`backbone.pretrain.images`", "5000000 images of 64x64 need 57.2 GiB", "at most 16 GiB"]),
+    ("synthetic_split_too_large.toml", &["`datasets.shape.test_images`", "10000000 images of 32x32 need 28.6 GiB", "at most 16 GiB"]),
+    ("too_many_runs_in_all.toml", &["`methods`", "more than 100000 runs in all"]),
     ("img_size_huge.toml", &["`defaults.img_size`", "must be at most 4096, got 1048576"]),
     ("batch_size_huge.toml", &["`defaults.batch_size`", "must be at most 65536, got 10000000000"]),
     ("grid_too_large.toml", &["`methods.lora`", "more than 100000 points"]),

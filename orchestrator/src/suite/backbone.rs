@@ -1,9 +1,8 @@
 //! The `[backbone]` section: a timm preset with shape overrides, normalisation, and either a
 //! weights file or a `[backbone.pretrain]` recipe. Checks timm's construction rules.
-use super::parser::{sub, Parser, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_IMG_SIZE};
-
-/// The most memory a pretraining set may take (it is held whole by the build node).
-const MAX_PRETRAIN_BYTES: u64 = 16 << 30;
+use super::parser::{
+    held_bytes, sub, Parser, MAX_BATCH, MAX_EPOCHS, MAX_HELD_BYTES, MAX_IMAGES, MAX_IMG_SIZE,
+};
 use super::{Backbone, Pretrain, Weights};
 use crate::datasets::listed::MAX_CLASSES;
 use crate::datasets::synthetic::Task;
@@ -155,11 +154,11 @@ impl Parser {
     }
 
     /// Whether the pretraining set fits in memory, where the build node holds it whole
-    /// (`images` x 3 x `img_size`^2 bytes, at most [`MAX_PRETRAIN_BYTES`]); else an error.
+    /// (at most [`MAX_HELD_BYTES`]); else an error.
     fn pretrain_fits(&mut self, p: &Pretrain, img_size: i64) -> bool {
-        let side = img_size.max(0) as u64;
-        let bytes = p.images.saturating_mul(3).saturating_mul(side * side);
-        if bytes > MAX_PRETRAIN_BYTES {
+        let side = img_size.max(0);
+        let bytes = held_bytes(p.images, side);
+        if bytes > MAX_HELD_BYTES {
             self.err(
                 "backbone.pretrain.images",
                 format!(
@@ -167,7 +166,7 @@ impl Parser {
                      the pretraining set whole); at most {} GiB: use fewer images",
                     p.images,
                     bytes as f64 / (1u64 << 30) as f64,
-                    MAX_PRETRAIN_BYTES >> 30
+                    MAX_HELD_BYTES >> 30
                 ),
             );
             return false;

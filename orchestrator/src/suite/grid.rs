@@ -1,8 +1,8 @@
 //! The whole suite: top-level keys, sections in order, runs checked for collisions, and
 //! `[[override]]` entries applied to the runs they match.
 use super::defaults::{Opt, OPT_KEYS};
-use super::parser::{display, Parser, MAX_LIST};
-use super::{Run, Suite, TOP_KEYS};
+use super::parser::{display, held_bytes, Parser, MAX_HELD_BYTES, MAX_LIST, MAX_RUNS};
+use super::{DatasetDef, Run, Source, Suite, TOP_KEYS};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -62,12 +62,24 @@ impl Parser {
             for (family, v) in m {
                 families.push(family.as_str());
                 runs.extend(self.method(family, v, &ds_opts, &declared, &seeds));
+                if runs.len() > MAX_RUNS {
+                    self.err(
+                        "methods",
+                        format!(
+                            "the method tables expand to more than {MAX_RUNS} runs in all (grid \
+                             points x datasets x seeds); split the study into several suites"
+                        ),
+                    );
+                    runs.clear();
+                    break;
+                }
             }
         }
         if let Some(o) = top.get("override") {
             self.overrides(o, &mut runs, &declared, &families);
         }
         self.distinct_runs(&runs);
+        self.synthetic_splits_fit(&datasets, &runs);
         // A run image size that nothing set is the default: it must fit the patches too.
         if let Some(p) = self.patch_size {
             let set_somewhere = self.errors.iter().any(|e| e.key.ends_with(".img_size"));
@@ -263,4 +275,34 @@ pub(super) fn grid_points(axes: &[(String, Vec<Value>)]) -> Vec<Point> {
             .collect();
     }
     points
+}
+
+impl Parser {
+    /// Each synthetic test split, generated and held whole by its prep node at the largest
+    /// image size a run uses it with, fits in [`MAX_HELD_BYTES`]; else an error under its key.
+    fn synthetic_splits_fit(&mut self, datasets: &BTreeMap<String, DatasetDef>, runs: &[Run]) {
+        for (name, d) in datasets {
+            let Source::Synthetic { test_images, .. } = d.source else {
+                continue;
+            };
+            let side = runs
+                .iter()
+                .filter(|r| &r.dataset == name)
+                .map(|r| r.opt.img_size)
+                .max();
+            let Some(side) = side else { continue };
+            let bytes = held_bytes(test_images, side);
+            if bytes > MAX_HELD_BYTES {
+                self.err(
+                    &format!("datasets.{name}.test_images"),
+                    format!(
+                        "{test_images} images of {side}x{side} need {:.1} GiB in memory (the prep \
+                         node holds the split whole); at most {} GiB: use fewer test_images",
+                        bytes as f64 / (1u64 << 30) as f64,
+                        MAX_HELD_BYTES >> 30
+                    ),
+                );
+            }
+        }
+    }
 }

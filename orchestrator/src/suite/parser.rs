@@ -19,6 +19,17 @@ pub(super) const MAX_IMAGES: u64 = 10_000_000;
 pub(super) const MAX_RUNS: usize = 100_000;
 /// The longest list (a grid axis, seeds): each is checked for repeats value by value.
 pub(super) const MAX_LIST: usize = 10_000;
+/// The most memory an image set held whole may take (images x 3 x side^2 bytes): the
+/// backbone's pretraining set, a synthetic test split.
+pub(super) const MAX_HELD_BYTES: u64 = 16 << 30;
+
+/// `images` images of `side` x `side` as held in memory (RGB bytes), saturating.
+pub(super) fn held_bytes(images: u64, side: i64) -> u64 {
+    let side = side.max(0) as u64;
+    images
+        .saturating_mul(3)
+        .saturating_mul(side.saturating_mul(side))
+}
 
 pub(super) struct Parser {
     pub(super) errors: Vec<Diagnostic>,
