@@ -129,41 +129,50 @@ pub fn read_peft_method(dir: &Path, depth: usize) -> Result<Method> {
     parse_peft_config(&text, depth, &path)
 }
 
-/// A number of `cfg` (`default` when absent): finite, and an integer in `ints` when given.
-fn number(
-    cfg: &Value,
-    key: &str,
-    default: Option<f64>,
-    ints: Option<std::ops::RangeInclusive<i64>>,
-    path: &Path,
-) -> Result<f64> {
+/// A number of `cfg` (`default` when absent), finite.
+fn number(cfg: &Value, key: &str, default: Option<f64>, path: &Path) -> Result<f64> {
     let v = &cfg[key];
-    let x = match v {
-        Value::Null => default.ok_or_else(|| file_err(path, format!("missing numeric `{key}`")))?,
+    match v {
+        Value::Null => default.ok_or_else(|| file_err(path, format!("missing numeric `{key}`"))),
         _ => v
             .as_f64()
             .filter(|x| x.is_finite())
-            .ok_or_else(|| file_err(path, format!("`{key}` must be a number, not {v}")))?,
-    };
-    match ints {
-        // (`as` saturates: compare as floats first.)
-        Some(range)
-            if !(x.fract() == 0.0
-                && x >= *range.start() as f64
-                && x <= *range.end() as f64
-                && range.contains(&(x as i64))) =>
-        {
-            Err(file_err(
+            .ok_or_else(|| file_err(path, format!("`{key}` must be a number, not {v}"))),
+    }
+}
+
+/// An integer of `cfg` in `range` (`default` when absent), read exactly: a JSON integer keeps
+/// every digit (through a float, a key above 2^53 would round to another one); a whole float
+/// such as `8.0` is taken too.
+fn integer(
+    cfg: &Value,
+    key: &str,
+    default: Option<i64>,
+    range: std::ops::RangeInclusive<i64>,
+    path: &Path,
+) -> Result<i64> {
+    let v = &cfg[key];
+    if v.is_null() {
+        return default.ok_or_else(|| file_err(path, format!("missing integer `{key}`")));
+    }
+    const EXACT: f64 = (1u64 << 53) as f64;
+    v.as_i64()
+        .or_else(|| {
+            v.as_f64()
+                .filter(|x| x.fract() == 0.0 && x.abs() < EXACT)
+                .map(|x| x as i64)
+        })
+        .filter(|x| range.contains(x))
+        .ok_or_else(|| {
+            file_err(
                 path,
                 format!(
                     "`{key}` must be an integer from {} to {}, not {v}",
                     range.start(),
                     range.end()
                 ),
-            ))
-        }
-        _ => Ok(x),
-    }
+            )
+        })
 }
 
 /// The method the `adapter_config.json` text `text` (read from `path`, named in errors)
@@ -178,11 +187,11 @@ pub fn parse_peft_config(text: &str, depth: usize, path: &Path) -> Result<Method
     }
     reject_unsupported(&cfg, &path)?;
     let targets = targets_from(&cfg, depth, &path)?;
-    let num = |k: &str, default: Option<f64>| number(&cfg, k, default, None, &path);
-    let rank = |default: Option<f64>| number(&cfg, "r", default, Some(1..=MAX_RANK), &path);
+    let num = |k: &str, default: Option<f64>| number(&cfg, k, default, &path);
+    let rank = |default: Option<i64>| integer(&cfg, "r", default, 1..=MAX_RANK, &path);
     let method = match cfg["peft_type"].as_str() {
         Some("LORA") => Method::Lora(LoraSpec {
-            r: rank(None)? as i64,
+            r: rank(None)?,
             alpha: num("lora_alpha", Some(8.0))?,
             dropout: num("lora_dropout", Some(0.0))?,
             rslora: cfg["use_rslora"].as_bool().unwrap_or(false),
@@ -197,15 +206,15 @@ pub fn parse_peft_config(text: &str, depth: usize, path: &Path) -> Result<Method
                 ));
             }
             Method::Vera(VeraSpec {
-                r: rank(Some(256.0))? as i64,
+                r: rank(Some(256))?,
                 d_initial: num("d_initial", Some(0.1))?,
-                projection_prng_key: number(
+                projection_prng_key: integer(
                     &cfg,
                     "projection_prng_key",
-                    Some(0.0),
-                    Some(0..=i64::MAX),
+                    Some(0),
+                    0..=i64::MAX,
                     &path,
-                )? as i64,
+                )?,
                 dropout: num("vera_dropout", Some(0.0))?,
                 targets,
             })
@@ -352,6 +361,12 @@ mod tests {
             r#"{"peft_type": "VERA", "target_modules": ["qkv"], "projection_prng_key": 1e300}"#;
         let msg = parse_peft_config(vera, 2, path).unwrap_err().to_string();
         assert!(msg.contains("`projection_prng_key`"), "{msg}");
+        // A key above 2^53 is read exactly, not rounded through a float.
+        let exact = r#"{"peft_type": "VERA", "target_modules": ["qkv"], "projection_prng_key": 9007199254740993}"#;
+        match parse_peft_config(exact, 2, path).unwrap() {
+            Method::Vera(v) => assert_eq!(v.projection_prng_key, 9_007_199_254_740_993),
+            m => panic!("{m:?}"),
+        }
         let alpha = config("8").replace("\"lora_alpha\": 4", "\"lora_alpha\": \"x\"");
         let msg = parse_peft_config(&alpha, 2, path).unwrap_err().to_string();
         assert!(msg.contains("`lora_alpha` must be a number"), "{msg}");
