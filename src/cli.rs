@@ -67,6 +67,18 @@ pub struct RunArgs {
     /// `--slurm-arg=--partition=gpu` (repeatable).
     #[arg(long = "slurm-arg", value_name = "ARG", allow_hyphen_values = true)]
     slurm_args: Vec<String>,
+    /// Seconds a node that ended well may take to show its store entry here before it counts
+    /// as failed: on a shared filesystem (NFS, Lustre) an entry written on another host shows
+    /// up after the client's attribute cache expires (often 30-60 s).
+    #[arg(long, value_name = "SECONDS", default_value_t = sched::DEFAULT_ENTRY_WAIT_S, value_parser = entry_wait)]
+    entry_wait: f64,
+}
+
+fn entry_wait(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected seconds from 0 to 86400, found {s:?}")),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -158,6 +170,12 @@ pub fn plan(a: PlanArgs) -> Result<i32> {
     let l = load(&a.s)?;
     let entries = make_plan(&l.graph, &l.store, &Default::default());
     let data_ok = check_data(&l, a.check_data)?;
+    if l.store.root.exists() {
+        let lease = orchestrator::lease::Timing::from_env().map_err(UsageError)?;
+        if let Some(n) = orchestrator::lease::filesystem_notice(&l.store.root, lease) {
+            eprintln!("note: {n}");
+        }
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
     } else {
@@ -296,13 +314,17 @@ pub fn run(a: RunArgs) -> Result<i32> {
                     "--jobs-per-gpu is for --launcher local; a Slurm job has its GPU to itself",
                 );
             }
-            Box::new(SlurmLauncher::new(SlurmOptions {
+            let launcher = SlurmLauncher::new(SlurmOptions {
                 exe: std::env::current_exe()?,
                 store: std::path::absolute(&store.root)?,
                 config: l.suite.slurm.clone(),
                 cli_args: a.slurm_args.clone(),
                 gpus,
-            }))
+            });
+            for n in &launcher.notes {
+                say!("note: {n}");
+            }
+            Box::new(launcher)
         }
     };
     // Ctrl-C, SIGTERM or SIGHUP: the scheduler cancels what it started, then stops. Under
@@ -324,9 +346,21 @@ pub fn run(a: RunArgs) -> Result<i32> {
         total,
         store.root.display()
     );
-    let s = sched::run(&l.graph, &store, launcher.as_mut(), &mut |e: &Event| {
-        view.on(e)
-    });
+    let lease = orchestrator::lease::Timing::from_env().map_err(UsageError)?;
+    if let Some(n) = orchestrator::lease::filesystem_notice(&store.root, lease) {
+        say!("note: {n}");
+    }
+    let opts = sched::Options {
+        entry_wait: std::time::Duration::from_secs_f64(a.entry_wait),
+        lease,
+    };
+    let s = sched::run_with(
+        &l.graph,
+        &store,
+        launcher.as_mut(),
+        opts,
+        &mut |e: &Event| view.on(e),
+    );
     view.finish();
     say!(
         "\n{} ran, {} cached, {} failed, {} blocked in {:.1} s (record: {})",

@@ -125,13 +125,16 @@ impl View {
                     overall.inc(1);
                     let _ = multi.println(format!("blocked {label}  (input {by} failed)"));
                 }
-                Event::Waiting { label, .. } => {
-                    let _ = multi.println(format!(
-                        "waiting {label}  (another vtab-orch run is executing it)"
-                    ));
+                Event::Waiting { label, holder, .. } => {
+                    let _ = multi.println(format!("waiting {label}  ({})", held_by(holder)));
                 }
                 Event::Requeued { label, why, .. } => {
                     let _ = multi.println(format!("requeued {label}  ({why})"));
+                }
+                Event::Adopted { label, job, .. } => {
+                    let _ = multi.println(format!(
+                        "adopted {label}  (slurm job {job}, submitted by an earlier run)"
+                    ));
                 }
                 Event::Interrupted { cancelled } => {
                     let _ = multi.println(format!(
@@ -180,14 +183,25 @@ fn lines(done: &mut usize, total: usize, e: &Event) {
             *done += 1;
             say!("[{done:>4}/{total}] blocked {label}  (input {by} failed)");
         }
-        Event::Waiting { label, .. } => {
-            say!("[{done:>4}/{total}] waiting {label}  (another vtab-orch run is executing it)")
+        Event::Waiting { label, holder, .. } => {
+            say!("[{done:>4}/{total}] waiting {label}  ({})", held_by(holder))
         }
         Event::Requeued { label, why, .. } => {
             say!("[{done:>4}/{total}] requeued {label}  ({why})")
         }
+        Event::Adopted { label, job, .. } => {
+            say!("[{done:>4}/{total}] adopted {label}  (slurm job {job}, submitted by an earlier run)")
+        }
         Event::Interrupted { cancelled } => {
             say!("interrupted: stopped {cancelled} running node(s); training nodes saved a checkpoint and resume from it on the next run")
         }
+    }
+}
+
+/// Who executes a node this run waits on.
+fn held_by(holder: &Option<String>) -> String {
+    match holder {
+        Some(h) => format!("another vtab-orch process holds its lease: {h}"),
+        None => "another vtab-orch process holds its lease".into(),
     }
 }

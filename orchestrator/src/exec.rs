@@ -50,11 +50,6 @@ pub fn checkpoints(store: &Store, key: &str) -> PathBuf {
     store.root.join("checkpoints").join(key)
 }
 
-/// The lease of a node: a file whose flock the node's process holds while it runs.
-pub fn lease_path(store_root: &Path, key: &str) -> PathBuf {
-    store_root.join("leases").join(key)
-}
-
 /// What `exec` did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -66,9 +61,9 @@ pub enum Outcome {
     AlreadyDone,
 }
 
-/// Runs a node under its lease: an exclusive lock (flock) on `<store>/leases/<key>` held
-/// for the life of this process, so two runs never execute a node at once, and a killed
-/// process (kill -9 included) releases it. On failure the staging directory is removed (a
+/// Runs a node under its lease (`lease.rs`: an owner record with heartbeats, and a flock
+/// between processes of one host), so two runs never execute a node at once, even on
+/// different hosts of a shared store, and a killed holder's lease is taken over. On failure the staging directory is removed (a
 /// full disk must not stay full of a failed node's partial outputs).
 pub fn exec(store_root: &Path, key: &str, spec: &Path, cpu: bool) -> nodes::Result<Outcome> {
     exec_since(store_root, key, spec, cpu, process_started())
@@ -85,24 +80,25 @@ pub fn exec_since(
 ) -> nodes::Result<Outcome> {
     crate::nodes::checkpoint::catch_stop_signals();
     let store = Store::open(store_root)?;
-    let lease_path = lease_path(&store.root, key);
-    std::fs::create_dir_all(lease_path.parent().expect("leases dir"))
-        .map_err(nodes::io_err(&lease_path))?;
-    let lease = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lease_path)
-        .map_err(nodes::io_err(&lease_path))?;
-    match lease.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => return Ok(Outcome::Leased),
-        Err(std::fs::TryLockError::Error(e)) => {
+    let timing = crate::lease::Timing::from_env().map_err(NodeError::Failed)?;
+    let lease = match crate::lease::acquire(&store.root, key, timing) {
+        Ok(crate::lease::Acquired::Held(l)) => l,
+        Ok(crate::lease::Acquired::Busy(_)) => return Ok(Outcome::Leased),
+        Err(e) => {
             return Err(NodeError::Io {
-                path: lease_path,
+                path: crate::lease::owner_path(&store.root, key),
                 source: e,
             })
         }
+    };
+    // A job that Slurm started again after it had finished (requeued on a node failure) may
+    // find its spec removed by the driver: its entry is what counts.
+    if !spec.exists()
+        && crate::store::KINDS
+            .iter()
+            .any(|kind| store.is_complete(kind, key))
+    {
+        return Ok(Outcome::AlreadyDone);
     }
     let node = read_node(spec)?;
     if store.is_complete(node.kind(), key) {
@@ -115,7 +111,7 @@ pub fn exec_since(
         "cuda_visible_devices": std::env::var("CUDA_VISIBLE_DEVICES").ok(),
     }));
     let staged = store.stage(key)?;
-    let result = exec_into(&store, key, node, cpu, &staged, t0);
+    let result = exec_into(&store, key, node, cpu, &staged, t0, &lease);
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&staged);
     }
@@ -129,6 +125,7 @@ fn exec_into(
     cpu: bool,
     staged: &Path,
     t0: Instant,
+    lease: &crate::lease::Lease,
 ) -> nodes::Result<()> {
     let store = store.clone();
     let fp = node.fingerprint();
@@ -209,6 +206,8 @@ fn exec_into(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     };
+    // Fencing: a process whose lease was taken over while it stalled must not commit.
+    lease.check().map_err(NodeError::Failed)?;
     store.commit(staged, manifest)?;
     let _ = std::fs::remove_dir_all(checkpoints(&store, key));
     Ok(())

@@ -120,6 +120,8 @@ fn slurm(data: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(data);
     let _ = poll::parse_job_id(&text);
     let _ = poll::parse_pairs(&text);
+    let _ = poll::parse_listed(&text);
+    let _ = poll::split_id(&text);
     let _ = poll::parse_sacct(&text);
     for line in text.lines() {
         let _ = poll::phase(line);

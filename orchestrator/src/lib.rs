@@ -9,6 +9,7 @@ pub mod fuzzing;
 pub mod graph;
 pub mod hash;
 pub mod identity;
+pub mod lease;
 pub mod load;
 pub mod nodes;
 pub mod numerics;

@@ -216,26 +216,46 @@ impl Store {
         Ok(dest)
     }
 
-    /// Removes staging directories left by processes of this host that no longer exist (a
-    /// run killed while a node was writing). Names are `<key>@<host>@<pid>@<nanos|trash>`;
-    /// another host's directories are left alone (its processes cannot be checked here).
-    pub fn clean_stale_staging(&self) {
+    /// Removes staging directories left by dead processes (a run killed while a node was
+    /// writing). Names are `<key>@<host>@<pid>@<nanos|trash>`. One of this host is dead when
+    /// its pid is; one of another host when `holder_alive(key, host, pid)` says so (its lease
+    /// is gone or held by another process) and it was not touched for `min_age` (a directory
+    /// made just now may belong to a lease this host cannot see yet).
+    pub fn clean_stale_staging(
+        &self,
+        holder_alive: &dyn Fn(&str, &str, u32) -> bool,
+        min_age: std::time::Duration,
+    ) -> usize {
         let Ok(rd) = std::fs::read_dir(self.root.join("tmp")) else {
-            return;
+            return 0;
         };
         let host = host_name();
+        let mut removed = 0;
         for e in rd.filter_map(|e| e.ok()) {
             let name = e.file_name().to_string_lossy().into_owned();
             let parts: Vec<&str> = name.split('@').collect();
-            if parts.len() != 4 || parts[1] != host {
+            let (4, Ok(pid)) = (
+                parts.len(),
+                parts.get(2).map_or(Ok(0), |p| p.parse::<u32>()),
+            ) else {
                 continue;
-            }
-            if let Ok(pid) = parts[2].parse::<u32>() {
-                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
+            };
+            let dead = if parts[1] == host {
+                !Path::new(&format!("/proc/{pid}")).exists()
+            } else {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= min_age);
+                old && !holder_alive(parts[0], parts[1], pid)
+            };
+            if dead && std::fs::remove_dir_all(e.path()).is_ok() {
+                removed += 1;
             }
         }
+        removed
     }
 
     /// Every entry directory of the store: (kind, key).
@@ -322,6 +342,7 @@ fn machine_id() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn tmp(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("vtab-store-{name}-{}", std::process::id()));
@@ -415,6 +436,42 @@ mod tests {
         assert_eq!(std::fs::metadata(&dest).unwrap().ino(), inode);
         assert_eq!(std::fs::read(dest.join("a.bin")).unwrap(), b"first");
         assert!(s.is_complete("prep", "k"));
+    }
+
+    /// Staging of a dead process of this host goes at once; another host's only when its
+    /// lease says its holder is gone and it is older than the given age.
+    #[test]
+    fn stale_staging_of_dead_holders_is_removed_on_every_host() {
+        let root = tmp("stale-staging");
+        let store = Store::open(&root).unwrap();
+        let me = host_name();
+        let names = [
+            format!("a@{me}@{}@1", u32::MAX - 3),
+            format!("b@{me}@{}@1", std::process::id()),
+            "c@far@5@1".to_string(),
+            "d@far@6@1".to_string(),
+        ];
+        for n in &names {
+            std::fs::create_dir_all(root.join("tmp").join(n)).unwrap();
+        }
+        let alive = |key: &str, host: &str, pid: u32| key == "d" && host == "far" && pid == 6;
+        // Too young to judge another host's folders.
+        assert_eq!(
+            store.clean_stale_staging(&alive, Duration::from_secs(3600)),
+            1
+        );
+        assert!(!root.join("tmp").join(&names[0]).exists());
+        assert_eq!(store.clean_stale_staging(&alive, Duration::ZERO), 1);
+        assert!(
+            root.join("tmp").join(&names[1]).exists(),
+            "a live process's"
+        );
+        assert!(
+            !root.join("tmp").join(&names[2]).exists(),
+            "a dead holder's"
+        );
+        assert!(root.join("tmp").join(&names[3]).exists(), "a live holder's");
+        std::fs::remove_dir_all(&root).ok();
     }
 
     #[test]

@@ -46,6 +46,15 @@ pub enum Event {
     Waiting {
         key: String,
         label: String,
+        /// Who holds it, as its owner record says ("pid 41 on vn2 (slurm job 17), ...").
+        holder: Option<String>,
+    },
+    /// The node's cluster job, submitted by an earlier driver that died, still runs: this run
+    /// watches it instead of submitting the node again.
+    Adopted {
+        key: String,
+        label: String,
+        job: String,
     },
     /// A cluster job of the node is submitted again (preempted, timed out).
     Requeued {

@@ -1,60 +1,66 @@
-//! Waiting on another run's lease: the driver takes the node's flock itself (blocking, in
-//! a thread), lets go of it at once and reports the node; it never runs or retries a node.
-use crate::exec::lease_path;
+//! Waiting on another process's lease (`crate::lease`): the driver looks at the owner records
+//! of the nodes it waits on (about once a second) and reports a node once its record is gone or
+//! its holder is dead; the node's own process then takes the lease over. It never runs or
+//! retries a node itself.
+use crate::lease::{owner, Owner, Timing};
 use crate::store::Store;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::time::{Duration, Instant};
+
+/// How often the waited-on owner records are read.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Waiter {
     root: PathBuf,
-    tx: Sender<String>,
-    rx: Receiver<String>,
-    waiting: BTreeSet<String>,
+    timing: Timing,
+    waiting: BTreeMap<String, Option<Owner>>,
+    next_look: Instant,
 }
 
 impl Waiter {
-    pub fn new(store: &Store) -> Waiter {
-        let (tx, rx) = channel();
+    pub fn new(store: &Store, timing: Timing) -> Waiter {
         Waiter {
             root: store.root.clone(),
-            tx,
-            rx,
-            waiting: BTreeSet::new(),
+            timing,
+            waiting: BTreeMap::new(),
+            next_look: Instant::now(),
         }
     }
 
-    /// Starts waiting for the lease of `key` to be free (one thread per waiting node; it
-    /// ends when the holder ends, kill -9 included, since the kernel drops its flock).
-    pub fn wait_for(&mut self, key: &str) {
-        if !self.waiting.insert(key.to_string()) {
-            return;
-        }
-        let path = lease_path(&self.root, key);
-        let (tx, key) = (self.tx.clone(), key.to_string());
-        std::thread::spawn(move || {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path);
-            // Cannot open the lease file: report it free; the node's own process will say
-            // what is wrong when it tries.
-            if let Ok(f) = file {
-                let _ = f.lock();
-                drop(f);
-            }
-            let _ = tx.send(key);
-        });
+    /// Starts waiting on the lease of `key`; returns its holder as seen now (None: the record
+    /// cannot be read, e.g. not visible here yet).
+    pub fn wait_for(&mut self, key: &str) -> Option<Owner> {
+        let holder = owner(&self.root, key);
+        self.waiting.insert(key.to_string(), holder.clone());
+        holder
     }
 
-    /// Nodes whose lease became free since the last call.
+    /// Nodes whose lease became free (or whose holder died) since the last call.
     pub fn freed(&mut self) -> Vec<String> {
-        let keys: Vec<String> = self.rx.try_iter().collect();
-        for k in &keys {
+        if self.waiting.is_empty() || Instant::now() < self.next_look {
+            return Vec::new();
+        }
+        self.next_look = Instant::now() + LOOK_EVERY;
+        let me = crate::store::host_name();
+        let freed: Vec<String> = self
+            .waiting
+            .keys()
+            .filter(|k| match owner(&self.root, k) {
+                None => true,
+                // A holder of this host: by its pid (taking its flock here could make a
+                // process starting the node now believe it is held).
+                Some(o) if o.host == me => {
+                    !std::path::Path::new(&format!("/proc/{}", o.pid)).exists()
+                }
+                Some(o) => !o.alive(None, self.timing),
+            })
+            .cloned()
+            .collect();
+        for k in &freed {
             self.waiting.remove(k);
         }
-        keys
+        freed
     }
 
     pub fn waiting(&self) -> usize {
@@ -65,37 +71,41 @@ impl Waiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
+    use crate::lease::{acquire, Acquired};
 
-    /// The waiter reports a node only after the holder lets go, without polling the node.
+    /// The waiter reports a node only after the holder lets go.
     #[test]
     fn reports_a_lease_when_its_holder_lets_go() {
-        let dir = std::env::temp_dir().join(format!("vtab-lease-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("vtab-waiter-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = Store::open(&dir).unwrap();
-        let path = lease_path(&store.root, "k1");
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let held = std::fs::File::create(&path).unwrap();
-        held.lock().unwrap();
-        let mut w = Waiter::new(&store);
-        w.wait_for("k1");
-        w.wait_for("k1"); // a second wait on the same node is one wait
-        std::thread::sleep(Duration::from_millis(200));
+        let Acquired::Held(held) = acquire(&store.root, "k1", Timing::default()).unwrap() else {
+            panic!("free lease not taken");
+        };
+        let mut w = Waiter::new(&store, Timing::default());
+        let holder = w.wait_for("k1").expect("holder named");
+        assert_eq!(holder.pid, std::process::id());
+        std::thread::sleep(Duration::from_millis(1200));
         assert!(w.freed().is_empty(), "reported while still held");
         assert_eq!(w.waiting(), 1);
         drop(held);
         let t0 = Instant::now();
         let mut got = Vec::new();
-        while got.is_empty() && t0.elapsed() < Duration::from_secs(5) {
+        while got.is_empty() && t0.elapsed() < Duration::from_secs(10) {
             got = w.freed();
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(50));
         }
         assert_eq!(got, ["k1"]);
         assert_eq!(w.waiting(), 0);
-        // Free leases are reported at once.
+        // A lease nobody holds is reported at the next look.
         w.wait_for("k2");
-        std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(w.freed(), ["k2"]);
+        let t0 = Instant::now();
+        let mut got = Vec::new();
+        while got.is_empty() && t0.elapsed() < Duration::from_secs(10) {
+            got = w.freed();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(got, ["k2"]);
         std::fs::remove_dir_all(&dir).ok();
     }
 }

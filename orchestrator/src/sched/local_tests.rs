@@ -231,7 +231,7 @@ fn a_failure_reason_reaches_the_summary_when_the_log_cannot_hold_it() {
 }
 
 /// A node whose lease another run holds is not respawned in a loop: the parent waits on the
-/// flock and spawns it once more when it is free.
+/// owner record and spawns it once more when it is free, naming the holder meanwhile.
 #[test]
 fn a_leased_node_is_spawned_again_only_when_the_lease_is_free() {
     let dir = tmp("lease");
@@ -246,15 +246,17 @@ fn a_leased_node_is_spawned_again_only_when_the_lease_is_free() {
     let exe = fake_exe(
         &dir,
         &format!(
-            "echo \"$2\" >> {}\nexec 9>>\"$4/leases/$2\"\nflock -n 9 || exit 75\necho '{{\"started\": true}}'\nexit 1",
+            "echo \"$2\" >> {}\n[ -e \"$4/leases/$2.owner\" ] && exit 75\necho '{{\"started\": true}}'\nexit 1",
             spawns.display()
         ),
     );
     // Another "run" holds the build's lease for 1.5 s.
-    let lease = crate::exec::lease_path(&store.root, &build);
-    std::fs::create_dir_all(lease.parent().unwrap()).unwrap();
-    let held = std::fs::File::create(&lease).unwrap();
-    held.lock().unwrap();
+    let timing = crate::lease::Timing::default();
+    let crate::lease::Acquired::Held(held) =
+        crate::lease::acquire(&store.root, &build, timing).unwrap()
+    else {
+        panic!("the lease is free")
+    };
     let releaser = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(1500));
         drop(held);
@@ -269,11 +271,23 @@ fn a_leased_node_is_spawned_again_only_when_the_lease_is_free() {
         .filter(|l| *l == build)
         .count();
     assert_eq!(n, 2, "spawned once leased, once when free");
-    let waiting = events
+    let waiting: Vec<&Option<String>> = events
         .iter()
-        .filter(|e| matches!(e, Event::Waiting { key, .. } if *key == build))
-        .count();
-    assert_eq!(waiting, 1, "{events:?}");
+        .filter_map(|e| match e {
+            Event::Waiting { key, holder, .. } if *key == build => Some(holder),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(waiting.len(), 1, "{events:?}");
+    let pid = format!(
+        "pid {} on {}",
+        std::process::id(),
+        crate::store::host_name()
+    );
+    assert!(
+        waiting[0].as_ref().is_some_and(|h| h.starts_with(&pid)),
+        "{waiting:?}"
+    );
     // Then it ran (and failed, as the stand-in does).
     assert!(events
         .iter()

@@ -83,6 +83,9 @@ pub enum Report {
     },
     /// The launcher runs the node again (a preempted or timed-out cluster job).
     Requeued { key: String, why: String },
+    /// The launcher found the node's job, submitted by a driver that died, still queued or
+    /// running, and watches it instead of starting the node again.
+    Adopted { key: String, job: String },
 }
 
 /// Carries nodes out: child processes, cluster jobs. The driver decides what runs when.
@@ -120,12 +123,45 @@ pub fn spec_of(key: &str, node: &Node) -> NodeSpec {
     }
 }
 
+/// How a run treats a store that other hosts may share.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Options {
+    /// How long a node that ended well may take to show its store entry here (a shared
+    /// filesystem's attribute caches) before it counts as failed.
+    pub entry_wait: Duration,
+    /// When a lease's holder on another host counts as dead.
+    pub lease: crate::lease::Timing,
+}
+
+/// The default entry wait: well past the 30-60 s attribute caches of NFS and Lustre clients.
+pub const DEFAULT_ENTRY_WAIT_S: f64 = 120.0;
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            entry_wait: Duration::from_secs_f64(DEFAULT_ENTRY_WAIT_S),
+            lease: crate::lease::Timing::default(),
+        }
+    }
+}
+
 /// Runs every node of `g` not in the store yet through `launcher`. With a protocol the
 /// graph grows as select nodes finish (or are found done): their final runs join the run.
 pub fn run(
     g: &Graph,
     store: &Store,
     launcher: &mut dyn Launcher,
+    on_event: &mut dyn FnMut(&Event),
+) -> Summary {
+    run_with(g, store, launcher, Options::default(), on_event)
+}
+
+/// [`run`] with explicit [`Options`].
+pub fn run_with(
+    g: &Graph,
+    store: &Store,
+    launcher: &mut dyn Launcher,
+    opts: Options,
     on_event: &mut dyn FnMut(&Event),
 ) -> Summary {
     let run_id = events::new_run_id();
@@ -145,7 +181,9 @@ pub fn run(
         began: BTreeMap::new(),
         announced: BTreeSet::new(),
         errors: BTreeMap::new(),
-        leases: lease::Waiter::new(store),
+        leases: lease::Waiter::new(store, opts.lease),
+        settling: BTreeMap::new(),
+        opts,
     };
     d.go(launcher);
     d.summary
@@ -166,6 +204,10 @@ struct Driver<'a> {
     /// hold it (a full disk cannot take the log line that says so).
     errors: BTreeMap<String, String>,
     leases: lease::Waiter,
+    /// Nodes whose process ended well but whose entry this host does not see yet (a shared
+    /// filesystem shows it late): until when to look, and what the launcher said.
+    settling: BTreeMap<String, (Instant, Option<String>)>,
+    opts: Options,
 }
 
 impl Driver<'_> {
@@ -179,7 +221,11 @@ impl Driver<'_> {
 
     fn go(&mut self, launcher: &mut dyn Launcher) {
         let t0 = Instant::now();
-        self.store.clean_stale_staging();
+        let (root, timing) = (self.store.root.clone(), self.opts.lease);
+        self.store.clean_stale_staging(
+            &|key, host, pid| crate::lease::holds(&root, key, host, pid, timing),
+            timing.stale,
+        );
         let order = self.g.topo();
         let specs = order
             .iter()
@@ -209,7 +255,8 @@ impl Driver<'_> {
                     self.launch_ready(launcher, &cap);
                 }
             }
-            let tick = if self.leases.waiting() > 0 {
+            self.settle();
+            let tick = if self.leases.waiting() > 0 || !self.settling.is_empty() {
                 Duration::from_millis(100)
             } else {
                 Duration::from_millis(500)
@@ -296,6 +343,10 @@ impl Driver<'_> {
                 let label = self.label(&key);
                 self.emit(Event::Requeued { key, label, why });
             }
+            Report::Adopted { key, job } => {
+                let label = self.label(&key);
+                self.emit(Event::Adopted { key, label, job });
+            }
             Report::Exit { key, code, note } => self.on_exit(&key, code, note),
         }
     }
@@ -303,53 +354,95 @@ impl Driver<'_> {
     fn on_exit(&mut self, key: &str, code: Option<i32>, note: Option<String>) {
         let _ = std::fs::remove_file(spec_path(self.store, key));
         let node = self.g.node(key).expect("node");
-        let node_is_select = matches!(node, Node::Select(_));
         let began = self.began.remove(key);
         if code == Some(EXIT_LEASED) {
             // Another run executes it: wait on its lease here, then look again.
             self.core
                 .on_exit(key, Exit::Leased)
                 .expect("a running node");
-            self.leases.wait_for(key);
+            let holder = self.leases.wait_for(key);
             if self.announced.insert(key.to_string()) {
                 let label = node.label();
                 self.emit(Event::Waiting {
                     key: key.to_string(),
                     label,
+                    holder: holder.map(|h| h.describe()),
                 });
             }
-        } else if code == Some(0) && self.store.is_complete(node.kind(), key) {
-            match began {
-                Some(t) => {
-                    self.core.on_exit(key, Exit::Done).expect("a running node");
-                    self.summary.ran += 1;
-                    let label = node.label();
-                    self.emit(Event::Finished {
-                        key: key.to_string(),
-                        label,
-                        wall_s: t.elapsed().as_secs_f64(),
-                    });
-                    if node_is_select {
-                        crate::test_hooks::abort_after_select();
-                    }
-                    self.grow(key);
-                }
-                // Finished by another run between our check and the node's.
-                None => self.cached(key),
-            }
-        } else {
-            let log = self.store.root.join("logs").join(format!("{key}.log"));
-            let mut tail = log_tail(&log);
-            if let Some(e) = self.errors.remove(key) {
-                if !tail.contains(&e) {
-                    tail = format!("{tail}\nerror: {e}").trim_start().to_string();
-                }
-            }
-            if let Some(n) = note {
-                tail = format!("{tail}\n{n}");
-            }
-            self.failed(key, log, tail);
+            return;
         }
+        // Success is the entry in the store, whatever the exit code or side files say.
+        if self.store.is_complete(node.kind(), key) {
+            self.done(key, began);
+        } else if code == Some(0) && !self.opts.entry_wait.is_zero() {
+            if let Some(t) = began {
+                self.began.insert(key.to_string(), t);
+            }
+            let until = Instant::now() + self.opts.entry_wait;
+            self.settling.insert(key.to_string(), (until, note));
+        } else {
+            self.failed_with_log(key, note);
+        }
+    }
+
+    /// Nodes that ended well: done once their entry shows, failed past the entry wait.
+    fn settle(&mut self) {
+        let keys: Vec<String> = self.settling.keys().cloned().collect();
+        for key in keys {
+            let kind = self.g.node(&key).expect("node").kind();
+            if self.store.is_complete(kind, &key) {
+                self.settling.remove(&key);
+                let began = self.began.remove(&key);
+                self.done(&key, began);
+            } else if Instant::now() >= self.settling[&key].0 {
+                let (_, note) = self.settling.remove(&key).expect("settling");
+                self.began.remove(&key);
+                let why = format!(
+                    "its process ended well, but its store entry {} did not show up here within {:.0} s (on a shared filesystem raise --entry-wait; see the node's log)",
+                    self.store.entry(kind, &key).display(),
+                    self.opts.entry_wait.as_secs_f64()
+                );
+                let note = Some(note.map_or(why.clone(), |n| format!("{n}\n{why}")));
+                self.failed_with_log(&key, note);
+            }
+        }
+    }
+
+    /// A node whose entry is in the store.
+    fn done(&mut self, key: &str, began: Option<Instant>) {
+        match began {
+            Some(t) => {
+                self.core.on_exit(key, Exit::Done).expect("a running node");
+                self.summary.ran += 1;
+                let label = self.label(key);
+                self.emit(Event::Finished {
+                    key: key.to_string(),
+                    label,
+                    wall_s: t.elapsed().as_secs_f64(),
+                });
+                if matches!(self.g.node(key), Some(Node::Select(_))) {
+                    crate::test_hooks::abort_after_select();
+                }
+                self.grow(key);
+            }
+            // Finished by another run between our check and the node's.
+            None => self.cached(key),
+        }
+    }
+
+    /// A node that failed: the tail of its log, the error it reported, the launcher's note.
+    fn failed_with_log(&mut self, key: &str, note: Option<String>) {
+        let log = self.store.root.join("logs").join(format!("{key}.log"));
+        let mut tail = log_tail(&log);
+        if let Some(e) = self.errors.remove(key) {
+            if !tail.contains(&e) {
+                tail = format!("{tail}\nerror: {e}").trim_start().to_string();
+            }
+        }
+        if let Some(n) = note {
+            tail = format!("{tail}\n{n}");
+        }
+        self.failed(key, log, tail);
     }
 
     fn cached(&mut self, key: &str) {

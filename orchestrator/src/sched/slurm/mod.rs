@@ -1,6 +1,9 @@
-//! The Slurm launcher: one `sbatch` job per node running `vtab-orch exec <key>`, watched
-//! through the job's output file, its exit record and batched `squeue`/`sacct` calls.
-//! Cancels only the jobs it submitted; knows nothing of the graph.
+//! The Slurm launcher: one `sbatch` job per node running `vtab-orch exec <key>`, watched by
+//! one batched `squeue` call per poll (and `sacct` for the jobs that left the queue); the
+//! jobs' output files and exit records are read at those polls only. Every job's comment
+//! names its node and store, so that a driver started after one that died adopts the jobs
+//! still queued or running instead of submitting them again. Cancels only its study's jobs;
+//! knows nothing of the graph.
 pub mod config;
 pub mod poll;
 
@@ -9,7 +12,7 @@ pub use config::SlurmConfig;
 use super::state::{Capacity, Slot};
 use super::{Job, Launcher, Report};
 use poll::Phase;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::process::Command;
@@ -27,11 +30,124 @@ pub struct SlurmOptions {
     pub gpus: bool,
 }
 
-/// How long a job may be gone from the queue (or ended without its exit record) before the
-/// launcher decides without the record (a shared filesystem may show it late).
-const RECORD_GRACE: Duration = Duration::from_secs(10);
-/// How often the output files and exit records are read.
-const TAIL_EVERY: Duration = Duration::from_millis(250);
+/// Polls in a row on which neither squeue nor sacct knows a job before it counts as ended
+/// (an empty answer is "unknown", not "gone": accounting may lag or be off).
+const UNKNOWN_POLLS: u32 = 5;
+
+/// The comment of every job of a node: how `status`, `cancel` and a later driver find the
+/// study's jobs (`squeue --me -o %k`).
+pub fn comment(key: &str, store: &std::path::Path) -> String {
+    format!("vtab-orch node {key} store {}", store.display())
+}
+
+/// (node key, store) of a job comment written by [`comment`].
+pub fn parse_comment(c: &str) -> Option<(&str, &str)> {
+    let rest = c.strip_prefix("vtab-orch node ")?;
+    let (key, store) = rest.split_once(" store ")?;
+    (!key.is_empty() && !key.contains(' ')).then_some((key, store))
+}
+
+/// The study's jobs queued or running now: node key -> (job id, what squeue lists). One
+/// squeue call per cluster in `clusters` (None: the default one).
+pub fn study_jobs(
+    store: &std::path::Path,
+    clusters: &[Option<String>],
+) -> Result<BTreeMap<String, (String, poll::Listed)>, String> {
+    let want = store.display().to_string();
+    let mut out = BTreeMap::new();
+    for c in clusters {
+        for (id, l) in poll::squeue_mine(c.as_deref())? {
+            if poll::phase(&l.state) != Phase::Alive {
+                continue;
+            }
+            if let Some((key, s)) = parse_comment(&l.comment) {
+                if s == want {
+                    out.insert(key.to_string(), (id, l));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The clusters a suite's sbatch arguments name (`-M`/`--clusters`), else the default one.
+pub fn clusters_of(args: &[String]) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = if a == "-M" || a == "--clusters" {
+            it.next().cloned()
+        } else {
+            a.strip_prefix("--clusters=")
+                .or_else(|| a.strip_prefix("-M"))
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        if let Some(v) = v {
+            out.extend(v.split(',').map(|c| Some(c.trim().to_string())));
+        }
+    }
+    if out.is_empty() {
+        out.push(None);
+    }
+    out
+}
+
+/// Runs `cmd`, killing it after `limit`: None if it could not run, failed or took too long
+/// (sacctmgr waits long on a cluster without slurmdbd).
+fn output_within(cmd: &mut Command, limit: Duration) -> Option<String> {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let t0 = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) if st.success() => {
+                let mut out = String::new();
+                child.stdout.take()?.read_to_string(&mut out).ok()?;
+                return Some(out);
+            }
+            Ok(Some(_)) | Err(_) => return None,
+            Ok(None) if t0.elapsed() > limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// The user's submit limit (`MaxSubmitJobs` of their associations, the smallest set), as
+/// `sacctmgr` reports it; None where it is unset or cannot be read.
+pub fn submit_limit() -> Option<usize> {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()?;
+    let out = output_within(
+        Command::new("sacctmgr").args([
+            "-n",
+            "-P",
+            "show",
+            "assoc",
+            &format!("where user={user}"),
+            "format=MaxSubmit",
+        ]),
+        Duration::from_secs(10),
+    )?;
+    parse_submit_limit(&out)
+}
+
+/// The smallest positive number among sacctmgr's lines.
+pub fn parse_submit_limit(text: &str) -> Option<usize> {
+    text.lines()
+        .filter_map(|l| l.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .min()
+}
 
 struct InFlight {
     job: Job,
@@ -41,9 +157,11 @@ struct InFlight {
     partial: String,
     /// Submissions so far (1 = the first).
     attempts: u32,
-    /// Since when the job has been ended or gone without an exit record.
-    unsettled_since: Option<Instant>,
+    /// Polls in a row on which neither squeue nor sacct knew the job.
+    unknown_polls: u32,
     last_state: Option<String>,
+    /// Hosts it failed on (NODE_FAIL): its next submission excludes them.
+    excluded: BTreeSet<String>,
 }
 
 /// A node whose submission sbatch refused for a passing reason (see [`transient_refusal`]):
@@ -89,7 +207,13 @@ pub struct SlurmLauncher {
     queue: VecDeque<Report>,
     interval: Duration,
     next_poll: Instant,
-    next_tail: Instant,
+    /// Jobs of this study that a driver before this one submitted and that still run: node
+    /// key -> job id. Read at the first launch; a launch of such a node adopts its job.
+    adoptable: Option<BTreeMap<String, String>>,
+    /// `max_jobs`, lowered to the cluster's submit limit for this user where one is set.
+    max_jobs: usize,
+    /// What the launcher found out about the cluster, for the terminal.
+    pub notes: Vec<String>,
 }
 
 /// `'text'` for a POSIX shell.
@@ -100,6 +224,16 @@ fn sh_quote(s: &str) -> String {
 impl SlurmLauncher {
     pub fn new(o: SlurmOptions) -> SlurmLauncher {
         let interval = Duration::from_secs_f64(o.config.poll_s);
+        let mut notes = Vec::new();
+        let mut max_jobs = o.config.max_jobs;
+        if let Some(limit) = submit_limit() {
+            if limit < max_jobs {
+                notes.push(format!(
+                    "the cluster lets this user queue at most {limit} jobs (sacctmgr MaxSubmitJobs): at most {limit} at once instead of slurm.max_jobs = {max_jobs}"
+                ));
+                max_jobs = limit;
+            }
+        }
         SlurmLauncher {
             o,
             jobs: BTreeMap::new(),
@@ -108,7 +242,9 @@ impl SlurmLauncher {
             queue: VecDeque::new(),
             interval,
             next_poll: Instant::now(),
-            next_tail: Instant::now(),
+            adoptable: None,
+            max_jobs,
+            notes,
         }
     }
 
@@ -120,12 +256,14 @@ impl SlurmLauncher {
     /// drivers' jobs of one node never read each other's lines; a requeued job keeps its id
     /// and appends.
     fn out_file(&self, key: &str, id: &str) -> PathBuf {
+        let id = poll::split_id(id).0;
         self.o.store.join("logs").join(format!("{key}.{id}.out"))
     }
 
     /// Where the batch script leaves the exit code of `vtab-orch exec` when it ended by
     /// itself (not when Slurm killed, cancelled or requeued it).
     fn exit_record(&self, id: &str) -> PathBuf {
+        let id = poll::split_id(id).0;
         self.dir().join(format!("{id}.exit"))
     }
 
@@ -163,6 +301,13 @@ exit "$code"
         )
     }
 
+    /// The suite's and the command line's extra sbatch arguments.
+    fn all_args(&self) -> Vec<String> {
+        let mut a = self.o.config.extra_args.clone();
+        a.extend(self.o.cli_args.iter().cloned());
+        a
+    }
+
     /// The sbatch arguments of `job` (before the script path).
     pub fn sbatch_args(&self, job: &Job) -> Vec<String> {
         let c = &self.o.config;
@@ -173,7 +318,7 @@ exit "$code"
                 job.kind,
                 &job.key[..job.key.len().min(12)]
             ),
-            format!("--comment=vtab-orch store {}", self.o.store.display()),
+            format!("--comment={}", comment(&job.key, &self.o.store)),
             format!("--output={}", self.out_file(&job.key, "%j").display()),
             format!("--error={}", job.log.display()),
             "--open-mode=append".into(),
@@ -205,14 +350,19 @@ exit "$code"
         a
     }
 
-    fn submit(&self, job: &Job) -> Result<String, String> {
+    fn submit(&self, job: &Job, excluded: &BTreeSet<String>) -> Result<String, String> {
         std::fs::create_dir_all(self.dir())
             .map_err(|e| format!("{}: {e}", self.dir().display()))?;
         let script = self.dir().join(format!("{}.sh", job.key));
         std::fs::write(&script, self.script(job))
             .map_err(|e| format!("{}: {e}", script.display()))?;
         let mut cmd = Command::new("sbatch");
-        cmd.args(self.sbatch_args(job)).arg(&script);
+        cmd.args(self.sbatch_args(job));
+        if !excluded.is_empty() {
+            let hosts: Vec<&str> = excluded.iter().map(String::as_str).collect();
+            cmd.arg(format!("--exclude={}", hosts.join(",")));
+        }
+        cmd.arg(&script);
         // A driver running inside a job must not pass its own allocation on (SLURM_* of
         // the outer job would override the node's request); SLURM_CONF names the cluster.
         for (k, _) in std::env::vars_os() {
@@ -235,7 +385,7 @@ exit "$code"
         }
     }
 
-    /// New output lines and exit records of every job.
+    /// New output lines and exit records of every job (at polls only).
     fn tail(&mut self) {
         let keys: Vec<String> = self.jobs.keys().cloned().collect();
         for key in keys {
@@ -270,9 +420,11 @@ exit "$code"
         }
     }
 
-    /// One batched squeue call (and sacct for the jobs it no longer lists); ends, requeues
-    /// or keeps waiting on each job; backs off while nothing changes.
+    /// Reads the jobs' output and exit records, then one batched squeue call (and sacct for
+    /// the jobs it no longer lists); ends, requeues or keeps waiting on each job; backs off
+    /// while nothing changes.
     fn poll(&mut self) {
+        self.tail();
         let ids: Vec<String> = self.jobs.values().map(|j| j.id.clone()).collect();
         if ids.is_empty() {
             return;
@@ -300,39 +452,56 @@ exit "$code"
         let keys: Vec<String> = self.jobs.keys().cloned().collect();
         for key in keys {
             let j = self.jobs.get_mut(&key).expect("in flight");
-            let (state, phase, code) = match (listed.get(&j.id), accounted.get(&j.id)) {
-                (Some(s), _) => (s.clone(), poll::phase(s), None),
-                (None, Some(e)) if e.state.starts_with("PREEMPTED") => {
-                    (e.state.clone(), Phase::Lost, e.code)
+            let (state, phase, code, node) = match (listed.get(&j.id), accounted.get(&j.id)) {
+                (Some(l), _) => {
+                    let code = (l.state == "COMPLETED").then_some(0);
+                    (l.state.clone(), poll::phase(&l.state), code, l.node.clone())
                 }
-                (None, Some(e)) => (e.state.clone(), poll::phase(&e.state), e.code),
-                (None, None) => (
-                    "gone from the queue, no accounting record".into(),
-                    Phase::Ended,
-                    None,
+                (None, Some(e)) if e.state.starts_with("PREEMPTED") => {
+                    (e.state.clone(), Phase::Lost, e.code, e.node.clone())
+                }
+                (None, Some(e)) => (
+                    e.state.clone(),
+                    poll::phase(&e.state),
+                    e.code,
+                    e.node.clone(),
                 ),
+                (None, None) => {
+                    // Unknown, not gone: squeue forgot it and accounting has no record yet.
+                    j.unknown_polls += 1;
+                    if j.unknown_polls < UNKNOWN_POLLS {
+                        continue;
+                    }
+                    let state = format!(
+                        "unknown (neither squeue nor sacct knew it on {UNKNOWN_POLLS} polls)"
+                    );
+                    (state, Phase::Ended, None, String::new())
+                }
             };
+            j.unknown_polls = 0;
             if j.last_state.as_deref() != Some(&state) {
                 changed = true;
                 j.last_state = Some(state.clone());
             }
             if phase == Phase::Alive {
-                j.unsettled_since = None;
                 continue;
             }
-            // Ended or lost without an exit record (yet): give the record a moment.
-            let since = *j.unsettled_since.get_or_insert_with(Instant::now);
-            if since.elapsed() < RECORD_GRACE && phase == Phase::Ended {
-                continue;
-            }
-            let note = format!("slurm job {} ended {state}", j.id);
+            let on = if node.is_empty() {
+                String::new()
+            } else {
+                format!(" on {node}")
+            };
+            let note = format!("slurm job {} ended {state}{on}", j.id);
             if phase == Phase::Lost && j.attempts <= self.o.config.max_requeues {
+                if state.starts_with("NODE_FAIL") && !node.is_empty() {
+                    j.excluded.insert(node);
+                }
                 self.resubmit(&key, note);
             } else {
                 self.jobs.remove(&key);
                 self.queue.push_back(Report::Exit {
                     key,
-                    code: code.filter(|c| *c != 0),
+                    code,
                     note: Some(note),
                 });
             }
@@ -354,7 +523,8 @@ exit "$code"
     /// Submits a lost node again; it resumes from its epoch checkpoint.
     fn resubmit(&mut self, key: &str, why: String) {
         let j = self.jobs.get(key).expect("in flight");
-        match self.submit(&j.job.clone()) {
+        let (job, excluded) = (j.job.clone(), j.excluded.clone());
+        match self.submit(&job, &excluded) {
             Ok(id) => {
                 self.last_job.insert(key.to_string(), id.clone());
                 let j = self.jobs.get_mut(key).expect("in flight");
@@ -362,11 +532,17 @@ exit "$code"
                 j.offset = 0;
                 j.partial.clear();
                 j.attempts += 1;
-                j.unsettled_since = None;
+                j.unknown_polls = 0;
                 j.last_state = None;
+                let avoid = if j.excluded.is_empty() {
+                    String::new()
+                } else {
+                    let hosts: Vec<&str> = j.excluded.iter().map(String::as_str).collect();
+                    format!(", excluding {}", hosts.join(","))
+                };
                 self.queue.push_back(Report::Requeued {
                     key: key.to_string(),
-                    why: format!("{why}; submitted again as job {}", j.id),
+                    why: format!("{why}; submitted again as job {}{avoid}", j.id),
                 });
             }
             Err(e) if transient_refusal(&e) => {
@@ -422,7 +598,7 @@ exit "$code"
             .collect();
         for key in due {
             let d = self.deferred.remove(&key).expect("deferred");
-            match self.submit(&d.job) {
+            match self.submit(&d.job, &BTreeSet::new()) {
                 Ok(id) => self.track(d.job, id, d.attempts),
                 Err(e) if transient_refusal(&e) => self.defer(d.job, d.attempts, d.refusals, &e),
                 Err(e) => self.queue.push_back(Report::Exit {
@@ -446,8 +622,9 @@ exit "$code"
                 offset: 0,
                 partial: String::new(),
                 attempts,
-                unsettled_since: None,
+                unknown_polls: 0,
                 last_state: None,
+                excluded: BTreeSet::new(),
             },
         );
         // A new job: look at the queue soon again.
@@ -459,7 +636,7 @@ exit "$code"
 impl Launcher for SlurmLauncher {
     fn capacity(&self) -> Capacity {
         Capacity::Cluster {
-            max_jobs: self.o.config.max_jobs,
+            max_jobs: self.max_jobs,
         }
     }
 
@@ -470,7 +647,21 @@ impl Launcher for SlurmLauncher {
         for p in [&mut job.spec, &mut job.log] {
             *p = std::path::absolute(&*p).map_err(|e| format!("{}: {e}", p.display()))?;
         }
-        match self.submit(&job) {
+        // A job of this node that a driver before this one submitted and that still runs.
+        if self.adoptable.is_none() {
+            let clusters = clusters_of(&self.all_args());
+            let found = study_jobs(&self.o.store, &clusters).unwrap_or_default();
+            self.adoptable = Some(found.into_iter().map(|(k, (id, _))| (k, id)).collect());
+        }
+        if let Some(id) = self.adoptable.as_mut().and_then(|a| a.remove(&job.key)) {
+            self.queue.push_back(Report::Adopted {
+                key: job.key.clone(),
+                job: id.clone(),
+            });
+            self.track(job, id, 1);
+            return Ok(());
+        }
+        match self.submit(&job, &BTreeSet::new()) {
             Ok(id) => self.track(job, id, 1),
             Err(e) if transient_refusal(&e) => self.defer(job, 1, 0, &e),
             Err(e) => return Err(e),
@@ -485,13 +676,6 @@ impl Launcher for SlurmLauncher {
                 return Some(r);
             }
             let now = Instant::now();
-            if now >= self.next_tail {
-                self.tail();
-                self.next_tail = now + TAIL_EVERY;
-                if !self.queue.is_empty() {
-                    continue;
-                }
-            }
             if now >= self.next_poll && !self.jobs.is_empty() {
                 self.poll();
                 if !self.queue.is_empty() {
@@ -506,7 +690,11 @@ impl Launcher for SlurmLauncher {
                 return None;
             }
             let retry = self.deferred.values().map(|d| d.next).min();
-            let next = self.next_tail.min(self.next_poll).min(deadline);
+            let next = if self.jobs.is_empty() {
+                deadline
+            } else {
+                self.next_poll.min(deadline)
+            };
             let next = retry.map_or(next, |r| next.min(r));
             std::thread::sleep(
                 next.saturating_duration_since(now)
@@ -526,21 +714,31 @@ impl Launcher for SlurmLauncher {
     fn cancel_all(&mut self) -> usize {
         self.deferred.clear(); // never submitted: nothing to cancel
         let ids: Vec<String> = self.jobs.values().map(|j| j.id.clone()).collect();
-        if ids.is_empty() {
-            return 0;
-        }
-        // Only the jobs this launcher submitted, by id.
+        self.jobs.clear();
+        // Only the jobs this launcher submitted or adopted, by id.
+        scancel(&ids)
+    }
+}
+
+/// Cancels jobs by id (one scancel per cluster); returns how many were asked to stop.
+pub fn scancel(ids: &[String]) -> usize {
+    let mut by: BTreeMap<Option<&str>, Vec<&str>> = BTreeMap::new();
+    for id in ids {
+        let (n, c) = poll::split_id(id);
+        by.entry(c).or_default().push(n);
+    }
+    let mut n = 0;
+    for (cluster, nums) in by {
         let ok = Command::new("scancel")
-            .args(&ids)
+            .args(poll::cluster_args(cluster))
+            .args(&nums)
             .status()
             .is_ok_and(|s| s.success());
-        self.jobs.clear();
         if ok {
-            ids.len()
-        } else {
-            0
+            n += nums.len();
         }
     }
+    n
 }
 
 #[cfg(test)]

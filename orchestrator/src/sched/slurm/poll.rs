@@ -26,31 +26,116 @@ pub fn phase(state: &str) -> Phase {
     }
 }
 
-/// `squeue -h -t all -j ID,... -o %i|%T` -> job id -> state. Ok(None): Slurm does not know
-/// any of these ids any more (squeue says "Invalid job id"); Err: squeue itself failed.
-pub fn squeue(ids: &[String]) -> Result<Option<BTreeMap<String, String>>, String> {
+/// A job as squeue lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub state: String,
+    /// Where it runs or ran (`%N`), empty while pending.
+    pub node: String,
+    /// Its comment (`%k`), where asked for.
+    pub comment: String,
+}
+
+/// A job id as `sbatch --parsable` gives it, split: ("42", Some("gpu")) for "42;gpu".
+pub fn split_id(id: &str) -> (&str, Option<&str>) {
+    match id.split_once(';') {
+        Some((n, c)) => (n, Some(c)),
+        None => (id, None),
+    }
+}
+
+/// The `-M CLUSTER` arguments of a cluster (none for the default one).
+pub fn cluster_args(cluster: Option<&str>) -> Vec<String> {
+    cluster.map_or(Vec::new(), |c| vec!["-M".to_string(), c.to_string()])
+}
+
+/// Ids grouped by cluster: one call per cluster, never per job.
+fn by_cluster(ids: &[String]) -> BTreeMap<Option<String>, Vec<String>> {
+    let mut m: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
+    for id in ids {
+        let (n, c) = split_id(id);
+        m.entry(c.map(str::to_string))
+            .or_default()
+            .push(n.to_string());
+    }
+    m
+}
+
+/// One `squeue -h -t all -o %i|%T|%N -j ID,...` per cluster -> full job id ("42" or
+/// "42;gpu") -> what squeue lists. Ok(None): Slurm knows none of these ids any more (squeue
+/// says "Invalid job id"); Err: squeue itself failed (a busy or unreachable controller).
+pub fn squeue(ids: &[String]) -> Result<Option<BTreeMap<String, Listed>>, String> {
+    let mut all = BTreeMap::new();
+    let mut known = false;
+    for (cluster, nums) in by_cluster(ids) {
+        let out = Command::new("squeue")
+            .args(cluster_args(cluster.as_deref()))
+            .args(["-h", "-t", "all", "-o", "%i|%T|%N", "-j", &nums.join(",")])
+            .output()
+            .map_err(|e| format!("squeue: {e}"))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            if err.contains("Invalid job id") {
+                continue;
+            }
+            return Err(format!("squeue: {}", err.trim()));
+        }
+        known = true;
+        for (n, l) in parse_listed(&String::from_utf8_lossy(&out.stdout)) {
+            let id = cluster.as_ref().map_or(n.clone(), |c| format!("{n};{c}"));
+            all.insert(id, l);
+        }
+    }
+    Ok(known.then_some(all))
+}
+
+/// Every job of this user on `cluster` with its comment: `squeue --me -h -t all -o
+/// %i|%T|%N|%k` (one call; adoption and `status` pick theirs by comment).
+pub fn squeue_mine(cluster: Option<&str>) -> Result<BTreeMap<String, Listed>, String> {
     let out = Command::new("squeue")
-        .args(["-h", "-t", "all", "-o", "%i|%T", "-j", &ids.join(",")])
+        .args(cluster_args(cluster))
+        .args(["--me", "-h", "-t", "all", "-o", "%i|%T|%N|%k"])
         .output()
         .map_err(|e| format!("squeue: {e}"))?;
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("Invalid job id") {
-            return Ok(None);
-        }
-        return Err(format!("squeue: {}", err.trim()));
+        return Err(format!(
+            "squeue: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
-    Ok(Some(parse_pairs(&String::from_utf8_lossy(&out.stdout))))
+    Ok(parse_listed(&String::from_utf8_lossy(&out.stdout))
+        .into_iter()
+        .map(|(n, l)| (cluster.map_or(n.clone(), |c| format!("{n};{c}")), l))
+        .collect())
 }
 
-/// `id|STATE` lines (squeue) -> map; array and het-job suffixes are not ours to see.
-pub fn parse_pairs(text: &str) -> BTreeMap<String, String> {
+/// `id|STATE[|NODE[|COMMENT]]` lines (squeue) -> map; a comment may itself hold `|`.
+pub fn parse_listed(text: &str) -> BTreeMap<String, Listed> {
     text.lines()
         .filter_map(|l| {
-            let mut it = l.trim().split('|');
-            Some((it.next()?.to_string(), it.next()?.to_string()))
+            let mut it = l.trim().splitn(4, '|');
+            let id = it.next()?.to_string();
+            let state = it.next()?.to_string();
+            let node = it.next().unwrap_or("").to_string();
+            let comment = it.next().unwrap_or("").to_string();
+            Some((
+                id,
+                Listed {
+                    state,
+                    node,
+                    comment,
+                },
+            ))
         })
         .filter(|(id, _)| !id.is_empty())
+        .collect()
+}
+
+/// `id|STATE` lines (squeue) -> id -> state.
+pub fn parse_pairs(text: &str) -> BTreeMap<String, String> {
+    parse_listed(text)
+        .into_iter()
+        .map(|(id, l)| (id, l.state))
         .collect()
 }
 
@@ -59,27 +144,56 @@ pub fn parse_pairs(text: &str) -> BTreeMap<String, String> {
 pub struct Ended {
     pub state: String,
     pub code: Option<i32>,
+    /// Where it ran last (sacct NodeList; empty if unknown).
+    pub node: String,
 }
 
-/// `sacct -n -P -X -j ID,... -o JobIDRaw,State,ExitCode`; where accounting storage is
-/// disabled, the job completion log (`sacct -c`). The last record of a job wins (a
-/// requeued job has one per start). Empty if neither answers.
+/// `sacct -n -P -X -j ID,... -o JobIDRaw,State,ExitCode,NodeList` per cluster; where
+/// accounting storage is disabled, the job completion log (`sacct -c`). The last record of a
+/// job wins (a requeued job has one per start). A job neither answers for is absent: unknown,
+/// not gone.
 pub fn sacct(ids: &[String]) -> BTreeMap<String, Ended> {
-    let list = ids.join(",");
-    let tries: [&[&str]; 2] = [
-        &["-n", "-P", "-X", "-o", "JobIDRaw,State,ExitCode", "-j"],
-        &["-c", "-n", "-P", "-o", "JobID,State,ExitCode", "-j"],
-    ];
-    for args in tries {
-        let Ok(out) = Command::new("sacct").args(args).arg(&list).output() else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&out.stdout);
-        if out.status.success() && !text.trim().is_empty() {
-            return parse_sacct(&text);
+    let mut all = BTreeMap::new();
+    for (cluster, nums) in by_cluster(ids) {
+        let list = nums.join(",");
+        let tries: [&[&str]; 2] = [
+            &[
+                "-n",
+                "-P",
+                "-X",
+                "-o",
+                "JobIDRaw,State,ExitCode,NodeList",
+                "-j",
+            ],
+            &[
+                "-c",
+                "-n",
+                "-P",
+                "-o",
+                "JobID,State,ExitCode,NodeList",
+                "-j",
+            ],
+        ];
+        for args in tries {
+            let Ok(out) = Command::new("sacct")
+                .args(cluster_args(cluster.as_deref()))
+                .args(args)
+                .arg(&list)
+                .output()
+            else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&out.stdout);
+            if out.status.success() && !text.trim().is_empty() {
+                for (n, e) in parse_sacct(&text) {
+                    let id = cluster.as_ref().map_or(n.clone(), |c| format!("{n};{c}"));
+                    all.insert(id, e);
+                }
+                break;
+            }
         }
     }
-    BTreeMap::new()
+    all
 }
 
 /// `id|STATE|code:signal` lines -> the last record per job.
@@ -98,16 +212,25 @@ pub fn parse_sacct(text: &str) -> BTreeMap<String, Ended> {
             Ended {
                 state: f[1].to_string(),
                 code: if signal == 0 { code } else { None },
+                node: f.get(3).map_or(String::new(), |n| n.to_string()),
             },
         );
     }
     out
 }
 
-/// The id printed by `sbatch --parsable` ("42" or "42;cluster").
+/// The id printed by `sbatch --parsable`: "42", or "42;cluster" on a multi-cluster setup
+/// (kept whole: later calls need `-M cluster`).
 pub fn parse_job_id(stdout: &str) -> Option<String> {
-    let id = stdout.trim().split(';').next()?.trim();
-    (!id.is_empty() && id.chars().all(|c| c.is_ascii_digit())).then(|| id.to_string())
+    let line = stdout.trim();
+    let (id, cluster) = split_id(line);
+    let cluster_ok = cluster.is_none_or(|c| {
+        !c.is_empty()
+            && c.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.')
+    });
+    (!id.is_empty() && id.chars().all(|c| c.is_ascii_digit()) && cluster_ok)
+        .then(|| line.to_string())
 }
 
 #[cfg(test)]
@@ -150,13 +273,26 @@ mod tests {
             a["4"],
             Ended {
                 state: "FAILED".into(),
-                code: Some(3)
+                code: Some(3),
+                node: String::new(),
             }
         );
         assert_eq!(a["5"].code, None);
         assert_eq!(a.len(), 3);
         assert_eq!(parse_job_id("42\n").as_deref(), Some("42"));
-        assert_eq!(parse_job_id("42;gpu-cluster\n").as_deref(), Some("42"));
+        assert_eq!(
+            parse_job_id("42;gpu-cluster\n").as_deref(),
+            Some("42;gpu-cluster")
+        );
+        assert_eq!(split_id("42;gpu-cluster"), ("42", Some("gpu-cluster")));
+        assert_eq!(cluster_args(Some("gpu")), ["-M", "gpu"]);
+        assert_eq!(parse_job_id("42;bad cluster"), None);
+        let l = parse_listed("7|RUNNING|vn2|vtab-orch node k store /s|x\n8|PENDING|\n");
+        assert_eq!(l["7"].node, "vn2");
+        assert_eq!(l["7"].comment, "vtab-orch node k store /s|x");
+        assert_eq!(l["8"].node, "");
+        let n = parse_sacct("9|NODE_FAIL|0:0|vn3\n");
+        assert_eq!(n["9"].node, "vn3");
         assert_eq!(parse_job_id("sbatch: error"), None);
     }
 
