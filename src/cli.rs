@@ -145,6 +145,16 @@ pub struct ExecArgs {
     cpu: bool,
 }
 
+/// The suite as `run --launcher` would load it (on Slurm, `--gpus auto` keys GPU nodes for
+/// CUDA wherever the driver runs).
+pub fn load_suite_for_launcher(a: &SuiteArgs, launcher: LauncherKind) -> Result<Loaded> {
+    let device = match (launcher, &a.gpus) {
+        (LauncherKind::Slurm, Gpus::Auto) => DeviceKind::Cuda,
+        _ => device_kind(&a.gpus),
+    };
+    load_for(a, device)
+}
+
 fn load(a: &SuiteArgs) -> Result<Loaded> {
     load_for(a, device_kind(&a.gpus))
 }
@@ -280,11 +290,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
     }
     // On Slurm, `auto` means a GPU per GPU node wherever the driver runs (a login node
     // often has none): the nodes are keyed for CUDA.
-    let device = match (a.launcher, &gpus) {
-        (LauncherKind::Slurm, Gpus::Auto) => DeviceKind::Cuda,
-        _ => device_kind(&gpus),
-    };
-    let l = load_for(&a.s, device)?;
+    let l = load_suite_for_launcher(&a.s, a.launcher)?;
     let store = Store::open(&l.store.root)
         .with_context(|| format!("opening the store {}", l.store.root.display()))?;
     // Which suite asked for which entries: `gc` of another suite tells them apart.

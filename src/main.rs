@@ -4,6 +4,7 @@
 mod cli;
 mod export_cmd;
 mod fetch_cmd;
+mod study_cmd;
 mod view;
 
 use anyhow::{bail, Context, Result};
@@ -35,6 +36,11 @@ enum Cmd {
     Run(cli::RunArgs),
     /// Show what `run` would do: per node cached / run (and why) / blocked.
     Plan(cli::PlanArgs),
+    /// A study on Slurm: nodes done, jobs running (where, since when, which epoch) and queued,
+    /// found by their comment; works with or without a driver.
+    Status(study_cmd::StatusArgs),
+    /// Cancel a study's Slurm jobs (found by their comment: node and store), and nothing else.
+    Cancel(study_cmd::CancelArgs),
     /// Tables (CSV, Markdown, JSON) and plots from a suite's finished runs, written to
     /// reports/<suite name>/ beside the store (default results/reports/<suite name>/; or --out DIR); the table is also
     /// printed. Exit 1 when no run is finished (nothing is written then).
@@ -210,6 +216,8 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Run(a) => cli::run(a),
         Cmd::Plan(a) => cli::plan(a),
+        Cmd::Status(a) => study_cmd::status(a),
+        Cmd::Cancel(a) => study_cmd::cancel(a),
         Cmd::Report(a) => cli::report(a),
         Cmd::Exec(a) => cli::exec(a),
         Cmd::Worker(a) => cli::worker(a),

@@ -449,7 +449,7 @@ fn ctrl_c_of_the_driver_cancels_its_own_jobs_and_no_other() {
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted: stopped"), "{err}");
     // None of ours is queued or running; the other job still is.
-    let ours = format!("vtab-orch store {}", store.display());
+    let ours = format!(" store {}", store.display());
     let t0 = Instant::now();
     loop {
         let q = slurm(&conf, &["squeue", "-h", "-o", "%i|%T|%k"]);
@@ -689,6 +689,175 @@ fn a_passing_sbatch_refusal_is_retried_and_fails_no_node() {
         calls,
         nodes + 3,
         "one sbatch call per node, plus the three refused"
+    );
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// The study's jobs queued or running now, as squeue lists them (`id|STATE`), found by the
+/// store in their comment.
+fn study_jobs(conf: &str, store: &Path) -> Vec<String> {
+    let ours = format!(" store {}", store.display());
+    let q = slurm(conf, &["squeue", "-h", "-o", "%i|%T|%k"]);
+    String::from_utf8_lossy(&q.stdout)
+        .lines()
+        .filter(|l| l.ends_with(&ours) && !l.contains("|COMPLETING|"))
+        .map(|l| l.split('|').take(2).collect::<Vec<_>>().join("|"))
+        .collect()
+}
+
+/// kill -9 of the driver leaves its job running; `status` shows it (where, since when); a
+/// second `run` adopts it instead of submitting it again, and the study ends with every
+/// node run exactly once (one Slurm job per node across both run records).
+#[test]
+fn a_second_run_adopts_the_jobs_of_a_driver_killed_with_sigkill() {
+    let Some(conf) = cluster("a_second_run_adopts_the_jobs_of_a_driver_killed_with_sigkill") else {
+        return;
+    };
+    let d = dir("adopt");
+    let s = suite(&d, "[methods.linear]\n[methods.bitfit]\n", 2);
+    let store = d.join("store");
+    let marker = d.join("pause");
+    let pause = hook(
+        "VTAB_ORCH_TEST_PAUSE_AFTER_EPOCH",
+        format!("1:{}", marker.display()),
+    );
+    let envs = [(pause.0, pause.1.as_str())];
+    let mut x = Cleanup {
+        conf: &conf,
+        child: Some(
+            slurm_run(&conf, &s, &envs)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ),
+        jobs: Vec::new(),
+    };
+    let paused = wait_for(&store, "the build node", |e| {
+        label_starts(e, "started", "build")
+    });
+    let key = paused["key"].as_str().unwrap().to_string();
+    let job = job_id(&paused);
+    x.jobs.push(job.clone());
+    wait_paused(&marker);
+    // The driver dies; its job goes on.
+    let mut child = x.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // (A prep job may still run beside it.)
+    let jobs = study_jobs(&conf, &store);
+    assert!(jobs.contains(&format!("{job}|RUNNING")), "{jobs:?}");
+    let st = vtab(
+        &conf,
+        &["status", s.to_str().unwrap(), "--gpus", "none"],
+        &[],
+    );
+    let out = String::from_utf8_lossy(&st.stdout);
+    assert!(st.status.success(), "{}", stderr(&st));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("running  build") && l.contains(&format!("slurm job {job} on "))),
+        "{out}"
+    );
+    let y = slurm_run(&conf, &s, &envs)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    x.child = Some(y);
+    let adopted = wait_for(&store, "the adoption", |e| e["event"] == "adopted");
+    assert_eq!(adopted["key"], key.as_str());
+    assert_eq!(adopted["job"], job.as_str());
+    std::fs::write(d.join("pause.go"), "").unwrap();
+    let oy = x.child.take().unwrap().wait_with_output().unwrap();
+    assert!(oy.status.success(), "{}", stderr(&oy));
+    assert!(stderr(&oy).contains("adopted build"), "{}", stderr(&oy));
+    // One job per node over both drivers: (key -> the distinct slots it started in).
+    let mut slots = std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+    for e in records(&store).iter().filter(|e| e["event"] == "started") {
+        slots
+            .entry(e["key"].as_str().unwrap().to_string())
+            .or_default()
+            .insert(e["slot"].as_str().unwrap().to_string());
+    }
+    assert_eq!(slots.len(), 7, "{slots:?}");
+    assert!(
+        slots.values().all(|s| s.len() == 1),
+        "a node ran twice: {slots:?}"
+    );
+    assert_eq!(results(&store).len(), 7);
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// `cancel SUITE` with no driver alive stops the study's jobs and leaves another job alone.
+#[test]
+fn cancel_stops_the_study_s_jobs_and_nothing_else() {
+    let Some(conf) = cluster("cancel_stops_the_study_s_jobs_and_nothing_else") else {
+        return;
+    };
+    let d = dir("cancel");
+    let s = suite(&d, "[methods.linear]\n", 2);
+    let store = d.join("store");
+    let marker = d.join("pause");
+    let pause = hook(
+        "VTAB_ORCH_TEST_PAUSE_AFTER_EPOCH",
+        format!("1:{}", marker.display()),
+    );
+    let mut x = Cleanup {
+        conf: &conf,
+        child: Some(
+            slurm_run(&conf, &s, &[(pause.0, pause.1.as_str())])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ),
+        jobs: vec![foreign_job(&conf, false)],
+    };
+    let paused = wait_for(&store, "the build node", |e| {
+        label_starts(e, "started", "build")
+    });
+    let job = job_id(&paused);
+    x.jobs.push(job.clone());
+    wait_paused(&marker);
+    let mut child = x.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let jobs_before = study_jobs(&conf, &store);
+    let c = vtab(
+        &conf,
+        &["cancel", s.to_str().unwrap(), "--gpus", "none"],
+        &[],
+    );
+    let out = String::from_utf8_lossy(&c.stdout);
+    assert!(c.status.success(), "{}", stderr(&c));
+    let line = out.lines().find(|l| l.contains("cancelled ")).unwrap_or("");
+    assert!(
+        line.contains(&job),
+        "{out} (listed before: {jobs_before:?})"
+    );
+    let t0 = Instant::now();
+    while !study_jobs(&conf, &store).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            study_jobs(&conf, &store)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let q = slurm(&conf, &["squeue", "-h", "-o", "%i"]);
+    assert!(
+        String::from_utf8_lossy(&q.stdout)
+            .lines()
+            .any(|l| l.trim() == x.jobs[0]),
+        "the other job was cancelled too"
+    );
+    let again = vtab(
+        &conf,
+        &["cancel", s.to_str().unwrap(), "--gpus", "none"],
+        &[],
+    );
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("no job of this study"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
     );
     std::fs::remove_dir_all(&d).ok();
 }

@@ -122,6 +122,7 @@ fn slurm(data: &[u8]) -> Vec<String> {
     let _ = poll::parse_pairs(&text);
     let _ = poll::parse_listed(&text);
     let _ = poll::split_id(&text);
+    let _ = crate::sched::slurm::parse_comment(&text);
     let _ = poll::parse_sacct(&text);
     for line in text.lines() {
         let _ = poll::phase(line);

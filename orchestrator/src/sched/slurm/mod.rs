@@ -35,24 +35,49 @@ pub struct SlurmOptions {
 const UNKNOWN_POLLS: u32 = 5;
 
 /// The comment of every job of a node: how `status`, `cancel` and a later driver find the
-/// study's jobs (`squeue --me -o %k`).
-pub fn comment(key: &str, store: &std::path::Path) -> String {
-    format!("vtab-orch node {key} store {}", store.display())
+/// study's jobs (`squeue --me -o %k`), and which driver submitted it (its lease key).
+pub fn comment(key: &str, driver: &str, store: &std::path::Path) -> String {
+    format!(
+        "vtab-orch node {key} driver {driver} store {}",
+        store.display()
+    )
 }
 
-/// (node key, store) of a job comment written by [`comment`].
-pub fn parse_comment(c: &str) -> Option<(&str, &str)> {
+/// A job's comment written by [`comment`], read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Comment {
+    pub key: String,
+    pub driver: String,
+    pub store: String,
+}
+
+pub fn parse_comment(c: &str) -> Option<Comment> {
     let rest = c.strip_prefix("vtab-orch node ")?;
-    let (key, store) = rest.split_once(" store ")?;
-    (!key.is_empty() && !key.contains(' ')).then_some((key, store))
+    let (key, rest) = rest.split_once(" driver ")?;
+    let (driver, store) = rest.split_once(" store ")?;
+    let word = |w: &str| !w.is_empty() && !w.contains(' ');
+    (word(key) && word(driver)).then(|| Comment {
+        key: key.to_string(),
+        driver: driver.to_string(),
+        store: store.to_string(),
+    })
 }
 
-/// The study's jobs queued or running now: node key -> (job id, what squeue lists). One
-/// squeue call per cluster in `clusters` (None: the default one).
+/// A job of the study, queued or running.
+#[derive(Debug, Clone)]
+pub struct StudyJob {
+    pub id: String,
+    pub listed: poll::Listed,
+    /// The lease key of the driver that submitted it.
+    pub driver: String,
+}
+
+/// The study's jobs queued or running now, by node key. One squeue call per cluster in
+/// `clusters` (None: the default one).
 pub fn study_jobs(
     store: &std::path::Path,
     clusters: &[Option<String>],
-) -> Result<BTreeMap<String, (String, poll::Listed)>, String> {
+) -> Result<BTreeMap<String, StudyJob>, String> {
     let want = store.display().to_string();
     let mut out = BTreeMap::new();
     for c in clusters {
@@ -60,14 +85,27 @@ pub fn study_jobs(
             if poll::phase(&l.state) != Phase::Alive {
                 continue;
             }
-            if let Some((key, s)) = parse_comment(&l.comment) {
-                if s == want {
-                    out.insert(key.to_string(), (id, l));
+            if let Some(cm) = parse_comment(&l.comment) {
+                if cm.store == want {
+                    out.insert(
+                        cm.key,
+                        StudyJob {
+                            id,
+                            listed: l,
+                            driver: cm.driver,
+                        },
+                    );
                 }
             }
         }
     }
     Ok(out)
+}
+
+/// Whether the driver with lease key `driver` still runs: its lease (held with heartbeats for
+/// the driver's life) is there and alive.
+pub fn driver_alive(store: &std::path::Path, driver: &str, timing: crate::lease::Timing) -> bool {
+    crate::lease::owner(store, driver).is_some_and(|o| o.alive(None, timing))
 }
 
 /// The clusters a suite's sbatch arguments name (`-M`/`--clusters`), else the default one.
@@ -212,6 +250,11 @@ pub struct SlurmLauncher {
     adoptable: Option<BTreeMap<String, String>>,
     /// `max_jobs`, lowered to the cluster's submit limit for this user where one is set.
     max_jobs: usize,
+    /// This driver's lease (`driver@<host>@<pid>`): a later driver adopts this one's jobs only
+    /// once it is dead. None where it could not be taken (then nothing adopts our jobs).
+    _driver: Option<crate::lease::Lease>,
+    driver_key: String,
+    timing: crate::lease::Timing,
     /// What the launcher found out about the cluster, for the terminal.
     pub notes: Vec<String>,
 }
@@ -234,6 +277,16 @@ impl SlurmLauncher {
                 max_jobs = limit;
             }
         }
+        let timing = crate::lease::Timing::from_env().unwrap_or_default();
+        let driver_key = format!(
+            "driver@{}@{}",
+            crate::store::host_name(),
+            std::process::id()
+        );
+        let driver = match crate::lease::acquire(&o.store, &driver_key, timing) {
+            Ok(crate::lease::Acquired::Held(l)) => Some(l),
+            _ => None,
+        };
         SlurmLauncher {
             o,
             jobs: BTreeMap::new(),
@@ -244,6 +297,9 @@ impl SlurmLauncher {
             next_poll: Instant::now(),
             adoptable: None,
             max_jobs,
+            _driver: driver,
+            driver_key,
+            timing,
             notes,
         }
     }
@@ -318,7 +374,10 @@ exit "$code"
                 job.kind,
                 &job.key[..job.key.len().min(12)]
             ),
-            format!("--comment={}", comment(&job.key, &self.o.store)),
+            format!(
+                "--comment={}",
+                comment(&job.key, &self.driver_key, &self.o.store)
+            ),
             format!("--output={}", self.out_file(&job.key, "%j").display()),
             format!("--error={}", job.log.display()),
             "--open-mode=append".into(),
@@ -651,7 +710,17 @@ impl Launcher for SlurmLauncher {
         if self.adoptable.is_none() {
             let clusters = clusters_of(&self.all_args());
             let found = study_jobs(&self.o.store, &clusters).unwrap_or_default();
-            self.adoptable = Some(found.into_iter().map(|(k, (id, _))| (k, id)).collect());
+            // Only the jobs of a driver that died: a live one watches its own.
+            let (store, timing) = (&self.o.store, self.timing);
+            self.adoptable = Some(
+                found
+                    .into_iter()
+                    .filter(|(_, j)| {
+                        j.driver != self.driver_key && !driver_alive(store, &j.driver, timing)
+                    })
+                    .map(|(k, j)| (k, j.id))
+                    .collect(),
+            );
         }
         if let Some(id) = self.adoptable.as_mut().and_then(|a| a.remove(&job.key)) {
             self.queue.push_back(Report::Adopted {
@@ -745,6 +814,40 @@ pub fn scancel(ids: &[String]) -> usize {
 mod tests {
     use super::*;
     use crate::sched::state::Resources;
+
+    #[test]
+    fn job_comments_round_trip_and_name_the_clusters() {
+        let c = comment("abc", "driver@h@7", std::path::Path::new("/my store/s"));
+        assert_eq!(
+            parse_comment(&c),
+            Some(Comment {
+                key: "abc".into(),
+                driver: "driver@h@7".into(),
+                store: "/my store/s".into()
+            })
+        );
+        for bad in [
+            "",
+            "vtab-orch node  driver d store /s",
+            "vtab-orch store /s",
+            "x",
+        ] {
+            assert_eq!(parse_comment(bad), None, "{bad:?}");
+        }
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(clusters_of(&args(&["--exclusive"])), [None]);
+        assert_eq!(
+            clusters_of(&args(&["-M", "a,b", "--clusters=c", "-Md"])),
+            [
+                Some("a".into()),
+                Some("b".into()),
+                Some("c".into()),
+                Some("d".into())
+            ]
+        );
+        assert_eq!(parse_submit_limit("\n200\n50\n0\nx\n"), Some(50));
+        assert_eq!(parse_submit_limit("\n\n"), None);
+    }
 
     #[test]
     fn passing_sbatch_refusals_are_told_from_the_job_s_own() {

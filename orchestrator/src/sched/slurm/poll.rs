@@ -32,6 +32,8 @@ pub struct Listed {
     pub state: String,
     /// Where it runs or ran (`%N`), empty while pending.
     pub node: String,
+    /// When it started (`%S`), where asked for.
+    pub start: String,
     /// Its comment (`%k`), where asked for.
     pub comment: String,
 }
@@ -90,11 +92,11 @@ pub fn squeue(ids: &[String]) -> Result<Option<BTreeMap<String, Listed>>, String
 }
 
 /// Every job of this user on `cluster` with its comment: `squeue --me -h -t all -o
-/// %i|%T|%N|%k` (one call; adoption and `status` pick theirs by comment).
+/// %i|%T|%N|%S|%k` (one call; adoption and `status` pick theirs by comment).
 pub fn squeue_mine(cluster: Option<&str>) -> Result<BTreeMap<String, Listed>, String> {
     let out = Command::new("squeue")
         .args(cluster_args(cluster))
-        .args(["--me", "-h", "-t", "all", "-o", "%i|%T|%N|%k"])
+        .args(["--me", "-h", "-t", "all", "-o", "%i|%T|%N|%S|%k"])
         .output()
         .map_err(|e| format!("squeue: {e}"))?;
     if !out.status.success() {
@@ -109,20 +111,21 @@ pub fn squeue_mine(cluster: Option<&str>) -> Result<BTreeMap<String, Listed>, St
         .collect())
 }
 
-/// `id|STATE[|NODE[|COMMENT]]` lines (squeue) -> map; a comment may itself hold `|`.
+/// `id|STATE[|NODE[|START[|COMMENT]]]` lines (squeue) -> map; a comment may itself hold `|`.
 pub fn parse_listed(text: &str) -> BTreeMap<String, Listed> {
     text.lines()
         .filter_map(|l| {
-            let mut it = l.trim().splitn(4, '|');
+            let mut it = l.trim().splitn(5, '|');
             let id = it.next()?.to_string();
             let state = it.next()?.to_string();
-            let node = it.next().unwrap_or("").to_string();
-            let comment = it.next().unwrap_or("").to_string();
+            let mut next = || it.next().unwrap_or("").to_string();
+            let (node, start, comment) = (next(), next(), next());
             Some((
                 id,
                 Listed {
                     state,
                     node,
+                    start,
                     comment,
                 },
             ))
@@ -287,7 +290,10 @@ mod tests {
         assert_eq!(split_id("42;gpu-cluster"), ("42", Some("gpu-cluster")));
         assert_eq!(cluster_args(Some("gpu")), ["-M", "gpu"]);
         assert_eq!(parse_job_id("42;bad cluster"), None);
-        let l = parse_listed("7|RUNNING|vn2|vtab-orch node k store /s|x\n8|PENDING|\n");
+        let l = parse_listed(
+            "7|RUNNING|vn2|2026-12-04T01:02:03|vtab-orch node k store /s|x\n8|PENDING|\n",
+        );
+        assert_eq!(l["7"].start, "2026-12-04T01:02:03");
         assert_eq!(l["7"].node, "vn2");
         assert_eq!(l["7"].comment, "vtab-orch node k store /s|x");
         assert_eq!(l["8"].node, "");
