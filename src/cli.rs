@@ -143,6 +143,9 @@ pub struct ExecArgs {
     /// Compute on the CPU even if CUDA is visible.
     #[arg(long)]
     cpu: bool,
+    /// The run launching it (recorded in the node's manifest).
+    #[arg(long)]
+    run: Option<String>,
 }
 
 /// The suite as `run --launcher` would load it (on Slurm, `--gpus auto` keys GPU nodes for
@@ -391,7 +394,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
 
 pub fn exec(a: ExecArgs) -> Result<i32> {
     use orchestrator::exec::Outcome;
-    let outcome = orchestrator::exec::exec(&a.store, &a.key, &a.spec, a.cpu)
+    let outcome = orchestrator::exec::exec(&a.store, &a.key, &a.spec, a.cpu, a.run.as_deref())
         .with_context(|| format!("node {}", a.key));
     match outcome {
         Ok(Outcome::Leased) => Ok(sched::EXIT_LEASED),
@@ -557,6 +560,7 @@ pub fn overhead(a: OverheadArgs) -> Result<i32> {
             host: String::new(),
             code_version: String::new(),
             finished_unix: 0,
+            run: None,
         };
         store.commit(&staged, m)?;
     }

@@ -92,7 +92,7 @@ pub fn status(a: StatusArgs) -> Result<i32> {
         jobs.values().map(|j| j.driver.as_str()).collect();
     for d in drivers {
         match orchestrator::lease::owner(&store, d) {
-            Some(o) if o.alive(None, timing) => println!("driver   {}", o.describe()),
+            Some(o) if o.alive(timing) => println!("driver   {}", o.describe()),
             _ => println!(
                 "driver   {d} is gone: its jobs go on; `vtab-orch run` of this suite adopts them"
             ),
@@ -105,7 +105,9 @@ pub fn cancel(a: CancelArgs) -> Result<i32> {
     let l = load_suite_for_launcher(&a.s, LauncherKind::Slurm)?;
     let store = std::path::absolute(&l.store.root)?;
     let clusters = slurm::clusters_of(&l.suite.slurm.extra_args);
-    let jobs = slurm::study_jobs(&store, &clusters).map_err(anyhow::Error::msg)?;
+    // A COMPLETING job has ended already (Slurm is cleaning up after it).
+    let mut jobs = slurm::study_jobs(&store, &clusters).map_err(anyhow::Error::msg)?;
+    jobs.retain(|_, j| j.listed.state != "COMPLETING");
     if jobs.is_empty() {
         println!(
             "suite {}: no job of this study is queued or running",

@@ -51,7 +51,7 @@ fn prep_refuses_files_changed_since_planning() {
     image::RgbImage::from_pixel(9, 9, image::Rgb([1, 2, 3]))
         .save(root.join("a/0.png"))
         .unwrap();
-    let err = orchestrator::exec::exec(&store.root, &key, &spec, true)
+    let err = orchestrator::exec::exec(&store.root, &key, &spec, true, None)
         .expect_err("a changed source must be refused")
         .to_string();
     assert!(err.contains("changed since the suite was planned"), "{err}");

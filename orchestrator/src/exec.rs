@@ -65,8 +65,14 @@ pub enum Outcome {
 /// between processes of one host), so two runs never execute a node at once, even on
 /// different hosts of a shared store, and a killed holder's lease is taken over. On failure the staging directory is removed (a
 /// full disk must not stay full of a failed node's partial outputs).
-pub fn exec(store_root: &Path, key: &str, spec: &Path, cpu: bool) -> nodes::Result<Outcome> {
-    exec_since(store_root, key, spec, cpu, process_started())
+pub fn exec(
+    store_root: &Path,
+    key: &str,
+    spec: &Path,
+    cpu: bool,
+    run: Option<&str>,
+) -> nodes::Result<Outcome> {
+    exec_since(store_root, key, spec, cpu, run, process_started())
 }
 
 /// [`exec`] for a node whose wall time counts from `t0` (a warm worker runs several nodes
@@ -76,21 +82,11 @@ pub fn exec_since(
     key: &str,
     spec: &Path,
     cpu: bool,
+    run: Option<&str>,
     t0: Instant,
 ) -> nodes::Result<Outcome> {
     crate::nodes::checkpoint::catch_stop_signals();
     let store = Store::open(store_root)?;
-    let timing = crate::lease::Timing::from_env().map_err(NodeError::Failed)?;
-    let lease = match crate::lease::acquire(&store.root, key, timing) {
-        Ok(crate::lease::Acquired::Held(l)) => l,
-        Ok(crate::lease::Acquired::Busy(_)) => return Ok(Outcome::Leased),
-        Err(e) => {
-            return Err(NodeError::Io {
-                path: crate::lease::owner_path(&store.root, key),
-                source: e,
-            })
-        }
-    };
     // A job that Slurm started again after it had finished (requeued on a node failure) may
     // find its spec removed by the driver: its entry is what counts.
     if !spec.exists()
@@ -101,6 +97,20 @@ pub fn exec_since(
         return Ok(Outcome::AlreadyDone);
     }
     let node = read_node(spec)?;
+    let timing = crate::lease::Timing::from_env().map_err(NodeError::Failed)?;
+    let done = || store.is_complete(node.kind(), key);
+    let mut lease = match crate::lease::acquire(&store.root, key, timing, &done) {
+        Ok(crate::lease::Acquired::Held(l)) => l,
+        Ok(crate::lease::Acquired::Busy(_)) => return Ok(Outcome::Leased),
+        // Committed by another process moments ago; its entry may not show here yet.
+        Ok(crate::lease::Acquired::Committed(_)) => return Ok(Outcome::AlreadyDone),
+        Err(e) => {
+            return Err(NodeError::Io {
+                path: crate::lease::owner_path(&store.root, key),
+                source: e,
+            })
+        }
+    };
     if store.is_complete(node.kind(), key) {
         return Ok(Outcome::AlreadyDone);
     }
@@ -111,13 +121,22 @@ pub fn exec_since(
         "cuda_visible_devices": std::env::var("CUDA_VISIBLE_DEVICES").ok(),
     }));
     let staged = store.stage(key)?;
-    let result = exec_into(&store, key, node, cpu, &staged, t0, &lease);
+    let result = exec_into(&store, key, node, cpu, &staged, t0).and_then(|mut manifest| {
+        manifest.run = run.map(str::to_string);
+        // Fencing: a process whose lease was taken over while it stalled must not commit.
+        lease.check().map_err(NodeError::Failed)?;
+        store.commit(&staged, manifest)?;
+        lease.committed();
+        let _ = std::fs::remove_dir_all(checkpoints(&store, key));
+        Ok(())
+    });
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&staged);
     }
     result.map(|_| Outcome::Done)
 }
 
+/// Runs `node` into `staged` and returns its manifest, not yet committed.
 fn exec_into(
     store: &Store,
     key: &str,
@@ -125,8 +144,7 @@ fn exec_into(
     cpu: bool,
     staged: &Path,
     t0: Instant,
-    lease: &crate::lease::Lease,
-) -> nodes::Result<()> {
+) -> nodes::Result<Manifest> {
     let store = store.clone();
     let fp = node.fingerprint();
     if fp.key() != key {
@@ -205,12 +223,9 @@ fn exec_into(
         finished_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        run: None,
     };
-    // Fencing: a process whose lease was taken over while it stalled must not commit.
-    lease.check().map_err(NodeError::Failed)?;
-    store.commit(staged, manifest)?;
-    let _ = std::fs::remove_dir_all(checkpoints(&store, key));
-    Ok(())
+    Ok(manifest)
 }
 
 /// When this process started: a node's wall time includes its process's start-up (loading

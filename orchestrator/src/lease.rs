@@ -7,11 +7,20 @@
 //! - the `flock` of `<store>/leases/<key>`: the fast path between processes of one host (the
 //!   kernel drops it when its holder dies, kill -9 included).
 //!
-//! A record whose holder is dead is taken over: at once when the holder ran on this host (its
-//! pid is gone, or its flock is free), after `stale` without a heartbeat when it ran on
+//! A holder that committed its node leaves its record behind marked `committed`: a process of
+//! another host that cannot see the new entry yet (its filesystem caches the entry's absence)
+//! finds that record when it tries to take the lease and knows the node is done, instead of
+//! running it again. Such a record counts for `stale` only; after that the entry is visible
+//! everywhere, and a record whose entry is gone (removed by `gc`, quarantined by `verify`) is
+//! taken over like a dead holder's.
+//!
+//! A record whose holder is dead is taken over: at once when the holder ran on this host (no
+//! process with its pid and start time), after `stale` without a heartbeat when it ran on
 //! another (host clocks must agree to well within `stale`, as Slurm's own munge requires).
-//! A takeover first creates the tombstone `<key>.dead.<token>` exclusively, so that of two
-//! processes that both saw the same dead holder only one replaces it. The holder checks its
+//! A takeover first renames the record aside (only one process can move one record) and judges
+//! what it moved, read through that fresh name: another host's cache may have shown it an old
+//! version (before a heartbeat or the commit) or a record since replaced; anything but the dead
+//! record is put back. Decisions are never made on a cached read alone. The holder checks its
 //! token right before it commits: one that was taken over (it stalled past `stale`) discards
 //! its work instead of committing it.
 use crate::store::host_name;
@@ -97,6 +106,13 @@ pub struct Owner {
     pub token: String,
     pub since_unix: u64,
     pub heartbeat_unix: u64,
+    /// The holder's start time (clock ticks since boot, /proc/PID/stat): with the pid, names
+    /// one process of its host (a pid reused by another process is not the holder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ticks: Option<u64>,
+    /// When the holder committed the node (it holds nothing any more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_unix: Option<u64>,
 }
 
 fn now_unix() -> u64 {
@@ -121,7 +137,15 @@ impl Owner {
             token,
             since_unix: now,
             heartbeat_unix: now,
+            start_ticks: start_ticks(pid),
+            committed_unix: None,
         }
+    }
+
+    /// Whether it says its node was committed less than `stale` ago.
+    pub fn committed_recently(&self, timing: Timing) -> bool {
+        self.committed_unix
+            .is_some_and(|t| now_unix().saturating_sub(t) < timing.stale.as_secs().max(1))
     }
 
     /// "pid 41 on vn2 (slurm job 17), for 12 s, last heartbeat 3 s ago"
@@ -140,13 +164,19 @@ impl Owner {
         )
     }
 
-    /// Whether the holder still runs. `flock_free`: the lease's flock could be taken just now
-    /// (None: flock does not work on this filesystem).
-    pub fn alive(&self, flock_free: Option<bool>, timing: Timing) -> bool {
+    /// Whether the holder still runs: on this host, whether its process does (the flock is
+    /// no proof of death: two mounts of one store on one host lock apart); on another, whether
+    /// it beat its heart within `stale`.
+    pub fn alive(&self, timing: Timing) -> bool {
+        if self.committed_unix.is_some() {
+            return false;
+        }
         if self.host == host_name() {
-            let pid_alive = Path::new(&format!("/proc/{}", self.pid)).exists();
-            // A holder of this host holds the flock for as long as its record exists.
-            pid_alive && flock_free != Some(true)
+            match (start_ticks(self.pid), self.start_ticks) {
+                (None, _) => false,
+                (Some(now), Some(then)) => now == then,
+                (Some(_), None) => true,
+            }
         } else {
             now_unix().saturating_sub(self.heartbeat_unix) < timing.stale.as_secs().max(1)
         }
@@ -169,10 +199,23 @@ pub fn owner(root: &Path, key: &str) -> Option<Owner> {
     serde_json::from_str(&text).ok()
 }
 
+/// The start time of process `pid` of this host (field 22 of /proc/PID/stat, clock ticks
+/// since boot); None if there is no such process.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the `(comm)` one, which may hold spaces and parentheses.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
 /// Whether process `pid` of `host` still holds the lease of `key` (a staging directory of
 /// another host is kept while this is so).
 pub fn holds(root: &Path, key: &str, host: &str, pid: u32, timing: Timing) -> bool {
-    owner(root, key).is_some_and(|o| o.host == host && o.pid == pid && o.alive(None, timing))
+    owner(root, key).is_some_and(|o| o.host == host && o.pid == pid && o.alive(timing))
 }
 
 /// Whether an error of flock means the filesystem cannot lock (rather than a real failure).
@@ -201,16 +244,6 @@ fn try_flock(path: &Path) -> std::io::Result<Flock> {
         Err(std::fs::TryLockError::WouldBlock) => Ok(Flock::Busy),
         Err(std::fs::TryLockError::Error(e)) if cannot_lock(&e) => Ok(Flock::Unsupported),
         Err(std::fs::TryLockError::Error(e)) => Err(e),
-    }
-}
-
-/// Whether the flock of `key` is free right now (taken and let go at once); None where the
-/// filesystem cannot lock or the file cannot be opened.
-pub fn flock_free(root: &Path, key: &str) -> Option<bool> {
-    match try_flock(&lock_path(root, key)) {
-        Ok(Flock::Held(_)) => Some(true),
-        Ok(Flock::Busy) => Some(false),
-        _ => None,
     }
 }
 
@@ -262,33 +295,70 @@ fn rewrite_record(path: &Path, owner: &Owner) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Removes the record of dead holder `dead`, unless another process is already doing so
-/// (the tombstone `<key>.dead.<token>` is created exclusively and kept: one that saw the same
-/// dead record through a stale cache finds it and backs off). Ok(true): removed by us.
-fn take_over(root: &Path, key: &str, dead: &Owner) -> std::io::Result<bool> {
+/// What taking a dead holder's record over found.
+enum TakeOver {
+    /// The record moved aside was the dead one: the name is free.
+    Done,
+    /// The record there was another (fresher) one: it was put back.
+    Restored(Owner),
+    /// No record there any more.
+    Gone,
+}
+
+/// Moves the record of holder `dead` aside (`<key>.dead.<its token>.<ours>`: a rename, which
+/// only one process can do to one record) and judges what was moved, read through that new
+/// name: a caching filesystem may have shown us an old version of the record (a holder that
+/// beat its heart since, or committed) or another holder's. Anything but the dead record is
+/// put back (a hard link to the name) and returned.
+fn take_over(
+    root: &Path,
+    key: &str,
+    dead: &Owner,
+    me: &Owner,
+    judge: &dyn Fn(&Owner) -> Option<Acquired>,
+) -> std::io::Result<TakeOver> {
+    let path = owner_path(root, key);
     let tomb = root
         .join("leases")
-        .join(format!("{key}.dead.{}", dead.token));
-    match std::fs::File::create_new(&tomb) {
-        Ok(mut f) => {
-            let _ = writeln!(f, "{}", serde_json::to_string(dead).expect("serialises"));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        .join(format!("{key}.dead.{}.{}", dead.token, me.token));
+    match std::fs::rename(&path, &tomb) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TakeOver::Gone),
         Err(e) => return Err(e),
     }
-    if owner(root, key).is_some_and(|o| o.token == dead.token) {
-        match std::fs::remove_file(owner_path(root, key)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+    let moved: Option<Owner> = std::fs::read_to_string(&tomb)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let outcome = match moved {
+        Some(m) if m.token == dead.token && judge(&m).is_none() => {
+            let _ = std::fs::remove_file(&tomb);
+            return Ok(TakeOver::Done);
+        }
+        Some(m) => TakeOver::Restored(m),
+        None => TakeOver::Gone,
+    };
+    // Put it back; if a third process made a record meanwhile, that one stays (and the one
+    // moved here fails its fencing check before committing).
+    match std::fs::hard_link(&tomb, &path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(_) => {
+            if let Ok(text) = std::fs::read(&tomb) {
+                if let Ok(mut f) = std::fs::File::create_new(&path) {
+                    let _ = f.write_all(&text).and(f.sync_all());
+                }
+            }
         }
     }
-    Ok(true)
+    let _ = std::fs::remove_file(&tomb);
+    Ok(outcome)
 }
 
 /// What [`acquire`] found.
 pub enum Acquired {
     Held(Lease),
+    /// Its last holder committed the node recently (its entry may not be visible here yet).
+    Committed(Owner),
     /// Another process holds it (None: a process of this host holds its flock and its record
     /// cannot be read yet).
     Busy(Option<Owner>),
@@ -307,8 +377,15 @@ pub struct Lease {
     _flock: Option<std::fs::File>,
 }
 
-/// Takes the lease of `key` if it is free or its holder is dead.
-pub fn acquire(root: &Path, key: &str, timing: Timing) -> std::io::Result<Acquired> {
+/// Takes the lease of `key` if it is free or its holder is dead. `entry_visible` says whether
+/// the node's entry shows here: on a local filesystem, a record marked committed whose entry
+/// is gone (removed since) is taken over at once.
+pub fn acquire(
+    root: &Path,
+    key: &str,
+    timing: Timing,
+    entry_visible: &dyn Fn() -> bool,
+) -> std::io::Result<Acquired> {
     std::fs::create_dir_all(root.join("leases"))?;
     let flock = match try_flock(&lock_path(root, key))? {
         Flock::Held(f) => Some(f),
@@ -317,6 +394,19 @@ pub fn acquire(root: &Path, key: &str, timing: Timing) -> std::io::Result<Acquir
     };
     let me = Owner::me();
     let path = owner_path(root, key);
+    // What a record means for us: a live holder, a recent commit, or nothing (a dead holder).
+    // On a local filesystem an entry shows at once: a commit whose entry is not there was
+    // removed since (gc, verify) and counts for nothing; on a shared one it may be in flight.
+    let shared = shared_filesystem(root).is_some();
+    let judge = |o: &Owner| -> Option<Acquired> {
+        if o.committed_recently(timing) && (shared || entry_visible()) {
+            Some(Acquired::Committed(o.clone()))
+        } else if o.alive(timing) {
+            Some(Acquired::Busy(Some(o.clone())))
+        } else {
+            None
+        }
+    };
     for _ in 0..3 {
         if create_record(&path, &me)? {
             return Ok(Acquired::Held(Lease::start(root, key, me, flock, timing)));
@@ -324,14 +414,14 @@ pub fn acquire(root: &Path, key: &str, timing: Timing) -> std::io::Result<Acquir
         let Some(other) = owner(root, key) else {
             continue; // removed meanwhile, or being written: try again
         };
-        // We hold the flock (if there is one): a holder of this host whose record is there
-        // has died.
-        let free = flock.as_ref().map(|_| true);
-        if other.alive(free, timing) {
-            return Ok(Acquired::Busy(Some(other)));
+        if let Some(a) = judge(&other) {
+            return Ok(a);
         }
-        if !take_over(root, key, &other)? {
-            return Ok(Acquired::Busy(Some(other)));
+        match take_over(root, key, &other, &me, &judge)? {
+            TakeOver::Done | TakeOver::Gone => continue,
+            TakeOver::Restored(o) => {
+                return Ok(judge(&o).unwrap_or(Acquired::Busy(Some(o))));
+            }
         }
     }
     Ok(Acquired::Busy(owner(root, key)))
@@ -365,11 +455,13 @@ impl Lease {
                             owner.heartbeat_unix = now_unix();
                             let _ = rewrite_record(&owner_path(&root, &key), &owner);
                         }
-                        // Taken over (we stalled past `stale`), or removed: never write again.
-                        Some(_) | None => {
+                        // Taken over (we stalled past `stale`): never write again.
+                        Some(_) => {
                             lost.store(true, Ordering::SeqCst);
                             return;
                         }
+                        // Moved aside for a moment by a process judging it (`take_over`).
+                        None => {}
                     }
                 }
             })
@@ -385,9 +477,30 @@ impl Lease {
         }
     }
 
+    /// Marks the record committed (called right after the commit): it stays behind for
+    /// `stale`, telling processes that cannot see the entry yet that the node is done.
+    pub fn committed(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.beat.take() {
+            let _ = t.join();
+        }
+        if owner(&self.root, &self.key).is_some_and(|o| o.token == self.owner.token) {
+            self.owner.committed_unix = Some(now_unix());
+            let _ = rewrite_record(&owner_path(&self.root, &self.key), &self.owner);
+        }
+    }
+
     /// The fencing check before a commit: Ok while the record is still ours.
     pub fn check(&self) -> Result<(), String> {
-        let current = owner(&self.root, &self.key);
+        // A record missing for a moment is being judged by another process (`take_over`).
+        let mut current = owner(&self.root, &self.key);
+        for _ in 0..20 {
+            if current.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            current = owner(&self.root, &self.key);
+        }
         match current {
             Some(o) if o.token == self.owner.token && !self.lost.load(Ordering::SeqCst) => Ok(()),
             Some(o) => Err(format!(
@@ -409,7 +522,9 @@ impl Drop for Lease {
         if let Some(t) = self.beat.take() {
             let _ = t.join();
         }
-        if owner(&self.root, &self.key).is_some_and(|o| o.token == self.owner.token) {
+        let ours = owner(&self.root, &self.key)
+            .is_some_and(|o| o.token == self.owner.token && o.committed_unix.is_none());
+        if ours {
             let _ = std::fs::remove_file(owner_path(&self.root, &self.key));
         }
     }
@@ -479,12 +594,12 @@ mod tests {
     #[test]
     fn a_held_lease_is_busy_for_others_and_free_once_dropped() {
         let root = dir("held");
-        let Acquired::Held(l) = acquire(&root, "k", fast()).unwrap() else {
+        let Acquired::Held(l) = acquire(&root, "k", fast(), &|| false).unwrap() else {
             panic!("free lease not taken")
         };
         assert_eq!(owner(&root, "k").unwrap().token, l.owner.token);
         // A second acquisition in this process: the flock is per open file, so it is Busy.
-        match acquire(&root, "k", fast()).unwrap() {
+        match acquire(&root, "k", fast(), &|| false).unwrap() {
             Acquired::Busy(Some(o)) => assert_eq!(o.pid, std::process::id()),
             _ => panic!("a held lease was taken twice"),
         }
@@ -492,7 +607,7 @@ mod tests {
         drop(l);
         assert!(owner(&root, "k").is_none(), "record left behind");
         assert!(matches!(
-            acquire(&root, "k", fast()).unwrap(),
+            acquire(&root, "k", fast(), &|| false).unwrap(),
             Acquired::Held(_)
         ));
         std::fs::remove_dir_all(&root).ok();
@@ -508,10 +623,10 @@ mod tests {
         dead.pid = u32::MAX - 7; // no such process
         dead.token = "dead".into();
         create_record(&owner_path(&root, "k"), &dead).unwrap();
-        let Acquired::Held(l) = acquire(&root, "k", fast()).unwrap() else {
+        let Acquired::Held(l) = acquire(&root, "k", fast(), &|| false).unwrap() else {
             panic!("a dead holder of this host blocked the lease")
         };
-        assert!(root.join("leases/k.dead.dead").exists(), "no tombstone");
+        assert_eq!(owner(&root, "k").unwrap().token, l.owner.token);
         drop(l);
         // Another host, beating recently: alive. Beating long ago: dead.
         let mut far = Owner::me();
@@ -519,12 +634,12 @@ mod tests {
         far.token = "far".into();
         create_record(&owner_path(&root, "k"), &far).unwrap();
         assert!(matches!(
-            acquire(&root, "k", fast()).unwrap(),
+            acquire(&root, "k", fast(), &|| false).unwrap(),
             Acquired::Busy(Some(o)) if o.host == "elsewhere"
         ));
         far.heartbeat_unix -= 10;
         rewrite_record(&owner_path(&root, "k"), &far).unwrap();
-        let Acquired::Held(l) = acquire(&root, "k", fast()).unwrap() else {
+        let Acquired::Held(l) = acquire(&root, "k", fast(), &|| false).unwrap() else {
             panic!("a silent holder of another host was not taken over")
         };
         // The old holder, were it only stalled, would find its lease gone.
@@ -533,10 +648,11 @@ mod tests {
         std::fs::remove_dir_all(&root).ok();
     }
 
-    /// A taker that saw the same dead record late finds the tombstone and backs off, so it
-    /// never removes the record of the process that took over first.
+    /// A taker acting on an old view of the record (a caching filesystem showed it the dead
+    /// holder's after another took over, or before the holder beat its heart or committed)
+    /// judges what it moved aside, read fresh, and puts anything but the dead record back.
     #[test]
-    fn a_late_taker_does_not_remove_the_new_holder_s_record() {
+    fn a_taker_with_a_stale_view_puts_the_live_record_back() {
         let root = dir("late");
         std::fs::create_dir_all(root.join("leases")).unwrap();
         let mut dead = Owner::me();
@@ -544,19 +660,46 @@ mod tests {
         dead.heartbeat_unix = 0;
         dead.token = "old".into();
         create_record(&owner_path(&root, "k"), &dead).unwrap();
-        assert!(take_over(&root, "k", &dead).unwrap());
+        let judge = |o: &Owner| -> Option<Acquired> {
+            (o.alive(fast()) || o.committed_unix.is_some()).then(|| Acquired::Busy(Some(o.clone())))
+        };
+        let me = Owner::me();
+        assert!(matches!(
+            take_over(&root, "k", &dead, &me, &judge).unwrap(),
+            TakeOver::Done
+        ));
+        assert!(owner(&root, "k").is_none());
+        // Another took it over meanwhile; a late taker still sees `dead`.
         let mut new = Owner::me();
         new.token = "new".into();
         assert!(create_record(&owner_path(&root, "k"), &new).unwrap());
-        assert!(!take_over(&root, "k", &dead).unwrap());
+        assert!(matches!(
+            take_over(&root, "k", &dead, &me, &judge).unwrap(),
+            TakeOver::Restored(o) if o.token == "new"
+        ));
         assert_eq!(owner(&root, "k").unwrap().token, "new");
+        // The dead holder's own record, fresher than the view: it beat its heart since.
+        std::fs::remove_file(owner_path(&root, "k")).unwrap();
+        let mut beating = dead.clone();
+        beating.heartbeat_unix = now_unix();
+        create_record(&owner_path(&root, "k"), &beating).unwrap();
+        assert!(matches!(
+            take_over(&root, "k", &dead, &me, &judge).unwrap(),
+            TakeOver::Restored(o) if o.token == "old"
+        ));
+        assert_eq!(
+            owner(&root, "k").unwrap().heartbeat_unix,
+            beating.heartbeat_unix
+        );
+        let left: Vec<_> = std::fs::read_dir(root.join("leases")).unwrap().collect();
+        assert_eq!(left.len(), 1, "only the record stays: {left:?}");
         std::fs::remove_dir_all(&root).ok();
     }
 
     #[test]
     fn heartbeats_refresh_the_record_and_a_taken_over_holder_fails_its_check() {
         let root = dir("beat");
-        let Acquired::Held(l) = acquire(&root, "k", fast()).unwrap() else {
+        let Acquired::Held(l) = acquire(&root, "k", fast(), &|| false).unwrap() else {
             panic!()
         };
         let mut o = owner(&root, "k").unwrap();
@@ -580,6 +723,46 @@ mod tests {
         drop(l);
         // Dropping a lost lease leaves the new holder's record alone.
         assert_eq!(owner(&root, "k").unwrap().token, "thief");
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    /// A committed record tells others the node is done while its entry may be invisible to
+    /// them; on a local filesystem (where the entry must show) a missing entry means it was
+    /// removed since, and an old committed record counts for nothing.
+    #[test]
+    fn a_committed_record_says_done_for_a_while_then_is_taken_over() {
+        let root = dir("committed");
+        let Acquired::Held(mut l) = acquire(&root, "k", fast(), &|| false).unwrap() else {
+            panic!()
+        };
+        l.committed();
+        drop(l);
+        let rec = owner(&root, "k").expect("a committed record stays");
+        assert!(rec.committed_unix.is_some() && !rec.alive(fast()));
+        // A local filesystem, entry visible: done. Entry gone: taken over.
+        assert!(matches!(
+            acquire(&root, "k", fast(), &|| true).unwrap(),
+            Acquired::Committed(_)
+        ));
+        let Acquired::Held(l) = acquire(&root, "k", fast(), &|| false).unwrap() else {
+            panic!("a committed record of this host without its entry blocked the lease")
+        };
+        drop(l);
+        // An old one counts for nothing.
+        let mut far = rec.clone();
+        far.host = "far".into();
+        far.token = "far".into();
+        rewrite_record(&owner_path(&root, "k"), &far).unwrap();
+        assert!(matches!(
+            acquire(&root, "k", fast(), &|| true).unwrap(),
+            Acquired::Committed(o) if o.host == "far"
+        ));
+        far.committed_unix = Some(far.committed_unix.unwrap() - 10);
+        rewrite_record(&owner_path(&root, "k"), &far).unwrap();
+        assert!(matches!(
+            acquire(&root, "k", fast(), &|| false).unwrap(),
+            Acquired::Held(_)
+        ));
         std::fs::remove_dir_all(&root).ok();
     }
 

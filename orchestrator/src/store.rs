@@ -49,6 +49,11 @@ pub struct Manifest {
     pub host: String,
     pub code_version: String,
     pub finished_unix: u64,
+    /// The run (`<store>/runs/<id>.jsonl`) whose driver launched it, where known: a driver
+    /// that saw none of a node's output (a shared filesystem shows it late) still tells a node
+    /// it ran from one another run finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 pub const MANIFEST: &str = "manifest.json";
@@ -204,8 +209,15 @@ impl Store {
         }
         match std::fs::rename(staged, &dest) {
             Ok(()) => Ok(dest),
-            // Lost the race between the check above and the rename ("Directory not empty").
-            Err(_) if self.is_complete(&manifest.kind, &manifest.key) => self.discard(staged, dest),
+            // Lost the race between the check above and the rename ("Directory not empty"):
+            // entries appear only by renaming a complete staging folder, so a destination that
+            // exists now is complete even where this host's cache does not show it yet.
+            Err(e)
+                if self.is_complete(&manifest.kind, &manifest.key)
+                    || matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) =>
+            {
+                self.discard(staged, dest)
+            }
             Err(e) => Err(io(&dest)(e)),
         }
     }
@@ -362,6 +374,7 @@ mod tests {
             host: host_name(),
             code_version: "test".into(),
             finished_unix: 0,
+            run: None,
         }
     }
 

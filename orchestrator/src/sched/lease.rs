@@ -42,18 +42,14 @@ impl Waiter {
             return Vec::new();
         }
         self.next_look = Instant::now() + LOOK_EVERY;
-        let me = crate::store::host_name();
         let freed: Vec<String> = self
             .waiting
             .keys()
             .filter(|k| match owner(&self.root, k) {
                 None => true,
-                // A holder of this host: by its pid (taking its flock here could make a
-                // process starting the node now believe it is held).
-                Some(o) if o.host == me => {
-                    !std::path::Path::new(&format!("/proc/{}", o.pid)).exists()
-                }
-                Some(o) => !o.alive(None, self.timing),
+                // Committed: its process exits at once, and the node is found done.
+                Some(o) if o.committed_unix.is_some() => true,
+                Some(o) => !o.alive(self.timing),
             })
             .cloned()
             .collect();
@@ -79,7 +75,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("vtab-waiter-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = Store::open(&dir).unwrap();
-        let Acquired::Held(held) = acquire(&store.root, "k1", Timing::default()).unwrap() else {
+        let Acquired::Held(held) =
+            acquire(&store.root, "k1", Timing::default(), &|| false).unwrap()
+        else {
             panic!("free lease not taken");
         };
         let mut w = Waiter::new(&store, Timing::default());

@@ -132,6 +132,7 @@ impl LocalLauncher {
             key: job.key.clone(),
             spec: job.spec.clone(),
             log: job.log.clone(),
+            run: Some(job.run.clone()),
         };
         let line = serde_json::to_string(&a).expect("assignment serialises");
         writeln!(w.stdin, "{line}")
@@ -212,7 +213,9 @@ impl LocalLauncher {
             .arg("--store")
             .arg(&self.o.store)
             .arg("--spec")
-            .arg(&job.spec);
+            .arg(&job.spec)
+            .arg("--run")
+            .arg(&job.run);
         self.pin(&mut cmd, job.slot);
         cmd
     }

@@ -110,6 +110,7 @@ fn the_child_command_pins_its_slots_entry() {
         },
         spec: "/s.json".into(),
         log: "/l.log".into(),
+        run: "r1".into(),
     };
     let env = |c: &Command| -> Option<String> {
         c.get_envs()
@@ -138,6 +139,8 @@ fn the_child_command_pins_its_slots_entry() {
                 &dir.join("store").display().to_string(),
                 "--spec",
                 "/s.json",
+                "--run",
+                "r1",
                 "--cpu"
             ]
         );
@@ -253,7 +256,7 @@ fn a_leased_node_is_spawned_again_only_when_the_lease_is_free() {
     // Another "run" holds the build's lease for 1.5 s.
     let timing = crate::lease::Timing::default();
     let crate::lease::Acquired::Held(held) =
-        crate::lease::acquire(&store.root, &build, timing).unwrap()
+        crate::lease::acquire(&store.root, &build, timing, &|| false).unwrap()
     else {
         panic!("the lease is free")
     };

@@ -67,6 +67,8 @@ pub struct Job {
     pub spec: PathBuf,
     /// Where the node's stderr goes (appended).
     pub log: PathBuf,
+    /// The run launching it (`vtab-orch exec --run`, kept in the node's manifest).
+    pub run: String,
 }
 
 /// What a launcher reports about the nodes it runs.
@@ -167,6 +169,7 @@ pub fn run_with(
     let run_id = events::new_run_id();
     let mut record = events::Record::create(&store.root, &run_id);
     let mut d = Driver {
+        run_id: run_id.clone(),
         g: g.clone(),
         store,
         core: Core::new(),
@@ -184,12 +187,14 @@ pub fn run_with(
         leases: lease::Waiter::new(store, opts.lease),
         settling: BTreeMap::new(),
         opts,
+        adopted: BTreeSet::new(),
     };
     d.go(launcher);
     d.summary
 }
 
 struct Driver<'a> {
+    run_id: String,
     /// The run's own copy: it grows by the finals of each select node done.
     g: Graph,
     store: &'a Store,
@@ -208,6 +213,8 @@ struct Driver<'a> {
     /// filesystem shows it late): until when to look, and what the launcher said.
     settling: BTreeMap<String, (Instant, Option<String>)>,
     opts: Options,
+    /// Nodes whose job this run adopted from a driver that died.
+    adopted: BTreeSet<String>,
 }
 
 impl Driver<'_> {
@@ -302,6 +309,7 @@ impl Driver<'_> {
                     resources: node.resources(),
                     spec,
                     log: log.clone(),
+                    run: self.run_id.clone(),
                 })
             });
         if let Err(e) = started {
@@ -344,6 +352,7 @@ impl Driver<'_> {
                 self.emit(Event::Requeued { key, label, why });
             }
             Report::Adopted { key, job } => {
+                self.adopted.insert(key.clone());
                 let label = self.label(&key);
                 self.emit(Event::Adopted { key, label, job });
             }
@@ -410,6 +419,18 @@ impl Driver<'_> {
 
     /// A node whose entry is in the store.
     fn done(&mut self, key: &str, began: Option<Instant>) {
+        // None of its output was seen (a shared filesystem shows the job's output late), but
+        // its manifest says this run launched it (or this run adopted its job): it ran here.
+        let kind = self.g.node(key).expect("node").kind();
+        let manifest = self.store.manifest(kind, key);
+        let ours = manifest
+            .as_ref()
+            .is_some_and(|m| m.run.as_deref() == Some(self.run_id.as_str()))
+            || self.adopted.contains(key);
+        let began = began.or_else(|| {
+            let m = manifest.filter(|_| ours)?;
+            Instant::now().checked_sub(Duration::from_secs_f64(m.wall_s.max(0.0)))
+        });
         match began {
             Some(t) => {
                 self.core.on_exit(key, Exit::Done).expect("a running node");

@@ -20,6 +20,9 @@ pub struct Assignment {
     pub spec: PathBuf,
     /// The node's log: the worker's stderr goes there while the node runs.
     pub log: PathBuf,
+    /// The run that hands it over (recorded in the node's manifest).
+    #[serde(default)]
+    pub run: Option<String>,
 }
 
 /// The line that ends a node's output on the worker's stdout.
@@ -64,7 +67,8 @@ pub fn serve(store: &Path, cpu: bool) -> i32 {
             say(serde_json::json!({ EXIT_FIELD: 1 }));
             return 1;
         }
-        let code = match crate::exec::exec_since(store, &a.key, &a.spec, cpu, t0) {
+        let code = match crate::exec::exec_since(store, &a.key, &a.spec, cpu, a.run.as_deref(), t0)
+        {
             Ok(crate::exec::Outcome::Leased) => super::EXIT_LEASED,
             Ok(_) => 0,
             Err(e) => {

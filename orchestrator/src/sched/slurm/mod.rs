@@ -105,7 +105,7 @@ pub fn study_jobs(
 /// Whether the driver with lease key `driver` still runs: its lease (held with heartbeats for
 /// the driver's life) is there and alive.
 pub fn driver_alive(store: &std::path::Path, driver: &str, timing: crate::lease::Timing) -> bool {
-    crate::lease::owner(store, driver).is_some_and(|o| o.alive(None, timing))
+    crate::lease::owner(store, driver).is_some_and(|o| o.alive(timing))
 }
 
 /// The clusters a suite's sbatch arguments name (`-M`/`--clusters`), else the default one.
@@ -283,7 +283,7 @@ impl SlurmLauncher {
             crate::store::host_name(),
             std::process::id()
         );
-        let driver = match crate::lease::acquire(&o.store, &driver_key, timing) {
+        let driver = match crate::lease::acquire(&o.store, &driver_key, timing, &|| false) {
             Ok(crate::lease::Acquired::Held(l)) => Some(l),
             _ => None,
         };
@@ -339,7 +339,7 @@ record="{record_dir}/$SLURM_JOB_ID.exit"
 signalled=
 trap 'signalled=requeue; echo "vtab-orch: the time limit is near: requeueing job $SLURM_JOB_ID" >&2; scontrol requeue "$SLURM_JOB_ID"' USR1
 trap 'signalled=term' TERM
-{exe} exec {key} --store {store} --spec {spec}{cpu} &
+{exe} exec {key} --store {store} --spec {spec} --run {run}{cpu} &
 child=$!
 wait "$child"; code=$?
 while kill -0 "$child" 2>/dev/null; do wait "$child"; code=$?; done
@@ -354,6 +354,7 @@ exit "$code"
             key = sh_quote(&job.key),
             store = sh_quote(&self.o.store.display().to_string()),
             spec = sh_quote(&job.spec.display().to_string()),
+            run = sh_quote(&job.run),
         )
     }
 
@@ -892,6 +893,7 @@ mod tests {
             },
             spec: "/shared/store/specs/k.1.json".into(),
             log: "/shared/store/logs/0123456789abcdef.log".into(),
+            run: "20261204T000000Z-1".into(),
         }
     }
 
