@@ -129,7 +129,7 @@ pub struct WorkerArgs {
 
 /// A warm worker: runs the nodes its launcher hands it on stdin (see sched/worker.rs).
 pub fn worker(a: WorkerArgs) -> Result<i32> {
-    Ok(orchestrator::sched::worker::serve(&a.store, a.cpu))
+    Ok(orchestrator::worker::serve(&a.store, a.cpu))
 }
 
 #[derive(clap::Args)]
@@ -363,7 +363,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
         entry_wait: std::time::Duration::from_secs_f64(a.entry_wait),
         lease,
     };
-    let s = sched::run_with(
+    let s = orchestrator::work::run(
         &l.graph,
         &store,
         launcher.as_mut(),
@@ -554,7 +554,7 @@ pub fn overhead(a: OverheadArgs) -> Result<i32> {
             key: key.clone(),
             label: node.label(),
             identity: node.identity(),
-            fingerprint: node.fingerprint(),
+            fingerprint: orchestrator::identity::fingerprint(node),
             artifacts: Default::default(),
             wall_s: 0.0,
             host: String::new(),
@@ -568,7 +568,13 @@ pub fn overhead(a: OverheadArgs) -> Result<i32> {
     let l2 = load(&args)?;
     let mut launcher =
         local_launcher(&Gpus::None, 1, false, &store).map_err(|e| anyhow::anyhow!(e))?;
-    let s = sched::run(&l2.graph, &store, &mut launcher, &mut |_| {});
+    let s = orchestrator::work::run(
+        &l2.graph,
+        &store,
+        &mut launcher,
+        sched::Options::default(),
+        &mut |_| {},
+    );
     let t_run = t.elapsed().as_secs_f64();
     println!(
         "suite of {} runs, {} nodes ({} to run at first)",

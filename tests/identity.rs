@@ -43,7 +43,7 @@ fn prep_refuses_files_changed_since_planning() {
         sample_seed: 0,
         view_of: None,
     });
-    let key = node.fingerprint().key();
+    let key = orchestrator::identity::fingerprint(&node).key();
     let store = orchestrator::store::Store::open(&d.join("store")).unwrap();
     let spec = orchestrator::exec::write_spec(&store, &key, &node).unwrap();
 

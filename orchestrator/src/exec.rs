@@ -146,7 +146,7 @@ fn exec_into(
     t0: Instant,
 ) -> nodes::Result<Manifest> {
     let store = store.clone();
-    let fp = node.fingerprint();
+    let fp = crate::identity::fingerprint(&node);
     if fp.key() != key {
         return Err(NodeError::Failed(format!(
             "spec for {key} hashes to {}: stale spec file",

@@ -4,10 +4,10 @@
 //! Owns the choice of what is semantic; the encoding and hashing are `hash.rs`.
 use crate::datasets::synthetic::Task;
 use crate::datasets::{Format, RealSource, Split};
-use crate::graph::{
+use crate::hash::Fingerprint;
+use crate::node::{
     BuildNode, BuildWeights, Candidate, EvalNode, Node, PrepNode, SelectNode, TrainNode,
 };
-use crate::hash::Fingerprint;
 use crate::numerics::Numerics;
 use crate::suite::{Opt, Pretrain, Source};
 use kernels::{Ia3Spec, LoraSpec, Method, Target, VeraSpec, VitConfig};
@@ -559,7 +559,7 @@ mod tests {
     }
 
     fn key(n: Node) -> String {
-        n.fingerprint().key()
+        fingerprint(&n).key()
     }
 
     /// Pinned bytes and keys, one node of every kind (nested parameters included): a change
@@ -598,7 +598,7 @@ mod tests {
         ];
         let mut keys = Vec::new();
         for (node, bytes) in cases {
-            let fp = node.fingerprint();
+            let fp = fingerprint(&node);
             assert_eq!(String::from_utf8(fp.canonical_bytes()).unwrap(), bytes);
             keys.push(fp.key());
         }

@@ -65,7 +65,7 @@ pub fn plan(g: &Graph, store: &Store, blocked: &BTreeMap<String, String>) -> Vec
                         .push((m.key, m.fingerprint));
                 }
             }
-            let fp = node.fingerprint();
+            let fp = crate::identity::fingerprint(node);
             let closest = previous
                 .get(&format!("{kind}/{}", node.identity()))
                 .and_then(|cands| {

@@ -1,7 +1,7 @@
 //! Epoch checkpoints of a training node: when to write them (a time budget, a number of
 //! epochs, and always when the process is asked to stop), writing them off the training
 //! thread, and restoring them. Owns the checkpoint file; the training loop is `fit.rs`.
-use super::fit::EpochLog;
+use super::EpochLog;
 use super::{NodeError, Result};
 use crate::suite::CheckpointEvery;
 use kernels::train::Trainer;

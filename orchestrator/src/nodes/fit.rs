@@ -1,6 +1,7 @@
 //! The training loop shared by build (pretraining) and train: seeded epochs over a split on
 //! the device, augmentation, per-epoch logs, atomic resumable checkpoints. No node I/O.
 use super::checkpoint::{AfterEpoch, Checkpoints};
+pub use super::EpochLog;
 use super::{NodeError, Result};
 use crate::test_hooks;
 use kernels::accel::{memory_stats, reset_peak_memory, synchronize};
@@ -8,19 +9,8 @@ use kernels::optim::AdamWConfig;
 use kernels::schedule::WarmupCosine;
 use kernels::train::{Precision, TrainConfig, Trainer};
 use kernels::AdaptedVit;
-use serde::{Deserialize, Serialize};
 use std::time::Instant;
 use tch::{Kind, Tensor};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EpochLog {
-    pub epoch: u64,
-    pub loss: f64,
-    pub lr: f64,
-    pub time_s: f64,
-    pub img_s: f64,
-    pub peak_mem_mib: Option<f64>,
-}
 
 /// Everything `fit` needs besides the model and the data.
 pub struct FitConfig {

@@ -39,6 +39,18 @@ pub enum NodeError {
     Failed(String),
 }
 
+/// One epoch of training, as `fit` logs it and a checkpoint keeps it (here, so that `fit` and
+/// `checkpoint` each depend on it and not on one another).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct EpochLog {
+    pub epoch: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub time_s: f64,
+    pub img_s: f64,
+    pub peak_mem_mib: Option<f64>,
+}
+
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
     move |source| NodeError::Io {
         path: path.to_path_buf(),

@@ -1,10 +1,20 @@
 //! Tests of the local launcher with stand-in children (shell scripts in place of
 //! `vtab-orch exec`): GPU mapping, failure handling, waiting on another run's lease.
 use super::*;
-use crate::sched::{run, Event};
+use crate::sched::Event;
 use crate::store::Store;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+
+/// The graph run with the default options.
+fn run(
+    g: &crate::graph::Graph,
+    store: &Store,
+    l: &mut dyn Launcher,
+    on_event: &mut dyn FnMut(&Event),
+) -> crate::sched::Summary {
+    crate::work::run(g, store, l, crate::sched::Options::default(), on_event)
+}
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("vtab-local-{name}-{}", std::process::id()));

@@ -1,6 +1,8 @@
-//! The scheduler: drives the core state machine (`state`) over a sealed graph with a
-//! launcher (`local` child processes or `slurm` jobs), skipping cached nodes, waiting on the
-//! leases other runs hold, and reporting events. It prints nothing itself.
+//! The scheduler: drives the core state machine (`state`) over the nodes of a [`Work`] with a
+//! launcher (`local` child processes or `slurm` jobs), skipping nodes already done, waiting on
+//! the leases other runs hold, and reporting events. It prints nothing itself, and knows no
+//! node kind: what a node is, where its spec and log go and how the work grows once a node is
+//! done are the `Work`'s (`crate::work::GraphWork` for a suite's graph).
 pub mod events;
 pub mod lease;
 pub mod local;
@@ -11,8 +13,6 @@ pub mod worker;
 pub use events::Event;
 use state::{Capacity, Core, Exit, Launch, NodeSpec, Slot};
 
-use crate::exec::{spec_path, write_spec};
-use crate::graph::{Graph, Node};
 use crate::store::Store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -116,13 +116,32 @@ pub struct Summary {
     pub record: PathBuf,
 }
 
-/// What the node needs, from its kind.
-pub fn spec_of(key: &str, node: &Node) -> NodeSpec {
-    NodeSpec {
-        key: key.to_string(),
-        deps: node.deps(),
-        resources: node.resources(),
-    }
+/// The nodes a run schedules, as the scheduler sees them: keys, inputs and resources, and
+/// the few things it asks of a node it does not otherwise understand.
+pub trait Work {
+    /// Every node known now, each after its inputs.
+    fn order(&self) -> Vec<String>;
+    /// What node `key` reads and needs.
+    fn spec(&self, key: &str) -> NodeSpec;
+    /// How the terminal names it (`train shape lora s0`).
+    fn label(&self, key: &str) -> String;
+    /// Its kind's name, for job names (`train`).
+    fn kind(&self, key: &str) -> &'static str;
+    /// Whether its result is in the store (as this host sees it).
+    fn is_done(&self, key: &str) -> bool;
+    /// Where its result goes (for messages).
+    fn entry(&self, key: &str) -> PathBuf;
+    /// Writes what its process reads; returns the spec file it is started with.
+    fn prepare(&self, key: &str) -> Result<PathBuf, String>;
+    /// Where its process's stderr goes.
+    fn log(&self, key: &str) -> PathBuf;
+    /// Its process ended: whatever `prepare` wrote for it may go.
+    fn ended(&self, key: &str);
+    /// The run that launched the process which made its result, and how long that took.
+    fn made_by(&self, key: &str) -> Option<(Option<String>, f64)>;
+    /// Node `key` is done (`ran`: by this run): the nodes that join the run because of it
+    /// (the final runs a select node chose).
+    fn grow(&mut self, key: &str, ran: bool) -> Vec<String>;
 }
 
 /// How a run treats a store that other hosts may share.
@@ -147,20 +166,10 @@ impl Default for Options {
     }
 }
 
-/// Runs every node of `g` not in the store yet through `launcher`. With a protocol the
-/// graph grows as select nodes finish (or are found done): their final runs join the run.
+/// Runs every node of `work` not done yet through `launcher`; the work may grow as nodes
+/// finish ([`Work::grow`]). `store` holds the run record and the leases.
 pub fn run(
-    g: &Graph,
-    store: &Store,
-    launcher: &mut dyn Launcher,
-    on_event: &mut dyn FnMut(&Event),
-) -> Summary {
-    run_with(g, store, launcher, Options::default(), on_event)
-}
-
-/// [`run`] with explicit [`Options`].
-pub fn run_with(
-    g: &Graph,
+    work: &mut dyn Work,
     store: &Store,
     launcher: &mut dyn Launcher,
     opts: Options,
@@ -170,7 +179,7 @@ pub fn run_with(
     let mut record = events::Record::create(&store.root, &run_id);
     let mut d = Driver {
         run_id: run_id.clone(),
-        g: g.clone(),
+        work,
         store,
         core: Core::new(),
         summary: Summary {
@@ -195,8 +204,8 @@ pub fn run_with(
 
 struct Driver<'a> {
     run_id: String,
-    /// The run's own copy: it grows by the finals of each select node done.
-    g: Graph,
+    /// The nodes; they grow as nodes are done.
+    work: &'a mut dyn Work,
     store: &'a Store,
     core: Core,
     summary: Summary,
@@ -219,7 +228,7 @@ struct Driver<'a> {
 
 impl Driver<'_> {
     fn label(&self, key: &str) -> String {
-        self.g.node(key).map(|n| n.label()).unwrap_or_default()
+        self.work.label(key)
     }
 
     fn emit(&mut self, e: Event) {
@@ -233,14 +242,13 @@ impl Driver<'_> {
             &|key, host, pid| crate::lease::holds(&root, key, host, pid, timing),
             timing.stale,
         );
-        let order = self.g.topo();
-        let specs = order
-            .iter()
-            .map(|k| spec_of(k, self.g.node(k).expect("node")));
-        self.core.extend(specs).expect("a sealed graph is closed");
+        let order = self.work.order();
+        let specs: Vec<NodeSpec> = order.iter().map(|k| self.work.spec(k)).collect();
+        self.core
+            .extend(specs)
+            .expect("the work's nodes read only its nodes");
         for key in &order {
-            let node = self.g.node(key).expect("node");
-            if self.store.is_complete(node.kind(), key) {
+            if self.work.is_done(key) {
                 self.cached(key);
             }
         }
@@ -290,28 +298,29 @@ impl Driver<'_> {
     }
 
     fn launch(&mut self, l: Launch, launcher: &mut dyn Launcher) {
-        let node = self.g.node(&l.key).expect("node");
         // Another run may have finished it meanwhile.
-        if self.store.is_complete(node.kind(), &l.key) {
+        if self.work.is_done(&l.key) {
             self.cached(&l.key);
             return;
         }
-        let log = self.store.root.join("logs").join(format!("{}.log", l.key));
-        let started = std::fs::create_dir_all(self.store.root.join("logs"))
-            .and_then(|_| write_spec(self.store, &l.key, node))
-            .map_err(|e| format!("writing the spec of {}: {e}", l.key))
-            .and_then(|spec| {
-                launcher.launch(&Job {
-                    key: l.key.clone(),
-                    label: node.label(),
-                    kind: node.kind(),
-                    slot: l.slot,
-                    resources: node.resources(),
-                    spec,
-                    log: log.clone(),
-                    run: self.run_id.clone(),
-                })
-            });
+        let log = self.work.log(&l.key);
+        let spec = match self.work.prepare(&l.key) {
+            Ok(p) => p,
+            Err(e) => {
+                self.failed(&l.key, log, e);
+                return;
+            }
+        };
+        let started = launcher.launch(&Job {
+            key: l.key.clone(),
+            label: self.work.label(&l.key),
+            kind: self.work.kind(&l.key),
+            slot: l.slot,
+            resources: self.work.spec(&l.key).resources,
+            spec,
+            log: log.clone(),
+            run: self.run_id.clone(),
+        });
         if let Err(e) = started {
             self.failed(&l.key, log, e);
         }
@@ -361,8 +370,7 @@ impl Driver<'_> {
     }
 
     fn on_exit(&mut self, key: &str, code: Option<i32>, note: Option<String>) {
-        let _ = std::fs::remove_file(spec_path(self.store, key));
-        let node = self.g.node(key).expect("node");
+        self.work.ended(key);
         let began = self.began.remove(key);
         if code == Some(EXIT_LEASED) {
             // Another run executes it: wait on its lease here, then look again.
@@ -371,7 +379,7 @@ impl Driver<'_> {
                 .expect("a running node");
             let holder = self.leases.wait_for(key);
             if self.announced.insert(key.to_string()) {
-                let label = node.label();
+                let label = self.work.label(key);
                 self.emit(Event::Waiting {
                     key: key.to_string(),
                     label,
@@ -381,7 +389,7 @@ impl Driver<'_> {
             return;
         }
         // Success is the entry in the store, whatever the exit code or side files say.
-        if self.store.is_complete(node.kind(), key) {
+        if self.work.is_done(key) {
             self.done(key, began);
         } else if code == Some(0) && !self.opts.entry_wait.is_zero() {
             if let Some(t) = began {
@@ -398,8 +406,7 @@ impl Driver<'_> {
     fn settle(&mut self) {
         let keys: Vec<String> = self.settling.keys().cloned().collect();
         for key in keys {
-            let kind = self.g.node(&key).expect("node").kind();
-            if self.store.is_complete(kind, &key) {
+            if self.work.is_done(&key) {
                 self.settling.remove(&key);
                 let began = self.began.remove(&key);
                 self.done(&key, began);
@@ -408,7 +415,7 @@ impl Driver<'_> {
                 self.began.remove(&key);
                 let why = format!(
                     "its process ended well, but its store entry {} did not show up here within {:.0} s (on a shared filesystem raise --entry-wait; see the node's log)",
-                    self.store.entry(kind, &key).display(),
+                    self.work.entry(&key).display(),
                     self.opts.entry_wait.as_secs_f64()
                 );
                 let note = Some(note.map_or(why.clone(), |n| format!("{n}\n{why}")));
@@ -421,15 +428,14 @@ impl Driver<'_> {
     fn done(&mut self, key: &str, began: Option<Instant>) {
         // None of its output was seen (a shared filesystem shows the job's output late), but
         // its manifest says this run launched it (or this run adopted its job): it ran here.
-        let kind = self.g.node(key).expect("node").kind();
-        let manifest = self.store.manifest(kind, key);
-        let ours = manifest
+        let made_by = self.work.made_by(key);
+        let ours = made_by
             .as_ref()
-            .is_some_and(|m| m.run.as_deref() == Some(self.run_id.as_str()))
+            .is_some_and(|(run, _)| run.as_deref() == Some(self.run_id.as_str()))
             || self.adopted.contains(key);
         let began = began.or_else(|| {
-            let m = manifest.filter(|_| ours)?;
-            Instant::now().checked_sub(Duration::from_secs_f64(m.wall_s.max(0.0)))
+            let (_, wall_s) = made_by.filter(|_| ours)?;
+            Instant::now().checked_sub(Duration::from_secs_f64(wall_s.max(0.0)))
         });
         match began {
             Some(t) => {
@@ -441,10 +447,7 @@ impl Driver<'_> {
                     label,
                     wall_s: t.elapsed().as_secs_f64(),
                 });
-                if matches!(self.g.node(key), Some(Node::Select(_))) {
-                    crate::test_hooks::abort_after_select();
-                }
-                self.grow(key);
+                self.grow(key, true);
             }
             // Finished by another run between our check and the node's.
             None => self.cached(key),
@@ -453,7 +456,7 @@ impl Driver<'_> {
 
     /// A node that failed: the tail of its log, the error it reported, the launcher's note.
     fn failed_with_log(&mut self, key: &str, note: Option<String>) {
-        let log = self.store.root.join("logs").join(format!("{key}.log"));
+        let log = self.work.log(key);
         let mut tail = log_tail(&log);
         if let Some(e) = self.errors.remove(key) {
             if !tail.contains(&e) {
@@ -474,23 +477,17 @@ impl Driver<'_> {
             key: key.to_string(),
             label,
         });
-        self.grow(key);
+        self.grow(key, false);
     }
 
-    /// The hook of the protocol stage: once select node `key` is done, its final runs
-    /// (`Graph::add_finals`) join the run; those already in the store count as cached.
-    fn grow(&mut self, key: &str) {
-        if !self.g.selections.contains_key(key) {
+    /// Node `key` is done: the nodes the work adds because of it (the final runs a select
+    /// node chose) join the run; those already done count as cached.
+    fn grow(&mut self, key: &str, ran: bool) {
+        let added = self.work.grow(key, ran);
+        if added.is_empty() {
             return;
         }
-        let Some(chosen) = crate::nodes::select::chosen(self.store, key) else {
-            return;
-        };
-        let added = self.g.add_finals(key, chosen);
-        let specs: Vec<NodeSpec> = added
-            .iter()
-            .map(|k| spec_of(k, self.g.node(k).expect("added node")))
-            .collect();
+        let specs: Vec<NodeSpec> = added.iter().map(|k| self.work.spec(k)).collect();
         let blocked = self
             .core
             .extend(specs)
@@ -498,9 +495,8 @@ impl Driver<'_> {
         // A final whose (shared) prep failed earlier in this run.
         self.blocked(blocked);
         for k in added {
-            let node = self.g.node(&k).expect("added node");
             let blocked = self.core.state(&k) == Some(state::State::Blocked);
-            if !blocked && self.store.is_complete(node.kind(), &k) {
+            if !blocked && self.work.is_done(&k) {
                 self.cached(&k);
             }
         }
