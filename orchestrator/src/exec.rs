@@ -161,7 +161,7 @@ fn exec_into(
     match &node {
         Node::Prep(p) => match &p.view_of {
             Some(whole) => {
-                let (_, whole_dir) = input(&store, "prep", whole)?;
+                let (_, whole_dir) = input(&store, crate::node::PREP.name, whole)?;
                 nodes::prep::run_view(p, &whole_dir, staged)?;
             }
             None => {
@@ -170,8 +170,8 @@ fn exec_into(
         },
         Node::Build(b) => nodes::build::run(b, staged, device)?,
         Node::Train(t) => {
-            let (_, prep_dir) = input(&store, "prep", &t.prep)?;
-            let (bn, build_dir) = input(&store, "build", &t.build)?;
+            let (_, prep_dir) = input(&store, crate::node::PREP.name, &t.prep)?;
+            let (bn, build_dir) = input(&store, crate::node::BUILD.name, &t.build)?;
             let Node::Build(b) = bn else {
                 return Err(NodeError::Failed("build input is not a build node".into()));
             };
@@ -189,9 +189,9 @@ fn exec_into(
             nodes::select::run(s, &store, staged)?;
         }
         Node::Eval(e) => {
-            let (tn, train_dir) = input(&store, "train", &e.train)?;
-            let (_, prep_dir) = input(&store, "prep", &e.prep)?;
-            let (bn, build_dir) = input(&store, "build", &e.build)?;
+            let (tn, train_dir) = input(&store, crate::node::TRAIN.name, &e.train)?;
+            let (_, prep_dir) = input(&store, crate::node::PREP.name, &e.prep)?;
+            let (bn, build_dir) = input(&store, crate::node::BUILD.name, &e.build)?;
             let (Node::Train(t), Node::Build(b)) = (tn, bn) else {
                 return Err(NodeError::Failed("eval inputs have the wrong kinds".into()));
             };

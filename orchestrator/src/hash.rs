@@ -4,24 +4,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// Bumped when the meaning of a node kind's outputs changes; part of every key of that kind.
-/// Revision 2 (all kinds): explicit per-kind identities (`identity.rs`), resolved
-/// numerics (`cpu-fp32`, `cuda-bf16`, ...) instead of `precision = "auto"`, and prep entries
-/// that record their subset (`subset.json`, `members.txt`); stores made
-/// before it re-run everything once. `select` (the VTAB-1k protocol) starts at 1.
-pub const REVISIONS: [(&str, u32); 5] = [
-    ("prep", 2),
-    ("build", 2),
-    ("train", 2),
-    ("eval", 2),
-    ("select", 1),
-];
-
+/// The revision of node kind `kind` (registered in `node::KINDS`).
 pub fn revision(kind: &str) -> u32 {
-    REVISIONS
+    crate::node::KINDS
         .iter()
-        .find(|(k, _)| *k == kind)
-        .map(|(_, r)| *r)
+        .find(|k| k.name == kind)
+        .map(|k| k.revision)
         .expect("known node kind")
 }
 

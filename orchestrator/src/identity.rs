@@ -17,29 +17,29 @@ use serde::Serialize;
 pub fn fingerprint(node: &Node) -> Fingerprint {
     match node {
         Node::Prep(p) => {
-            let fp = Fingerprint::of("prep", &PrepIdentity::of(p));
+            let fp = Fingerprint::of(crate::node::PREP.name, &PrepIdentity::of(p));
             match &p.view_of {
                 Some(whole) => fp.input("view_of", whole),
                 None => fp,
             }
         }
-        Node::Build(b) => Fingerprint::of("build", &BuildIdentity::of(b)),
+        Node::Build(b) => Fingerprint::of(crate::node::BUILD.name, &BuildIdentity::of(b)),
         Node::Train(t) => {
             let TrainNode { prep, build, .. } = t;
-            Fingerprint::of("train", &TrainIdentity::of(t))
-                .input("prep", prep)
-                .input("build", build)
+            Fingerprint::of(crate::node::TRAIN.name, &TrainIdentity::of(t))
+                .input(crate::node::PREP.name, prep)
+                .input(crate::node::BUILD.name, build)
         }
         Node::Eval(e) => {
             let EvalNode {
                 train, prep, build, ..
             } = e;
-            Fingerprint::of("eval", &EvalIdentity::of(e))
-                .input("train", train)
-                .input("prep", prep)
-                .input("build", build)
+            Fingerprint::of(crate::node::EVAL.name, &EvalIdentity::of(e))
+                .input(crate::node::TRAIN.name, train)
+                .input(crate::node::PREP.name, prep)
+                .input(crate::node::BUILD.name, build)
         }
-        Node::Select(s) => Fingerprint::of("select", &SelectIdentity::of(s)),
+        Node::Select(s) => Fingerprint::of(crate::node::SELECT.name, &SelectIdentity::of(s)),
     }
 }
 

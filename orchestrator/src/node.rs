@@ -112,15 +112,55 @@ pub fn split_name(s: Split) -> &'static str {
     }
 }
 
+/// A node kind, registered once: its name (the store's folder of its entries, job names, run
+/// records, its fingerprints) and the revision of what it computes, part of every key of the
+/// kind (a bump re-keys them all, and a store made before re-runs them once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kind {
+    pub name: &'static str,
+    pub revision: u32,
+}
+
+/// Revision 2 (all kinds): explicit per-kind identities (`identity.rs`), resolved numerics
+/// (`cpu-fp32`, `cuda-bf16`, ...) instead of `precision = "auto"`, and prep entries that record
+/// their subset (`subset.json`, `members.txt`). `select` (the VTAB-1k protocol) starts at 1.
+pub const PREP: Kind = Kind {
+    name: "prep",
+    revision: 2,
+};
+pub const BUILD: Kind = Kind {
+    name: "build",
+    revision: 2,
+};
+pub const TRAIN: Kind = Kind {
+    name: "train",
+    revision: 2,
+};
+pub const EVAL: Kind = Kind {
+    name: "eval",
+    revision: 2,
+};
+pub const SELECT: Kind = Kind {
+    name: "select",
+    revision: 1,
+};
+
+/// Every node kind, each before the kinds that read it.
+pub const KINDS: [Kind; 5] = [PREP, BUILD, TRAIN, EVAL, SELECT];
+
 impl Node {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind_of(&self) -> Kind {
         match self {
-            Node::Prep(_) => "prep",
-            Node::Build(_) => "build",
-            Node::Train(_) => "train",
-            Node::Eval(_) => "eval",
-            Node::Select(_) => "select",
+            Node::Prep(_) => PREP,
+            Node::Build(_) => BUILD,
+            Node::Train(_) => TRAIN,
+            Node::Eval(_) => EVAL,
+            Node::Select(_) => SELECT,
         }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.kind_of().name
     }
 
     /// e.g. "train shape lora r=8 a=8 q,v s0".

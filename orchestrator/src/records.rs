@@ -27,7 +27,7 @@ pub fn collect(l: &Loaded, other: &Graph) -> nodes::Result<Collected> {
     for ((run, here), (_, there)) in l.graph.runs.iter().zip(&other.runs) {
         let Some(key) = [here, there]
             .into_iter()
-            .find(|k| l.store.is_complete("eval", k))
+            .find(|k| l.store.is_complete(crate::node::EVAL.name, k))
         else {
             missing += 1;
             continue;
@@ -59,8 +59,12 @@ fn record(
     backbone: &str,
 ) -> nodes::Result<RunRecord> {
     let store = &l.store;
-    let m: Metrics = nodes::read_json(&store.entry("eval", key).join(nodes::eval::METRICS))?;
-    let prep = |k: &str| store.entry("prep", k);
+    let m: Metrics = nodes::read_json(
+        &store
+            .entry(crate::node::EVAL.name, key)
+            .join(nodes::eval::METRICS),
+    )?;
+    let prep = |k: &str| store.entry(crate::node::PREP.name, k);
     let subsets = nodes::prep::subset(&prep(&t.prep))
         .ok()
         .zip(nodes::prep::subset(&prep(&e.prep)).ok())

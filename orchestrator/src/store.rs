@@ -57,7 +57,11 @@ pub struct Manifest {
 }
 
 pub const MANIFEST: &str = "manifest.json";
-pub const KINDS: [&str; 5] = ["prep", "build", "train", "eval", "select"];
+/// The folders of entries: one per node kind (`node::KINDS`).
+pub const KINDS: [&str; 5] = {
+    let k = crate::node::KINDS;
+    [k[0].name, k[1].name, k[2].name, k[3].name, k[4].name]
+};
 
 #[derive(Debug, Clone)]
 pub struct Store {

@@ -29,7 +29,7 @@ impl Found {
 
     /// One line for lists: key, label, numerics and split.
     fn line(&self, store: &Store) -> String {
-        let state = if store.is_complete("train", &self.train_key) {
+        let state = if store.is_complete(crate::node::TRAIN.name, &self.train_key) {
             "trained"
         } else {
             "not trained"
@@ -132,7 +132,7 @@ pub fn find(graphs: &[&Graph], store: &Store, spec: &str) -> Result<Found> {
     if hits.iter().any(|f| f.is_final) {
         hits.retain(|f| f.is_final);
     }
-    let trained = |f: &Found| store.is_complete("train", &f.train_key);
+    let trained = |f: &Found| store.is_complete(crate::node::TRAIN.name, &f.train_key);
     if hits.iter().any(trained) {
         hits.retain(trained);
     } else if hits.iter().any(|f| f.here) {
@@ -207,13 +207,15 @@ pub fn find_in_store(store: &Store, spec: &str) -> Result<Found> {
     };
     let all = store.entries();
     let keys = |kind: &'static str| all.iter().filter(move |(k, _)| k == kind).map(|(_, e)| e);
-    let trained = |k: &str| store.is_complete("train", k);
+    let trained = |k: &str| store.is_complete(crate::node::TRAIN.name, k);
     // (eval key, its train key), each eval spec read once.
     let evals: Vec<(&String, String)> = keys("eval")
-        .filter_map(|e| match read_json(&store.entry("eval", e).join(SPEC)) {
-            Ok(Node::Eval(ev)) => Some((e, ev.train)),
-            _ => None,
-        })
+        .filter_map(
+            |e| match read_json(&store.entry(crate::node::EVAL.name, e).join(SPEC)) {
+                Ok(Node::Eval(ev)) => Some((e, ev.train)),
+                _ => None,
+            },
+        )
         .collect();
     let mut trains: Vec<String> = keys("train")
         .filter(|k| k.starts_with(&key) && trained(k))
@@ -245,13 +247,20 @@ pub fn find_in_store(store: &Store, spec: &str) -> Result<Found> {
             })
         }
     };
-    let Node::Train(train) = read_json(&store.entry("train", &train_key).join(SPEC))? else {
+    let Node::Train(train) =
+        read_json(&store.entry(crate::node::TRAIN.name, &train_key).join(SPEC))?
+    else {
         return Err(ExportError::NoMatch {
             spec: spec.to_string(),
             hint: format!("store entry train/{train_key} holds no train node"),
         });
     };
-    let Node::Build(build) = read_json(&store.entry("build", &train.build).join(SPEC))? else {
+    let Node::Build(build) = read_json(
+        &store
+            .entry(crate::node::BUILD.name, &train.build)
+            .join(SPEC),
+    )?
+    else {
         return Err(ExportError::NoMatch {
             spec: spec.to_string(),
             hint: format!("store entry build/{} holds no build node", train.build),

@@ -13,9 +13,9 @@ use tch::Device;
 /// The trained model of `f`, on the CPU in fp32, adapters not merged; with the class names
 /// of its training split.
 pub fn load_model(store: &Store, f: &Found) -> Result<(AdaptedVit, Vec<String>)> {
-    let train_dir = store.entry("train", &f.train_key);
-    let prep_dir = store.entry("prep", &f.train.prep);
-    let build_dir = store.entry("build", &f.train.build);
+    let train_dir = store.entry(crate::node::TRAIN.name, &f.train_key);
+    let prep_dir = store.entry(crate::node::PREP.name, &f.train.prep);
+    let build_dir = store.entry(crate::node::BUILD.name, &f.train.build);
     let dirs = [&*train_dir, &*prep_dir, &*build_dir];
     let (model, _, info) = train::load_trained(&f.train, &f.build, dirs, Device::Cpu)?;
     Ok((model, info.class_names))
@@ -233,8 +233,15 @@ fn write_into(
     let metrics: Option<nodes::eval::Metrics> = f
         .eval_key
         .as_ref()
-        .filter(|k| store.is_complete("eval", k))
-        .and_then(|k| read_json(&store.entry("eval", k).join(nodes::eval::METRICS)).ok());
+        .filter(|k| store.is_complete(crate::node::EVAL.name, k))
+        .and_then(|k| {
+            read_json(
+                &store
+                    .entry(crate::node::EVAL.name, k)
+                    .join(nodes::eval::METRICS),
+            )
+            .ok()
+        });
     let record = json!({
         "format": match format { Format::Peft => "peft", Format::Merged => "merged" },
         "suite": suite_path,
@@ -272,7 +279,9 @@ fn base_weights(store: &Store, f: &Found, dir: &Path) -> Result<String> {
             .display()
             .to_string()),
         BuildWeights::Pretrain { .. } => {
-            let from = store.entry("build", &f.train.build).join(build::BACKBONE);
+            let from = store
+                .entry(crate::node::BUILD.name, &f.train.build)
+                .join(build::BACKBONE);
             let to = dir.join(BASE_WEIGHTS);
             std::fs::copy(&from, &to).map_err(io(&from))?;
             Ok(format!("OUT/{BASE_WEIGHTS}"))

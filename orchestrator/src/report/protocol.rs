@@ -20,10 +20,14 @@ struct Result1 {
 }
 
 fn metrics(store: &Store, key: &str) -> Option<Metrics> {
-    if !store.is_complete("eval", key) {
+    if !store.is_complete(crate::node::EVAL.name, key) {
         return None;
     }
-    let text = std::fs::read_to_string(store.entry("eval", key).join(crate::nodes::eval::METRICS));
+    let text = std::fs::read_to_string(
+        store
+            .entry(crate::node::EVAL.name, key)
+            .join(crate::nodes::eval::METRICS),
+    );
     serde_json::from_str(&text.ok()?).ok()
 }
 
@@ -91,7 +95,9 @@ pub fn write(
             gr.selections
                 .iter()
                 .find(|(k, f)| {
-                    f.dataset == s.dataset && f.family == s.family && store.is_complete("select", k)
+                    f.dataset == s.dataset
+                        && f.family == s.family
+                        && store.is_complete(crate::node::SELECT.name, k)
                 })
                 .map(|(k, _)| k.clone())
         });
