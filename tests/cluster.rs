@@ -18,6 +18,10 @@ use hooks::hook;
 #[path = "support/skip.rs"]
 mod skip;
 
+#[path = "support/records.rs"]
+mod run_records;
+use run_records::records;
+
 struct Cluster {
     conf: String,
     /// Two mounts of the shared folder on this "login node", and the folder itself.
@@ -160,25 +164,6 @@ fn slurm_run(c: &Cluster, suite: &Path, store: &Path, envs: &[(&str, &str)]) -> 
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Every event of every run record of `store`.
-fn records(store: &Path) -> Vec<Value> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(store.join("runs"))
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap_or_default()
-                .lines()
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .filter_map(|l| serde_json::from_str(&l).ok())
-        .collect()
 }
 
 /// How often each node finished, over every run record of `store`.
