@@ -853,3 +853,59 @@ fn cancel_stops_the_study_s_jobs_and_nothing_else() {
     );
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// Under the VTAB-1k protocol the tiny nodes (the select node, the train800 and val200 views
+/// cut from the decoded train800val200 split) run beside the driver; every other node is a
+/// Slurm job of its own. The study ends with every node done once.
+#[test]
+fn tiny_nodes_run_beside_the_driver_not_as_jobs() {
+    let Some(conf) = cluster("tiny_nodes_run_beside_the_driver_not_as_jobs") else {
+        return;
+    };
+    let d = dir("tiny");
+    let s = d.join("s.toml");
+    std::fs::write(
+        &s,
+        "name = \"s\"\nstore = \"store\"\n[defaults]\nimg_size = 16\nepochs = 1\nbatch_size = 100\nwarmup_epochs = 0\n\
+         [backbone]\narch = \"vit_tiny_patch16_224\"\nimg_size = 16\npatch_size = 8\nembed_dim = 24\ndepth = 1\nnum_heads = 2\n\
+         [backbone.pretrain]\nimages = 100\nepochs = 1\n\
+         [datasets.shape]\nformat = \"synthetic\"\ntask = \"shape\"\ntest_images = 40\n\
+         [protocol]\nkind = \"vtab1k\"\nsearch_seeds = [0]\nfinal_seeds = [0]\n\
+         [methods.linear]\nlr = [0.001, 0.01]\n\
+         [slurm]\npoll_floor_s = 0\npoll_s = 0.3\nmax_poll_s = 2\ncpus_per_task = 1\n",
+    )
+    .unwrap();
+    let out = slurm_run(&conf, &s, &[]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let store = d.join("store");
+    let started: Vec<(String, String)> = records(&store)
+        .iter()
+        .filter(|e| e["event"] == "started")
+        .map(|e| {
+            (
+                e["label"].as_str().unwrap().to_string(),
+                e["slot"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let tiny = |label: &str| {
+        label.starts_with("select")
+            || label.starts_with("prep shape train800 ")
+            || label.starts_with("prep shape val200 ")
+    };
+    let beside: Vec<&(String, String)> = started.iter().filter(|(l, _)| tiny(l)).collect();
+    assert_eq!(beside.len(), 3, "{started:?}");
+    for (label, slot) in &started {
+        if tiny(label) {
+            assert_eq!(slot, "beside the driver", "{label}");
+        } else {
+            assert!(slot.starts_with("slurm job "), "{label}: {slot}");
+        }
+    }
+    let finished = records(&store)
+        .iter()
+        .filter(|e| e["event"] == "finished")
+        .count();
+    assert_eq!(finished, started.len(), "{started:?}");
+    std::fs::remove_dir_all(&d).ok();
+}

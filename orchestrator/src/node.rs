@@ -215,7 +215,8 @@ impl Node {
     }
 
     /// What the node needs while it runs: train and eval (and pretraining) a GPU, prep
-    /// (image decoding) and file builds only CPU threads.
+    /// (image decoding) and file builds only CPU threads; a select node and a prep view
+    /// (rows picked from a decoded split) are tiny.
     pub fn resources(&self) -> crate::sched::state::Resources {
         use crate::sched::state::Resources;
         match self {
@@ -227,14 +228,22 @@ impl Node {
             }) => Resources {
                 gpus: 1,
                 cpu_threads: 4,
+                tiny: false,
             },
-            Node::Prep(_) => Resources {
+            Node::Prep(p) => Resources {
                 gpus: 0,
                 cpu_threads: 4,
+                tiny: p.view_of.is_some(),
             },
-            Node::Build(_) | Node::Select(_) => Resources {
+            Node::Build(_) => Resources {
                 gpus: 0,
                 cpu_threads: 1,
+                tiny: false,
+            },
+            Node::Select(_) => Resources {
+                gpus: 0,
+                cpu_threads: 1,
+                tiny: true,
             },
         }
     }

@@ -205,6 +205,16 @@ impl LocalLauncher {
         Ok(Worker { child, stdin, busy })
     }
 
+    /// Nodes running now.
+    pub fn busy(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Whether node `key` runs here now.
+    pub fn runs(&self, key: &str) -> bool {
+        self.running.contains_key(key)
+    }
+
     /// The child's command line and environment for `job` (not yet spawned).
     pub fn command(&self, job: &Job) -> Command {
         let mut cmd = Command::new(&self.o.exe);

@@ -117,6 +117,7 @@ fn the_child_command_pins_its_slots_entry() {
         resources: crate::sched::state::Resources {
             gpus: 1,
             cpu_threads: 1,
+            tiny: false,
         },
         spec: "/s.json".into(),
         log: "/l.log".into(),

@@ -10,6 +10,9 @@ pub struct Resources {
     pub gpus: u32,
     /// CPU threads it keeps busy (a Slurm job asks for this many cores).
     pub cpu_threads: u32,
+    /// Seconds of light work (a select node, a view cut from a decoded split): on a cluster it
+    /// runs beside the driver rather than in a job of its own.
+    pub tiny: bool,
 }
 
 /// Where the launcher may run nodes.

@@ -4,10 +4,12 @@ use super::*;
 const GPU: Resources = Resources {
     gpus: 1,
     cpu_threads: 4,
+    tiny: false,
 };
 const CPU: Resources = Resources {
     gpus: 0,
     cpu_threads: 4,
+    tiny: false,
 };
 
 fn node(key: &str, deps: &[&str], resources: Resources) -> NodeSpec {
@@ -199,6 +201,7 @@ fn cpu_nodes_share_the_thread_budget_and_gpu_nodes_fall_back_to_one_cpu_slot() {
             Resources {
                 gpus: 0,
                 cpu_threads: 64,
+                tiny: false,
             },
         ),
     ])

@@ -2,7 +2,9 @@
 //! one batched `squeue` call per poll (and `sacct` for the jobs that left the queue); the
 //! jobs' output files and exit records are read at those polls only. Every job's comment
 //! names its node and store, so that a driver started after one that died adopts the jobs
-//! still queued or running instead of submitting them again. Cancels only its study's jobs;
+//! still queued or running instead of submitting them again. Tiny nodes (a select, a view of
+//! a decoded split: seconds of work) never get a job: they run beside the driver, as child
+//! processes of a local launcher. Cancels only its study's jobs;
 //! knows nothing of the graph.
 pub mod config;
 pub mod poll;
@@ -257,6 +259,8 @@ pub struct SlurmLauncher {
     timing: crate::lease::Timing,
     /// What the launcher found out about the cluster, for the terminal.
     pub notes: Vec<String>,
+    /// Runs the tiny nodes beside the driver (made at the first one).
+    local: Option<super::local::LocalLauncher>,
 }
 
 /// `'text'` for a POSIX shell.
@@ -301,6 +305,7 @@ impl SlurmLauncher {
             driver_key,
             timing,
             notes,
+            local: None,
         }
     }
 
@@ -356,6 +361,24 @@ exit "$code"
             spec = sh_quote(&job.spec.display().to_string()),
             run = sh_quote(&job.run),
         )
+    }
+
+    /// Runs tiny node `job` as a child process of the driver.
+    fn launch_beside(&mut self, job: &Job) -> Result<(), String> {
+        let (exe, store) = (self.o.exe.clone(), self.o.store.clone());
+        let local = self.local.get_or_insert_with(|| {
+            super::local::LocalLauncher::new(super::local::LocalOptions {
+                exe,
+                store,
+                gpus: Vec::new(),
+                per_gpu: 1,
+                cpu_threads: 1,
+                warm: false,
+            })
+        });
+        let mut job = job.clone();
+        job.slot = Slot::Cpu { threads: 1 };
+        local.launch(&job)
     }
 
     /// The suite's and the command line's extra sbatch arguments.
@@ -702,6 +725,9 @@ impl Launcher for SlurmLauncher {
 
     fn launch(&mut self, job: &Job) -> Result<(), String> {
         debug_assert_eq!(job.slot, Slot::Cluster);
+        if job.resources.tiny {
+            return self.launch_beside(job);
+        }
         // The job may start in another directory (`--chdir`): absolute paths only.
         let mut job = job.clone();
         for p in [&mut job.spec, &mut job.log] {
@@ -745,6 +771,9 @@ impl Launcher for SlurmLauncher {
             if let Some(r) = self.queue.pop_front() {
                 return Some(r);
             }
+            if let Some(r) = self.local.as_mut().and_then(|l| l.wait(Duration::ZERO)) {
+                return Some(r);
+            }
             let now = Instant::now();
             if now >= self.next_poll && !self.jobs.is_empty() {
                 self.poll();
@@ -765,6 +794,11 @@ impl Launcher for SlurmLauncher {
             } else {
                 self.next_poll.min(deadline)
             };
+            // Tiny nodes beside the driver end within seconds: look at them often.
+            let next = match &self.local {
+                Some(l) if l.busy() > 0 => next.min(now + Duration::from_millis(50)),
+                _ => next,
+            };
             let next = retry.map_or(next, |r| next.min(r));
             std::thread::sleep(
                 next.saturating_duration_since(now)
@@ -774,6 +808,9 @@ impl Launcher for SlurmLauncher {
     }
 
     fn place(&self, key: &str) -> String {
+        if self.local.as_ref().is_some_and(|l| l.runs(key)) {
+            return "beside the driver".into();
+        }
         if self.deferred.contains_key(key) {
             return "slurm (waiting to submit)".into();
         }
@@ -785,8 +822,9 @@ impl Launcher for SlurmLauncher {
         self.deferred.clear(); // never submitted: nothing to cancel
         let ids: Vec<String> = self.jobs.values().map(|j| j.id.clone()).collect();
         self.jobs.clear();
+        let beside = self.local.as_mut().map_or(0, |l| l.cancel_all());
         // Only the jobs this launcher submitted or adopted, by id.
-        scancel(&ids)
+        scancel(&ids) + beside
     }
 }
 
@@ -890,6 +928,7 @@ mod tests {
             resources: Resources {
                 gpus,
                 cpu_threads: 4,
+                tiny: false,
             },
             spec: "/shared/store/specs/k.1.json".into(),
             log: "/shared/store/logs/0123456789abcdef.log".into(),
