@@ -125,11 +125,43 @@ pub struct WorkerArgs {
     /// Compute on the CPU.
     #[arg(long)]
     cpu: bool,
+    /// A warm worker on a cluster: take assignments from this pool folder (a Slurm pilot job;
+    /// see sched/slurm/pool.rs) instead of stdin.
+    #[arg(long, value_name = "DIR")]
+    pool: Option<PathBuf>,
+    /// The pool queue it serves: gpu or cpu.
+    #[arg(long, default_value = "gpu")]
+    kind: String,
+    /// Seconds without an assignment before it ends.
+    #[arg(long, default_value_t = 60.0)]
+    idle_s: f64,
+    /// Its job's time limit in seconds: it takes no node whose expected time does not fit.
+    #[arg(long)]
+    time_limit_s: Option<u64>,
 }
 
-/// A warm worker: runs the nodes its launcher hands it on stdin (see sched/worker.rs).
+/// A warm worker: runs the nodes its launcher hands it on stdin (see sched/worker.rs), or
+/// those of a pool folder (`--pool`).
 pub fn worker(a: WorkerArgs) -> Result<i32> {
-    Ok(orchestrator::worker::serve(&a.store, a.cpu))
+    let Some(pool) = a.pool else {
+        return Ok(orchestrator::worker::serve(&a.store, a.cpu));
+    };
+    if !(a.idle_s.is_finite() && (0.0..=86_400.0).contains(&a.idle_s)) {
+        return usage_error("--idle-s: expected seconds from 0 to 86400");
+    }
+    let started = std::time::Instant::now();
+    Ok(orchestrator::worker::serve_pool(
+        &orchestrator::worker::PoolOptions {
+            store: a.store,
+            pool,
+            kind: a.kind,
+            cpu: a.cpu,
+            idle: std::time::Duration::from_secs_f64(a.idle_s),
+            deadline: a
+                .time_limit_s
+                .map(|s| started + std::time::Duration::from_secs(s)),
+        },
+    ))
 }
 
 #[derive(clap::Args)]

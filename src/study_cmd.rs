@@ -58,10 +58,11 @@ pub fn status(a: StatusArgs) -> Result<i32> {
     let mut queued = Vec::new();
     for (key, j) in &jobs {
         let (id, job) = (&j.id, &j.listed);
-        let label = l
-            .graph
-            .node(key)
-            .map_or_else(|| format!("node {key}"), |n| n.label());
+        let label = match (l.graph.node(key), key.strip_prefix("worker-")) {
+            (Some(n), _) => n.label(),
+            (None, Some(w)) => format!("warm worker {w}"),
+            (None, None) => format!("node {key}"),
+        };
         if job.state == "RUNNING" || job.state == "COMPLETING" {
             let out = store
                 .join("logs")

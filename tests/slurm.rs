@@ -909,3 +909,117 @@ fn tiny_nodes_run_beside_the_driver_not_as_jobs() {
     assert_eq!(finished, started.len(), "{started:?}");
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// Warm workers (`[slurm] workers = 2`): the 7-node study runs in two pilot jobs, each
+/// running node after node, with the same results as a local run; the idle workers are
+/// cancelled when the study ends.
+#[test]
+fn warm_workers_run_a_study_in_fewer_jobs_than_nodes() {
+    let Some(conf) = cluster("warm_workers_run_a_study_in_fewer_jobs_than_nodes") else {
+        return;
+    };
+    let methods = "[methods.linear]\n[methods.lora]\nr = 2\ntargets = \"q,v\"\n";
+    let (a, b) = (dir("warm-local"), dir("warm-slurm"));
+    let (sa, sb) = (suite(&a, methods, 2), suite(&b, methods, 2));
+    let local = vtab(&conf, &["run", sa.to_str().unwrap(), "--gpus", "none"], &[]);
+    assert!(local.status.success(), "{}", stderr(&local));
+    let set = [
+        "--set",
+        "slurm.workers=2",
+        "--set",
+        "slurm.worker_idle_s=30",
+    ];
+    let remote = slurm_run(&conf, &sb, &[]).args(set).output().unwrap();
+    let err = stderr(&remote);
+    assert!(remote.status.success(), "{err}");
+    assert!(err.contains("7 ran, 0 cached, 0 failed"), "{err}");
+    let store = b.join("store");
+    assert!(
+        results(&a.join("store")) == results(&store),
+        "results differ"
+    );
+    let workers: std::collections::BTreeSet<String> = records(&store)
+        .iter()
+        .filter(|e| e["event"] == "started")
+        .map(|e| e["slot"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !workers.is_empty()
+            && workers.len() <= 2
+            && workers.iter().all(|w| w.starts_with("slurm worker job ")),
+        "{workers:?}"
+    );
+    // The workers went with the study.
+    let t0 = Instant::now();
+    while !study_jobs(&conf, &store).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            study_jobs(&conf, &store)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::remove_dir_all(&a).ok();
+    std::fs::remove_dir_all(&b).ok();
+}
+
+/// A warm worker killed (kill -9) while it trains a node loses that node only: the driver
+/// sees its job end, queues the node again, a new worker takes the dead one's lease over and
+/// runs it; the study ends with every node finished once.
+#[test]
+fn a_killed_warm_worker_loses_only_its_node() {
+    let Some(conf) = cluster("a_killed_warm_worker_loses_only_its_node") else {
+        return;
+    };
+    let d = dir("warm-kill");
+    let s = suite(&d, "[methods.linear]\n", 2);
+    let store = d.join("store");
+    let marker = d.join("pause");
+    let pause = hook(
+        "VTAB_ORCH_TEST_PAUSE_AFTER_EPOCH",
+        format!("1:{}", marker.display()),
+    );
+    let set = [
+        "--set",
+        "slurm.workers=1",
+        "--set",
+        "slurm.worker_idle_s=30",
+    ];
+    let child = slurm_run(&conf, &s, &[(pause.0, pause.1.as_str())])
+        .args(set)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut x = Cleanup {
+        conf: &conf,
+        child: Some(child),
+        jobs: Vec::new(),
+    };
+    wait_paused(&marker);
+    let pid = std::fs::read_to_string(&marker).unwrap();
+    assert!(Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap()
+        .success());
+    let out = x.child.take().unwrap().wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warm worker job") && err.contains("queued again"),
+        "{err}"
+    );
+    let events = records(&store);
+    let mut finished = std::collections::BTreeMap::<String, usize>::new();
+    for e in events.iter().filter(|e| e["event"] == "finished") {
+        *finished
+            .entry(e["key"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert!(
+        finished.len() == 5 && finished.values().all(|n| *n == 1),
+        "{finished:?}\n{err}"
+    );
+    assert_eq!(results(&store).len(), 5);
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -115,10 +115,12 @@ pub fn split_name(s: Split) -> &'static str {
 /// A node kind, registered once: its name (the store's folder of its entries, job names, run
 /// records, its fingerprints) and the revision of what it computes, part of every key of the
 /// kind (a bump re-keys them all, and a store made before re-runs them once).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Kind {
     pub name: &'static str,
     pub revision: u32,
+    /// Seconds a node of the kind is expected to take when the store has none done yet.
+    pub default_expected_s: f64,
 }
 
 /// Revision 2 (all kinds): explicit per-kind identities (`identity.rs`), resolved numerics
@@ -127,22 +129,27 @@ pub struct Kind {
 pub const PREP: Kind = Kind {
     name: "prep",
     revision: 2,
+    default_expected_s: 120.0,
 };
 pub const BUILD: Kind = Kind {
     name: "build",
     revision: 2,
+    default_expected_s: 600.0,
 };
 pub const TRAIN: Kind = Kind {
     name: "train",
     revision: 2,
+    default_expected_s: 1800.0,
 };
 pub const EVAL: Kind = Kind {
     name: "eval",
     revision: 2,
+    default_expected_s: 120.0,
 };
 pub const SELECT: Kind = Kind {
     name: "select",
     revision: 1,
+    default_expected_s: 5.0,
 };
 
 /// Every node kind, each before the kinds that read it.

@@ -11,6 +11,8 @@ pub struct GraphWork<'a> {
     /// The run's own copy: it grows by the finals of each select node done.
     g: Graph,
     store: &'a Store,
+    /// Per kind: the median wall time of the store's entries of that kind (read once).
+    expected: std::cell::RefCell<std::collections::BTreeMap<&'static str, f64>>,
 }
 
 impl<'a> GraphWork<'a> {
@@ -18,6 +20,7 @@ impl<'a> GraphWork<'a> {
         GraphWork {
             g: g.clone(),
             store,
+            expected: Default::default(),
         }
     }
 
@@ -68,6 +71,29 @@ impl sched::Work for GraphWork<'_> {
 
     fn ended(&self, key: &str) {
         let _ = std::fs::remove_file(crate::exec::spec_path(self.store, key));
+    }
+
+    /// The median wall time of the store's nodes of the same kind, else the kind's default.
+    fn expected_s(&self, key: &str) -> f64 {
+        let kind = self.node(key).kind_of();
+        *self
+            .expected
+            .borrow_mut()
+            .entry(kind.name)
+            .or_insert_with(|| {
+                let mut walls: Vec<f64> = self
+                    .store
+                    .manifests(kind.name)
+                    .iter()
+                    .map(|m| m.wall_s)
+                    .filter(|w| w.is_finite())
+                    .collect();
+                walls.sort_by(f64::total_cmp);
+                walls
+                    .get(walls.len() / 2)
+                    .copied()
+                    .unwrap_or(kind.default_expected_s)
+            })
     }
 
     fn made_by(&self, key: &str) -> Option<(Option<String>, f64)> {

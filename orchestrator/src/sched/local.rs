@@ -133,6 +133,7 @@ impl LocalLauncher {
             spec: job.spec.clone(),
             log: job.log.clone(),
             run: Some(job.run.clone()),
+            expected_s: job.expected_s,
         };
         let line = serde_json::to_string(&a).expect("assignment serialises");
         writeln!(w.stdin, "{line}")

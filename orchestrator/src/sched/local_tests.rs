@@ -122,6 +122,7 @@ fn the_child_command_pins_its_slots_entry() {
         spec: "/s.json".into(),
         log: "/l.log".into(),
         run: "r1".into(),
+        expected_s: 1.0,
     };
     let env = |c: &Command| -> Option<String> {
         c.get_envs()

@@ -69,6 +69,8 @@ pub struct Job {
     pub log: PathBuf,
     /// The run launching it (`vtab-orch exec --run`, kept in the node's manifest).
     pub run: String,
+    /// Seconds it is expected to take ([`Work::expected_s`]).
+    pub expected_s: f64,
 }
 
 /// What a launcher reports about the nodes it runs.
@@ -102,6 +104,8 @@ pub trait Launcher {
     fn place(&self, key: &str) -> String;
     /// Stops every node this launcher started that still runs; returns how many.
     fn cancel_all(&mut self) -> usize;
+    /// The run is over: let go of what is left idle (a cluster's warm workers).
+    fn finish(&mut self) {}
 }
 
 #[derive(Debug, Default)]
@@ -137,6 +141,8 @@ pub trait Work {
     fn log(&self, key: &str) -> PathBuf;
     /// Its process ended: whatever `prepare` wrote for it may go.
     fn ended(&self, key: &str);
+    /// Seconds it is expected to take (a warm worker near its time limit leaves it to another).
+    fn expected_s(&self, key: &str) -> f64;
     /// The run that launched the process which made its result, and how long that took.
     fn made_by(&self, key: &str) -> Option<(Option<String>, f64)>;
     /// Node `key` is done (`ran`: by this run): the nodes that join the run because of it
@@ -280,6 +286,7 @@ impl Driver<'_> {
                 self.on_report(r, launcher);
             }
         }
+        launcher.finish();
         self.summary.wall_s = t0.elapsed().as_secs_f64();
     }
 
@@ -320,6 +327,7 @@ impl Driver<'_> {
             spec,
             log: log.clone(),
             run: self.run_id.clone(),
+            expected_s: self.work.expected_s(&l.key),
         });
         if let Err(e) = started {
             self.failed(&l.key, log, e);

@@ -21,6 +21,9 @@ pub struct Assignment {
     /// The run that hands it over (recorded in the node's manifest).
     #[serde(default)]
     pub run: Option<String>,
+    /// Seconds the node is expected to take (a pool worker near its time limit leaves it).
+    #[serde(default)]
+    pub expected_s: f64,
 }
 
 /// The line that ends a node's output on the worker's stdout.

@@ -31,6 +31,11 @@ pub struct SlurmConfig {
     pub max_requeues: u32,
     /// More sbatch arguments, e.g. ["--constraint=a100", "--exclusive"].
     pub extra_args: Vec<String>,
+    /// Warm workers: at most this many pilot jobs per kind (GPU, CPU), each running node
+    /// after node from the store's pool folder; 0: one job per node.
+    pub workers: usize,
+    /// Seconds a warm worker waits for an assignment before it ends.
+    pub worker_idle_s: f64,
 }
 
 impl Default for SlurmConfig {
@@ -50,11 +55,15 @@ impl Default for SlurmConfig {
             signal_s: 120,
             max_requeues: 3,
             extra_args: Vec::new(),
+            workers: 0,
+            worker_idle_s: 60.0,
         }
     }
 }
 
-pub const KEYS: [&str; 14] = [
+pub const KEYS: [&str; 16] = [
+    "workers",
+    "worker_idle_s",
     "partition",
     "account",
     "qos",
@@ -79,6 +88,7 @@ const MAX_SIGNAL_S: u64 = 7 * 86_400;
 const MAX_CPUS: u64 = 4_096;
 const MAX_JOBS: u64 = 100_000;
 const MAX_REQUEUES: u64 = 1_000;
+const MAX_WORKERS: u64 = 10_000;
 
 /// A problem with one key of `[slurm]`: (key, what is wrong and how to fix it).
 pub type KeyError = (String, String);
@@ -139,6 +149,10 @@ impl SlurmConfig {
                         count(&mut err, 0, MAX_REQUEUES).map_or(c.max_requeues, |n| n as u32)
                 }
                 "signal_s" => c.signal_s = count(&mut err, 1, MAX_SIGNAL_S).unwrap_or(c.signal_s),
+                "workers" => {
+                    c.workers = count(&mut err, 0, MAX_WORKERS).map_or(c.workers, |n| n as usize)
+                }
+                "worker_idle_s" => c.worker_idle_s = seconds(&mut err).unwrap_or(c.worker_idle_s),
                 "poll_s" => c.poll_s = seconds(&mut err).unwrap_or(c.poll_s),
                 "max_poll_s" => c.max_poll_s = seconds(&mut err).unwrap_or(c.max_poll_s),
                 "poll_floor_s" => match v.as_f64() {
@@ -186,11 +200,53 @@ impl SlurmConfig {
         errors.sort();
         (c, errors)
     }
+
+    /// `time` in seconds, from Slurm's forms ("MM", "MM:SS", "HH:MM:SS", "D-HH",
+    /// "D-HH:MM", "D-HH:MM:SS"); None if unset or in another form.
+    pub fn time_limit_s(&self) -> Option<u64> {
+        let t = self.time.as_deref()?.trim();
+        let (days, rest) = match t.split_once('-') {
+            Some((d, r)) => (d.parse::<u64>().ok()?, r),
+            None => (0, t),
+        };
+        let parts: Vec<u64> = rest
+            .split(':')
+            .map(|p| p.parse::<u64>().ok())
+            .collect::<Option<_>>()?;
+        let (h, m, s) = match (t.contains('-'), parts.as_slice()) {
+            (false, [m]) => (0, *m, 0),
+            (false, [m, s]) => (0, *m, *s),
+            (_, [h, m, s]) => (*h, *m, *s),
+            (true, [h]) => (*h, 0, 0),
+            (true, [h, m]) => (*h, *m, 0),
+            _ => return None,
+        };
+        Some(((days * 24 + h) * 60 + m) * 60 + s)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_limits_read_in_slurm_s_forms() {
+        let t = |s: &str| {
+            SlurmConfig {
+                time: Some(s.into()),
+                ..SlurmConfig::default()
+            }
+            .time_limit_s()
+        };
+        assert_eq!(t("30"), Some(1800));
+        assert_eq!(t("30:15"), Some(1815));
+        assert_eq!(t("2:00:00"), Some(7200));
+        assert_eq!(t("1-2"), Some(93_600));
+        assert_eq!(t("1-00:30"), Some(88_200));
+        assert_eq!(t("1-00:00:01"), Some(86_401));
+        assert_eq!(t("infinite"), None);
+        assert_eq!(SlurmConfig::default().time_limit_s(), None);
+    }
 
     fn parse(toml_text: &str) -> (SlurmConfig, Vec<KeyError>) {
         let t: toml::Table = toml::from_str(toml_text).unwrap();

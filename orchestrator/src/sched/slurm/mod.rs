@@ -8,6 +8,7 @@
 //! knows nothing of the graph.
 pub mod config;
 pub mod poll;
+pub mod pool;
 
 pub use config::SlurmConfig;
 
@@ -261,6 +262,12 @@ pub struct SlurmLauncher {
     pub notes: Vec<String>,
     /// Runs the tiny nodes beside the driver (made at the first one).
     local: Option<super::local::LocalLauncher>,
+    /// Warm workers (`[slurm] workers > 0`): the pool folder and the pilot jobs.
+    pool: pool::Pool,
+    /// Polls in a row on which neither squeue nor sacct knew a pilot job.
+    pilot_unknown: BTreeMap<String, u32>,
+    /// Pilot jobs submitted so far (their comment's serial number).
+    pilots_submitted: usize,
 }
 
 /// `'text'` for a POSIX shell.
@@ -291,6 +298,7 @@ impl SlurmLauncher {
             Ok(crate::lease::Acquired::Held(l)) => Some(l),
             _ => None,
         };
+        let store_path = o.store.clone();
         SlurmLauncher {
             o,
             jobs: BTreeMap::new(),
@@ -306,6 +314,9 @@ impl SlurmLauncher {
             timing,
             notes,
             local: None,
+            pool: pool::Pool::new(&store_path),
+            pilot_unknown: BTreeMap::new(),
+            pilots_submitted: 0,
         }
     }
 
@@ -439,33 +450,12 @@ exit "$code"
         let script = self.dir().join(format!("{}.sh", job.key));
         std::fs::write(&script, self.script(job))
             .map_err(|e| format!("{}: {e}", script.display()))?;
-        let mut cmd = Command::new("sbatch");
-        cmd.args(self.sbatch_args(job));
+        let mut args = self.sbatch_args(job);
         if !excluded.is_empty() {
             let hosts: Vec<&str> = excluded.iter().map(String::as_str).collect();
-            cmd.arg(format!("--exclude={}", hosts.join(",")));
+            args.push(format!("--exclude={}", hosts.join(",")));
         }
-        cmd.arg(&script);
-        // A driver running inside a job must not pass its own allocation on (SLURM_* of
-        // the outer job would override the node's request); SLURM_CONF names the cluster.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("SLURM_") && k != "SLURM_CONF" {
-                cmd.env_remove(k.as_ref());
-            }
-        }
-        let out = cmd.output().map_err(|e| {
-            format!("running sbatch: {e} (is Slurm installed here, and SLURM_CONF set?)")
-        })?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        match poll::parse_job_id(&stdout) {
-            Some(id) if out.status.success() => Ok(id),
-            _ => Err(format!(
-                "sbatch refused the job: {}{}",
-                String::from_utf8_lossy(&out.stderr).trim(),
-                stdout.trim()
-            )),
-        }
+        run_sbatch(&args, &script)
     }
 
     /// New output lines and exit records of every job (at polls only).
@@ -508,8 +498,10 @@ exit "$code"
     /// while nothing changes.
     fn poll(&mut self) {
         self.tail();
-        let ids: Vec<String> = self.jobs.values().map(|j| j.id.clone()).collect();
+        let mut ids: Vec<String> = self.jobs.values().map(|j| j.id.clone()).collect();
+        ids.extend(self.pool.pilots.keys().cloned());
         if ids.is_empty() {
+            self.pool_scan();
             return;
         }
         let listed = match poll::squeue(&ids) {
@@ -589,12 +581,153 @@ exit "$code"
                 });
             }
         }
+        // Pilot jobs: one that ended gives its unfinished node back to the queue.
+        let pilots: Vec<String> = self.pool.pilots.keys().cloned().collect();
+        let mut reports = Vec::new();
+        for id in pilots {
+            let state = match (listed.get(&id), accounted.get(&id)) {
+                (Some(l), _) => l.state.clone(),
+                (None, Some(e)) => e.state.clone(),
+                (None, None) => {
+                    let n = self.pilot_unknown.entry(id.clone()).or_default();
+                    *n += 1;
+                    if *n < UNKNOWN_POLLS {
+                        continue;
+                    }
+                    "unknown to squeue and sacct".to_string()
+                }
+            };
+            if poll::phase(&state) == Phase::Alive && !state.starts_with("PREEMPTED") {
+                self.pilot_unknown.remove(&id);
+                continue;
+            }
+            self.pilot_unknown.remove(&id);
+            self.pool.pilot_ended(&id, &state, &mut reports);
+            changed = true;
+        }
+        self.queue.extend(reports);
+        changed |= self.pool_scan();
         if changed {
             self.interval = Duration::from_secs_f64(self.o.config.poll_s);
         } else {
             self.back_off();
         }
         self.next_poll = Instant::now() + self.interval;
+    }
+
+    /// Reads the pool folder and keeps enough workers; whether anything happened.
+    fn pool_scan(&mut self) -> bool {
+        if self.pool.keys().is_empty() && self.pool.pilots.is_empty() {
+            return false;
+        }
+        let mut reports = Vec::new();
+        self.pool.scan(&mut reports);
+        let changed = !reports.is_empty();
+        self.queue.extend(reports);
+        self.ensure_pilots();
+        changed
+    }
+
+    /// Submits pilot jobs until each queue has min(`workers`, its nodes) of them.
+    fn ensure_pilots(&mut self) {
+        for kind in pool::KINDS {
+            let want = self.o.config.workers.min(self.pool.wanted(kind));
+            let have = self.pool.pilots.values().filter(|k| **k == kind).count();
+            for _ in have..want {
+                match self.submit_pilot(kind) {
+                    Ok(id) => {
+                        self.pool.pilots.insert(id, kind);
+                        self.interval = Duration::from_secs_f64(self.o.config.poll_s);
+                        self.next_poll = self.next_poll.min(Instant::now() + self.interval);
+                    }
+                    // Tried again at the next poll.
+                    Err(e) if transient_refusal(&e) => return,
+                    Err(e) => {
+                        // No worker can be had: the queue's nodes fail with sbatch's word.
+                        for key in self.pool.keys() {
+                            if self.pool.worker_of(&key).is_none() {
+                                self.pool.forget(&key);
+                                self.queue.push_back(Report::Exit {
+                                    key,
+                                    code: None,
+                                    note: Some(format!("submitting a warm worker failed: {e}")),
+                                });
+                            }
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The batch script of a pilot job serving queue `kind`.
+    pub fn pilot_script(&self, kind: &str) -> String {
+        let limit = self
+            .o
+            .config
+            .time_limit_s()
+            .map_or(String::new(), |s| format!(" --time-limit-s {s}"));
+        let cpu = if kind == "cpu" { " --cpu" } else { "" };
+        format!(
+            "#!/bin/bash\n# vtab-orch warm worker ({kind})\nexec {exe} worker --store {store} --pool {pool} --kind {kind} --idle-s {idle}{limit}{cpu}\n",
+            exe = sh_quote(&self.o.exe.display().to_string()),
+            store = sh_quote(&self.o.store.display().to_string()),
+            pool = sh_quote(&self.pool.dir().display().to_string()),
+            idle = self.o.config.worker_idle_s,
+        )
+    }
+
+    /// The sbatch arguments of a pilot job serving queue `kind`.
+    pub fn pilot_args(&self, kind: &str, serial: usize) -> Vec<String> {
+        let c = &self.o.config;
+        let log = self.o.store.join("logs").join("worker.%j.log");
+        let mut a = vec![
+            "--parsable".to_string(),
+            format!("--job-name=vtab:worker:{kind}"),
+            format!(
+                "--comment={}",
+                comment(
+                    &format!("worker-{kind}-{serial}"),
+                    &self.driver_key,
+                    &self.o.store
+                )
+            ),
+            format!("--output={}", log.display()),
+            format!("--error={}", log.display()),
+            "--open-mode=append".into(),
+            "--no-requeue".into(),
+            "--nodes=1".into(),
+            "--ntasks=1".into(),
+            format!("--cpus-per-task={}", c.cpus_per_task.unwrap_or(4)),
+        ];
+        if kind == "gpu" {
+            a.push(format!("--gres={}", c.gres));
+        }
+        for (flag, v) in [
+            ("partition", &c.partition),
+            ("account", &c.account),
+            ("qos", &c.qos),
+            ("time", &c.time),
+            ("mem", &c.mem),
+        ] {
+            if let Some(v) = v {
+                a.push(format!("--{flag}={v}"));
+            }
+        }
+        a.extend(self.all_args());
+        a
+    }
+
+    fn submit_pilot(&mut self, kind: &str) -> Result<String, String> {
+        self.pilots_submitted += 1;
+        std::fs::create_dir_all(self.dir())
+            .and_then(|_| std::fs::create_dir_all(self.o.store.join("logs")))
+            .map_err(|e| format!("{}: {e}", self.dir().display()))?;
+        let script = self.dir().join(format!("worker-{kind}.sh"));
+        std::fs::write(&script, self.pilot_script(kind))
+            .map_err(|e| format!("{}: {e}", script.display()))?;
+        run_sbatch(&self.pilot_args(kind, self.pilots_submitted), &script)
     }
 
     fn back_off(&mut self) {
@@ -733,6 +866,12 @@ impl Launcher for SlurmLauncher {
         for p in [&mut job.spec, &mut job.log] {
             *p = std::path::absolute(&*p).map_err(|e| format!("{}: {e}", p.display()))?;
         }
+        if self.o.config.workers > 0 {
+            let kind = if self.uses_gpu(&job) { "gpu" } else { "cpu" };
+            self.pool.enqueue(&job, kind)?;
+            self.ensure_pilots();
+            return Ok(());
+        }
         // A job of this node that a driver before this one submitted and that still runs.
         if self.adoptable.is_none() {
             let clusters = clusters_of(&self.all_args());
@@ -775,7 +914,10 @@ impl Launcher for SlurmLauncher {
                 return Some(r);
             }
             let now = Instant::now();
-            if now >= self.next_poll && !self.jobs.is_empty() {
+            let watching = !self.jobs.is_empty()
+                || !self.pool.pilots.is_empty()
+                || !self.pool.keys().is_empty();
+            if now >= self.next_poll && watching {
                 self.poll();
                 if !self.queue.is_empty() {
                     continue;
@@ -789,7 +931,7 @@ impl Launcher for SlurmLauncher {
                 return None;
             }
             let retry = self.deferred.values().map(|d| d.next).min();
-            let next = if self.jobs.is_empty() {
+            let next = if !watching {
                 deadline
             } else {
                 self.next_poll.min(deadline)
@@ -814,6 +956,12 @@ impl Launcher for SlurmLauncher {
         if self.deferred.contains_key(key) {
             return "slurm (waiting to submit)".into();
         }
+        if self.pool.has(key) {
+            return self.pool.worker_of(key).map_or_else(
+                || "slurm (queued for a warm worker)".into(),
+                |w| format!("slurm worker job {w}"),
+            );
+        }
         let id = self.jobs.get(key).map(|j| &j.id).or(self.last_job.get(key));
         id.map_or_else(|| "slurm".into(), |id| format!("slurm job {id}"))
     }
@@ -823,8 +971,48 @@ impl Launcher for SlurmLauncher {
         let ids: Vec<String> = self.jobs.values().map(|j| j.id.clone()).collect();
         self.jobs.clear();
         let beside = self.local.as_mut().map_or(0, |l| l.cancel_all());
+        // The pool's: unclaimed assignments go; the workers are cancelled (a node running in
+        // one checkpoints at its epoch's end and resumes next time).
+        let pooled = self.pool.keys();
+        for key in &pooled {
+            self.pool.forget(key);
+        }
+        let pilots: Vec<String> = std::mem::take(&mut self.pool.pilots).into_keys().collect();
+        scancel(&pilots);
         // Only the jobs this launcher submitted or adopted, by id.
-        scancel(&ids) + beside
+        scancel(&ids) + beside + pooled.len()
+    }
+
+    /// Idle warm workers are cancelled rather than left to time out.
+    fn finish(&mut self) {
+        let pilots: Vec<String> = std::mem::take(&mut self.pool.pilots).into_keys().collect();
+        scancel(&pilots);
+    }
+}
+
+/// `sbatch ARGS SCRIPT`: the job id, or sbatch's refusal.
+fn run_sbatch(args: &[String], script: &std::path::Path) -> Result<String, String> {
+    let mut cmd = Command::new("sbatch");
+    cmd.args(args).arg(script);
+    // A driver running inside a job must not pass its own allocation on (SLURM_* of the
+    // outer job would override the node's request); SLURM_CONF names the cluster.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("SLURM_") && k != "SLURM_CONF" {
+            cmd.env_remove(k.as_ref());
+        }
+    }
+    let out = cmd.output().map_err(|e| {
+        format!("running sbatch: {e} (is Slurm installed here, and SLURM_CONF set?)")
+    })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match poll::parse_job_id(&stdout) {
+        Some(id) if out.status.success() => Ok(id),
+        _ => Err(format!(
+            "sbatch refused the job: {}{}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            stdout.trim()
+        )),
     }
 }
 
@@ -933,6 +1121,7 @@ mod tests {
             spec: "/shared/store/specs/k.1.json".into(),
             log: "/shared/store/logs/0123456789abcdef.log".into(),
             run: "20261204T000000Z-1".into(),
+            expected_s: 60.0,
         }
     }
 

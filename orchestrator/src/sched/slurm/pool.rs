@@ -1,0 +1,249 @@
+//! Warm workers on Slurm (`[slurm] workers = N`): pilot jobs running `vtab-orch worker --pool`,
+//! each running node after node, so a study of thousands of nodes submits tens of jobs and
+//! loads libtorch (and makes a CUDA context) once per worker. The driver and the workers talk
+//! through a folder of the store, `<store>/slurm/pool/`, which survives either side's death:
+//! - `queue/<gpu|cpu>/<key>.json`: an assignment ([`Assignment`]) the driver wrote;
+//! - `running/<key>@<job>.json`: claimed by worker job `<job>` (a rename: one worker wins);
+//! - `done/<key>@<job>.json`: `{"code": N}`, the exit code `vtab-orch exec` would have.
+//!
+//! The node's progress goes to `<store>/logs/<key>.<job>.out`, read at polls. A worker that
+//! dies (preempted, node failure, time limit, scancel) loses at most the node it ran: the
+//! driver sees its job end and puts that assignment back in the queue; the node resumes from
+//! its epoch checkpoint in another worker (whose `exec` takes the dead one's lease over).
+use super::super::worker::Assignment;
+use super::super::{Job, Report};
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// A node handed to the pool.
+struct Pooled {
+    kind: &'static str,
+    /// The worker job running it, once one claimed it.
+    worker: Option<String>,
+    /// Bytes of its output file already read, and an unfinished last line.
+    offset: u64,
+    partial: String,
+}
+
+pub struct Pool {
+    dir: PathBuf,
+    store: PathBuf,
+    nodes: BTreeMap<String, Pooled>,
+    /// Worker job id -> the queue it serves.
+    pub pilots: BTreeMap<String, &'static str>,
+    /// Node -> the worker job that finished it (its last lines are reported with its end).
+    ran_on: BTreeMap<String, String>,
+}
+
+/// The queues: GPU nodes and CPU nodes have workers of their own.
+pub const KINDS: [&str; 2] = ["gpu", "cpu"];
+
+impl Pool {
+    pub fn new(store: &Path) -> Pool {
+        Pool {
+            dir: store.join("slurm").join("pool"),
+            store: store.to_path_buf(),
+            nodes: BTreeMap::new(),
+            pilots: BTreeMap::new(),
+            ran_on: BTreeMap::new(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn queued_path(&self, kind: &str, key: &str) -> PathBuf {
+        self.dir
+            .join("queue")
+            .join(kind)
+            .join(format!("{key}.json"))
+    }
+
+    /// Hands `job` to the workers of queue `kind` (written whole, then renamed into place).
+    /// A node a worker already runs (claimed for a driver that died) is watched, not queued
+    /// again.
+    pub fn enqueue(&mut self, job: &Job, kind: &'static str) -> Result<(), String> {
+        if let Some((_, worker)) = self
+            .claims("running")
+            .into_iter()
+            .find(|(k, _)| *k == job.key)
+        {
+            // Its worker is watched too: if it has died, the node goes back to the queue.
+            self.pilots.entry(worker.clone()).or_insert(kind);
+            self.nodes.insert(
+                job.key.clone(),
+                Pooled {
+                    kind,
+                    worker: Some(worker),
+                    offset: 0,
+                    partial: String::new(),
+                },
+            );
+            return Ok(());
+        }
+        let a = Assignment {
+            key: job.key.clone(),
+            spec: job.spec.clone(),
+            log: job.log.clone(),
+            run: Some(job.run.clone()),
+            expected_s: job.expected_s,
+        };
+        let path = self.queued_path(kind, &job.key);
+        let tmp = path.with_extension("tmp");
+        std::fs::create_dir_all(path.parent().expect("queue dir"))
+            .and_then(|_| std::fs::write(&tmp, serde_json::to_string(&a).expect("serialises")))
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        self.nodes.insert(
+            job.key.clone(),
+            Pooled {
+                kind,
+                worker: None,
+                offset: 0,
+                partial: String::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Nodes of queue `kind` not done yet (queued or running).
+    pub fn wanted(&self, kind: &str) -> usize {
+        self.nodes.values().filter(|n| n.kind == kind).count()
+    }
+
+    /// Whether node `key` was handed to the pool (running, queued, or finished by a worker).
+    pub fn has(&self, key: &str) -> bool {
+        self.nodes.contains_key(key) || self.ran_on.contains_key(key)
+    }
+
+    /// The worker job running (or that ran) `key`, if one claimed it.
+    pub fn worker_of(&self, key: &str) -> Option<&str> {
+        match self.nodes.get(key) {
+            Some(n) => n.worker.as_deref(),
+            None => self.ran_on.get(key).map(String::as_str),
+        }
+    }
+
+    /// `<key>@<job>` names of a pool subfolder, split.
+    fn claims(&self, sub: &str) -> Vec<(String, String)> {
+        let Ok(rd) = std::fs::read_dir(self.dir.join(sub)) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let (key, job) = name.strip_suffix(".json")?.split_once('@')?;
+                Some((key.to_string(), job.to_string()))
+            })
+            .collect()
+    }
+
+    /// One look at the pool folder (at a poll): claims, new output lines, ends.
+    pub fn scan(&mut self, out: &mut Vec<Report>) {
+        for (key, job) in self.claims("running") {
+            if let Some(n) = self.nodes.get_mut(&key) {
+                if n.worker.as_deref() != Some(&job) {
+                    n.worker = Some(job);
+                    n.offset = 0;
+                    n.partial.clear();
+                }
+            }
+        }
+        let keys: Vec<String> = self.nodes.keys().cloned().collect();
+        for key in &keys {
+            self.tail(key, out);
+        }
+        for (key, job) in self.claims("done") {
+            let path = self.dir.join("done").join(format!("{key}@{job}.json"));
+            if !self.nodes.contains_key(&key) {
+                continue; // another driver's, or one this driver stopped watching
+            }
+            let code = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v.get("code")?.as_i64())
+                .map(|c| c as i32);
+            if let Some(n) = self.nodes.get_mut(&key) {
+                n.worker = Some(job.clone());
+            }
+            self.tail(&key, out);
+            self.nodes.remove(&key);
+            self.ran_on.insert(key.clone(), job.clone());
+            let _ = std::fs::remove_file(&path);
+            out.push(Report::Exit {
+                key,
+                code,
+                note: Some(format!("run by warm worker job {job}")),
+            });
+        }
+    }
+
+    /// New lines of `key`'s output in its worker's file.
+    fn tail(&mut self, key: &str, out: &mut Vec<Report>) {
+        let Some(n) = self.nodes.get_mut(key) else {
+            return;
+        };
+        let Some(job) = &n.worker else { return };
+        let file = self.store.join("logs").join(format!("{key}.{job}.out"));
+        let Ok(mut f) = std::fs::File::open(&file) else {
+            return;
+        };
+        let mut buf = String::new();
+        if f.seek(SeekFrom::Start(n.offset)).is_ok() && f.read_to_string(&mut buf).is_ok() {
+            n.offset += buf.len() as u64;
+            n.partial.push_str(&buf);
+            while let Some(i) = n.partial.find('\n') {
+                let line: String = n.partial.drain(..=i).collect();
+                out.push(Report::Line {
+                    key: key.to_string(),
+                    line: line.trim_end().to_string(),
+                });
+            }
+        }
+    }
+
+    /// Worker job `id` ended (`why`): the nodes it had claimed and not finished go back to
+    /// the queue, to resume in another worker.
+    pub fn pilot_ended(&mut self, id: &str, why: &str, out: &mut Vec<Report>) {
+        self.pilots.remove(id);
+        // A node it finished just before its end is done, not lost.
+        self.scan(out);
+        let lost: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.worker.as_deref() == Some(id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in lost {
+            let n = self.nodes.get_mut(&key).expect("pooled");
+            let running = self.dir.join("running").join(format!("{key}@{id}.json"));
+            let queued = self
+                .dir
+                .join("queue")
+                .join(n.kind)
+                .join(format!("{key}.json"));
+            n.worker = None;
+            n.offset = 0;
+            n.partial.clear();
+            if std::fs::rename(&running, &queued).is_ok() {
+                out.push(Report::Requeued {
+                    key,
+                    why: format!("its warm worker job {id} ended {why}; queued again"),
+                });
+            }
+        }
+    }
+
+    /// Gives up node `key` (cancelled): its unclaimed assignment goes.
+    pub fn forget(&mut self, key: &str) {
+        if let Some(n) = self.nodes.remove(key) {
+            let _ = std::fs::remove_file(self.queued_path(n.kind, key));
+        }
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
+    }
+}
