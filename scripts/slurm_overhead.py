@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """What running a study through Slurm costs the cluster and the driver (issue 18, item 7).
 
-Generates a study of >= NODES tiny nodes (synthetic datasets, a 1-block ViT, one epoch), runs
-it with `vtab-orch run --launcher slurm --gpus none` on the test cluster
-(scripts/local-slurm.sh) and prints, as a Markdown table:
+Generates a study of >= NODES tiny nodes (synthetic datasets, a 1-block ViT, one epoch) and
+runs it twice with `vtab-orch run --launcher slurm --gpus none` on the test cluster
+(scripts/local-slurm.sh), each time in a fresh store: one job per node, then warm workers
+(`[slurm] workers = WORKERS`). Prints, as a Markdown table, for each:
 
 - jobs submitted (sbatch calls), squeue and sacct calls, and those per minute of the run;
 - the driver's CPU seconds (user + system, of the driver and the Slurm commands it ran);
@@ -14,7 +15,7 @@ it with `vtab-orch run --launcher slurm --gpus none` on the test cluster
 Slurm calls are counted by shims in front of the real commands on PATH. Every figure comes from
 this one run; nothing is compared with numbers measured elsewhere.
 
-    python3 scripts/slurm_overhead.py [--nodes 1000] [--poll-s 2] [--binary target/release/vtab-orch]
+    python3 scripts/slurm_overhead.py [--nodes 1000] [--workers 6] [--poll-s 2] [--binary target/release/vtab-orch]
 """
 import argparse
 import json
@@ -29,7 +30,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def suite_text(nodes, poll_s):
+def suite_text(nodes, poll_s, workers):
     datasets = 10
     # 1 build, 2 prep per dataset, a train and an eval per run.
     runs = max(1, -(-(nodes - 1 - 2 * datasets) // 2))
@@ -47,7 +48,7 @@ def suite_text(nodes, poll_s):
     s += "[methods.linear]\n"
     s += (
         f"[slurm]\npoll_floor_s = 0\npoll_s = {poll_s}\nmax_poll_s = {4 * poll_s}\n"
-        "cpus_per_task = 1\nmax_jobs = 100\n"
+        f"cpus_per_task = 1\nmax_jobs = 100\nworkers = {workers}\nworker_idle_s = 30\n"
     )
     return s
 
@@ -64,29 +65,21 @@ def shims(dir_, log):
         os.chmod(path, 0o755)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nodes", type=int, default=1000)
-    ap.add_argument("--poll-s", type=float, default=2.0)
-    ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "vtab-orch"))
-    ap.add_argument("--keep", action="store_true", help="keep the study's folder")
-    a = ap.parse_args()
-    if not os.path.exists(a.binary):
-        sys.exit(f"{a.binary} not found (./x vtab-orch env builds it)")
+def run_study(a, workers):
+    """Runs the study in a fresh folder; returns [(row, value)]."""
     work = tempfile.mkdtemp(prefix="vtab-slurm-overhead-")
     suite = os.path.join(work, "suite.toml")
     with open(suite, "w") as f:
-        f.write(suite_text(a.nodes, a.poll_s))
+        f.write(suite_text(a.nodes, a.poll_s, workers))
     calls = os.path.join(work, "calls.log")
     shims(os.path.join(work, "shims"), calls)
     env = dict(os.environ, PATH=os.path.join(work, "shims") + os.pathsep + os.environ["PATH"])
-
     plan = json.loads(subprocess.run(
         [a.binary, "plan", suite, "--json", "--gpus", "none"],
         check=True, capture_output=True, text=True, env=env).stdout)
     deps = {e["key"]: e["deps"] for e in plan}
-    print(f"study: {len(plan)} nodes in {work}", file=sys.stderr)
-
+    print(f"study: {len(plan)} nodes in {work}, workers = {workers}", file=sys.stderr)
+    open(calls, "w").close()
     t0 = time.time()
     log = open(os.path.join(work, "driver.log"), "w")
     p = subprocess.Popen([a.binary, "run", suite, "--gpus", "none", "--launcher", "slurm"],
@@ -99,7 +92,6 @@ def main():
     if status != 0:
         with open(os.path.join(work, "driver.log")) as f:
             sys.exit(f"the study failed (wait status {status}):\n{f.read()[-3000:]}")
-
     events = []
     runs = os.path.join(work, "store", "runs")
     for name in sorted(os.listdir(runs)):
@@ -123,7 +115,9 @@ def main():
             counts[line.split()[0]] += 1
     minutes = wall / 60
     ran = sum(1 for e in events if e["event"] == "finished")
-    rows = [
+    if not a.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return [
         ("nodes in the study", len(plan)),
         ("nodes run", ran),
         ("jobs submitted (sbatch)", counts["sbatch"]),
@@ -134,12 +128,24 @@ def main():
         ("ready -> start, median (s)", f"{statistics.median(waits):.1f}" if waits else "n/a"),
         ("ready -> start, 90th percentile (s)", f"{waits[int(0.9 * (len(waits) - 1))]:.1f}" if waits else "n/a"),
     ]
-    print(f"| one job per node, poll_s = {a.poll_s} | |")
-    print("| :--- | ---: |")
-    for k, v in rows:
-        print(f"| {k} | {v} |")
-    if not a.keep:
-        shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--workers", type=int, default=6)
+    ap.add_argument("--poll-s", type=float, default=2.0)
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "vtab-orch"))
+    ap.add_argument("--keep", action="store_true", help="keep the studies' folders")
+    a = ap.parse_args()
+    if not os.path.exists(a.binary):
+        sys.exit(f"{a.binary} not found (./x vtab-orch env builds it)")
+    per_node = run_study(a, 0)
+    warm = run_study(a, a.workers)
+    print(f"| poll_s = {a.poll_s} | one job per node | warm workers ({a.workers}) |")
+    print("| :--- | ---: | ---: |")
+    for (k, v), (_, w) in zip(per_node, warm):
+        print(f"| {k} | {v} | {w} |")
 
 
 if __name__ == "__main__":
