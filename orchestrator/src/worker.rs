@@ -5,18 +5,23 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 use std::time::Instant;
 
-/// Points this process's stderr (fd 2) at `log` (appended), so each node keeps its own log.
-fn stderr_to(log: &Path) -> std::io::Result<()> {
+/// Points this process's file descriptor `fd` (1: stdout, 2: stderr) at `path`, appended.
+fn redirect(fd: i32, path: &Path) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(log)?;
-    // SAFETY: dup2 onto fd 2 of two valid descriptors; `f` is closed after, fd 2 stays.
-    if unsafe { libc::dup2(f.as_raw_fd(), 2) } < 0 {
+        .open(path)?;
+    // SAFETY: dup2 onto `fd` of two valid descriptors; `f` is closed after, `fd` stays.
+    if unsafe { libc::dup2(f.as_raw_fd(), fd) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Points this process's stderr at `log` (appended), so each node keeps its own log.
+fn stderr_to(log: &Path) -> std::io::Result<()> {
+    redirect(2, log)
 }
 
 fn say(v: serde_json::Value) {
@@ -183,18 +188,9 @@ fn run_claimed(o: &PoolOptions, job: &str, a: &Assignment) -> i32 {
 
 /// Points this process's stdout (fd 1) at `path` (appended), after flushing what is buffered.
 fn stdout_to(path: &Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     let _ = std::io::stdout().lock().flush();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    // SAFETY: dup2 onto fd 1 of two valid descriptors; `f` is closed after, fd 1 stays.
-    if unsafe { libc::dup2(f.as_raw_fd(), 1) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    redirect(1, path)
 }

@@ -201,6 +201,21 @@ impl SlurmConfig {
         (c, errors)
     }
 
+    /// `--partition`, `--account`, `--qos`, `--time`, `--mem` for the keys that are set: what
+    /// every job of the study asks for, node jobs and warm workers alike.
+    pub fn placement_args(&self) -> Vec<String> {
+        [
+            ("partition", &self.partition),
+            ("account", &self.account),
+            ("qos", &self.qos),
+            ("time", &self.time),
+            ("mem", &self.mem),
+        ]
+        .into_iter()
+        .filter_map(|(flag, v)| v.as_ref().map(|v| format!("--{flag}={v}")))
+        .collect()
+    }
+
     /// `time` in seconds, from Slurm's forms ("MM", "MM:SS", "HH:MM:SS", "D-HH",
     /// "D-HH:MM", "D-HH:MM:SS"); None if unset or in another form.
     pub fn time_limit_s(&self) -> Option<u64> {

@@ -253,9 +253,10 @@ pub struct SlurmLauncher {
     adoptable: Option<BTreeMap<String, String>>,
     /// `max_jobs`, lowered to the cluster's submit limit for this user where one is set.
     max_jobs: usize,
-    /// This driver's lease (`driver@<host>@<pid>`): a later driver adopts this one's jobs only
-    /// once it is dead. None where it could not be taken (then nothing adopts our jobs).
-    _driver: Option<crate::lease::Lease>,
+    /// This driver's lease (`driver@<host>@<pid>`), taken at the first launch: a later driver
+    /// adopts this one's jobs only once it is dead. None where it could not be taken (then
+    /// nothing adopts our jobs).
+    driver_lease: Option<crate::lease::Lease>,
     driver_key: String,
     timing: crate::lease::Timing,
     /// What the launcher found out about the cluster, for the terminal.
@@ -294,10 +295,6 @@ impl SlurmLauncher {
             crate::store::host_name(),
             std::process::id()
         );
-        let driver = match crate::lease::acquire(&o.store, &driver_key, timing, &|| false) {
-            Ok(crate::lease::Acquired::Held(l)) => Some(l),
-            _ => None,
-        };
         let store_path = o.store.clone();
         SlurmLauncher {
             o,
@@ -309,7 +306,7 @@ impl SlurmLauncher {
             next_poll: Instant::now(),
             adoptable: None,
             max_jobs,
-            _driver: driver,
+            driver_lease: None,
             driver_key,
             timing,
             notes,
@@ -428,17 +425,7 @@ exit "$code"
         if self.uses_gpu(job) {
             a.push(format!("--gres={}", c.gres));
         }
-        for (flag, v) in [
-            ("partition", &c.partition),
-            ("account", &c.account),
-            ("qos", &c.qos),
-            ("time", &c.time),
-            ("mem", &c.mem),
-        ] {
-            if let Some(v) = v {
-                a.push(format!("--{flag}={v}"));
-            }
-        }
+        a.extend(c.placement_args());
         a.extend(c.extra_args.iter().cloned());
         a.extend(self.o.cli_args.iter().cloned());
         a
@@ -704,17 +691,7 @@ exit "$code"
         if kind == "gpu" {
             a.push(format!("--gres={}", c.gres));
         }
-        for (flag, v) in [
-            ("partition", &c.partition),
-            ("account", &c.account),
-            ("qos", &c.qos),
-            ("time", &c.time),
-            ("mem", &c.mem),
-        ] {
-            if let Some(v) = v {
-                a.push(format!("--{flag}={v}"));
-            }
-        }
+        a.extend(c.placement_args());
         a.extend(self.all_args());
         a
     }
@@ -858,6 +835,14 @@ impl Launcher for SlurmLauncher {
 
     fn launch(&mut self, job: &Job) -> Result<(), String> {
         debug_assert_eq!(job.slot, Slot::Cluster);
+        if self.driver_lease.is_none() {
+            let timing = self.timing;
+            if let Ok(crate::lease::Acquired::Held(l)) =
+                crate::lease::acquire(&self.o.store, &self.driver_key, timing, &|| false)
+            {
+                self.driver_lease = Some(l);
+            }
+        }
         if job.resources.tiny {
             return self.launch_beside(job);
         }
@@ -1173,6 +1158,47 @@ mod tests {
         };
         let a = launcher(c, true).sbatch_args(&job(1));
         assert!(a.contains(&"--cpus-per-task=2".into()) && a.contains(&"--gres=gpu:a100:1".into()));
+    }
+
+    #[test]
+    fn warm_worker_jobs_ask_for_their_queue_s_resources_and_time() {
+        let c = SlurmConfig {
+            partition: Some("gpu".into()),
+            time: Some("1:00:00".into()),
+            workers: 4,
+            worker_idle_s: 30.0,
+            ..SlurmConfig::default()
+        };
+        let l = launcher(c, true);
+        let g = l.pilot_args("gpu", 3);
+        for want in [
+            "--job-name=vtab:worker:gpu",
+            "--gres=gpu:1",
+            "--no-requeue",
+            "--partition=gpu",
+            "--time=1:00:00",
+            "--partition=debug",
+        ] {
+            assert!(g.contains(&want.to_string()), "{want} missing from {g:?}");
+        }
+        let comment = g.iter().find_map(|a| a.strip_prefix("--comment=")).unwrap();
+        let parsed = parse_comment(comment).unwrap();
+        assert_eq!(
+            (parsed.key.as_str(), parsed.store.as_str()),
+            ("worker-gpu-3", "/shared/store")
+        );
+        assert!(!l
+            .pilot_args("cpu", 4)
+            .iter()
+            .any(|a| a.starts_with("--gres")));
+        let gs = l.pilot_script("gpu");
+        assert!(
+            gs.contains("worker --store '/shared/store' --pool '/shared/store/slurm/pool' --kind gpu --idle-s 30 --time-limit-s 3600\n"),
+            "{gs}"
+        );
+        assert!(l
+            .pilot_script("cpu")
+            .contains(" --time-limit-s 3600 --cpu\n"));
     }
 
     #[test]
