@@ -49,17 +49,7 @@ pub fn serve(store: &Path, cpu: bool) -> i32 {
             say(serde_json::json!({ EXIT_FIELD: 1 }));
             return 1;
         }
-        let code = match crate::exec::exec_since(store, &a.key, &a.spec, cpu, a.run.as_deref(), t0)
-        {
-            Ok(crate::exec::Outcome::Leased) => crate::sched::EXIT_LEASED,
-            Ok(_) => 0,
-            Err(e) => {
-                let msg = format!("node {}: {e}", a.key);
-                eprintln!("error: {msg}");
-                say(serde_json::json!({ "error": msg }));
-                1
-            }
-        };
+        let code = run_node(store, &a, cpu, t0);
         say(serde_json::json!({ EXIT_FIELD: code }));
         if code == 1 || crate::nodes::checkpoint::stop_requested() {
             return code;
@@ -174,7 +164,13 @@ fn run_claimed(o: &PoolOptions, job: &str, a: &Assignment) -> i32 {
         eprintln!("worker: {}: {e}", out.display());
         return 1;
     }
-    match crate::exec::exec_since(&o.store, &a.key, &a.spec, o.cpu, a.run.as_deref(), t0) {
+    run_node(&o.store, a, o.cpu, t0)
+}
+
+/// Runs assignment `a` under `exec`; the exit code `vtab-orch exec` would give (an error is
+/// reported on stderr and as an `error` line on stdout first).
+fn run_node(store: &Path, a: &Assignment, cpu: bool, t0: Instant) -> i32 {
+    match crate::exec::exec_since(store, &a.key, &a.spec, cpu, a.run.as_deref(), t0) {
         Ok(crate::exec::Outcome::Leased) => crate::sched::EXIT_LEASED,
         Ok(_) => 0,
         Err(e) => {

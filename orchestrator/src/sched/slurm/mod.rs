@@ -604,7 +604,7 @@ exit "$code"
 
     /// Reads the pool folder and keeps enough workers; whether anything happened.
     fn pool_scan(&mut self) -> bool {
-        if self.pool.keys().is_empty() && self.pool.pilots.is_empty() {
+        if self.pool.is_empty() && self.pool.pilots.is_empty() {
             return false;
         }
         let mut reports = Vec::new();
@@ -899,9 +899,8 @@ impl Launcher for SlurmLauncher {
                 return Some(r);
             }
             let now = Instant::now();
-            let watching = !self.jobs.is_empty()
-                || !self.pool.pilots.is_empty()
-                || !self.pool.keys().is_empty();
+            let watching =
+                !self.jobs.is_empty() || !self.pool.pilots.is_empty() || !self.pool.is_empty();
             if now >= self.next_poll && watching {
                 self.poll();
                 if !self.queue.is_empty() {

@@ -243,6 +243,11 @@ impl Pool {
         }
     }
 
+    /// Whether no node of this run is in the pool.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
     pub fn keys(&self) -> Vec<String> {
         self.nodes.keys().cloned().collect()
     }
