@@ -88,8 +88,11 @@ fn cluster(test: &str) -> Option<Cluster> {
         }
         std::thread::sleep(Duration::from_millis(500));
     };
+    let start = std::env::var("VTAB_CLUSTER_START_ERR")
+        .map(|e| format!("; scripts/cluster/up.sh start said: {}", e.trim()))
+        .unwrap_or_default();
     let why = format!(
-        "no three-node cluster at {} ({said}; scripts/cluster/up.sh start; ./x test does)",
+        "no three-node cluster at {} ({said}; scripts/cluster/up.sh start; ./x test does){start}",
         c.conf
     );
     skip::skipped("cluster", test, &why);

@@ -29,8 +29,11 @@ fn cluster(test: &str) -> Option<String> {
         let dir = std::env::var("VTAB_SLURM_DIR").unwrap_or_else(|_| "/tmp/vtab-slurm".into());
         format!("{dir}/slurm.conf")
     });
+    let start = std::env::var("VTAB_SLURM_START_ERR")
+        .map(|e| format!("; scripts/local-slurm.sh start said: {}", e.trim()))
+        .unwrap_or_default();
     if !Path::new(&conf).exists() {
-        let why = format!("no Slurm cluster at {conf} (start one with scripts/local-slurm.sh start; ./x test does)");
+        let why = format!("no Slurm cluster at {conf} (start one with scripts/local-slurm.sh start; ./x test does){start}");
         skip::skipped("slurm", test, &why);
         return None;
     }
@@ -57,7 +60,7 @@ fn cluster(test: &str) -> Option<String> {
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    let why = format!("the Slurm cluster at {conf} does not answer ({said}; start it with scripts/local-slurm.sh start; ./x test does)");
+    let why = format!("the Slurm cluster at {conf} does not answer ({said}; start it with scripts/local-slurm.sh start; ./x test does){start}");
     skip::skipped("slurm", test, &why);
     None
 }
@@ -335,7 +338,10 @@ fn a_requeued_job_resumes_from_its_checkpoint_with_identical_weights() {
     let reference = vtab(&conf, &["run", sa.to_str().unwrap(), "--gpus", "none"], &[]);
     assert!(reference.status.success(), "{}", stderr(&reference));
     let store = b.join("store");
-    let child = slurm_run(&conf, &sb, &[hook("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "1000")])
+    // Epochs of 3 s: the driver relays progress at its polls (about a second apart), so the
+    // requeue below lands in epoch 2 or 3, well before the last epoch ends, on a loaded
+    // machine too (with 1 s epochs a CI run once saw the job finish first).
+    let child = slurm_run(&conf, &sb, &[hook("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "3000")])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -348,8 +354,8 @@ fn a_requeued_job_resumes_from_its_checkpoint_with_identical_weights() {
         label_starts(e, "started", "train shape")
     });
     let id = job_id(&started);
-    wait_for(&store, "epoch 2 of the train node", |e| {
-        label_starts(e, "progress", "train shape") && e["data"]["epoch"] == 2
+    wait_for(&store, "epoch 1 of the train node", |e| {
+        label_starts(e, "progress", "train shape") && e["data"]["epoch"] == 1
     });
     slurm(&conf, &["scontrol", "requeue", &id]);
     // Slurm makes a requeued job eligible two minutes later; once it is pending again,

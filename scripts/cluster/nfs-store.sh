@@ -66,6 +66,12 @@ mounted_here() { grep -q " $mnt fuse" /proc/self/mounts; }
 
 do_mount() { # pidfile tag
   command -v bindfs >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq bindfs >/dev/null; }
+  # A mount whose bindfs is gone (a session or machine that stopped without `stop`) answers
+  # "Transport endpoint is not connected": take it away before anything else touches $mnt.
+  while mounted_here && ! stat "$mnt" >/dev/null 2>&1; do
+    say "$mnt is a dead mount (its bindfs is gone): unmounting it"
+    fusermount -u "$mnt" 2>/dev/null || umount -l "$mnt"
+  done
   mkdir -p "$export_dir" "$mnt"
   # a node's namespace sees the root namespace's mount too: a node always mounts its own on top
   if [[ "$2" == root ]] && mounted_here; then say "$mnt already mounted here"; return; fi
