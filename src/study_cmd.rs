@@ -56,24 +56,55 @@ pub fn status(a: StatusArgs) -> Result<i32> {
     };
     let mut running = Vec::new();
     let mut queued = Vec::new();
+    // Warm workers' nodes: the claims in the pool folder (node key, worker job).
+    let pool = slurm::pool::dir_of(&store);
+    let claims = slurm::pool::claims(&pool, "running");
+    let label_of = |key: &str| {
+        l.graph
+            .node(key)
+            .map_or_else(|| format!("node {key}"), |n| n.label())
+    };
     for (key, j) in &jobs {
         let (id, job) = (&j.id, &j.listed);
-        let label = match (l.graph.node(key), key.strip_prefix("worker-")) {
-            (Some(n), _) => n.label(),
-            (None, Some(w)) => format!("warm worker {w}"),
-            (None, None) => format!("node {key}"),
+        let bare = poll::split_id(id).0;
+        // A warm worker's job shows the node it runs, if any.
+        let (label, out_key, what) = match key.strip_prefix("worker-") {
+            None => (label_of(key), key.clone(), "slurm job"),
+            Some(w) => match claims.iter().find(|(_, job)| job == bare) {
+                Some((node, _)) => (label_of(node), node.clone(), "warm worker job"),
+                None => (format!("warm worker {w}"), String::new(), "slurm job"),
+            },
         };
         if job.state == "RUNNING" || job.state == "COMPLETING" {
-            let out = store
-                .join("logs")
-                .join(format!("{key}.{}.out", poll::split_id(id).0));
+            let out = store.join("logs").join(format!("{out_key}.{bare}.out"));
             let epoch = epoch_of(&out).map_or(String::new(), |e| format!(", {e}"));
+            let idle = if out_key.is_empty() { ", idle" } else { "" };
             running.push(format!(
-                "running  {label}  (slurm job {id} on {} since {}{epoch})",
+                "running  {label}  ({what} {id} on {} since {}{epoch}{idle})",
                 job.node, job.start
             ));
         } else {
-            queued.push(format!("queued   {label}  (slurm job {id}, {})", job.state));
+            queued.push(format!("queued   {label}  ({what} {id}, {})", job.state));
+        }
+    }
+    // Nodes waiting in the pool for a worker.
+    for kind in slurm::pool::KINDS {
+        let Ok(rd) = std::fs::read_dir(pool.join("queue").join(kind)) else {
+            continue;
+        };
+        let mut keys: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.strip_suffix(".json").map(str::to_string)
+            })
+            .collect();
+        keys.sort();
+        for key in keys {
+            queued.push(format!(
+                "queued   {}  (waiting for a {kind} warm worker)",
+                label_of(&key)
+            ));
         }
     }
     let total = order.len() + l.graph.pending_finals();

@@ -440,6 +440,97 @@ fn a_host_that_crashes_mid_node_loses_nothing() {
     std::fs::remove_dir_all(&d).ok();
 }
 
+/// kill -9 of the slurmd of the host whose warm worker trains a node (a node failure as
+/// Slurm sees it, while the worker's processes go on): Slurm declares the host DOWN and the
+/// worker's job NODE_FAIL; the driver queues the node again and a worker on another host
+/// takes it, but finds the lease alive (the first worker still heartbeats) and waits rather
+/// than run the node a second time; the first worker finishes it. The study ends with every
+/// node finished once and the results of a local run.
+#[test]
+fn a_host_whose_slurmd_dies_runs_no_node_twice() {
+    let _one = serial();
+    let Some(c) = cluster("a_host_whose_slurmd_dies_runs_no_node_twice") else {
+        return;
+    };
+    let d = dir("slurmd");
+    let s = suite(&d, 2);
+    run_local(&s, &d.join("local"));
+    let name = format!("slurmd-{}", std::process::id());
+    let _ = std::fs::remove_dir_all(c.export.join(&name));
+    let store = c.mnt.join(&name).join("store");
+    let shared = c.export.join(&name).join("store");
+    let marker = d.join("pause");
+    let pause = hook(
+        "VTAB_ORCH_TEST_PAUSE_AFTER_EPOCH",
+        format!("1:{}", marker.display()),
+    );
+    // Workers that outlive their slurmd end soon after the study.
+    let child = slurm_run(&c, &s, &store, &[(pause.0, pause.1.as_str())])
+        .args(["--set", "slurm.worker_idle_s=5"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut g = Cleanup {
+        conf: &c.conf,
+        child: Some(child),
+        study: Some((s.clone(), store.clone())),
+        crashed: None,
+    };
+    wait_paused(&marker, g.child.as_mut().unwrap());
+    let key = held_lease(&shared, &marker).expect("the paused node's lease");
+    let record = shared.join("leases").join(format!("{key}.owner"));
+    let owner: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let host = owner["host"].as_str().unwrap().to_string();
+    script(&["kill-slurmd", &host]);
+    g.crashed = Some(host.clone());
+    // Slurm gives up on the host (SlurmdTimeout) and the driver queues the node again; a
+    // worker elsewhere meets the live lease.
+    let t0 = Instant::now();
+    loop {
+        let events = records(&shared);
+        let requeued = events
+            .iter()
+            .any(|e| e["event"] == "requeued" && e["key"] == key.as_str());
+        if requeued {
+            break;
+        }
+        if let Ok(Some(st)) = g.child.as_mut().unwrap().try_wait() {
+            panic!("the driver ended ({st}) before it queued the node again");
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(240),
+            "the node was never queued again: {events:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Give the new worker time to claim it and meet the lease, then let the first one go on.
+    std::thread::sleep(Duration::from_secs(5));
+    std::fs::write(d.join("pause.go"), "").unwrap();
+    let out = g.child.take().unwrap().wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(results(&shared), results(&d.join("local")), "{err}");
+    // Every node finished once; the lost node's second worker found it done (the driver
+    // reports it cached when that worker's word comes first).
+    let f = finished(&shared);
+    let cached = records(&shared)
+        .iter()
+        .any(|e| e["event"] == "cached" && e["key"] == key.as_str());
+    assert!(
+        f.values().all(|n| *n == 1) && f.len() + usize::from(!f.contains_key(&key) && cached) == 7,
+        "{f:?}\n{err}"
+    );
+    // The entry was made by the first worker, on the host whose slurmd died.
+    let m: Value = serde_json::from_slice(
+        &std::fs::read(shared.join("build").join(&key).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["host"].as_str(), Some(host.as_str()), "{err}");
+    drop(g);
+    std::fs::remove_dir_all(c.export.join(&name)).ok();
+    std::fs::remove_dir_all(&d).ok();
+}
+
 /// Two drivers on one store, each through its own caching mount (per-mount flock: the two
 /// never exclude each other by flock), the second started while the first holds a node:
 /// the second waits on the owner record, naming the holder, and then finds the node done,

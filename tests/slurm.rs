@@ -130,13 +130,29 @@ fn wait_for(store: &Path, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
-/// The Slurm job id in a `started` event's slot ("slurm job 42").
+/// The Slurm job id in a `started` event's slot ("slurm job 42", or "slurm worker job 42"
+/// for a warm worker's node).
 fn job_id(started: &Value) -> String {
     started["slot"]
         .as_str()
-        .and_then(|s| s.strip_prefix("slurm job "))
+        .and_then(|s| {
+            s.strip_prefix("slurm job ")
+                .or(s.strip_prefix("slurm worker job "))
+        })
         .unwrap_or_else(|| panic!("not a Slurm slot: {started}"))
         .to_string()
+}
+
+/// One Slurm job per node (`[slurm] workers = 0`) instead of the default warm workers, for
+/// the tests of what happens to a node's own job (scancel, requeue).
+fn per_node(suite: &Path) {
+    use std::io::Write;
+    // `[slurm]` is the suite's last table.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(suite)
+        .unwrap();
+    f.write_all(b"workers = 0\n").unwrap();
 }
 
 fn label_starts(e: &Value, event: &str, prefix: &str) -> bool {
@@ -242,6 +258,7 @@ fn a_slurm_run_gives_the_same_keys_and_metrics_as_a_local_run() {
     let methods = "[methods.linear]\n[methods.lora]\nr = 2\ntargets = \"q,v\"\n";
     let (a, b) = (dir("same-local"), dir("same-slurm"));
     let (sa, sb) = (suite(&a, methods, 2), suite(&b, methods, 2));
+    per_node(&sb);
     let local = vtab(&conf, &["run", sa.to_str().unwrap(), "--gpus", "none"], &[]);
     assert!(local.status.success(), "{}", stderr(&local));
     let t0 = Instant::now();
@@ -290,8 +307,9 @@ fn scancel_fails_only_its_node_and_the_next_run_recomputes_it() {
         "[methods.linear]\n[methods.lora]\nr = 2\ntargets = \"q,v\"\n",
         3,
     );
+    per_node(&s);
     let store = d.join("store");
-    let child = slurm_run(&conf, &s, &[hook("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "1500")])
+    let child = slurm_run(&conf, &s, &[hook("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "3000")])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -337,6 +355,7 @@ fn a_requeued_job_resumes_from_its_checkpoint_with_identical_weights() {
     let (sa, sb) = (suite(&a, methods, 4), suite(&b, methods, 4));
     let reference = vtab(&conf, &["run", sa.to_str().unwrap(), "--gpus", "none"], &[]);
     assert!(reference.status.success(), "{}", stderr(&reference));
+    per_node(&sb);
     let store = b.join("store");
     // Epochs of 3 s: the driver relays progress at its polls (about a second apart), so the
     // requeue below lands in epoch 2 or 3, well before the last epoch ends, on a loaded
@@ -404,6 +423,71 @@ fn a_requeued_job_resumes_from_its_checkpoint_with_identical_weights() {
         "the requeued training differs from the uninterrupted one"
     );
     assert!(ra == rb, "results differ");
+    std::fs::remove_dir_all(&a).ok();
+    std::fs::remove_dir_all(&b).ok();
+}
+
+/// A warm worker told to stop mid-node (USR1: what `--signal=B:USR1@signal_s` sends before
+/// its time limit, or a preemption's grace signal) checkpoints at the epoch's end and ends;
+/// the driver queues the node again, a new worker resumes it from the checkpoint, and the
+/// weights are byte-identical to an uninterrupted local run.
+#[test]
+fn a_warm_worker_told_to_stop_hands_its_node_on_with_identical_weights() {
+    let Some(conf) = cluster("a_warm_worker_told_to_stop_hands_its_node_on_with_identical_weights")
+    else {
+        return;
+    };
+    let methods = "[methods.lora]\nr = 2\ntargets = \"q,v\"\n";
+    let (a, b) = (dir("stop-ref"), dir("stop"));
+    let (sa, sb) = (suite(&a, methods, 4), suite(&b, methods, 4));
+    let reference = vtab(&conf, &["run", sa.to_str().unwrap(), "--gpus", "none"], &[]);
+    assert!(reference.status.success(), "{}", stderr(&reference));
+    let store = b.join("store");
+    // One worker at a time, so the resumed node certainly runs in a new one.
+    let child = slurm_run(&conf, &sb, &[hook("VTAB_ORCH_TEST_EPOCH_DELAY_MS", "3000")])
+        .args(["--set", "slurm.workers=1"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = Cleanup {
+        conf: &conf,
+        child: Some(child),
+        jobs: Vec::new(),
+    };
+    let started = wait_for(&store, "start of the train node", |e| {
+        label_starts(e, "started", "train shape")
+    });
+    let id = job_id(&started);
+    guard.jobs.push(id.clone());
+    wait_for(&store, "epoch 1 of the train node", |e| {
+        label_starts(e, "progress", "train shape") && e["data"]["epoch"] == 1
+    });
+    slurm(&conf, &["scancel", "--batch", "--signal=USR1", &id]);
+    let out = guard.child.take().unwrap().wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("its warm worker job {id} ended")) && err.contains("queued again"),
+        "{err}"
+    );
+    assert!(
+        err.contains("resumed from the checkpoint of epoch"),
+        "{err}"
+    );
+    let events = records(&store);
+    let train = started["key"].as_str().unwrap();
+    let count = |event: &str| {
+        events
+            .iter()
+            .filter(|e| e["event"] == event && e["key"] == train)
+            .count()
+    };
+    assert_eq!((count("requeued"), count("finished")), (1, 1), "{events:?}");
+    let (ra, rb) = (results(&a.join("store")), results(&store));
+    assert!(
+        ra == rb,
+        "the resumed training differs from the uninterrupted one"
+    );
     std::fs::remove_dir_all(&a).ok();
     std::fs::remove_dir_all(&b).ok();
 }
@@ -536,6 +620,7 @@ fn two_drivers_on_one_store_never_run_a_node_twice() {
     };
     let d = dir("two");
     let s = suite(&d, "[methods.linear]\n[methods.bitfit]\n", 2);
+    per_node(&s);
     let store = d.join("store");
     let marker = d.join("pause");
     // Epoch 1: the first node to train is the backbone's 1-epoch pretraining.
@@ -638,6 +723,7 @@ fn a_passing_sbatch_refusal_is_retried_and_fails_no_node() {
     };
     let d = dir("refused");
     let s = suite(&d, "[methods.linear]\n", 1);
+    per_node(&s);
     let real = Command::new("sh")
         .args(["-c", "command -v sbatch"])
         .output()
@@ -701,11 +787,36 @@ fn study_jobs(conf: &str, store: &Path) -> Vec<String> {
 /// node run exactly once (one Slurm job per node across both run records).
 #[test]
 fn a_second_run_adopts_the_jobs_of_a_driver_killed_with_sigkill() {
-    let Some(conf) = cluster("a_second_run_adopts_the_jobs_of_a_driver_killed_with_sigkill") else {
+    adoption(
+        "a_second_run_adopts_the_jobs_of_a_driver_killed_with_sigkill",
+        true,
+    );
+}
+
+/// The same with warm workers (the default): the dead driver's worker goes on with its node
+/// (and takes more from the pool); the second `run` watches it there, runs it nowhere else,
+/// and cancels that worker when the study ends.
+#[test]
+fn a_second_run_adopts_the_warm_workers_of_a_driver_killed_with_sigkill() {
+    adoption(
+        "a_second_run_adopts_the_warm_workers_of_a_driver_killed_with_sigkill",
+        false,
+    );
+}
+
+fn adoption(test: &str, one_job_per_node: bool) {
+    let Some(conf) = cluster(test) else {
         return;
     };
-    let d = dir("adopt");
+    let d = dir(if one_job_per_node {
+        "adopt"
+    } else {
+        "adopt-warm"
+    });
     let s = suite(&d, "[methods.linear]\n[methods.bitfit]\n", 2);
+    if one_job_per_node {
+        per_node(&s);
+    }
     let store = d.join("store");
     let marker = d.join("pause");
     let pause = hook(
@@ -744,9 +855,14 @@ fn a_second_run_adopts_the_jobs_of_a_driver_killed_with_sigkill() {
     );
     let out = String::from_utf8_lossy(&st.stdout);
     assert!(st.status.success(), "{}", stderr(&st));
+    let what = if one_job_per_node {
+        "slurm job"
+    } else {
+        "warm worker job"
+    };
     assert!(
         out.lines()
-            .any(|l| l.starts_with("running  build") && l.contains(&format!("slurm job {job} on "))),
+            .any(|l| l.starts_with("running  build") && l.contains(&format!("{what} {job} on "))),
         "{out}"
     );
     let y = slurm_run(&conf, &s, &envs)
@@ -782,6 +898,16 @@ fn a_second_run_adopts_the_jobs_of_a_driver_killed_with_sigkill() {
         .collect();
     assert_eq!(slots.len() + unseen.len(), 7, "{slots:?} {unseen:?}");
     assert_eq!(results(&store).len(), 7);
+    // No job of the study outlives it, the dead driver's worker included.
+    let t0 = Instant::now();
+    while !study_jobs(&conf, &store).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            study_jobs(&conf, &store)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     std::fs::remove_dir_all(&d).ok();
 }
 
@@ -861,8 +987,8 @@ fn cancel_stops_the_study_s_jobs_and_nothing_else() {
 }
 
 /// Under the VTAB-1k protocol the tiny nodes (the select node, the train800 and val200 views
-/// cut from the decoded train800val200 split) run beside the driver; every other node is a
-/// Slurm job of its own. The study ends with every node done once.
+/// cut from the decoded train800val200 split) run beside the driver; every other node runs
+/// in a warm worker (the default). The study ends with every node done once.
 #[test]
 fn tiny_nodes_run_beside_the_driver_not_as_jobs() {
     let Some(conf) = cluster("tiny_nodes_run_beside_the_driver_not_as_jobs") else {
@@ -905,7 +1031,8 @@ fn tiny_nodes_run_beside_the_driver_not_as_jobs() {
         if tiny(label) {
             assert_eq!(slot, "beside the driver", "{label}");
         } else {
-            assert!(slot.starts_with("slurm job "), "{label}: {slot}");
+            // The default: warm workers.
+            assert!(slot.starts_with("slurm worker job "), "{label}: {slot}");
         }
     }
     let finished = records(&store)

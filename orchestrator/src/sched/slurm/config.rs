@@ -31,9 +31,10 @@ pub struct SlurmConfig {
     pub max_requeues: u32,
     /// More sbatch arguments, e.g. ["--constraint=a100", "--exclusive"].
     pub extra_args: Vec<String>,
-    /// Warm workers: at most this many pilot jobs per kind (GPU, CPU), each running node
-    /// after node from the store's pool folder; 0: one job per node.
-    pub workers: usize,
+    /// Warm workers: at most this many pilot jobs at once (GPU and CPU ones together), each
+    /// running node after node from the store's pool folder; 0: one job per node. Default
+    /// (None): `max_jobs`, so as many nodes run at once as with one job per node.
+    pub workers: Option<usize>,
     /// Seconds a warm worker waits for an assignment before it ends.
     pub worker_idle_s: f64,
 }
@@ -55,7 +56,7 @@ impl Default for SlurmConfig {
             signal_s: 120,
             max_requeues: 3,
             extra_args: Vec::new(),
-            workers: 0,
+            workers: None,
             worker_idle_s: 60.0,
         }
     }
@@ -94,6 +95,12 @@ const MAX_WORKERS: u64 = 10_000;
 pub type KeyError = (String, String);
 
 impl SlurmConfig {
+    /// Warm workers at once, where at most `max_jobs` jobs may be queued (the suite's, or the
+    /// cluster's lower submit limit); 0: one job per node.
+    pub fn pilots(&self, max_jobs: usize) -> usize {
+        self.workers.unwrap_or(max_jobs).min(max_jobs)
+    }
+
     /// Reads the table's known keys (the caller reports unknown ones); every error at once.
     pub fn parse(m: &serde_json::Map<String, Value>) -> (SlurmConfig, Vec<KeyError>) {
         let mut c = SlurmConfig::default();
@@ -150,7 +157,7 @@ impl SlurmConfig {
                 }
                 "signal_s" => c.signal_s = count(&mut err, 1, MAX_SIGNAL_S).unwrap_or(c.signal_s),
                 "workers" => {
-                    c.workers = count(&mut err, 0, MAX_WORKERS).map_or(c.workers, |n| n as usize)
+                    c.workers = count(&mut err, 0, MAX_WORKERS).map(|n| n as usize)
                 }
                 "worker_idle_s" => c.worker_idle_s = seconds(&mut err).unwrap_or(c.worker_idle_s),
                 "poll_s" => c.poll_s = seconds(&mut err).unwrap_or(c.poll_s),

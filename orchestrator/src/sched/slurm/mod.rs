@@ -615,11 +615,14 @@ exit "$code"
         changed
     }
 
-    /// Submits pilot jobs until each queue has min(`workers`, its nodes) of them.
+    /// Submits pilot jobs until each queue has as many as it has nodes, and all queues
+    /// together at most `workers` (GPU queue first).
     fn ensure_pilots(&mut self) {
+        let cap = self.o.config.pilots(self.max_jobs);
         for kind in pool::KINDS {
-            let want = self.o.config.workers.min(self.pool.wanted(kind));
             let have = self.pool.pilots.values().filter(|k| **k == kind).count();
+            let room = cap.saturating_sub(self.pool.pilots.len());
+            let want = cap.min(self.pool.wanted(kind)).min(have + room);
             for _ in have..want {
                 match self.submit_pilot(kind) {
                     Ok(id) => {
@@ -675,7 +678,8 @@ exit "$code"
             format!(
                 "--comment={}",
                 comment(
-                    &format!("worker-{kind}-{serial}"),
+                    // Unique among the drivers of a store: the driver's pid, then a serial.
+                    &format!("worker-{kind}-{}.{serial}", std::process::id()),
                     &self.driver_key,
                     &self.o.store
                 )
@@ -684,6 +688,9 @@ exit "$code"
             format!("--error={}", log.display()),
             "--open-mode=append".into(),
             "--no-requeue".into(),
+            // Near its time limit (or preempted with a grace time) the worker is told to stop:
+            // the node it runs checkpoints and goes back to the queue.
+            format!("--signal=B:USR1@{}", c.signal_s),
             "--nodes=1".into(),
             "--ntasks=1".into(),
             format!("--cpus-per-task={}", c.cpus_per_task.unwrap_or(4)),
@@ -705,6 +712,39 @@ exit "$code"
         std::fs::write(&script, self.pilot_script(kind))
             .map_err(|e| format!("{}: {e}", script.display()))?;
         run_sbatch(&self.pilot_args(kind, self.pilots_submitted), &script)
+    }
+
+    /// Once, at the first launch: the jobs of this study that a driver before this one
+    /// submitted and that still run, where that driver died (a live one watches its own).
+    /// Node jobs are adopted when their node is launched; warm workers at once (watched, and
+    /// cancelled with ours when the study ends).
+    fn find_adoptable(&mut self) {
+        if self.adoptable.is_some() {
+            return;
+        }
+        let clusters = clusters_of(&self.all_args());
+        let found = study_jobs(&self.o.store, &clusters).unwrap_or_default();
+        let (store, timing) = (&self.o.store, self.timing);
+        let mut nodes = BTreeMap::new();
+        for (key, j) in found {
+            if j.driver == self.driver_key || driver_alive(store, &j.driver, timing) {
+                continue;
+            }
+            match key
+                .strip_prefix("worker-")
+                .and_then(|w| w.split('-').next())
+            {
+                Some(kind) => {
+                    if let Some(kind) = pool::KINDS.into_iter().find(|k| *k == kind) {
+                        self.pool.pilots.entry(j.id).or_insert(kind);
+                    }
+                }
+                None => {
+                    nodes.insert(key, j.id);
+                }
+            }
+        }
+        self.adoptable = Some(nodes);
     }
 
     fn back_off(&mut self) {
@@ -851,28 +891,20 @@ impl Launcher for SlurmLauncher {
         for p in [&mut job.spec, &mut job.log] {
             *p = std::path::absolute(&*p).map_err(|e| format!("{}: {e}", p.display()))?;
         }
-        if self.o.config.workers > 0 {
+        self.find_adoptable();
+        if self.o.config.pilots(self.max_jobs) > 0 {
             let kind = if self.uses_gpu(&job) { "gpu" } else { "cpu" };
-            self.pool.enqueue(&job, kind)?;
+            if let Some(worker) = self.pool.enqueue(&job, kind)? {
+                // A worker of a driver that died runs it: watched from here on.
+                self.queue.push_back(Report::Adopted {
+                    key: job.key.clone(),
+                    job: worker,
+                });
+            }
             self.ensure_pilots();
             return Ok(());
         }
         // A job of this node that a driver before this one submitted and that still runs.
-        if self.adoptable.is_none() {
-            let clusters = clusters_of(&self.all_args());
-            let found = study_jobs(&self.o.store, &clusters).unwrap_or_default();
-            // Only the jobs of a driver that died: a live one watches its own.
-            let (store, timing) = (&self.o.store, self.timing);
-            self.adoptable = Some(
-                found
-                    .into_iter()
-                    .filter(|(_, j)| {
-                        j.driver != self.driver_key && !driver_alive(store, &j.driver, timing)
-                    })
-                    .map(|(k, j)| (k, j.id))
-                    .collect(),
-            );
-        }
         if let Some(id) = self.adoptable.as_mut().and_then(|a| a.remove(&job.key)) {
             self.queue.push_back(Report::Adopted {
                 key: job.key.clone(),
@@ -1164,7 +1196,7 @@ mod tests {
         let c = SlurmConfig {
             partition: Some("gpu".into()),
             time: Some("1:00:00".into()),
-            workers: 4,
+            workers: Some(4),
             worker_idle_s: 30.0,
             ..SlurmConfig::default()
         };
@@ -1174,6 +1206,7 @@ mod tests {
             "--job-name=vtab:worker:gpu",
             "--gres=gpu:1",
             "--no-requeue",
+            "--signal=B:USR1@120",
             "--partition=gpu",
             "--time=1:00:00",
             "--partition=debug",
@@ -1184,7 +1217,10 @@ mod tests {
         let parsed = parse_comment(comment).unwrap();
         assert_eq!(
             (parsed.key.as_str(), parsed.store.as_str()),
-            ("worker-gpu-3", "/shared/store")
+            (
+                format!("worker-gpu-{}.3", std::process::id()).as_str(),
+                "/shared/store"
+            )
         );
         assert!(!l
             .pilot_args("cpu", 4)

@@ -36,13 +36,32 @@ pub struct Pool {
     ran_on: BTreeMap<String, String>,
 }
 
+/// `(node key, worker job)` of every `<key>@<job>.json` in `<pool>/<sub>` (`running`, `done`).
+pub fn claims(pool: &Path, sub: &str) -> Vec<(String, String)> {
+    let Ok(rd) = std::fs::read_dir(pool.join(sub)) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (key, job) = name.strip_suffix(".json")?.split_once('@')?;
+            Some((key.to_string(), job.to_string()))
+        })
+        .collect()
+}
+
+/// The pool folder of `store`.
+pub fn dir_of(store: &Path) -> PathBuf {
+    store.join("slurm").join("pool")
+}
+
 /// The queues: GPU nodes and CPU nodes have workers of their own.
 pub const KINDS: [&str; 2] = ["gpu", "cpu"];
 
 impl Pool {
     pub fn new(store: &Path) -> Pool {
         Pool {
-            dir: store.join("slurm").join("pool"),
+            dir: dir_of(store),
             store: store.to_path_buf(),
             nodes: BTreeMap::new(),
             pilots: BTreeMap::new(),
@@ -63,8 +82,8 @@ impl Pool {
 
     /// Hands `job` to the workers of queue `kind` (written whole, then renamed into place).
     /// A node a worker already runs (claimed for a driver that died) is watched, not queued
-    /// again.
-    pub fn enqueue(&mut self, job: &Job, kind: &'static str) -> Result<(), String> {
+    /// again: then the worker's job id.
+    pub fn enqueue(&mut self, job: &Job, kind: &'static str) -> Result<Option<String>, String> {
         if let Some((_, worker)) = self
             .claims("running")
             .into_iter()
@@ -76,12 +95,12 @@ impl Pool {
                 job.key.clone(),
                 Pooled {
                     kind,
-                    worker: Some(worker),
+                    worker: Some(worker.clone()),
                     offset: 0,
                     partial: String::new(),
                 },
             );
-            return Ok(());
+            return Ok(Some(worker));
         }
         let a = Assignment {
             key: job.key.clone(),
@@ -105,7 +124,7 @@ impl Pool {
                 partial: String::new(),
             },
         );
-        Ok(())
+        Ok(None)
     }
 
     /// Nodes of queue `kind` not done yet (queued or running).
@@ -128,16 +147,7 @@ impl Pool {
 
     /// `<key>@<job>` names of a pool subfolder, split.
     fn claims(&self, sub: &str) -> Vec<(String, String)> {
-        let Ok(rd) = std::fs::read_dir(self.dir.join(sub)) else {
-            return Vec::new();
-        };
-        rd.filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let (key, job) = name.strip_suffix(".json")?.split_once('@')?;
-                Some((key.to_string(), job.to_string()))
-            })
-            .collect()
+        claims(&self.dir, sub)
     }
 
     /// One look at the pool folder (at a poll): claims, new output lines, ends.
