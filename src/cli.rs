@@ -777,6 +777,14 @@ pub fn gc(a: GcArgs) -> Result<i32> {
             std::fs::remove_dir_all(&dir).with_context(|| format!("deleting {}", dir.display()))?;
         }
     }
+    if a.yes {
+        // Lease records left by holders that committed or died long ago.
+        let timing = orchestrator::lease::Timing::from_env().unwrap_or_default();
+        let swept = orchestrator::lease::sweep(&store.root, timing);
+        if swept > 0 {
+            println!("removed {swept} lease records of holders that committed or died");
+        }
+    }
     let verb = if a.yes {
         "deleted"
     } else {

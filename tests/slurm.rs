@@ -717,13 +717,36 @@ fn lease_held(store: &Path, key: &str) -> bool {
 /// are retried with back-off and fail no node; the study ends as usual, every node ran once.
 #[test]
 fn a_passing_sbatch_refusal_is_retried_and_fails_no_node() {
+    refusals(
+        "a_passing_sbatch_refusal_is_retried_and_fails_no_node",
+        true,
+    );
+}
+
+/// The same for warm workers (the default): a refused worker is asked for again at the next
+/// poll, the view says so on a node waiting for it, and no node fails.
+#[test]
+fn a_passing_sbatch_refusal_of_a_warm_worker_is_retried_and_fails_no_node() {
+    refusals(
+        "a_passing_sbatch_refusal_of_a_warm_worker_is_retried_and_fails_no_node",
+        false,
+    );
+}
+
+fn refusals(test: &str, one_job_per_node: bool) {
     use std::os::unix::fs::PermissionsExt;
-    let Some(conf) = cluster("a_passing_sbatch_refusal_is_retried_and_fails_no_node") else {
+    let Some(conf) = cluster(test) else {
         return;
     };
-    let d = dir("refused");
+    let d = dir(if one_job_per_node {
+        "refused"
+    } else {
+        "refused-warm"
+    });
     let s = suite(&d, "[methods.linear]\n", 1);
-    per_node(&s);
+    if one_job_per_node {
+        per_node(&s);
+    }
     let real = Command::new("sh")
         .args(["-c", "command -v sbatch"])
         .output()
@@ -751,7 +774,12 @@ fn a_passing_sbatch_refusal_is_retried_and_fails_no_node() {
         .expect("running vtab-orch");
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
-    assert_eq!(err.matches("sbatch refused it for now").count(), 3, "{err}");
+    let said = if one_job_per_node {
+        "sbatch refused it for now"
+    } else {
+        "sbatch refused a warm worker for now"
+    };
+    assert_eq!(err.matches(said).count(), 3, "{err}");
     let events = records(&d.join("store"));
     let count_of = |event: &str| events.iter().filter(|e| e["event"] == event).count();
     let nodes = count_of("finished");
@@ -762,11 +790,19 @@ fn a_passing_sbatch_refusal_is_retried_and_fails_no_node() {
         .trim()
         .parse()
         .unwrap();
-    assert_eq!(
-        calls,
-        nodes + 3,
-        "one sbatch call per node, plus the three refused"
-    );
+    if one_job_per_node {
+        assert_eq!(
+            calls,
+            nodes + 3,
+            "one sbatch call per node, plus the three refused"
+        );
+    } else {
+        // Workers took node after node: fewer jobs than nodes.
+        assert!(
+            calls > 3 && calls - 3 < nodes,
+            "{calls} calls for {nodes} nodes"
+        );
+    }
     std::fs::remove_dir_all(&d).ok();
 }
 

@@ -573,6 +573,36 @@ pub fn shared_filesystem(path: &Path) -> Option<&'static str> {
     }
 }
 
+/// Removes the owner records nobody needs any more: holders that committed more than the
+/// stale time ago, and holders that died (on this host: their process is gone; on another:
+/// no heartbeat for the stale time). Each goes the way of a
+/// takeover (moved aside, judged through its new name, put back if it turned out fresh), so
+/// a record made or renewed meanwhile stays. Returns how many went. (`gc --yes` calls it.)
+pub fn sweep(root: &Path, timing: Timing) -> usize {
+    let Ok(rd) = std::fs::read_dir(root.join("leases")) else {
+        return 0;
+    };
+    let keep = |o: &Owner| -> Option<Acquired> {
+        (o.alive(timing) || o.committed_recently(timing)).then(|| Acquired::Busy(Some(o.clone())))
+    };
+    let me = Owner::me();
+    let mut removed = 0;
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(key) = name.strip_suffix(".owner") else {
+            continue;
+        };
+        let Some(o) = owner(root, key) else { continue };
+        if keep(&o).is_some() {
+            continue;
+        }
+        if let Ok(TakeOver::Done) = take_over(root, key, &o, &me, &keep) {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -723,6 +753,40 @@ mod tests {
         drop(l);
         // Dropping a lost lease leaves the new holder's record alone.
         assert_eq!(owner(&root, "k").unwrap().token, "thief");
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    /// `sweep` removes the records of holders that committed or died more than the stale
+    /// time ago, and leaves a live holder's and a recent commit's.
+    #[test]
+    fn sweep_removes_only_records_nobody_needs() {
+        let root = dir("sweep");
+        let held = |k: &str| match acquire(&root, k, fast(), &|| false).unwrap() {
+            Acquired::Held(l) => l,
+            _ => panic!("{k} not free"),
+        };
+        let live = held("live");
+        let mut recent = held("recent");
+        recent.committed();
+        drop(recent);
+        let mut old = held("old");
+        old.committed();
+        drop(old);
+        let mut rec = owner(&root, "old").unwrap();
+        rec.committed_unix = Some(rec.committed_unix.unwrap() - 3600);
+        rewrite_record(&owner_path(&root, "old"), &rec).unwrap();
+        let mut dead = owner(&root, "live").unwrap();
+        dead.token = "dead".into();
+        dead.heartbeat_unix -= 3600;
+        dead.pid = u32::MAX;
+        std::fs::File::create_new(owner_path(&root, "dead"))
+            .unwrap()
+            .write_all(serde_json::to_string(&dead).unwrap().as_bytes())
+            .unwrap();
+        assert_eq!(sweep(&root, fast()), 2);
+        assert!(owner(&root, "old").is_none() && owner(&root, "dead").is_none());
+        assert!(owner(&root, "live").is_some() && owner(&root, "recent").is_some());
+        drop(live);
         std::fs::remove_dir_all(&root).ok();
     }
 

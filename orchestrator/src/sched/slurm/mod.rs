@@ -630,8 +630,19 @@ exit "$code"
                         self.interval = Duration::from_secs_f64(self.o.config.poll_s);
                         self.next_poll = self.next_poll.min(Instant::now() + self.interval);
                     }
-                    // Tried again at the next poll.
-                    Err(e) if transient_refusal(&e) => return,
+                    // Tried again at the next poll; said on a node that waits for it.
+                    Err(e) if transient_refusal(&e) => {
+                        if let Some(key) = self.pool.waiting(kind) {
+                            let msg = e.trim();
+                            self.queue.push_back(Report::Requeued {
+                                key,
+                                why: format!(
+                                    "sbatch refused a warm worker for now ({msg}); asking again at the next poll"
+                                ),
+                            });
+                        }
+                        return;
+                    }
                     Err(e) => {
                         // No worker can be had: the queue's nodes fail with sbatch's word.
                         for key in self.pool.keys() {

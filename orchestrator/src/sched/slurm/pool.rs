@@ -132,6 +132,14 @@ impl Pool {
         self.nodes.values().filter(|n| n.kind == kind).count()
     }
 
+    /// A node of queue `kind` that no worker has claimed yet, if any.
+    pub fn waiting(&self, kind: &str) -> Option<String> {
+        self.nodes
+            .iter()
+            .find(|(_, n)| n.kind == kind && n.worker.is_none())
+            .map(|(k, _)| k.clone())
+    }
+
     /// Whether node `key` was handed to the pool (running, queued, or finished by a worker).
     pub fn has(&self, key: &str) -> bool {
         self.nodes.contains_key(key) || self.ran_on.contains_key(key)
