@@ -345,3 +345,57 @@ fn a_changed_search_axis_reruns_only_what_the_choice_needs() {
         "search train+eval, select, finals ({old} -> {new})"
     );
 }
+
+/// A search candidate whose training diverges (non-finite loss) loses the selection instead
+/// of blocking it: the select chooses among the candidates that finished, records the failed
+/// one with its reason, and the finals of the choice run in the same run.
+#[test]
+fn a_diverging_candidate_loses_the_selection_and_the_finals_still_run() {
+    let d = dir("diverge");
+    let suite = protocol_suite(&d, "[0.001, 1e30, 0.01]", "[0]");
+    let store = d.join("store");
+    let o = vtab(&["run", suite.to_str().unwrap(), "--gpus", "none"], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    // The diverged run is a failure of this run, and nothing else is.
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("non-finite loss"), "{err}");
+    assert!(err.contains("1 failed, 1 blocked"), "{err}");
+    let key = select_key(&unselected(&suite));
+    let f = store.join("select").join(&key).join("selection.json");
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+    let cands = s["candidates"].as_array().unwrap();
+    assert_eq!(cands.len(), 3);
+    let reason = cands[1]["failed"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("non-finite loss in epoch 1"),
+        "the failed candidate and why: {s}"
+    );
+    assert!(cands[0].get("failed").is_none() && cands[2].get("failed").is_none());
+    // The better of the two that finished (on val200), by the store's own metrics.
+    let val = |i: usize| cands[i]["mean_val_top1"].as_f64().unwrap();
+    let chosen = s["chosen"].as_u64().unwrap() as usize;
+    let expect = if val(2) > val(0) { 2 } else { 0 };
+    assert_eq!(chosen, expect, "{s}");
+    for k in finals_of(&suite, chosen) {
+        assert!(evaluated(&store, &k), "final {k} did not run: {err}");
+    }
+    // The study is as done as it can be: plan has only the failed candidate's runs left.
+    let p = plan(&suite);
+    let left: Vec<&Value> = p.iter().filter(|e| e["status"] != "cached").collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(count(&p, "cached", "select"), 1);
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// Only when every candidate failed is the select failed, saying why each one lost.
+#[test]
+fn when_every_candidate_fails_the_select_fails_with_their_reasons() {
+    let d = dir("diverge-all");
+    let suite = protocol_suite(&d, "[1e30, 1e31]", "[0]");
+    let o = vtab(&["run", suite.to_str().unwrap(), "--gpus", "none"], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("FAILED select"), "{err}");
+    assert!(err.contains("every candidate failed"), "{err}");
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -334,6 +334,78 @@ impl Store {
     }
 }
 
+/// Why a node of the last run that tried it has no entry: `<store>/failures/<key>.json`,
+/// written by the scheduler when the node failed or was blocked, removed when it ends again.
+/// A select reads it to say why a candidate lost.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Failure {
+    pub label: String,
+    /// The tail of its log and the error it reported (empty when blocked).
+    pub reason: String,
+    /// The failed node that blocked it, if it was blocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_by: Option<String>,
+}
+
+impl Failure {
+    /// One line for a table: the error the node reported, else its log's last line.
+    pub fn short(&self) -> String {
+        let lines: Vec<&str> = self
+            .reason
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with("error:"))
+            .or(lines.iter().find(|l| l.contains("out of memory")))
+            .or(lines.last())
+            .copied()
+            .unwrap_or("failed (no message)");
+        let line = line.strip_prefix("error:").unwrap_or(line).trim();
+        // "node <key>: what happened": the key says nothing a reader needs here.
+        let line = match line.strip_prefix("node ").and_then(|r| r.split_once(": ")) {
+            Some((key, rest)) if key.chars().all(|c| c.is_ascii_hexdigit()) => rest,
+            _ => line,
+        };
+        line.to_string()
+    }
+}
+
+pub fn failure_path(store: &Store, key: &str) -> PathBuf {
+    store.root.join("failures").join(format!("{key}.json"))
+}
+
+/// Writes `f` for node `key` (whole, then renamed into place).
+pub fn write_failure(store: &Store, key: &str, f: &Failure) -> std::io::Result<()> {
+    let path = failure_path(store, key);
+    std::fs::create_dir_all(path.parent().expect("failures dir"))?;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(f).expect("serialises"))?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// Why node `key` failed, following a blocked node to the failure that blocked it:
+/// (the failed node's label, its failure). None where nothing was recorded.
+pub fn failure(store: &Store, key: &str) -> Option<(String, Failure)> {
+    let read = |k: &str| -> Option<Failure> {
+        serde_json::from_slice(&std::fs::read(failure_path(store, k)).ok()?).ok()
+    };
+    let mut f = read(key)?;
+    // A chain of blocked nodes ends at a failed one (bounded, in case of a bad file).
+    for _ in 0..16 {
+        let Some(by) = f.blocked_by.clone() else {
+            break;
+        };
+        match read(&by) {
+            Some(next) => f = next,
+            None => break,
+        }
+    }
+    Some((f.label.clone(), f))
+}
+
 /// This machine's name as the OS reports it (uname/gethostname, not a file that may be
 /// missing): staging directories carry it so that cleanup on a shared store only touches
 /// this host's. A host whose name cannot be read gets a name no other host shares.
@@ -358,6 +430,43 @@ fn machine_id() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failure's one line: the node's error without its key, else an out-of-memory line,
+    /// else the log's last line; a blocked node's record leads to the failure that blocked it.
+    #[test]
+    fn a_failure_reads_as_one_line_and_blocked_nodes_lead_to_it() {
+        let f = |reason: &str| Failure {
+            label: "train x".into(),
+            reason: reason.into(),
+            blocked_by: None,
+        };
+        assert_eq!(
+            f("step 1\nerror: node 0af3: non-finite loss in epoch 1").short(),
+            "non-finite loss in epoch 1"
+        );
+        assert_eq!(
+            f("a\nCUDA out of memory. Tried\nhint: lower it").short(),
+            "CUDA out of memory. Tried"
+        );
+        assert_eq!(f("a\nlast words\n").short(), "last words");
+        assert_eq!(f("").short(), "failed (no message)");
+        let root = std::env::temp_dir().join(format!("vtab-failures-{}", std::process::id()));
+        let store = Store::at(&root);
+        write_failure(&store, "t", &f("error: diverged")).unwrap();
+        let blocked = Failure {
+            label: "eval x".into(),
+            reason: String::new(),
+            blocked_by: Some("t".into()),
+        };
+        write_failure(&store, "e", &blocked).unwrap();
+        let (label, why) = failure(&store, "e").unwrap();
+        assert_eq!(
+            (label.as_str(), why.short().as_str()),
+            ("train x", "diverged")
+        );
+        assert!(failure(&store, "none").is_none());
+        std::fs::remove_dir_all(&root).ok();
+    }
     use std::time::Duration;
 
     fn tmp(name: &str) -> PathBuf {

@@ -40,6 +40,8 @@ impl sched::Work for GraphWork<'_> {
             key: key.to_string(),
             deps: node.deps(),
             resources: node.resources(),
+            // A select chooses among the candidates that finished.
+            tolerant: matches!(node, Node::Select(_)),
         }
     }
 
@@ -71,6 +73,20 @@ impl sched::Work for GraphWork<'_> {
 
     fn ended(&self, key: &str) {
         let _ = std::fs::remove_file(crate::exec::spec_path(self.store, key));
+        // An earlier run's failure record of it is history now (a new one follows if it
+        // failed again).
+        let _ = std::fs::remove_file(crate::store::failure_path(self.store, key));
+    }
+
+    fn failed(&self, key: &str, why: &str, by: Option<&str>) {
+        let f = crate::store::Failure {
+            label: self.label(key),
+            reason: why.trim().to_string(),
+            blocked_by: by.map(str::to_string),
+        };
+        if let Err(e) = crate::store::write_failure(self.store, key, &f) {
+            eprintln!("warning: recording the failure of {key}: {e}");
+        }
     }
 
     /// The median wall time of the store's nodes of the same kind, else the kind's default.

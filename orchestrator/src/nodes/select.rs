@@ -47,6 +47,11 @@ pub struct CandidateResult {
     pub val_top1: Vec<f64>,
     pub mean_val_top1: f64,
     pub trainable: i64,
+    /// Why it lost without a score: a search run of it did not finish (it diverged, ran out
+    /// of memory, failed otherwise, or an input of it did), e.g. "train shape lora lr=1 s0:
+    /// non-finite loss in epoch 1, ...". Then `val_top1` holds the finished runs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 /// `selection.json`.
@@ -56,8 +61,17 @@ pub struct Selection {
     pub method: String,
     pub rule: String,
     pub split: String,
+    /// Every candidate, in suite order (`chosen` indexes them), failed ones included.
     pub candidates: Vec<CandidateResult>,
     pub chosen: usize,
+}
+
+/// Why search run `key` (an eval) of a candidate has no entry, from the failure records.
+fn why_missing(store: &Store, key: &str) -> String {
+    match crate::store::failure(store, key) {
+        Some((label, f)) => format!("{label}: {}", f.short()),
+        None => format!("eval {key} is not in the store (no failure recorded)"),
+    }
 }
 
 pub fn run(s: &SelectNode, store: &Store, out: &Path) -> Result<Selection> {
@@ -65,13 +79,12 @@ pub fn run(s: &SelectNode, store: &Store, out: &Path) -> Result<Selection> {
     for c in &s.candidates {
         let mut val = Vec::new();
         let mut trainable = 0;
+        let mut failed = None;
         for key in &c.evals {
             let dir = store.entry("eval", key);
             if !store.is_complete("eval", key) {
-                return Err(super::NodeError::Failed(format!(
-                    "input eval {key} ({}) is not in the store",
-                    c.config
-                )));
+                failed.get_or_insert_with(|| why_missing(store, key));
+                continue;
             }
             let m: eval::Metrics = read_json(&dir.join(eval::METRICS))?;
             val.push(m.top1);
@@ -83,19 +96,33 @@ pub fn run(s: &SelectNode, store: &Store, out: &Path) -> Result<Selection> {
             settings: c.hparams.clone(),
             seeds: c.seeds.clone(),
             val_top1: val,
-            mean_val_top1: mean,
+            mean_val_top1: if failed.is_some() { 0.0 } else { mean },
             trainable,
+            failed,
         });
     }
-    let scores: Vec<Score> = candidates
+    // Only candidates whose every search run finished compete.
+    let finished: Vec<usize> = (0..candidates.len())
+        .filter(|&i| candidates[i].failed.is_none())
+        .collect();
+    let scores: Vec<Score> = finished
         .iter()
-        .map(|c| Score {
-            mean_top1: c.mean_val_top1,
-            trainable: c.trainable,
+        .map(|&i| Score {
+            mean_top1: candidates[i].mean_val_top1,
+            trainable: candidates[i].trainable,
         })
         .collect();
-    let chosen = choose(&scores).ok_or_else(|| {
-        super::NodeError::Failed(format!("select {} {}: no candidates", s.dataset, s.family))
+    let chosen = choose(&scores).map(|i| finished[i]).ok_or_else(|| {
+        let why: Vec<String> = candidates
+            .iter()
+            .filter_map(|c| Some(format!("{}: {}", c.config, c.failed.as_ref()?)))
+            .collect();
+        super::NodeError::Failed(format!(
+            "select {} {}: every candidate failed\n{}",
+            s.dataset,
+            s.family,
+            why.join("\n")
+        ))
     })?;
     let sel = Selection {
         dataset: s.dataset.clone(),

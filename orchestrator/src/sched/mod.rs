@@ -148,6 +148,9 @@ pub trait Work {
     /// Node `key` is done (`ran`: by this run): the nodes that join the run because of it
     /// (the final runs a select node chose).
     fn grow(&mut self, key: &str, ran: bool) -> Vec<String>;
+    /// Node `key` failed (`why`: its log's tail and error) or, with `by`, was blocked by the
+    /// failure of node `by`: kept where a tolerant consumer (a select) can read it.
+    fn failed(&self, _key: &str, _why: &str, _by: Option<&str>) {}
 }
 
 /// How a run treats a store that other hosts may share.
@@ -513,6 +516,7 @@ impl Driver<'_> {
     /// Counts and reports nodes blocked by a failed input.
     fn blocked(&mut self, blocked: Vec<state::Blocked>) {
         for b in blocked {
+            self.work.failed(&b.key, "", Some(&b.by));
             self.summary.blocked += 1;
             let (label, by) = (self.label(&b.key), self.label(&b.by));
             self.emit(Event::Blocked {
@@ -524,6 +528,8 @@ impl Driver<'_> {
     }
 
     fn failed(&mut self, key: &str, log: PathBuf, tail: String) {
+        // Written before its dependants may start (a select reads why a candidate lost).
+        self.work.failed(key, &tail, None);
         let blocked = self
             .core
             .on_exit(key, Exit::Failed)

@@ -75,6 +75,9 @@ pub struct NodeSpec {
     pub key: String,
     pub deps: Vec<String>,
     pub resources: Resources,
+    /// Runs once every input has ended, done or not (a select node: a candidate that failed
+    /// loses the selection instead of blocking it). Never blocked by an input.
+    pub tolerant: bool,
 }
 
 /// The core's answer to "what now": start `key` on `slot`.
@@ -169,11 +172,13 @@ impl Core {
             let seq = self.nodes.len();
             let key = n.key.clone();
             let bad = n.deps.iter().find(|d| {
-                matches!(
-                    self.nodes.get(*d).map(|e| e.state),
-                    Some(State::Failed | State::Blocked)
-                )
+                !n.tolerant
+                    && matches!(
+                        self.nodes.get(*d).map(|e| e.state),
+                        Some(State::Failed | State::Blocked)
+                    )
             });
+            let inputs_ended = |s: &Self| n.deps.iter().all(|d| s.input_ended(d, n.tolerant));
             let state = match bad {
                 Some(d) => {
                     blocked.push(Blocked {
@@ -182,7 +187,7 @@ impl Core {
                     });
                     State::Blocked
                 }
-                None if n.deps.iter().all(|d| self.state(d) == Some(State::Done)) => {
+                None if inputs_ended(self) => {
                     self.ready.insert((seq, key.clone()));
                     State::Ready
                 }
@@ -246,6 +251,31 @@ impl Core {
 
     pub fn state(&self, key: &str) -> Option<State> {
         self.nodes.get(key).map(|e| e.state)
+    }
+
+    /// Whether input `dep` lets its consumer start: done, or (for a tolerant consumer) ended
+    /// any way it will in this run.
+    fn input_ended(&self, dep: &str, tolerant: bool) -> bool {
+        match self.state(dep) {
+            Some(State::Done) => true,
+            Some(State::Failed | State::Blocked) => tolerant,
+            _ => false,
+        }
+    }
+
+    /// Makes pending node `key` ready if each of its inputs has ended as it needs.
+    fn ready_if_inputs_ended(&mut self, key: &str) {
+        let e = &self.nodes[key];
+        let ready = e.state == State::Pending
+            && e.spec
+                .deps
+                .iter()
+                .all(|d| self.input_ended(d, e.spec.tolerant));
+        if ready {
+            let e = self.nodes.get_mut(key).expect("known node");
+            e.state = State::Ready;
+            self.ready.insert((e.seq, key.to_string()));
+        }
     }
 
     pub fn slot(&self, key: &str) -> Option<Slot> {
@@ -373,19 +403,8 @@ impl Core {
         match exit {
             Exit::Done | Exit::Cached => {
                 e.state = State::Done;
-                let dependants = e.dependants.clone();
-                for d in dependants {
-                    let ready = self.nodes[&d].state == State::Pending
-                        && self.nodes[&d]
-                            .spec
-                            .deps
-                            .iter()
-                            .all(|x| self.state(x) == Some(State::Done));
-                    if ready {
-                        let de = self.nodes.get_mut(&d).expect("dependant exists");
-                        de.state = State::Ready;
-                        self.ready.insert((de.seq, d));
-                    }
+                for d in e.dependants.clone() {
+                    self.ready_if_inputs_ended(&d);
                 }
                 Ok(Vec::new())
             }
@@ -421,6 +440,11 @@ impl Core {
         while let Some(k) = stack.pop() {
             let dependants = self.nodes[&k].dependants.clone();
             for d in dependants {
+                if self.nodes[&d].spec.tolerant {
+                    // It runs without this input once the others have ended.
+                    self.ready_if_inputs_ended(&d);
+                    continue;
+                }
                 let e = self.nodes.get_mut(&d).expect("dependant exists");
                 if matches!(
                     e.state,

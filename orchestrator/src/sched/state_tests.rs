@@ -17,6 +17,7 @@ fn node(key: &str, deps: &[&str], resources: Resources) -> NodeSpec {
         key: key.into(),
         deps: deps.iter().map(|d| d.to_string()).collect(),
         resources,
+        tolerant: false,
     }
 }
 
@@ -298,4 +299,53 @@ fn extend_rejects_unknown_inputs_and_conflicting_redefinitions() {
     // Exits that do not fit the state are refused.
     assert!(c.on_exit("train-a", Exit::Done).is_err());
     assert!(c.on_exit("nowhere", Exit::Done).is_err());
+}
+
+/// A tolerant node (a select) runs once each input has ended, done or failed, and is never
+/// blocked; its own dependants (the finals) are blocked only if it fails.
+#[test]
+fn a_tolerant_node_runs_after_its_inputs_end_even_if_some_failed() {
+    let mut c = Core::new();
+    let select = NodeSpec {
+        tolerant: true,
+        ..node("select", &["eval-a", "eval-b", "eval-c"], CPU)
+    };
+    let blocked = c
+        .extend([
+            node("train-a", &[], GPU),
+            node("train-b", &[], GPU),
+            node("eval-a", &["train-a"], GPU),
+            node("eval-b", &["train-b"], GPU),
+            node("eval-c", &[], GPU),
+            select,
+            node("final", &["select"], GPU),
+        ])
+        .unwrap();
+    assert!(blocked.is_empty());
+    assert_eq!(keys(&c.next(&BIG)), ["train-a", "train-b", "eval-c"]);
+    // train-b fails: eval-b is blocked, the select is not (and not ready yet).
+    let b = c.on_exit("train-b", Exit::Failed).unwrap();
+    assert_eq!(
+        b,
+        [Blocked {
+            key: "eval-b".into(),
+            by: "train-b".into()
+        }]
+    );
+    assert_eq!(c.state("select"), Some(State::Pending));
+    c.on_exit("eval-c", Exit::Failed).unwrap();
+    assert_eq!(c.state("select"), Some(State::Pending), "eval-a still runs");
+    c.on_exit("train-a", Exit::Done).unwrap();
+    assert_eq!(keys(&c.next(&BIG)), ["eval-a"]);
+    c.on_exit("eval-a", Exit::Done).unwrap();
+    assert_eq!(keys(&c.next(&BIG)), ["select"]);
+    c.on_exit("select", Exit::Done).unwrap();
+    assert_eq!(keys(&c.next(&BIG)), ["final"]);
+    // Added after its inputs failed, a tolerant node is ready at once.
+    let late = NodeSpec {
+        tolerant: true,
+        ..node("late", &["eval-b", "eval-c"], CPU)
+    };
+    assert!(c.extend([late]).unwrap().is_empty());
+    assert_eq!(c.state("late"), Some(State::Ready));
 }
