@@ -589,7 +589,8 @@ exit "$code"
                 continue;
             }
             self.pilot_unknown.remove(&id);
-            self.pool.pilot_ended(&id, &state, &mut reports);
+            let max_lost = self.o.config.max_requeues;
+            self.pool.pilot_ended(&id, &state, max_lost, &mut reports);
             changed = true;
         }
         self.queue.extend(reports);

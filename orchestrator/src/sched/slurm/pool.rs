@@ -24,6 +24,8 @@ struct Pooled {
     /// Bytes of its output file already read, and an unfinished last line.
     offset: u64,
     partial: String,
+    /// Workers that ended while running it.
+    lost: u32,
 }
 
 pub struct Pool {
@@ -98,6 +100,7 @@ impl Pool {
                     worker: Some(worker.clone()),
                     offset: 0,
                     partial: String::new(),
+                    lost: 0,
                 },
             );
             return Ok(Some(worker));
@@ -122,6 +125,7 @@ impl Pool {
                 worker: None,
                 offset: 0,
                 partial: String::new(),
+                lost: 0,
             },
         );
         Ok(None)
@@ -223,8 +227,9 @@ impl Pool {
     }
 
     /// Worker job `id` ended (`why`): the nodes it had claimed and not finished go back to
-    /// the queue, to resume in another worker.
-    pub fn pilot_ended(&mut self, id: &str, why: &str, out: &mut Vec<Report>) {
+    /// the queue, to resume in another worker, up to `max_lost` times per node; a node that
+    /// has ended that many workers (it kills them: out of memory, say) fails.
+    pub fn pilot_ended(&mut self, id: &str, why: &str, max_lost: u32, out: &mut Vec<Report>) {
         self.pilots.remove(id);
         // A node it finished just before its end is done, not lost.
         self.scan(out);
@@ -245,6 +250,21 @@ impl Pool {
             n.worker = None;
             n.offset = 0;
             n.partial.clear();
+            n.lost += 1;
+            if n.lost > max_lost {
+                let lost = n.lost;
+                let _ = std::fs::remove_file(&running);
+                self.nodes.remove(&key);
+                out.push(Report::Exit {
+                    key,
+                    code: None,
+                    note: Some(format!(
+                        "{lost} warm workers ended while running it (the last, job {id}, ended {why}); \
+                         slurm.max_requeues = {max_lost}"
+                    )),
+                });
+                continue;
+            }
             if std::fs::rename(&running, &queued).is_ok() {
                 out.push(Report::Requeued {
                     key,
@@ -268,5 +288,77 @@ impl Pool {
 
     pub fn keys(&self) -> Vec<String> {
         self.nodes.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sched::state::{Resources, Slot};
+
+    /// A node whose workers keep ending under it goes back to the queue `max_lost` times,
+    /// then fails with what happened; a claim of a live worker is left alone.
+    #[test]
+    fn a_node_that_keeps_losing_its_workers_fails_after_max_lost() {
+        let store = std::env::temp_dir().join(format!("vtab-pool-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&store);
+        let mut pool = Pool::new(&store);
+        let job = Job {
+            key: "k".into(),
+            label: "train x".into(),
+            kind: "train",
+            slot: Slot::Cluster,
+            resources: Resources {
+                gpus: 1,
+                cpu_threads: 4,
+                tiny: false,
+            },
+            spec: store.join("k.json"),
+            log: store.join("k.log"),
+            run: "r".into(),
+            expected_s: 1.0,
+        };
+        assert_eq!(pool.enqueue(&job, "gpu").unwrap(), None);
+        let dir = pool.dir().to_path_buf();
+        let queued = dir.join("queue/gpu/k.json");
+        let claim = |job: &str| {
+            let running = dir.join("running").join(format!("k@{job}.json"));
+            std::fs::create_dir_all(running.parent().unwrap()).unwrap();
+            std::fs::rename(&queued, &running).unwrap();
+        };
+        for (i, job) in ["1", "2"].into_iter().enumerate() {
+            claim(job);
+            let mut out = Vec::new();
+            pool.scan(&mut out);
+            assert_eq!(pool.worker_of("k"), Some(job));
+            pool.pilot_ended("0", "NODE_FAIL", 2, &mut out);
+            assert_eq!(pool.worker_of("k"), Some(job), "another worker's end");
+            pool.pilot_ended(job, "OUT_OF_MEMORY", 2, &mut out);
+            assert!(queued.exists(), "queued again after loss {}", i + 1);
+            assert!(
+                matches!(out.last(), Some(Report::Requeued { .. })),
+                "{out:?}"
+            );
+        }
+        claim("3");
+        let mut out = Vec::new();
+        pool.scan(&mut out);
+        pool.pilot_ended("3", "OUT_OF_MEMORY", 2, &mut out);
+        match out.last() {
+            Some(Report::Exit {
+                key,
+                code: None,
+                note: Some(n),
+            }) => {
+                assert_eq!(key, "k");
+                assert!(
+                    n.starts_with("3 warm workers ended while running it"),
+                    "{n}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(pool.is_empty() && !queued.exists());
+        std::fs::remove_dir_all(&store).ok();
     }
 }
