@@ -98,13 +98,17 @@ pub struct PlanArgs {
     /// be read (exit 1 if any), writing nothing.
     #[arg(long)]
     check_data: bool,
+    /// Concurrent nodes per GPU the estimate's wall time assumes (as `run --jobs-per-gpu`).
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    jobs_per_gpu: usize,
 }
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
     #[command(flatten)]
     s: SuiteArgs,
-    /// Format of the table printed on stdout: md, csv or json.
+    /// What is printed on stdout: md (the report), csv (the table), json (everything), latex
+    /// (the VTAB-1k table as a booktabs tabular: vtab_table.tex).
     #[arg(long, default_value = "md")]
     format: report::Format,
     /// A CSV of published numbers (dataset,method,top1,source) to show beside ours, for the
@@ -112,8 +116,8 @@ pub struct ReportArgs {
     #[arg(long, value_name = "FILE")]
     reference: Option<PathBuf>,
     /// The report folder (default: reports/<suite name>/ beside the store, i.e. results/reports/<suite name>/). Its
-    /// previous report files (CSVs, report.md, plots/*.svg) are replaced; other files stay. A
-    /// store (a folder with CACHEDIR.TAG) is refused.
+    /// previous report files (CSVs, vtab_table.tex, report.md, plots/*.svg and *.png) are
+    /// replaced; other files stay. A store (a folder with CACHEDIR.TAG) is refused.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
 }
@@ -225,6 +229,10 @@ pub fn plan(a: PlanArgs) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&entries)?);
     } else {
         print!("{}", render(&entries));
+        print!(
+            "{}",
+            plan_estimate(&l, &entries, &a.s.gpus, a.jobs_per_gpu).render()
+        );
     }
     Ok(
         if entries.iter().any(|e| e.status == Status::Blocked) || !data_ok {
@@ -233,6 +241,27 @@ pub fn plan(a: PlanArgs) -> Result<i32> {
             0
         },
     )
+}
+
+/// What running the plan would cost on this machine's local launcher (`--gpus`,
+/// `--jobs-per-gpu`), from the store's history.
+fn plan_estimate(
+    l: &Loaded,
+    entries: &[orchestrator::plan::PlanEntry],
+    gpus: &Gpus,
+    jobs_per_gpu: usize,
+) -> orchestrator::estimate::Estimate {
+    let count = match (l.device, gpus) {
+        (DeviceKind::Cpu, _) | (_, Gpus::None) => 0,
+        (_, Gpus::List(list)) => list.len(),
+        (_, Gpus::Auto) => tch::Cuda::device_count().max(0) as usize,
+    };
+    let slots = orchestrator::estimate::Slots {
+        gpus: count,
+        per_gpu: jobs_per_gpu,
+        cpu_threads: local::default_cpu_threads(),
+    };
+    orchestrator::estimate::estimate(&l.graph, &l.store, entries, l.device, slots)
 }
 
 /// Warns on stderr about classes without an example in a real split (e.g. too few images
@@ -452,7 +481,7 @@ pub fn report(a: ReportArgs) -> Result<i32> {
         .clone()
         .unwrap_or_else(|| report::default_dir(&l.store.root, &l.suite.name));
     if l.suite.protocol.is_some() {
-        return report_protocol(&l, &dir);
+        return report_protocol(&l, &dir, format, reference.as_ref());
     }
     let c = orchestrator::records::collect(&l, &l.other_device()?)?;
     let runs = l.graph.runs.len();
@@ -487,7 +516,8 @@ pub fn report(a: ReportArgs) -> Result<i32> {
         .filter(|f| f.extension().is_some_and(|x| x == "svg"))
         .count();
     eprintln!(
-        "wrote summary.csv, table.csv, per_class.csv, report.md and {plots} plot(s) to {}",
+        "wrote summary.csv, table.csv, per_class.csv, vtab_table.csv, vtab_table.tex, report.md \
+         and {plots} plot(s) (SVG and PNG) to {}",
         written.dir.display()
     );
     if let Some(tagged) = &written.under_cachedir {
@@ -500,9 +530,14 @@ pub fn report(a: ReportArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// `report` of a suite under `[protocol]`: selection, final (test) and search (val200)
-/// tables (orchestrator/src/report/protocol.rs).
-fn report_protocol(l: &Loaded, dir: &std::path::Path) -> Result<i32> {
+/// `report` of a suite under `[protocol]`: the VTAB-1k table, the finals' metrics and cost,
+/// the selections and the search, and the plots (orchestrator/src/report/protocol.rs).
+fn report_protocol(
+    l: &Loaded,
+    dir: &std::path::Path,
+    format: report::Format,
+    reference: Option<&report::Reference>,
+) -> Result<i32> {
     if dir.join("CACHEDIR.TAG").exists() {
         return Err(UsageError(format!(
             "report --out {}: that folder is a store; write the report elsewhere",
@@ -510,17 +545,48 @@ fn report_protocol(l: &Loaded, dir: &std::path::Path) -> Result<i32> {
         ))
         .into());
     }
-    std::fs::create_dir_all(dir)?;
     let other = l.other_device()?;
-    let (md, missing) = report::protocol::write(&l.suite, &l.graph, &other, &l.store, dir)?;
-    if missing > 0 {
-        eprintln!("note: {missing} selections or final runs are not finished yet and are left out (run `vtab-orch run` first)");
+    let c = orchestrator::records::collect_protocol(l, &other)?;
+    if c.finals.is_empty() {
+        eprintln!(
+            "error: nothing to report: no final run of suite `{}` is finished in the store {} \
+             (run `vtab-orch run {}` first); nothing written to {}",
+            l.suite.name,
+            l.store.root.display(),
+            l.suite.path.display(),
+            dir.display()
+        );
+        return Ok(1);
     }
-    print!("{md}");
+    if c.missing > 0 {
+        eprintln!("note: {} selections or final runs are not finished yet and are left out (run `vtab-orch run` first)", c.missing);
+    }
+    let p = report::protocol::Protocol {
+        suite: &l.suite.name,
+        finals: &c.finals,
+        search: &c.search,
+        choices: &c.choices,
+        reference,
+    };
+    let written = report::protocol::write(dir, &p)?;
+    print!("{}", report::protocol::render(&p, format));
+    let plots = written
+        .files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|x| x == "svg"))
+        .count();
     eprintln!(
-        "wrote selection.csv, final.csv and search.csv to {}",
-        dir.display()
+        "wrote selection.csv, search.csv, final.csv, summary.csv, per_class.csv, vtab_table.csv, \
+         vtab_table.tex, report.md and {plots} plot(s) (SVG and PNG) to {}",
+        written.dir.display()
     );
+    if let Some(tagged) = &written.under_cachedir {
+        eprintln!(
+            "note: {} carries CACHEDIR.TAG, so backup tools skip this report; copy it elsewhere \
+             or write it with --out outside that folder",
+            tagged.display()
+        );
+    }
     Ok(0)
 }
 

@@ -57,6 +57,7 @@ const CASES: &[(&str, &[&str])] = &[
     ("run_img_size_not_divisible.toml", &["`defaults.img_size`", "36 is not a multiple of backbone.patch_size 8"]),
     ("unknown_arch.toml", &["`backbone.arch`", "unknown architecture `vit_tiny_patch8_224`"]),
     ("zero_test_images.toml", &["`datasets.shape.test_images`", "must be >= 1, got 0"]),
+    ("dataset_group_empty.toml", &["`datasets.shape.group`", "empty: name the dataset's group"]),
     ("no_methods.toml", &["`methods`", "missing"]),
     ("protocol_with_top_seeds.toml", &["`seeds`", "contradicts [protocol]", "protocol.search_seeds and protocol.final_seeds"]),
     ("protocol_with_split.toml", &["`defaults.eval_split`", "contradicts [protocol]", "the protocol sets the splits"]),

@@ -384,6 +384,27 @@ fn a_diverging_candidate_loses_the_selection_and_the_finals_still_run() {
     let left: Vec<&Value> = p.iter().filter(|e| e["status"] != "cached").collect();
     assert_eq!(left.len(), 2, "{left:?}");
     assert_eq!(count(&p, "cached", "select"), 1);
+    // The report lists the failed candidate with its reason in selection.csv.
+    let out = d.join("report");
+    let r = vtab(
+        &[
+            "report",
+            suite.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let mut rd = csv::Reader::from_path(out.join("selection.csv")).unwrap();
+    let col = rd
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "failed_candidates")
+        .expect("a failed_candidates column");
+    let row = rd.records().next().unwrap().unwrap();
+    assert!(row[col].contains("non-finite loss in epoch 1"), "{:?}", row);
     std::fs::remove_dir_all(&d).ok();
 }
 

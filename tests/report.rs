@@ -102,12 +102,17 @@ fn two_studies_share_a_store_but_not_their_reports() {
             "report.md",
             "summary.csv",
             "table.csv",
+            "vtab_table.csv",
+            "vtab_table.tex",
             "plots/overview.svg",
+            "plots/overview.png",
         ]
         .map(String::from)
         .to_vec();
-        v.push(format!("plots/curves_{ds}.svg"));
-        v.push(format!("plots/plot_{ds}.svg"));
+        for ext in ["svg", "png"] {
+            v.push(format!("plots/curves_{ds}.{ext}"));
+            v.push(format!("plots/plot_{ds}.{ext}"));
+        }
         v.sort();
         v
     };

@@ -1,6 +1,7 @@
 //! vtab-orch orchestrator: suite parsing, the content-hashed DAG, the store, the scheduler,
 //! the node executors, datasets and the report. Reads top-down in the order below.
 pub mod datasets;
+pub mod estimate;
 pub mod exec;
 pub mod export;
 pub mod fetch;
@@ -8,6 +9,7 @@ pub mod fetch;
 pub mod fuzzing;
 pub mod graph;
 pub mod hash;
+pub mod history;
 pub mod identity;
 pub mod lease;
 pub mod load;

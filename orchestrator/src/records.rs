@@ -9,6 +9,7 @@ use crate::graph::{Graph, Node, TrainNode};
 use crate::load::Loaded;
 use crate::nodes::{self, eval::Metrics};
 use crate::numerics::DeviceKind;
+use crate::report::protocol::{Candidate, Choice};
 use crate::report::{ClassAccuracy, DataSubsets, EpochPoint, RunRecord};
 use crate::suite::{Opt, Run};
 
@@ -20,34 +21,170 @@ pub struct Collected {
 
 /// One record per finished run of the suite (runs not evaluated yet are counted in
 /// `missing`). A run evaluated only for the other device kind (`other`: made on a GPU
-/// machine, reported from a CPU one) is taken from there.
+/// machine, reported from a CPU one) is taken from there. Under a protocol these are the
+/// search runs (val200).
 pub fn collect(l: &Loaded, other: &Graph) -> nodes::Result<Collected> {
     let mut records = Vec::new();
     let mut missing = 0;
     for ((run, here), (_, there)) in l.graph.runs.iter().zip(&other.runs) {
-        let Some(key) = [here, there]
-            .into_iter()
-            .find(|k| l.store.is_complete(crate::node::EVAL.name, k))
-        else {
-            missing += 1;
-            continue;
-        };
-        let node = |k: &str| l.graph.node(k).or_else(|| other.node(k));
-        let Some(Node::Eval(e)) = node(key) else {
-            missing += 1;
-            continue;
-        };
-        let Some(Node::Train(t)) = node(&e.train) else {
-            missing += 1;
-            continue;
-        };
-        let backbone = match node(&t.build) {
-            Some(b) => b.label().trim_start_matches("build ").to_string(),
-            None => String::new(),
-        };
-        records.push(record(l, run, key, e, t, &backbone)?);
+        match record_of(l, other, run, [here, there])? {
+            Some(r) => records.push(r),
+            None => missing += 1,
+        }
     }
     Ok(Collected { records, missing })
+}
+
+/// The record of `run` from the first of `keys` (eval keys) finished in the store, its nodes
+/// found in either graph; `None` when none is finished.
+fn record_of(
+    l: &Loaded,
+    other: &Graph,
+    run: &Run,
+    keys: [&str; 2],
+) -> nodes::Result<Option<RunRecord>> {
+    let Some(key) = keys
+        .into_iter()
+        .find(|k| l.store.is_complete(crate::node::EVAL.name, k))
+    else {
+        return Ok(None);
+    };
+    let node = |k: &str| l.graph.node(k).or_else(|| other.node(k));
+    let Some(Node::Eval(e)) = node(key) else {
+        return Ok(None);
+    };
+    let Some(Node::Train(t)) = node(&e.train) else {
+        return Ok(None);
+    };
+    let backbone = match node(&t.build) {
+        Some(b) => b.label().trim_start_matches("build ").to_string(),
+        None => String::new(),
+    };
+    record(l, run, key, e, t, &backbone).map(Some)
+}
+
+/// What `report` reads of a suite under `[protocol]`.
+pub struct ProtocolRecords {
+    /// The final runs (train800val200 -> test) of every selection made, in suite order.
+    pub finals: Vec<RunRecord>,
+    /// The search runs (train800 -> val200) that finished.
+    pub search: Vec<RunRecord>,
+    /// Per (dataset, method table), in suite order: what it chose from what (`None`: its
+    /// select node has not run yet).
+    pub choices: Vec<Option<Choice>>,
+    /// Selections and final runs not finished yet.
+    pub missing: usize,
+}
+
+/// Records of a suite under `[protocol]`: its finals, its search runs and its selections,
+/// for either device kind (`other`), as [`collect`].
+pub fn collect_protocol(l: &Loaded, other: &Graph) -> nodes::Result<ProtocolRecords> {
+    let search = collect(l, other)?.records;
+    let mut finals = Vec::new();
+    let mut choices = Vec::new();
+    let mut missing = 0;
+    for s in &l.suite.selections {
+        let choice = choice(l, other, s);
+        if choice.is_none() {
+            missing += 1;
+        }
+        choices.push(choice);
+        // The finals of this selection made for either device kind, this one's first.
+        let made = |g: &Graph, seed: u64| -> Option<(Run, String)> {
+            g.finals
+                .iter()
+                .find(|(r, k)| {
+                    r.dataset == s.dataset
+                        && r.family == s.family
+                        && r.seed == seed
+                        && l.store.is_complete(crate::node::EVAL.name, k)
+                })
+                .cloned()
+        };
+        for seed in &s.final_seeds {
+            let found = made(&l.graph, *seed).or_else(|| made(other, *seed));
+            let rec = match &found {
+                Some((run, key)) => record_of(l, other, run, [key, key])?,
+                None => None,
+            };
+            match rec {
+                Some(r) => finals.push(r),
+                None => missing += 1,
+            }
+        }
+    }
+    Ok(ProtocolRecords {
+        finals,
+        search,
+        choices,
+        missing,
+    })
+}
+
+/// The selection of `s` as the report shows it: from its select node's `selection.json`
+/// (made for either device kind), or the one candidate of a table without a search.
+fn choice(l: &Loaded, other: &Graph, s: &crate::suite::Selection) -> Option<Choice> {
+    if s.candidates.len() == 1 {
+        let c = &s.candidates[0];
+        return Some(Choice {
+            dataset: s.dataset.clone(),
+            method: s.family.clone(),
+            search_seeds: Vec::new(),
+            candidates: vec![Candidate {
+                config: c.config.clone(),
+                settings: c.hparams.clone(),
+                val_top1: Vec::new(),
+                mean_val_top1: None,
+                trainable: None,
+                failed: None,
+            }],
+            chosen: 0,
+        });
+    }
+    let sel = [&l.graph, other].into_iter().find_map(|g| {
+        g.selections
+            .iter()
+            .filter(|(_, f)| f.dataset == s.dataset && f.family == s.family)
+            .find_map(|(k, _)| nodes::select::stored(&l.store, k))
+    })?;
+    Some(Choice {
+        dataset: s.dataset.clone(),
+        method: s.family.clone(),
+        search_seeds: s.search_seeds.clone(),
+        candidates: sel
+            .candidates
+            .into_iter()
+            .map(|c| Candidate {
+                config: c.config,
+                settings: c.settings,
+                val_top1: c.val_top1,
+                mean_val_top1: c.failed.is_none().then_some(c.mean_val_top1),
+                trainable: Some(c.trainable),
+                failed: c.failed,
+            })
+            .collect(),
+        chosen: sel.chosen,
+    })
+}
+
+/// The group of dataset `name` in the VTAB-1k table: its table's `group` key, else the
+/// VTAB-1k task's own group (by the dataset's name, or the folder a `vtab1k` dataset reads),
+/// else `other`.
+pub fn dataset_group(l: &Loaded, name: &str) -> String {
+    let def = l.suite.datasets.get(name);
+    if let Some(g) = def.and_then(|d| d.group.clone()) {
+        return g;
+    }
+    let folder = def.and_then(|d| match &d.source {
+        crate::suite::Source::Real(r) if r.format == crate::datasets::Format::Vtab1k => {
+            r.root.file_name().map(|f| f.to_string_lossy().into_owned())
+        }
+        _ => None,
+    });
+    crate::report::vtab1k_group(name)
+        .or_else(|| folder.as_deref().and_then(crate::report::vtab1k_group))
+        .unwrap_or(crate::report::groups::OTHER)
+        .to_string()
 }
 
 fn record(
@@ -91,6 +228,8 @@ fn record(
     Ok(RunRecord {
         dataset: run.dataset.clone(),
         method: run.method.name().to_string(),
+        method_table: run.family.clone(),
+        group: dataset_group(l, &run.dataset),
         config: run.config.clone(),
         hparams: settings(t, backbone),
         seed: run.seed,
@@ -100,11 +239,14 @@ fn record(
         trainable: m.train.counts.trainable,
         trainable_backbone: m.train.counts.trainable_backbone,
         trainable_pct: m.train.trainable_pct,
+        params_total: m.train.counts.total,
         epoch_time_s: m.train.mean_epoch_s(),
         peak_mem_mib: m.train.peak_mem_mib(),
+        peak_rss_mib: m.train.peak_rss_mib,
         train_img_s: m.train.mean_img_s(),
         wall_s: train_wall,
         epochs_s: m.train.epochs.iter().map(|x| x.time_s).sum(),
+        eval_wall_s: eval_wall,
         gpu_hours,
         key: key.to_string(),
         subsets,

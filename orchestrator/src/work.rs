@@ -11,8 +11,8 @@ pub struct GraphWork<'a> {
     /// The run's own copy: it grows by the finals of each select node done.
     g: Graph,
     store: &'a Store,
-    /// Per kind: the median wall time of the store's entries of that kind (read once).
-    expected: std::cell::RefCell<std::collections::BTreeMap<&'static str, f64>>,
+    /// The store's history of wall times, read at the first question.
+    history: std::cell::OnceCell<crate::history::History>,
 }
 
 impl<'a> GraphWork<'a> {
@@ -20,7 +20,7 @@ impl<'a> GraphWork<'a> {
         GraphWork {
             g: g.clone(),
             store,
-            expected: Default::default(),
+            history: Default::default(),
         }
     }
 
@@ -89,27 +89,12 @@ impl sched::Work for GraphWork<'_> {
         }
     }
 
-    /// The median wall time of the store's nodes of the same kind, else the kind's default.
+    /// From the store's nodes comparable with it, scaled to its size; else the median wall
+    /// time of the store's nodes of its kind; else the kind's default (`History::expected_s`).
     fn expected_s(&self, key: &str) -> f64 {
-        let kind = self.node(key).kind_of();
-        *self
-            .expected
-            .borrow_mut()
-            .entry(kind.name)
-            .or_insert_with(|| {
-                let mut walls: Vec<f64> = self
-                    .store
-                    .manifests(kind.name)
-                    .iter()
-                    .map(|m| m.wall_s)
-                    .filter(|w| w.is_finite())
-                    .collect();
-                walls.sort_by(f64::total_cmp);
-                walls
-                    .get(walls.len() / 2)
-                    .copied()
-                    .unwrap_or(kind.default_expected_s)
-            })
+        self.history
+            .get_or_init(|| crate::history::History::read(self.store))
+            .expected_s(&self.g, key)
     }
 
     fn made_by(&self, key: &str) -> Option<(Option<String>, f64)> {

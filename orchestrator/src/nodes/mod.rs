@@ -4,6 +4,7 @@ pub mod build;
 pub mod checkpoint;
 pub mod eval;
 pub mod fit;
+pub mod peak_rss;
 pub mod prep;
 pub mod select;
 pub mod train;

@@ -23,6 +23,11 @@ pub struct TrainLog {
     pub num_classes: i64,
     pub device: String,
     pub wall_s: f64,
+    /// On the CPU: the node process's peak resident set, MiB (`VmHWM`, reset at the node's
+    /// start: a warm worker runs many nodes). `None` on a GPU (the epochs' CUDA allocator
+    /// peak is the figure there) and in logs written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<f64>,
 }
 
 impl TrainLog {
@@ -128,6 +133,7 @@ pub fn run(
     device: Device,
 ) -> Result<TrainLog> {
     let t0 = Instant::now();
+    let rss = device == Device::Cpu && super::peak_rss::reset();
     let (images, labels, info) = prep::load_all(prep_dir)?;
     let (images, labels) = (images.to_device(device), labels.to_device(device));
     let mut model = model(
@@ -170,6 +176,7 @@ pub fn run(
         num_classes: info.class_names.len() as i64,
         device: format!("{device:?}"),
         wall_s: t0.elapsed().as_secs_f64(),
+        peak_rss_mib: rss.then(super::peak_rss::read_mib).flatten(),
     };
     write_json(&out.join(LOG), &log)?;
     Ok(log)

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::table::sorted_records;
-use super::{subsets, ReportError, RunRecord, Table};
+use super::{subsets, PeakKind, ReportError, RunRecord, Table};
 
 /// Settings columns of `summary.csv`, in order (a setting no record has gets no column; any
 /// other setting follows these, sorted by name). Together with `seed` these are everything
@@ -34,20 +34,32 @@ pub const SETTING_ORDER: [&str; 22] = [
     "projection_prng_key",
 ];
 
-const SUMMARY_HEAD: [&str; 4] = ["dataset", "method", "config", "seed"];
-const SUMMARY_TAIL: [&str; 18] = [
+const SUMMARY_HEAD: [&str; 6] = [
+    "dataset",
+    "group",
+    "method",
+    "method_table",
+    "config",
+    "seed",
+];
+const SUMMARY_TAIL: [&str; 23] = [
     "top1",
     "test_n",
     "num_classes",
     "trainable",
-    "trainable_backbone",
     "trainable_pct",
+    "trainable_backbone",
+    "trainable_backbone_pct",
+    "params_total",
     "epoch_time_s",
     "epochs_s",
     "train_wall_s",
     "overhead_s",
+    "eval_wall_s",
     "gpu_hours",
-    "peak_mem_mib",
+    "cpu_hours",
+    "peak_cuda_alloc_mib",
+    "peak_cpu_rss_mib",
     "train_img_s",
     "key",
     "train_subset",
@@ -69,6 +81,15 @@ fn setting_columns(records: &[RunRecord]) -> Vec<&str> {
         .collect();
     cols.extend(present.iter().filter(|k| !SETTING_ORDER.contains(k)));
     cols
+}
+
+/// A run's peak memory of kind `k` in MiB, empty where it has none of that kind (never 0 for
+/// "not recorded").
+fn peak(r: &RunRecord, k: PeakKind) -> String {
+    match r.peak_memory() {
+        Some((v, kind)) if kind == k => format!("{v:.1}"),
+        _ => String::new(),
+    }
 }
 
 /// The summary as rows of strings, header first. `best_config` is `true` on the runs of the
@@ -96,7 +117,9 @@ pub(super) fn summary_rows(records: &[RunRecord], table: &Table) -> Vec<Vec<Stri
     for r in sorted_records(records) {
         let mut row = vec![
             r.dataset.clone(),
+            r.group.clone(),
             r.method.clone(),
+            r.method_table.clone(),
             r.config.clone(),
             r.seed.to_string(),
         ];
@@ -110,14 +133,24 @@ pub(super) fn summary_rows(records: &[RunRecord], table: &Table) -> Vec<Vec<Stri
             r.test_n.to_string(),
             r.num_classes.to_string(),
             r.trainable.to_string(),
-            r.trainable_backbone.to_string(),
             r.trainable_pct.to_string(),
+            r.trainable_backbone.to_string(),
+            r.trainable_backbone_pct()
+                .map(|p| format!("{p:.4}"))
+                .unwrap_or_default(),
+            match r.params_total {
+                0 => String::new(),
+                n => n.to_string(),
+            },
             format!("{:.4}", r.epoch_time_s),
             format!("{:.4}", r.epochs_s),
             format!("{:.4}", r.wall_s),
             format!("{:.4}", r.overhead_s()),
+            format!("{:.4}", r.eval_wall_s),
             format!("{:.6}", r.gpu_hours),
-            r.peak_mem_mib.map(|m| m.to_string()).unwrap_or_default(),
+            format!("{:.6}", r.cpu_hours()),
+            peak(r, PeakKind::CudaAllocator),
+            peak(r, PeakKind::CpuRss),
             format!("{:.1}", r.train_img_s),
             r.key.clone(),
         ]);
@@ -217,7 +250,8 @@ fn write_csv(rows: &[Vec<String>], path: &Path) -> Result<(), ReportError> {
 }
 
 /// One row per record, sorted (dataset, config, seed): identity, one column per setting of
-/// the run's key ([`SETTING_ORDER`]), then results and cost; `peak_mem_mib` empty on CPU;
+/// the run's key ([`SETTING_ORDER`]), then results and cost; `peak_cuda_alloc_mib` on a GPU,
+/// `peak_cpu_rss_mib` on the CPU, each empty elsewhere and where not recorded;
 /// `train_subset` / `eval_subset` say which examples the run used (empty where not recorded)
 /// and `vtab1k_comparable` whether it is comparable with published VTAB-1k (`true` / `false`).
 pub fn write_summary_csv(records: &[RunRecord], path: &Path) -> Result<(), ReportError> {

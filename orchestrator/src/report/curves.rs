@@ -96,6 +96,15 @@ fn panel(s: &mut String, x0: f64, title: &str, series: &[Series], epochs: f64, s
     }
 }
 
+/// What the rows of `records` are: `method` where each is labelled by its method table (a
+/// protocol's report), else `configuration`.
+pub(super) fn row_kind<'a>(mut records: impl Iterator<Item = &'a RunRecord>) -> &'static str {
+    match records.all(|r| r.config == r.method_row()) {
+        true => "method",
+        false => "configuration",
+    }
+}
+
 fn svg_curves(dataset: &str, runs: &[(&str, Vec<&RunRecord>)]) -> String {
     let epochs = runs
         .iter()
@@ -148,8 +157,9 @@ fn svg_curves(dataset: &str, runs: &[(&str, Vec<&RunRecord>)]) -> String {
     let x = 480.0 + PANEL_W + 20.0;
     let _ = writeln!(
         s,
-        r#"<text x="{x:.1}" y="{:.1}" font-size="12" font-weight="bold">configuration</text>"#,
-        TOP + 10.0
+        r#"<text x="{x:.1}" y="{:.1}" font-size="12" font-weight="bold">{}</text>"#,
+        TOP + 10.0,
+        row_kind(runs.iter().flat_map(|(_, rs)| rs.iter().copied()))
     );
     for (i, (config, _)) in runs.iter().enumerate() {
         let y = TOP + 28.0 + 16.0 * i as f64;

@@ -1,9 +1,11 @@
-//! What `report` prints: the Markdown report (the table, trainable parameters per dataset,
-//! notes, subsets, reference), the table CSV, or JSON. Strings only; no files.
+//! What `report` prints for a grid suite: the Markdown report (the table, trainable
+//! parameters per dataset, the VTAB-1k table, notes, subsets, reference), the table CSV,
+//! JSON, or the VTAB-1k table in LaTeX. Strings only; no files.
 use std::fmt::Write as _;
 
 use super::csv_out::{csv_string, table_rows};
 use super::table::sorted_records;
+use super::vtab_table::{self, build_vtab_table, RowsBy};
 use super::{
     cell_text, comparisons, human_count, human_pct, md_escape, reference, subsets, Format,
     Reference, RunRecord, Table,
@@ -29,6 +31,11 @@ pub fn render_with(
             let mut sections = vec![markdown(table)];
             if !table.rows.is_empty() {
                 sections.push(trainable_table(table));
+                let split = super::folder::eval_split(records);
+                sections.push(format!(
+                    "VTAB-1k table (split: {split}; a row per configuration):\n\n{}",
+                    vtab_table::markdown(&build_vtab_table(records, RowsBy::Config), &split)
+                ));
             }
             if !records.is_empty() {
                 sections.push(subsets::markdown_notes(records));
@@ -39,6 +46,14 @@ pub fn render_with(
             sections.join("\n")
         }
         Format::Csv => csv_string(&table_rows(table)),
+        Format::Latex => {
+            let split = super::folder::eval_split(records);
+            super::latex::vtab_table(
+                &build_vtab_table(records, RowsBy::Config),
+                &split,
+                &super::folder::grid_caption(&split),
+            )
+        }
         Format::Json => {
             let mut doc = serde_json::json!({
                 "records": sorted_records(records),

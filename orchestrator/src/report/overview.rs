@@ -41,7 +41,7 @@ fn marker(s: &mut String, i: usize, (x, y): (f64, f64), class: &str, tip: &str) 
     };
 }
 
-fn svg_overview(table: &Table, classes: &[i64]) -> String {
+fn svg_overview(table: &Table, classes: &[i64], rows: &str) -> String {
     let h = TOP + ROW * table.rows.len() as f64 + 70.0;
     let (px0, px1, py0, py1) = (LEFT, W - RIGHT, TOP, h - 56.0);
     let cells = || table.rows.iter().flat_map(|r| r.cells.iter().flatten());
@@ -56,7 +56,7 @@ fn svg_overview(table: &Table, classes: &[i64]) -> String {
         &mut s,
         W,
         h,
-        "top-1 of every configuration on every dataset",
+        &format!("top-1 of every {rows} on every dataset"),
     );
     let n = ((xhi - xlo) / step + 1e-9).floor() as i32;
     let _ = writeln!(s, r##"<g stroke="#ddd">"##);
@@ -176,6 +176,7 @@ pub fn write_overview(
         })
         .collect();
     let path = dir.join("overview.svg");
-    super::folder::write_file(&path, &svg_overview(table, &classes))?;
+    let rows = super::curves::row_kind(records.iter());
+    super::folder::write_file(&path, &svg_overview(table, &classes, rows))?;
     Ok(Some(path))
 }

@@ -116,6 +116,9 @@ fn svg_plot(dataset: &str, points: &[Point], classes: i64) -> String {
     }
     // Points: error bar, marker (with a tooltip), label (off every marker).
     let mut labels = Labels::default();
+    // Labels stay inside the frame: off the title above it and the legend right of it.
+    labels.block(0.0, W, 0.0, py0);
+    labels.block(px1, W, 0.0, H);
     for (p, l) in points.iter().zip(&lx) {
         let (x, y) = (sx(*l), sy(p.cell.mean));
         labels.block(x - 5.0, x + 5.0, y - 5.0, y + 5.0);

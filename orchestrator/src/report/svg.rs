@@ -24,6 +24,45 @@ pub(super) fn palette(i: usize) -> &'static str {
     P[i % P.len()]
 }
 
+/// The outline of marker `i` (circle, square, triangle, diamond, triangle down, hexagon,
+/// then again) of radius `r` at (x, y), as SVG path data: one marker per method where
+/// colour alone would not tell them apart (in print, for colour-blind readers).
+pub(super) fn shape_path(i: usize, x: f64, y: f64, r: f64) -> String {
+    let poly = |pts: &[(f64, f64)]| {
+        let mut d = String::new();
+        for (k, (px, py)) in pts.iter().enumerate() {
+            let _ = write!(
+                d,
+                "{}{:.1} {:.1}",
+                if k == 0 { "M" } else { "L" },
+                x + px * r,
+                y + py * r
+            );
+        }
+        d + "Z"
+    };
+    match i % 6 {
+        0 => format!(
+            "M{:.1} {y:.1}a{r:.1} {r:.1} 0 1 0 {:.1} 0a{r:.1} {r:.1} 0 1 0 {:.1} 0Z",
+            x - r,
+            2.0 * r,
+            -2.0 * r
+        ),
+        1 => poly(&[(-0.85, -0.85), (0.85, -0.85), (0.85, 0.85), (-0.85, 0.85)]),
+        2 => poly(&[(0.0, -1.15), (1.05, 0.8), (-1.05, 0.8)]),
+        3 => poly(&[(0.0, -1.2), (1.0, 0.0), (0.0, 1.2), (-1.0, 0.0)]),
+        4 => poly(&[(0.0, 1.15), (1.05, -0.8), (-1.05, -0.8)]),
+        _ => poly(&[
+            (1.0, 0.0),
+            (0.5, 0.87),
+            (-0.5, 0.87),
+            (-1.0, 0.0),
+            (-0.5, -0.87),
+            (0.5, -0.87),
+        ]),
+    }
+}
+
 pub(super) fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -177,7 +216,8 @@ impl Labels {
 pub(super) fn open(s: &mut String, w: f64, h: f64, title: &str) {
     let _ = writeln!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="{}, sans-serif">"#,
+        super::png::FONT_FAMILY
     );
     let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
     let _ = writeln!(

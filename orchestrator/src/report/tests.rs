@@ -42,6 +42,8 @@ pub(super) fn rec(dataset: &str, method: &str, config: &str, seed: u64, top1: f6
     RunRecord {
         dataset: dataset.into(),
         method: method.into(),
+        method_table: method.into(),
+        group: vtab1k_group(dataset).unwrap_or(groups::OTHER).into(),
         config: config.into(),
         hparams: hp,
         seed,
@@ -51,11 +53,14 @@ pub(super) fn rec(dataset: &str, method: &str, config: &str, seed: u64, top1: f6
         trainable,
         trainable_backbone: extra,
         trainable_pct: (100.0 * trainable as f64 / total as f64 * 1e4).round() / 1e4,
+        params_total: total,
         epoch_time_s: 12.5,
         peak_mem_mib: (method != "linear").then_some(2048.0),
+        peak_rss_mib: None,
         train_img_s: 310.0,
         wall_s: 130.0,
         epochs_s: 125.0,
+        eval_wall_s: 14.0,
         gpu_hours: 0.04,
         key: format!("{:08x}", seed * 1000 + top1 as u64),
         subsets: subsets_of(dataset),
@@ -574,12 +579,16 @@ fn report_folder_replaces_stale_files_and_refuses_a_store() {
         "summary.csv",
         "table.csv",
         "per_class.csv",
+        "vtab_table.csv",
+        "vtab_table.tex",
         "report.md",
         "plots/overview.svg",
+        "plots/overview.png",
     ] {
         assert!(w.files.contains(&dir.join(f)), "{f}: {:?}", w.files);
     }
-    assert_eq!(w.files.len(), 4 + 3 + 3 + 1);
+    // 6 tables and report.md, 3 + 3 + 1 plots as SVG and PNG.
+    assert_eq!(w.files.len(), 6 + 2 * (3 + 3 + 1));
     assert!(!dir.join("CACHEDIR.TAG").exists());
     // Nothing finished: an error, and the previous report is left alone.
     let e = write_report(&dir, &[], &build_table(&[]), "").unwrap_err();

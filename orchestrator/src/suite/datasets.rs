@@ -17,7 +17,7 @@ impl Parser {
         let key = format!("datasets.{name}");
         const SYNTHETIC: [&str; 2] = ["task", "test_images"];
         const REAL: [&str; 4] = ["root", "dtd_split", "train_csv", "test_csv"];
-        let mut allowed = vec!["format", "seeds"];
+        let mut allowed = vec!["format", "seeds", "group"];
         allowed.extend(SYNTHETIC.iter().chain(&REAL).chain(&OPT_KEYS));
         let m = self.table(&key, v, &allowed)?;
         let mut opt = defaults.clone();
@@ -25,6 +25,10 @@ impl Parser {
         let seeds = m
             .get("seeds")
             .map(|s| self.seeds(&format!("{key}.seeds"), s));
+        let group = match m.get("group") {
+            Some(g) => Some(self.group(&format!("{key}.group"), g)?),
+            None => None,
+        };
         let format = match m.get("format") {
             Some(f) => self.one_of(&format!("{key}.format"), f, "dataset format", &FORMATS)?,
             None => {
@@ -105,9 +109,26 @@ impl Parser {
             DatasetDef {
                 name: name.to_string(),
                 source,
+                group,
             },
             opt,
             seeds,
         ))
+    }
+
+    /// `group`: the dataset's group in the report's VTAB-1k table (`natural`, `specialized`,
+    /// `structured`, or a name of one's own); not part of any key.
+    fn group(&mut self, key: &str, v: &Value) -> Option<String> {
+        let g = self.str(key, v)?.trim();
+        if g.is_empty() {
+            self.err(
+                key,
+                "empty: name the dataset's group (natural, specialized, structured, or one of \
+                 your own)"
+                    .to_string(),
+            );
+            return None;
+        }
+        Some(g.to_string())
     }
 }

@@ -52,6 +52,10 @@ pub enum Source {
 pub struct DatasetDef {
     pub name: String,
     pub source: Source,
+    /// `group`: its group in the report's VTAB-1k table (`natural`, `specialized`,
+    /// `structured` or any name); `None`: the VTAB-1k task's own group, if it is one
+    /// (`report::vtab1k_group`). Not part of any key.
+    pub group: Option<String>,
 }
 
 /// Pretraining recipe for the backbone (the `build` node trains it on a synthetic task).
