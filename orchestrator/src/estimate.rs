@@ -70,9 +70,9 @@ impl Estimate {
             .sum()
     }
 
-    /// `estimate: 37 nodes to run, ~1.8 h wall on 2 GPUs x 1 job, 4.20 GPU-hours + 0.30
-    /// CPU-hours of node time; 5 nodes without comparable history (counted at their kind's
-    /// default: 3 train 1800 s, 2 eval 120 s)`, and a line on the finals not keyed yet.
+    /// `estimate: N nodes to run, ~W wall on 2 GPUs x 1 job, G GPU-hours + C CPU-hours of
+    /// node time; 2 nodes without comparable history (counted at their kind's default: 1 train
+    /// 1800 s, 1 eval 120 s)`, and a line on the finals not keyed yet.
     pub fn render(&self) -> String {
         if self.nodes.is_empty() {
             return "estimate: nothing to run\n".to_string();

@@ -23,6 +23,17 @@ fn limits() -> Limits {
     limits
 }
 
+thread_local! {
+    /// Whether this thread is inside the image decoder, whose panics [`decode`] catches.
+    static DECODING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is decoding an image now (a panic hook that aborts, like the fuzzer's,
+/// lets [`decode`] catch the decoder's panics instead).
+pub fn decoding() -> bool {
+    DECODING.with(|d| d.get())
+}
+
 /// Decodes the image `reader` reads (format guessed from its bytes) within [`limits`] and
 /// converts it to RGB; errors name `path`.
 fn decode<R: BufRead + Seek>(
@@ -37,7 +48,20 @@ fn decode<R: BufRead + Seek>(
         .with_guessed_format()
         .map_err(|e| decode_err(e.to_string()))?;
     reader.limits(limits());
-    match reader.decode() {
+    // A malformed file can make the decoder itself panic (png 0.18.1 on a short palette, found
+    // by fuzzing): that is a bad file, not a crash of the run.
+    let decoded = {
+        DECODING.with(|d| d.set(true));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode()));
+        DECODING.with(|d| d.set(false));
+        r
+    };
+    let Ok(decoded) = decoded else {
+        return Err(decode_err(
+            "the image decoder panicked on this file (a malformed image)".into(),
+        ));
+    };
+    match decoded {
         Ok(image) => Ok(image.into_rgb8()),
         Err(e @ ImageError::Limits(_)) => Err(decode_err(format!(
             "{e} (images are limited to {MAX_SIDE} x {MAX_SIDE} pixels and {MAX_DECODE_MIB} MiB \

@@ -49,7 +49,7 @@ pub(crate) use cifar::{parse_python_names, parse_python_part};
 mod csv_list;
 #[doc(hidden)]
 pub use csv_list::{parse_records as parse_csv_records, Record as CsvRecord};
-mod decode;
+pub mod decode;
 #[doc(hidden)]
 pub use decode::decode_bytes;
 mod dtd;
