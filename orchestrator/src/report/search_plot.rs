@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::protocol::Choice;
-use super::svg::{frame, open, palette, percent_range, x_title, xml_escape};
+use super::svg::{frame, open, palette, percent_grid, percent_range, x_title, xml_escape};
 use super::{file_stem, ReportError};
 
 const ROW: f64 = 20.0;
@@ -45,26 +45,7 @@ fn svg_search(dataset: &str, choices: &[&Choice]) -> String {
         h,
         &format!("{dataset}: the search (val200 top-1, trained on train800)"),
     );
-    let n = ((xhi - xlo) / step + 1e-9).floor() as i32;
-    let _ = writeln!(s, r##"<g stroke="#ddd">"##);
-    for i in 0..=n {
-        let x = sx(xlo + i as f64 * step);
-        let _ = writeln!(
-            s,
-            r#"<line x1="{x:.1}" y1="{py0:.1}" x2="{x:.1}" y2="{py1:.1}"/>"#
-        );
-    }
-    s.push_str("</g>\n<g font-size=\"11\">\n");
-    for i in 0..=n {
-        let v = xlo + i as f64 * step;
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{v:.0}</text>"#,
-            sx(v),
-            py1 + 16.0
-        );
-    }
-    s.push_str("</g>\n");
+    percent_grid(&mut s, &sx, (xlo, xhi, step), py0, py1);
     frame(&mut s, px0, py0, px1, py1);
     x_title(&mut s, px0, px1, py1 + 34.0, "val200 top-1 (%)");
     let mut y = py0;

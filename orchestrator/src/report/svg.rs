@@ -291,6 +291,37 @@ pub(super) fn y_grid(
     s.push_str("</g>\n");
 }
 
+/// The vertical grid lines of a percent axis from `xlo` to `xhi` every `step` (a
+/// [`percent_range`]) between `py0` and `py1`, labelled below `py1`; `sx` maps a value to x.
+pub(super) fn percent_grid(
+    s: &mut String,
+    sx: &dyn Fn(f64) -> f64,
+    (xlo, xhi, step): (f64, f64, f64),
+    py0: f64,
+    py1: f64,
+) {
+    let n = ((xhi - xlo) / step + 1e-9).floor() as i32;
+    let _ = writeln!(s, r##"<g stroke="#ddd">"##);
+    for i in 0..=n {
+        let x = sx(xlo + i as f64 * step);
+        let _ = writeln!(
+            s,
+            r#"<line x1="{x:.1}" y1="{py0:.1}" x2="{x:.1}" y2="{py1:.1}"/>"#
+        );
+    }
+    s.push_str("</g>\n<g font-size=\"11\">\n");
+    for i in 0..=n {
+        let v = xlo + i as f64 * step;
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{v:.0}</text>"#,
+            sx(v),
+            py1 + 16.0
+        );
+    }
+    s.push_str("</g>\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
