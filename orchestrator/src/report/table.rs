@@ -187,6 +187,22 @@ fn device_of(records: &[&RunRecord]) -> String {
 /// Aggregates records into the method configuration x dataset table.
 ///
 /// Empty input is not an error anywhere in this module: it gives a table with no datasets
+/// Marks, in each column, the cells with the highest mean (`best`) over `rows`.
+pub(super) fn mark_best(mut rows: Vec<&mut Vec<Option<Cell>>>) {
+    let columns = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    for col in 0..columns {
+        let best = rows
+            .iter()
+            .filter_map(|r| r.get(col)?.as_ref().map(|c| c.mean))
+            .fold(f64::NEG_INFINITY, f64::max);
+        for row in rows.iter_mut() {
+            if let Some(Some(c)) = row.get_mut(col) {
+                c.best = c.mean == best;
+            }
+        }
+    }
+}
+
 /// and no rows. The caller decides whether that is fatal (`report` writes nothing then).
 pub fn build_table(records: &[RunRecord]) -> Table {
     let datasets: Vec<String> = records
@@ -223,17 +239,7 @@ pub fn build_table(records: &[RunRecord]) -> Table {
             }
         })
         .collect();
-    for col in 0..datasets.len() {
-        let best = rows
-            .iter()
-            .filter_map(|r| r.cells[col].as_ref().map(|c| c.mean))
-            .fold(f64::NEG_INFINITY, f64::max);
-        for row in &mut rows {
-            if let Some(c) = &mut row.cells[col] {
-                c.best = c.mean == best;
-            }
-        }
-    }
+    mark_best(rows.iter_mut().map(|r| &mut r.cells).collect());
     Table { datasets, rows }
 }
 

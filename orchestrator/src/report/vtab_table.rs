@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use super::groups::{group_rank, group_title, task_rank, OTHER};
-use super::table::{cell_of, mean, natural_cmp, RowKey};
+use super::table::{cell_of, mark_best, mean, natural_cmp, RowKey};
 use super::{md_escape, Cell, RunRecord};
 
 /// What a row of the table is.
@@ -194,17 +194,7 @@ pub fn build_vtab_table(records: &[RunRecord], by: RowsBy) -> VtabTable {
             }
         })
         .collect();
-    for col in 0..cols.len() {
-        let best = rows
-            .iter()
-            .filter_map(|r| r.cells[col].as_ref().map(|c| c.mean))
-            .fold(f64::NEG_INFINITY, f64::max);
-        for row in &mut rows {
-            if let Some(c) = &mut row.cells[col] {
-                c.best = c.mean == best;
-            }
-        }
-    }
+    mark_best(rows.iter_mut().map(|r| &mut r.cells).collect());
     VtabTable {
         columns: cols,
         groups,
