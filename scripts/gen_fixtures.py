@@ -12,7 +12,7 @@ import sys
 import peft
 import timm
 import torch
-from peft import IA3Config, LoraConfig, VeraConfig, get_peft_model
+from peft import IA3Config, LNTuningConfig, LoraConfig, VeraConfig, get_peft_model
 from safetensors.torch import save_file
 from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -85,6 +85,27 @@ ADAPTERS = {
     "lora_regex": LoraConfig(r=3, lora_alpha=5, target_modules=r"blocks\.\d+\.(attn\.qkv|mlp\.fc2)|patch_embed\.proj", modules_to_save=["head"]),
     # No modules_to_save: the adapter has no head and uses the checkpoint's (timm's 10 classes).
     "lora_headless": LoraConfig(r=4, lora_alpha=8, target_modules=["qkv", "fc1"]),
+    # DoRA: LoRA's defaults with use_dora, then another configuration (rsLoRA scale, the
+    # suffix-matched `proj` putting a Conv2d DoRA on patch_embed.proj).
+    "dora": LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
+    "dora_rs_conv": LoraConfig(r=3, lora_alpha=5, use_dora=True, use_rslora=True, target_modules=["qkv", "proj", "fc2"], modules_to_save=["head"]),
+    # LayerNorm tuning: every LayerNorm (a regex: the suffix `norm` would also hit timm's
+    # parameterless attn.q_norm, which peft cannot wrap), then norm1 of each block only.
+    "ln_tuning": LNTuningConfig(target_modules=r"blocks\.\d+\.norm[12]|norm", modules_to_save=["head"]),
+    "ln_tuning_norm1": LNTuningConfig(target_modules=["norm1"], modules_to_save=["head"]),
+}
+# Training steps after the perturbation (fp32, CPU): plain SGD on cross-entropy, so the test
+# compares peft's gradients (of every trainable tensor) with ours, not two optimisers. The
+# perturbed adapters make gradients large; lr = 1e-3 still moves the logits by 0.03 to 5.
+TRAIN = dict(steps=3, lr=0.001, labels=[1, 7, 3, 0])
+# Adapters not trained, and why.
+UNTRAINED = {
+    # Without a saved head peft trains no head, while ours would.
+    "lora_headless": "no head saved",
+    # Its perturbed r=4 conv LoRA dominates the patch tokens: gradients near 1e3 amplify the
+    # fp32 rounding of an equivalent op order (patches x matmul here, conv2d in peft) to
+    # 3e-5 in three steps. The conv LoRA is trained in lora_regex (r=3) within 1e-5.
+    "lora_suffix": "ill-conditioned: fp32 rounding amplified beyond 1e-5",
 }
 manifest["adapters"] = {}
 for i, (name, cfg) in enumerate(ADAPTERS.items()):
@@ -101,16 +122,35 @@ for i, (name, cfg) in enumerate(ADAPTERS.items()):
     with torch.no_grad():
         for pname, p in sorted(pm.named_parameters()):
             if p.requires_grad:
-                if "ia3_l" in pname:
+                if "ia3_l" in pname or "ln_tuning_layers.weight" in pname:
                     p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g))
+                elif "lora_magnitude_vector" in pname:
+                    # Around its start (the base rows' norms), as after some training.
+                    p.mul_(1.0 + 0.3 * torch.randn(p.shape, generator=g))
                 else:
                     p.copy_(0.3 * torch.randn(p.shape, generator=g))
         logits = pm(xa)
     pm.save_pretrained(os.path.join(OUT, f"peft_{name}"))
     os.remove(os.path.join(OUT, f"peft_{name}", "README.md"))  # a generated model card, not data
-    save(f"peft_{name}_io.safetensors", {"fresh_logits": fresh, "logits": logits})
+    io = {"fresh_logits": fresh, "logits": logits}
+    if name not in UNTRAINED:
+        pm.train()
+        labels = torch.tensor(TRAIN["labels"])
+        for _ in range(TRAIN["steps"]):
+            pm.zero_grad()
+            torch.nn.functional.cross_entropy(pm(xa), labels).backward()
+            with torch.no_grad():
+                for p in pm.parameters():
+                    if p.requires_grad:
+                        p.sub_(TRAIN["lr"] * p.grad)
+        pm.eval()
+        with torch.no_grad():
+            io["trained_logits"] = pm(xa)
+    save(f"peft_{name}_io.safetensors", io)
     manifest["adapters"][name] = dict(dir=f"peft_{name}", io=f"peft_{name}_io.safetensors", trainable=trainable,
-                                      head_saved="head" in (cfg.modules_to_save or []))
+                                      head_saved="head" in (cfg.modules_to_save or []),
+                                      trained="trained_logits" in io)
+manifest["train"] = TRAIN
 
 # --- LoRA on the q and v slices of the fused qkv, by hand (peft cannot slice qkv) ------
 D, R, ALPHA = CFG_A["embed_dim"], 4, 8.0

@@ -65,6 +65,73 @@ enum Cmd {
     Env,
     /// Train-step benchmark of every adaptation method on random data.
     Bench(BenchArgs),
+    /// The method catalogue: every method, its suite options, its peft form, and the
+    /// trainable parameters of its bench configurations on a ViT (default ViT-B/16, 100 classes).
+    Methods(MethodsArgs),
+}
+
+#[derive(clap::Args)]
+struct MethodsArgs {
+    /// timm preset the trainable counts are for.
+    #[arg(long, default_value = "vit_base_patch16_224")]
+    preset: String,
+    /// Classes of the new head.
+    #[arg(long, default_value_t = 100)]
+    classes: i64,
+}
+
+/// Prints the catalogue as Markdown: one row per bench configuration of each method.
+fn methods(a: MethodsArgs) -> Result<()> {
+    use kernels::method::ParamKind;
+    let cfg = VitConfig::preset(&a.preset).ok_or_else(|| {
+        anyhow::Error::new(cli::UsageError(format!(
+            "--preset: unknown preset `{}` (one of: {})",
+            a.preset,
+            VitConfig::preset_names().collect::<Vec<_>>().join(", ")
+        )))
+    })?;
+    println!(
+        "| method | options | peft form | configuration | trainable ({}, {} classes) | % |",
+        a.preset, a.classes
+    );
+    println!("|---|---|---|---|---:|---:|");
+    for info in kernels::adapters::REGISTRY {
+        let options: Vec<String> = info
+            .params
+            .iter()
+            .map(|p| match p.kind {
+                ParamKind::Int { min, max: i64::MAX } => format!("`{}` (integer >= {min})", p.key),
+                ParamKind::Int { min, max } => format!("`{}` ({min}..={max})", p.key),
+                ParamKind::Float => format!("`{}` (number)", p.key),
+                ParamKind::Bool => format!("`{}` (bool)", p.key),
+                ParamKind::Targets => format!("`{}` (layers)", p.key),
+                ParamKind::Choice(c) => format!("`{}` ({})", p.key, c.join("/")),
+                ParamKind::Names(c) => format!("`{}` (some of {})", p.key, c.join(",")),
+            })
+            .collect();
+        let options = if options.is_empty() {
+            "-".to_string()
+        } else {
+            options.join(", ")
+        };
+        let peft = info.peft.as_ref().map_or("-", |r| r.peft_type);
+        for (i, (row, method)) in (info.bench)().into_iter().enumerate() {
+            // The options once per method.
+            let options = if i == 0 { options.as_str() } else { "\"" };
+            let vit = tch::no_grad(|| kernels::VisionTransformer::new(&cfg, Device::Cpu))?;
+            let model = kernels::AdaptedVit::new(vit, &method, Some(a.classes), 0)
+                .with_context(|| format!("building {row}"))?;
+            let c = model.counts();
+            println!(
+                "| {} | {options} | {peft} | `{row}`: {} | {} | {:.3} |",
+                info.name,
+                method.label(),
+                c.trainable,
+                c.trainable_percent()
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -92,8 +159,8 @@ struct BenchArgs {
     steps: usize,
     #[arg(long, default_value_t = 10)]
     eval_steps: usize,
-    /// Comma-separated subset of methods (default: all): linear, full, lora_qkv_r8,
-    /// lora_all_r8, lora_all_pe_r8, vera_qkv_mlp_r256, ia3_qkv_fc2, lora_qv_r8, bitfit.
+    /// Comma-separated subset of the configurations (default: all), by the names
+    /// `vtab-orch methods` lists (e.g. lora_qkv_r8, dora_qkv_r8, ia3_qkv_fc2).
     #[arg(long, value_delimiter = ',')]
     methods: Vec<String>,
     /// cpu, cuda or cuda:N (default: cuda if available).
@@ -231,6 +298,7 @@ fn main() {
             Ok(0)
         }
         Cmd::Bench(a) => bench(a).map(|_| 0),
+        Cmd::Methods(a) => methods(a).map(|_| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),

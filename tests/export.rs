@@ -82,7 +82,7 @@ fn without_adapter(l: &Loaded, f: &Found, n: i64) -> kernels::AdaptedVit {
         &l.store.entry("build", &f.train.build),
         &f.build,
         info.img_size,
-        &kernels::Method::Linear,
+        &kernels::Method::linear(),
         n,
         0,
         Device::Cpu,

@@ -4,7 +4,7 @@
 use crate::accel::{memory_stats, reset_peak_memory, synchronize};
 use crate::config::VitConfig;
 use crate::error::Result;
-use crate::method::{Ia3Spec, LoraSpec, Method, Target, VeraSpec};
+use crate::method::Method;
 use crate::model::AdaptedVit;
 use crate::optim::AdamWConfig;
 use crate::schedule::WarmupCosine;
@@ -41,50 +41,14 @@ pub struct BenchRow {
     pub final_loss: f64,
 }
 
-/// The methods of `peft_bench.py`, by its names, plus BitFit, LoRA on q,v slices and LoRA on
-/// all linears with peft's own target set (`lora_all_pe_r8`).
+/// The rows `vtab-orch bench` measures: every registered method's bench entries (the
+/// methods of `peft_bench.py` by its names, plus BitFit, LoRA on q,v slices and LoRA on all
+/// linears with peft's own target set, `lora_all_pe_r8`).
 pub fn standard_methods() -> Vec<(&'static str, Method)> {
-    use Target::*;
-    let lora = |targets: Vec<Target>| {
-        Method::Lora(LoraSpec {
-            r: 8,
-            alpha: 8.0,
-            dropout: 0.0,
-            rslora: false,
-            targets,
-        })
-    };
-    vec![
-        ("linear", Method::Linear),
-        ("full", Method::Full),
-        ("lora_qkv_r8", lora(vec![Qkv])),
-        ("lora_all_r8", lora(vec![Qkv, Proj, Fc1, Fc2])),
-        // peft's `lora_all_r8` config exactly: its suffix-matched `proj` also adapts
-        // patch_embed.proj, so this row has peft's trainable count (the one above, kept for
-        // comparisons with earlier runs, adapts attn.proj only).
-        (
-            "lora_all_pe_r8",
-            lora(vec![PatchEmbed, Qkv, Proj, Fc1, Fc2]),
-        ),
-        (
-            "vera_qkv_mlp_r256",
-            Method::Vera(VeraSpec {
-                r: 256,
-                d_initial: 0.1,
-                projection_prng_key: 0,
-                dropout: 0.0,
-                targets: vec![Qkv, Fc1, Fc2],
-            }),
-        ),
-        (
-            "ia3_qkv_fc2",
-            Method::Ia3(Ia3Spec {
-                targets: vec![Qkv, Fc2],
-            }),
-        ),
-        ("lora_qv_r8", lora(vec![Q, V])),
-        ("bitfit", Method::Bitfit),
-    ]
+    crate::adapters::REGISTRY
+        .iter()
+        .flat_map(|m| (m.bench)())
+        .collect()
 }
 
 fn time_it(device: Device, n: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {

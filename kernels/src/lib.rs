@@ -18,8 +18,9 @@ pub mod schedule;
 pub mod train;
 pub mod vit;
 
+pub use adapters::{Ia3Spec, LoraSpec, VeraSpec};
 pub use config::VitConfig;
 pub use error::{Error, Result};
-pub use method::{Ia3Spec, LoraSpec, Method, Target, VeraSpec};
+pub use method::{Method, Target};
 pub use model::{AdaptedVit, ParamCounts};
 pub use vit::VisionTransformer;

@@ -58,8 +58,9 @@ pub trait Adapter: Send {
     fn on_input(&self, x: Tensor) -> Tensor {
         x
     }
-    /// An additive change computed from the layer input `x` (before `on_input`): LoRA, VeRA.
-    fn delta(&self, _x: &Tensor, _train: bool) -> Option<(Tensor, OutRange)> {
+    /// An additive change computed from the layer input `x` (before `on_input`) and, where
+    /// the method needs them (DoRA), the base layer and its output: LoRA, VeRA.
+    fn delta(&self, _x: &Tensor, _base: Base, _train: bool) -> Option<(Tensor, OutRange)> {
         None
     }
     /// A change to the output after the deltas are added: IA3's output scaling.
@@ -72,6 +73,13 @@ pub trait Adapter: Send {
     fn unmerge(&self, base: &mut Linear);
     /// The adapter's trainable tensors, named from the model root.
     fn visit(&mut self, f: &mut Visit);
+}
+
+/// The base layer of an adapted layer and its output (bias included) for the current input.
+#[derive(Clone, Copy)]
+pub struct Base<'a> {
+    pub layer: &'a Linear,
+    pub y: &'a Tensor,
 }
 
 /// A base linear layer and the adapters on it (usually none or one; two for LoRA on the
@@ -100,7 +108,7 @@ impl AdaptedLinear {
             h = a.on_input(h);
         }
         let y = self.base.forward(&h);
-        add_deltas_and_scale(&self.adapters, x, y, self.base.out_features(), train)
+        add_deltas_and_scale(&self.adapters, x, y, &self.base, train)
     }
 
     pub fn is_merged(&self) -> bool {
@@ -141,13 +149,16 @@ pub(crate) fn add_deltas_and_scale(
     adapters: &[Box<dyn Adapter>],
     x: &Tensor,
     mut y: Tensor,
-    out_features: i64,
+    layer: &Linear,
     train: bool,
 ) -> Tensor {
-    let deltas: Vec<(Tensor, OutRange)> =
-        adapters.iter().filter_map(|a| a.delta(x, train)).collect();
+    let base = Base { layer, y: &y };
+    let deltas: Vec<(Tensor, OutRange)> = adapters
+        .iter()
+        .filter_map(|a| a.delta(x, base, train))
+        .collect();
     if !deltas.is_empty() {
-        y += combine_deltas(deltas, out_features);
+        y += combine_deltas(deltas, layer.out_features());
     }
     for a in adapters {
         y = a.on_output(y);

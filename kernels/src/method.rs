@@ -1,7 +1,19 @@
-//! Adaptation methods as data: what to train and with which hyper-parameters. Validation
-//! lives here; building the adapted model is `model.rs`.
-use serde::{Deserialize, Serialize};
+//! Adaptation methods as data: the open catalogue. A method is one file under `adapters/`
+//! holding its spec (a serde struct), a [`MethodSpec`] implementation (validation, label,
+//! which tensors train, how adapters go into the model, peft's format) and a
+//! [`MethodInfo`] (its name, its suite parameters, its peft reader, its bench rows) listed
+//! in [`crate::adapters::REGISTRY`]. Everything else (the suite parser, node identity, the
+//! report, `bench`, peft import and export) learns methods from that registry.
+use crate::config::VitConfig;
+use crate::peft_import::PeftConfig;
+use crate::vit::VisionTransformer;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+use std::any::Any;
 use std::fmt;
+use std::sync::Arc;
+use tch::Tensor;
 
 /// A layer an adapter can target: a linear layer of every ViT block, or the patch
 /// embedding's conv (`patch_embed.proj`, once per model). `q`, `k`, `v` are row slices of
@@ -63,165 +75,324 @@ impl fmt::Display for Target {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoraSpec {
-    pub r: i64,
-    pub alpha: f64,
-    #[serde(default)]
-    pub dropout: f64,
-    #[serde(default)]
-    pub rslora: bool,
-    pub targets: Vec<Target>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VeraSpec {
-    #[serde(default = "vera_r")]
-    pub r: i64,
-    #[serde(default = "d_initial")]
-    pub d_initial: f64,
-    #[serde(default)]
-    pub projection_prng_key: i64,
-    #[serde(default)]
-    pub dropout: f64,
-    pub targets: Vec<Target>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Ia3Spec {
-    /// Output scaling for q/k/v/qkv/proj/fc1; input (feed-forward) scaling for fc2.
-    pub targets: Vec<Target>,
-}
-
-fn vera_r() -> i64 {
-    256
-}
-fn d_initial() -> f64 {
-    0.1
-}
-
 /// The largest LoRA or VeRA rank (`r`): ranks allocate `r x width` per adapted layer, and
 /// published ViT studies stay below a few hundred.
 pub const MAX_RANK: i64 = 4096;
 
-/// How a backbone is adapted. Every method trains a new classification head.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "lowercase")]
-pub enum Method {
-    /// Linear probe: the head only.
-    Linear,
-    /// Full fine-tuning: every tensor.
-    Full,
-    /// BitFit: every bias (linear, conv and LayerNorm) and the head.
-    Bitfit,
-    Lora(LoraSpec),
-    Vera(VeraSpec),
-    Ia3(Ia3Spec),
+/// Frozen tensors a method shares between its layers and saves with its adapter (VeRA's
+/// projections): (name in peft's file after `base_model.`, tensor).
+pub type Buffers = Vec<(String, Tensor)>;
+
+/// What a method does. One implementation per file under `adapters/`; the spec struct
+/// derives `Serialize`, and every serialised field is part of the train node's key (so a
+/// new field cannot be left out of it; give an option that keeps its old behaviour
+/// `skip_serializing_if` at its default, and old keys stay valid).
+pub trait MethodSpec: fmt::Debug + Send + Sync + SpecFields {
+    /// Its registry entry.
+    fn info(&self) -> &'static MethodInfo;
+
+    /// A short human label for tables, e.g. `lora r=8 a=8 q,v`.
+    fn label(&self) -> String {
+        self.info().name.to_string()
+    }
+
+    /// The layers it adapts (none for methods that only choose what trains).
+    fn targets(&self) -> &[Target] {
+        &[]
+    }
+
+    /// Checks ranks, rates and targets; the message reads "<method>: `<field>` ...".
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Whether the backbone tensor `name` (timm's name) trains. Adapters and the head
+    /// always train.
+    fn trains_backbone(&self, _name: &str) -> bool {
+        false
+    }
+
+    /// Puts the method's adapters into `vit` (under `no_grad`; draws follow the seed set
+    /// before). Returns the frozen tensors the layers share.
+    fn insert(&self, _vit: &mut VisionTransformer, _seed: i64) -> crate::Result<Buffers> {
+        Ok(Vec::new())
+    }
+
+    /// peft's `adapter_config.json` keys for this method (beyond the common ones), or why
+    /// peft cannot hold it on a fused-qkv timm ViT.
+    fn peft_config(&self) -> Result<Map<String, Value>, String> {
+        Err(format!(
+            "peft has no {} adapter (full fine-tuning, BitFit and linear probes are not peft tuners)",
+            self.info().name
+        ))
+    }
+
+    /// The trainable tensors in peft's layout and names (`base_model.model.` + ours).
+    fn peft_tensors(&self, trainable: &[(String, Tensor)], _cfg: &VitConfig) -> Buffers {
+        trainable
+            .iter()
+            .map(|(n, t)| (format!("{}{n}", crate::peft_format::PREFIX), t.detach()))
+            .collect()
+    }
+
+    /// A tensor read from a peft file (name without `base_model.model.`): our name and layout.
+    fn peft_tensor_in(&self, name: &str, t: Tensor) -> (String, Tensor) {
+        (name.to_string(), t)
+    }
 }
 
-impl Method {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Method::Linear => "linear",
-            Method::Full => "full",
-            Method::Bitfit => "bitfit",
-            Method::Lora(_) => "lora",
-            Method::Vera(_) => "vera",
-            Method::Ia3(_) => "ia3",
+/// What every spec gets from its derives: its fields as JSON, and downcasting.
+pub trait SpecFields {
+    /// The serialised fields (a JSON object).
+    fn fields(&self) -> Map<String, Value>;
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: Serialize + Any> SpecFields for T {
+    fn fields(&self) -> Map<String, Value> {
+        match serde_json::to_value(self).expect("a method spec serialises") {
+            Value::Object(m) => m,
+            other => panic!("a method spec serialises to an object, not {other}"),
         }
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// A method's registry entry.
+pub struct MethodInfo {
+    /// The suite's and the node's name for it (`[methods.lora]`, `"method": "lora"`).
+    pub name: &'static str,
+    /// One line for the README and error messages.
+    pub about: &'static str,
+    /// Its suite parameters (every key of its spec).
+    pub params: &'static [Param],
+    /// The spec from its fields, defaults filled in (not validated yet).
+    pub from_fields: fn(Map<String, Value>) -> Result<Method, String>,
+    /// peft's `peft_type` for it and the reader of that `adapter_config.json`.
+    pub peft: Option<PeftReader>,
+    /// The configurations `vtab-orch bench` measures: (row name, method).
+    pub bench: fn() -> Vec<(&'static str, Method)>,
+}
+
+/// A peft `peft_type` a method reads, and how (the `PeftConfig` holds the parsed targets).
+pub struct PeftReader {
+    pub peft_type: &'static str,
+    pub read: fn(&PeftConfig) -> crate::Result<Method>,
+}
+
+/// A suite parameter of a method.
+pub struct Param {
+    pub key: &'static str,
+    pub kind: ParamKind,
+    /// Shown by the method's label (so the report's row label need not repeat it).
+    pub labelled: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ParamKind {
+    /// An integer in `min..=max`.
+    Int {
+        min: i64,
+        max: i64,
+    },
+    /// A finite number (ranges are the spec's `validate`).
+    Float,
+    Bool,
+    /// A comma-separated list of [`Target`]s (`"q,v"`).
+    Targets,
+    /// One of these strings.
+    Choice(&'static [&'static str]),
+    /// A comma-separated subset of these names (`"norm1,norm"`), kept in this order.
+    Names(&'static [&'static str]),
+}
+
+/// `from_fields` for a spec that serde can build (its defaults are serde's).
+pub fn from_serde<T: MethodSpec + DeserializeOwned + 'static>(
+    fields: Map<String, Value>,
+) -> Result<Method, String> {
+    serde_json::from_value::<T>(Value::Object(fields))
+        .map(Method::new)
+        .map_err(|e| e.to_string())
+}
+
+/// The registry entry named `name`.
+pub fn lookup(name: &str) -> Option<&'static MethodInfo> {
+    crate::adapters::REGISTRY
+        .iter()
+        .copied()
+        .find(|m| m.name == name)
+}
+
+/// Every method's name, in registry order.
+pub fn names() -> Vec<&'static str> {
+    crate::adapters::REGISTRY.iter().map(|m| m.name).collect()
+}
+
+/// Checks a target list: not empty, no layer twice, not qkv with one of its slices.
+pub fn validate_targets(method: &str, targets: &[Target]) -> Result<(), String> {
+    if targets.is_empty() {
+        return Err(format!(
+            "{method}: `targets` is empty (choose from patch_embed, q, k, v, qkv, proj, fc1, fc2)"
+        ));
+    }
+    let mut seen = targets.to_vec();
+    seen.sort();
+    if seen.windows(2).any(|w| w[0] == w[1]) {
+        return Err(format!(
+            "{method}: `targets` lists a layer twice: {targets:?}"
+        ));
+    }
+    if seen.contains(&Target::Qkv) && seen.iter().any(|t| t.qkv_slice().is_some()) {
+        return Err(format!(
+            "{method}: `targets` has both qkv and a q/k/v slice of it"
+        ));
+    }
+    Ok(())
+}
+
+/// `targets` joined for labels: `q,v`.
+pub fn targets_label(targets: &[Target]) -> String {
+    targets
+        .iter()
+        .map(|t| t.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// How a backbone is adapted: one spec from the registry. Every method trains a new
+/// classification head. Serialises as the spec's fields plus `"method": <name>`.
+#[derive(Clone)]
+pub struct Method(Arc<dyn MethodSpec>);
+
+impl Method {
+    pub fn new(spec: impl MethodSpec + 'static) -> Self {
+        Method(Arc::new(spec))
+    }
+
+    /// Linear probe: the head only.
+    pub fn linear() -> Self {
+        Method::new(crate::adapters::linear_probe::LinearProbe {})
+    }
+
+    /// Full fine-tuning: every tensor.
+    pub fn full() -> Self {
+        Method::new(crate::adapters::full::Full {})
+    }
+
+    /// BitFit: every bias and the head.
+    pub fn bitfit() -> Self {
+        Method::new(crate::adapters::bitfit::Bitfit {})
+    }
+
+    pub fn spec(&self) -> &dyn MethodSpec {
+        &*self.0
+    }
+
+    /// The spec as its concrete type, if it is one.
+    pub fn downcast<T: 'static>(&self) -> Option<&T> {
+        self.0.as_any().downcast_ref()
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.0.info().name
+    }
+
+    pub fn label(&self) -> String {
+        self.0.label()
     }
 
     pub fn targets(&self) -> &[Target] {
-        match self {
-            Method::Lora(s) => &s.targets,
-            Method::Vera(s) => &s.targets,
-            Method::Ia3(s) => &s.targets,
-            _ => &[],
-        }
+        self.0.targets()
     }
 
-    /// A short human label, e.g. `lora r=8 a=8 q,v`.
-    pub fn label(&self) -> String {
-        let t = self
-            .targets()
-            .iter()
-            .map(|t| t.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
-        match self {
-            Method::Lora(s) => format!(
-                "lora r={} a={}{} {t}",
-                s.r,
-                s.alpha,
-                if s.rslora { " rs" } else { "" }
-            ),
-            Method::Vera(s) => format!("vera r={} {t}", s.r),
-            Method::Ia3(_) => format!("ia3 {t}"),
-            other => other.name().to_string(),
-        }
-    }
-
-    /// Checks ranks, rates and targets; the message names the offending field.
     pub fn validate(&self) -> Result<(), String> {
-        let targets = self.targets();
-        if matches!(self, Method::Lora(_) | Method::Vera(_) | Method::Ia3(_)) {
-            if targets.is_empty() {
-                return Err(format!(
-                    "{}: `targets` is empty (choose from patch_embed, q, k, v, qkv, proj, fc1, fc2)",
-                    self.name()
-                ));
+        self.0.validate()
+    }
+
+    /// The spec's fields, without the name.
+    pub fn fields(&self) -> Map<String, Value> {
+        self.0.fields()
+    }
+
+    /// A method from its name and fields (what `Deserialize` and the suite use).
+    pub fn from_fields(name: &str, fields: Map<String, Value>) -> Result<Method, String> {
+        let info = lookup(name)
+            .ok_or_else(|| format!("unknown method `{name}` (one of: {})", names().join(", ")))?;
+        (info.from_fields)(fields)
+    }
+}
+
+impl PartialEq for Method {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name() && self.fields() == other.fields()
+    }
+}
+
+impl fmt::Debug for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Serialize for Method {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = self.fields();
+        m.insert("method".into(), Value::String(self.name().into()));
+        m.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Method {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut m = Map::<String, Value>::deserialize(d)?;
+        let name = match m.remove("method") {
+            Some(Value::String(s)) => s,
+            _ => {
+                return Err(serde::de::Error::custom(
+                    "a method needs `method`: its name",
+                ))
             }
-            let mut seen = targets.to_vec();
-            seen.sort();
-            if seen.windows(2).any(|w| w[0] == w[1]) {
-                return Err(format!(
-                    "{}: `targets` lists a layer twice: {targets:?}",
-                    self.name()
-                ));
-            }
-            if seen.contains(&Target::Qkv) && seen.iter().any(|t| t.qkv_slice().is_some()) {
-                return Err(format!(
-                    "{}: `targets` has both qkv and a q/k/v slice of it",
-                    self.name()
-                ));
+        };
+        Method::from_fields(&name, m).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registered_method_round_trips_through_its_fields() {
+        for info in crate::adapters::REGISTRY {
+            for (row, m) in (info.bench)() {
+                assert_eq!(m.name(), info.name, "{row}");
+                m.validate().unwrap_or_else(|e| panic!("{row}: {e}"));
+                let json = serde_json::to_string(&m).unwrap();
+                let back: Method = serde_json::from_str(&json).unwrap();
+                assert_eq!(back, m, "{row}: {json}");
+                for k in m.fields().keys() {
+                    assert!(
+                        info.params.iter().any(|p| p.key == k),
+                        "{row}: field `{k}` is no suite parameter of {}",
+                        info.name
+                    );
+                }
             }
         }
-        if matches!(self, Method::Vera(_)) && targets.contains(&Target::PatchEmbed) {
-            return Err(
-                "vera: `targets` has patch_embed, a Conv2d: VeRA (like peft's) adapts \
-                        linear layers only"
-                    .into(),
-            );
-        }
-        let dropout_ok = |p: f64| (0.0..1.0).contains(&p);
-        match self {
-            Method::Lora(s) if s.r <= 0 => Err(format!("lora: `r` must be >= 1, got {}", s.r)),
-            Method::Lora(s) if s.r > MAX_RANK => {
-                Err(format!("lora: `r` must be at most {MAX_RANK}, got {}", s.r))
-            }
-            Method::Lora(s) if !(s.alpha > 0.0 && s.alpha.is_finite()) => {
-                Err(format!("lora: `alpha` must be > 0, got {}", s.alpha))
-            }
-            Method::Lora(s) if !dropout_ok(s.dropout) => Err(format!(
-                "lora: `dropout` must be in [0, 1), got {}",
-                s.dropout
-            )),
-            Method::Vera(s) if s.r <= 0 => Err(format!("vera: `r` must be >= 1, got {}", s.r)),
-            Method::Vera(s) if s.r > MAX_RANK => {
-                Err(format!("vera: `r` must be at most {MAX_RANK}, got {}", s.r))
-            }
-            Method::Vera(s) if !s.d_initial.is_finite() => Err(format!(
-                "vera: `d_initial` must be finite, got {}",
-                s.d_initial
-            )),
-            Method::Vera(s) if !dropout_ok(s.dropout) => Err(format!(
-                "vera: `dropout` must be in [0, 1), got {}",
-                s.dropout
-            )),
-            _ => Ok(()),
-        }
+        let mut names = names();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), crate::adapters::REGISTRY.len(), "a name twice");
+    }
+
+    #[test]
+    fn an_unknown_name_or_field_is_an_error() {
+        let e = serde_json::from_str::<Method>(r#"{"method": "lorax"}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown method `lorax`"), "{e}");
+        let e = serde_json::from_str::<Method>(r#"{"method": "ia3", "targets": ["q"], "r": 2}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown field `r`"), "{e}");
     }
 }

@@ -1,10 +1,9 @@
 //! The PEFT wrapper: a backbone with a method applied (adapters inserted, a new head,
 //! the right tensors frozen), parameter counts, trainable-only save/load, merge/unmerge.
-use crate::adapters::{lora_scale, Ia3, Lora, Vera, VeraProjections};
 use crate::checkpoint::{copy_into, read_safetensors};
 use crate::error::{Error, Result};
-use crate::linear::{Adapter, Linear, OutRange, Role};
-use crate::method::{Method, Target};
+use crate::linear::{Linear, Role};
+use crate::method::{Buffers, Method};
 use crate::vit::VisionTransformer;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -29,8 +28,8 @@ impl ParamCounts {
 pub struct AdaptedVit {
     pub vit: VisionTransformer,
     pub method: Method,
-    /// Shared frozen VeRA projections (kept here; layers hold views).
-    pub vera: Option<VeraProjections>,
+    /// Frozen tensors the method's layers share (VeRA's projections; layers hold views).
+    pub buffers: Buffers,
     trainable: Vec<(String, Tensor)>,
     counts: ParamCounts,
     merged: bool,
@@ -62,11 +61,11 @@ impl AdaptedVit {
                 "the model has no head: pass num_classes".into(),
             ));
         }
-        let vera = tch::no_grad(|| insert_adapters(&mut vit, method, seed))?;
+        let buffers = tch::no_grad(|| method.spec().insert(&mut vit, seed))?;
         let mut model = AdaptedVit {
             vit,
             method: method.clone(),
-            vera,
+            buffers,
             trainable: Vec::new(),
             counts: ParamCounts {
                 trainable: 0,
@@ -81,7 +80,7 @@ impl AdaptedVit {
 
     /// Sets `requires_grad` by the method's rule and caches the trainable handles.
     fn freeze(&mut self) {
-        let method = self.method.clone();
+        let spec = self.method.clone();
         let mut trainable = Vec::new();
         let mut counts = ParamCounts {
             trainable: 0,
@@ -89,11 +88,9 @@ impl AdaptedVit {
             total: 0,
         };
         self.vit.visit(&mut |name, t, role| {
-            let train = match (&method, role) {
-                (_, Role::Head) | (_, Role::Adapter) => true,
-                (Method::Full, Role::Backbone) => true,
-                (Method::Bitfit, Role::Backbone) => name.ends_with(".bias"),
-                _ => false,
+            let train = match role {
+                Role::Head | Role::Adapter => true,
+                Role::Backbone => spec.spec().trains_backbone(name),
             };
             let n = t.numel() as i64;
             counts.total += n;
@@ -196,148 +193,4 @@ fn copy_into_named(
     names: &BTreeSet<String>,
 ) -> Result<()> {
     copy_into(vit, file, path, |name, _| names.contains(name))
-}
-
-/// (in, out, output range) of the module a target names: `d` the width, `hidden` the MLP
-/// width, `patch_in` the patch embedding's input per token (C * p * p).
-fn target_geometry(t: Target, d: i64, hidden: i64, patch_in: i64) -> (i64, i64, OutRange) {
-    match t {
-        Target::PatchEmbed => (patch_in, d, None),
-        Target::Q | Target::K | Target::V => (d, d, Some((t.qkv_slice().unwrap_or(0) * d, d))),
-        Target::Qkv => (d, 3 * d, None),
-        Target::Proj => (d, d, None),
-        Target::Fc1 => (d, hidden, None),
-        Target::Fc2 => (hidden, d, None),
-    }
-}
-
-/// Name of the (virtual) module a target adapts in block `i` (the patch embedding: once).
-fn target_name(i: usize, t: Target) -> String {
-    match t {
-        Target::PatchEmbed => "patch_embed.proj".into(),
-        Target::Q | Target::K | Target::V | Target::Qkv | Target::Proj => {
-            format!("blocks.{i}.attn.{t}")
-        }
-        Target::Fc1 | Target::Fc2 => format!("blocks.{i}.mlp.{t}"),
-    }
-}
-
-/// Every (block, target) an adapter goes on: block targets in every block, the patch
-/// embedding once (block index 0, unused).
-fn sites(targets: &[Target], depth: usize) -> Vec<(usize, Target)> {
-    let mut out: Vec<(usize, Target)> = targets
-        .iter()
-        .filter(|t| **t == Target::PatchEmbed)
-        .map(|t| (0, *t))
-        .collect();
-    for i in 0..depth {
-        out.extend(
-            targets
-                .iter()
-                .filter(|t| **t != Target::PatchEmbed)
-                .map(|t| (i, *t)),
-        );
-    }
-    out
-}
-
-fn push_adapter(vit: &mut VisionTransformer, i: usize, t: Target, a: Box<dyn Adapter>) {
-    let b = &mut vit.blocks[i];
-    let layer = match t {
-        Target::PatchEmbed => return vit.patch_embed.adapters.push(a),
-        Target::Q | Target::K | Target::V | Target::Qkv => &mut b.attn.qkv,
-        Target::Proj => &mut b.attn.proj,
-        Target::Fc1 => &mut b.mlp.fc1,
-        Target::Fc2 => &mut b.mlp.fc2,
-    };
-    layer.adapters.push(a);
-}
-
-fn insert_adapters(
-    vit: &mut VisionTransformer,
-    method: &Method,
-    seed: i64,
-) -> Result<Option<VeraProjections>> {
-    let (d, hidden, depth) = (vit.cfg.embed_dim, vit.cfg.mlp_hidden(), vit.blocks.len());
-    let patch_in = vit.cfg.in_chans * vit.cfg.patch_size * vit.cfg.patch_size;
-    let geometry = |t| target_geometry(t, d, hidden, patch_in);
-    let device = vit.device();
-    let mut targets = method.targets().to_vec();
-    targets.sort();
-    let mut vera = None;
-    match method {
-        Method::Linear | Method::Full | Method::Bitfit => {}
-        Method::Lora(s) => {
-            let scale = lora_scale(s.r, s.alpha, s.rslora);
-            for (i, t) in sites(&targets, depth) {
-                let (fi, fo, range) = geometry(t);
-                let a = Lora::new(
-                    target_name(i, t),
-                    fi,
-                    fo,
-                    s.r,
-                    scale,
-                    s.dropout,
-                    range,
-                    device,
-                );
-                push_adapter(vit, i, t, Box::new(a));
-            }
-        }
-        Method::Vera(s) => {
-            // peft sizes the shared pair by the largest adapted input and output.
-            let geo: Vec<_> = targets.iter().map(|&t| geometry(t)).collect();
-            let max_in = geo.iter().map(|g| g.0).max().unwrap_or(d);
-            let max_out = geo.iter().map(|g| g.1).max().unwrap_or(d);
-            let shared =
-                VeraProjections::generate(s.r, max_in, max_out, s.projection_prng_key, device);
-            tch::manual_seed(seed.wrapping_add(1)); // leave the key's stream
-            for (i, t) in sites(&targets, depth) {
-                let (fi, fo, range) = geometry(t);
-                let a = Vera::new(
-                    target_name(i, t),
-                    &shared,
-                    fi,
-                    fo,
-                    s.d_initial,
-                    s.dropout,
-                    range,
-                );
-                push_adapter(vit, i, t, Box::new(a));
-            }
-            vera = Some(shared);
-        }
-        Method::Ia3(_) => {
-            // q, k, v slices share one vector over the fused qkv output; a slice that is
-            // not adapted keeps fixed ones.
-            let slices: Vec<Target> = targets
-                .iter()
-                .copied()
-                .filter(|t| t.qkv_slice().is_some())
-                .collect();
-            if !slices.is_empty() {
-                for i in 0..depth {
-                    let parts: Vec<(Option<String>, i64)> = [Target::Q, Target::K, Target::V]
-                        .iter()
-                        .map(|t| (slices.contains(t).then(|| target_name(i, *t)), d))
-                        .collect();
-                    let a = Box::new(Ia3::new(&parts, false, device));
-                    push_adapter(vit, i, Target::Qkv, a);
-                }
-            }
-            let whole: Vec<Target> = targets
-                .iter()
-                .copied()
-                .filter(|t| t.qkv_slice().is_none())
-                .collect();
-            for (i, t) in sites(&whole, depth) {
-                let (fi, fo, _) = geometry(t);
-                let on_input = t == Target::Fc2;
-                let len = if on_input { fi } else { fo };
-                let a = Ia3::new(&[(Some(target_name(i, t)), len)], on_input, device);
-                push_adapter(vit, i, t, Box::new(a));
-            }
-        }
-    }
-    Ok(vera)
 }

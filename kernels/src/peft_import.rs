@@ -2,10 +2,10 @@
 //! onto a loaded timm ViT; module matching is `peft_targets.rs`, writing is `peft_format.rs`.
 use crate::checkpoint::read_safetensors;
 use crate::error::{Error, Result};
-use crate::method::{Ia3Spec, LoraSpec, Method, Target, VeraSpec, MAX_RANK};
+use crate::method::{Method, Target, MAX_RANK};
 use crate::model::AdaptedVit;
 use crate::peft_format::{CONFIG_FILE, PREFIX, WEIGHTS_FILE};
-use crate::peft_targets::{feedforward_mismatch, select, ModuleSpec};
+use crate::peft_targets::{select, ModuleSpec};
 use crate::vit::VisionTransformer;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -24,12 +24,11 @@ fn file_err(path: &Path, msg: impl Into<String>) -> Error {
 
 /// Config keys that change what the adapter computes and that vtab-orch does not model;
 /// `null`, `false`, `{}` and `[]` (what peft writes by default) mean "not set".
-const REFUSED: [&str; 15] = [
+const REFUSED: [&str; 14] = [
     "rank_pattern",
     "alpha_pattern",
     "layers_to_transform",
     "layers_pattern",
-    "use_dora",
     "fan_in_fan_out",
     "lora_bias",
     "target_parameters",
@@ -175,74 +174,102 @@ fn integer(
         })
 }
 
-/// The method the `adapter_config.json` text `text` (read from `path`, named in errors)
-/// describes, for a ViT with `depth` blocks. Pure: no file is read. Ranks are integers in
-/// 1..=[`MAX_RANK`], every other number finite.
-pub fn parse_peft_config(text: &str, depth: usize, path: &Path) -> Result<Method> {
-    let path = path.to_path_buf();
-    let cfg: Value =
-        serde_json::from_str(text).map_err(|e| file_err(&path, format!("invalid JSON: {e}")))?;
-    if !cfg.is_object() {
-        return Err(file_err(&path, "must hold a JSON object"));
+/// An `adapter_config.json` being read, for a method's peft reader: typed access to its
+/// keys (errors name the file and the key) and the targets its `target_modules` select.
+pub struct PeftConfig<'a> {
+    pub cfg: &'a Value,
+    pub path: &'a Path,
+    /// The ViT's depth (for module matching).
+    pub depth: usize,
+}
+
+impl PeftConfig<'_> {
+    pub fn err(&self, msg: impl Into<String>) -> Error {
+        file_err(self.path, msg)
     }
-    reject_unsupported(&cfg, &path)?;
-    let targets = targets_from(&cfg, depth, &path)?;
-    let num = |k: &str, default: Option<f64>| number(&cfg, k, default, &path);
-    let rank = |default: Option<i64>| integer(&cfg, "r", default, 1..=MAX_RANK, &path);
-    let method = match cfg["peft_type"].as_str() {
-        Some("LORA") => Method::Lora(LoraSpec {
-            r: rank(None)?,
-            alpha: num("lora_alpha", Some(8.0))?,
-            dropout: num("lora_dropout", Some(0.0))?,
-            rslora: cfg["use_rslora"].as_bool().unwrap_or(false),
-            targets,
-        }),
-        Some("VERA") => {
-            if targets.contains(&Target::PatchEmbed) {
-                return Err(file_err(
-                    &path,
-                    "`target_modules` selects patch_embed.proj, a Conv2d: peft's VeRA adapts \
-                     linear layers only (write `attn.proj` rather than `proj`)",
-                ));
-            }
-            Method::Vera(VeraSpec {
-                r: rank(Some(256))?,
-                d_initial: num("d_initial", Some(0.1))?,
-                projection_prng_key: integer(
-                    &cfg,
-                    "projection_prng_key",
-                    Some(0),
-                    0..=i64::MAX,
-                    &path,
-                )?,
-                dropout: num("vera_dropout", Some(0.0))?,
-                targets,
-            })
-        }
-        Some("IA3") => {
-            let ff = module_spec(&cfg, "feedforward_modules", &path)?
-                .unwrap_or(ModuleSpec::List(Vec::new()));
-            let mismatch =
-                feedforward_mismatch(&ff, &targets, depth).map_err(|m| file_err(&path, m))?;
-            if let Some(m) = mismatch {
-                return Err(file_err(
-                    &path,
-                    format!(
-                        "IA3 `feedforward_modules` marks `{m}` differently from vtab-orch's IA3, \
-                         which scales the input of fc2 only (feedforward_modules = [\"fc2\"])"
-                    ),
-                ));
-            }
-            Method::Ia3(Ia3Spec { targets })
-        }
-        other => {
-            return Err(file_err(
-                &path,
-                format!("peft_type {other:?} is not supported (LORA, VERA, IA3)"),
-            ))
-        }
+
+    /// The adapter targets (linear layers, the patch embedding) that `target_modules` less
+    /// `exclude_modules` selects, sorted; an error if it selects anything else.
+    pub fn targets(&self) -> Result<Vec<Target>> {
+        targets_from(self.cfg, self.depth, self.path)
+    }
+
+    /// The timm module names `target_modules` less `exclude_modules` (and `modules_to_save`)
+    /// selects, for methods that adapt other modules than linear layers.
+    pub fn modules(&self) -> Result<Vec<String>> {
+        let wanted = self
+            .module_spec("target_modules")?
+            .ok_or_else(|| self.err("adapter_config.json has no target_modules"))?;
+        let exclude = self.module_spec("exclude_modules")?;
+        let saved = saved_modules(self.cfg, self.path)?;
+        crate::peft_targets::select_names(&wanted, exclude.as_ref(), &saved, self.depth)
+            .map_err(|m| self.err(m))
+    }
+
+    /// A finite number (`default` when absent).
+    pub fn number(&self, key: &str, default: Option<f64>) -> Result<f64> {
+        number(self.cfg, key, default, self.path)
+    }
+
+    /// An integer in `range` (`default` when absent), read exactly.
+    pub fn integer(
+        &self,
+        key: &str,
+        default: Option<i64>,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Result<i64> {
+        integer(self.cfg, key, default, range, self.path)
+    }
+
+    /// `r`, an integer in 1..=[`MAX_RANK`].
+    pub fn rank(&self, default: Option<i64>) -> Result<i64> {
+        self.integer("r", default, 1..=MAX_RANK)
+    }
+
+    /// A boolean key (absent or not a boolean: false).
+    pub fn flag(&self, key: &str) -> bool {
+        self.cfg[key].as_bool().unwrap_or(false)
+    }
+
+    /// A `target_modules`-like key (`None` when absent).
+    pub fn module_spec(&self, key: &str) -> Result<Option<ModuleSpec>> {
+        module_spec(self.cfg, key, self.path)
+    }
+}
+
+/// The method the `adapter_config.json` text `text` (read from `path`, named in errors)
+/// describes, for a ViT with `depth` blocks: the registry method whose reader takes its
+/// `peft_type`. Pure: no file is read. Ranks are integers in 1..=[`MAX_RANK`], every other
+/// number finite.
+pub fn parse_peft_config(text: &str, depth: usize, path: &Path) -> Result<Method> {
+    let cfg: Value =
+        serde_json::from_str(text).map_err(|e| file_err(path, format!("invalid JSON: {e}")))?;
+    if !cfg.is_object() {
+        return Err(file_err(path, "must hold a JSON object"));
+    }
+    reject_unsupported(&cfg, path)?;
+    let readers: Vec<_> = crate::adapters::REGISTRY
+        .iter()
+        .filter_map(|m| m.peft.as_ref())
+        .collect();
+    let peft_type = cfg["peft_type"].as_str();
+    let Some(reader) = readers.iter().find(|r| Some(r.peft_type) == peft_type) else {
+        let known: Vec<&str> = readers.iter().map(|r| r.peft_type).collect();
+        return Err(file_err(
+            path,
+            format!(
+                "peft_type {peft_type:?} is not supported ({})",
+                known.join(", ")
+            ),
+        ));
     };
-    method.validate().map_err(|m| file_err(&path, m))?;
+    let c = PeftConfig {
+        cfg: &cfg,
+        path,
+        depth,
+    };
+    let method = (reader.read)(&c)?;
+    method.validate().map_err(|m| file_err(path, m))?;
     Ok(method)
 }
 
@@ -279,45 +306,33 @@ pub fn import_peft(backbone: VisionTransformer, dir: &Path) -> Result<AdaptedVit
             ))
         }
     };
-    let vera_ab = (
-        file.remove("base_model.vera_A"),
-        file.remove("base_model.vera_B"),
-    );
     let mut model = AdaptedVit::new(backbone, &method, num_classes, 0)?;
-    if let (Some(vera), (Some(a), Some(b))) = (&model.vera, vera_ab) {
-        if a.size() != vera.a.size() || b.size() != vera.b.size() {
-            return Err(file_err(
-                &path,
-                format!(
-                    "vera_A/vera_B shapes {:?}/{:?} differ from {:?}/{:?}",
-                    a.size(),
-                    b.size(),
-                    vera.a.size(),
-                    vera.b.size()
-                ),
-            ));
+    // Shared frozen tensors (VeRA's projections) saved with the adapter replace the ones
+    // drawn from the config's key; layers hold views of them, so copying updates them all.
+    for (name, ours) in &model.buffers {
+        let key = format!("base_model.{name}");
+        if let Some(t) = file.remove(&key) {
+            if t.size() != ours.size() {
+                return Err(file_err(
+                    &path,
+                    format!(
+                        "tensor `{key}` has shape {:?}, expected {:?}",
+                        t.size(),
+                        ours.size()
+                    ),
+                ));
+            }
+            tch::no_grad(|| ours.shallow_clone().copy_(&t));
         }
-        // Layers hold views of these two tensors: copying updates every layer.
-        tch::no_grad(|| {
-            vera.a.shallow_clone().copy_(&a);
-            vera.b.shallow_clone().copy_(&b);
-        });
     }
+    let spec = model.method.spec();
     let mut ours = BTreeMap::new();
     for (name, t) in file {
         let Some(rest) = name.strip_prefix(PREFIX) else {
             return Err(file_err(&path, format!("unexpected tensor `{name}`")));
         };
-        // IA3 vectors are [out, 1], [1, in] or [1, D, 1, 1] in peft, flat here; the conv
-        // LoRA's A [r, C, p, p] and B [D, r, 1, 1] are our [r, C*p*p] and [D, r].
-        let t = if rest.ends_with(".ia3_l") {
-            t.flatten(0, -1)
-        } else if rest.starts_with("patch_embed.proj.lora_") && t.dim() == 4 {
-            t.flatten(1, -1)
-        } else {
-            t
-        };
-        ours.insert(rest.to_string(), t);
+        let (name, t) = spec.peft_tensor_in(rest, t);
+        ours.insert(name, t);
     }
     if num_classes.is_none() {
         // The backbone's head is trainable in the model but not in the file: keep it.
@@ -363,10 +378,9 @@ mod tests {
         assert!(msg.contains("`projection_prng_key`"), "{msg}");
         // A key above 2^53 is read exactly, not rounded through a float.
         let exact = r#"{"peft_type": "VERA", "target_modules": ["qkv"], "projection_prng_key": 9007199254740993}"#;
-        match parse_peft_config(exact, 2, path).unwrap() {
-            Method::Vera(v) => assert_eq!(v.projection_prng_key, 9_007_199_254_740_993),
-            m => panic!("{m:?}"),
-        }
+        let m = parse_peft_config(exact, 2, path).unwrap();
+        let v = m.downcast::<crate::VeraSpec>().expect("a VeRA config");
+        assert_eq!(v.projection_prng_key, 9_007_199_254_740_993);
         let alpha = config("8").replace("\"lora_alpha\": 4", "\"lora_alpha\": \"x\"");
         let msg = parse_peft_config(&alpha, 2, path).unwrap_err().to_string();
         assert!(msg.contains("`lora_alpha` must be a number"), "{msg}");

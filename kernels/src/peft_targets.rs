@@ -126,14 +126,15 @@ pub fn entry_matches(entry: &str, name: &str) -> bool {
             .is_some_and(|head| head.ends_with('.'))
 }
 
-/// Our targets for a peft config on a ViT with `depth` blocks. Errors (as text naming the
-/// key) when a selected module cannot be adapted, or a block target is on some blocks only.
-pub fn select(
+/// The timm module names a peft config selects on a ViT with `depth` blocks: matched by
+/// `target_modules`, not by `exclude_modules`, not under `modules_to_save`. Errors (naming
+/// the key) when a regex does not compile.
+pub fn select_names(
     target_modules: &ModuleSpec,
     exclude_modules: Option<&ModuleSpec>,
     modules_to_save: &[String],
     depth: usize,
-) -> Result<Selection, String> {
+) -> Result<Vec<String>, String> {
     let wanted = Matcher::new("target_modules", target_modules)?;
     let excluded = exclude_modules
         .map(|e| Matcher::new("exclude_modules", e))
@@ -143,20 +144,33 @@ pub fn select(
         .iter()
         .map(|m| compile("modules_to_save", &format!(r"(|.*\.){m}(|\..*)")))
         .collect::<Result<Vec<_>, _>>()?;
+    Ok(timm_module_names(depth)
+        .into_iter()
+        .filter(|name| {
+            let skip = excluded.as_ref().is_some_and(|e| e.matches(name))
+                || saved.iter().any(|re| re.is_match(name));
+            !skip && wanted.matches(name)
+        })
+        .collect())
+}
+
+/// Our targets for a peft config on a ViT with `depth` blocks. Errors (as text naming the
+/// key) when a selected module cannot be adapted, or a block target is on some blocks only.
+pub fn select(
+    target_modules: &ModuleSpec,
+    exclude_modules: Option<&ModuleSpec>,
+    modules_to_save: &[String],
+    depth: usize,
+) -> Result<Selection, String> {
     let names = timm_module_names(depth);
     let mut blocks: BTreeMap<Target, BTreeSet<usize>> = BTreeMap::new();
     let mut foreign = Vec::new();
-    for name in &names {
-        let skip = excluded.as_ref().is_some_and(|e| e.matches(name))
-            || saved.iter().any(|re| re.is_match(name));
-        if skip || !wanted.matches(name) {
-            continue;
-        }
-        match target_of(name) {
+    for name in select_names(target_modules, exclude_modules, modules_to_save, depth)? {
+        match target_of(&name) {
             Some((t, i)) => {
                 blocks.entry(t).or_default().extend(i);
             }
-            None => foreign.push(name.clone()),
+            None => foreign.push(name),
         }
     }
     if !foreign.is_empty() {

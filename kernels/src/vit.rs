@@ -58,8 +58,13 @@ impl PatchEmbed {
         if self.merged || self.adapters.is_empty() {
             return y;
         }
-        let d = self.weight.size()[0];
-        add_deltas_and_scale(&self.adapters, &self.patches(x), y, d, train)
+        add_deltas_and_scale(
+            &self.adapters,
+            &self.patches(x),
+            y,
+            &self.as_linear(),
+            train,
+        )
     }
 
     /// The conv's input as tokens [B, N, C*p*p]: non-overlapping patches in the conv's

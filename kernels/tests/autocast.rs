@@ -12,24 +12,25 @@ use tch::{Device, Kind, Tensor};
 fn adapters_stay_in_bf16_under_autocast() {
     use Target::*;
     let methods = [
-        Method::Lora(LoraSpec {
+        Method::new(LoraSpec {
             r: 4,
             alpha: 8.0,
             dropout: 0.0,
             rslora: false,
             targets: vec![Q, V, Fc2],
+            use_dora: false,
         }),
-        Method::Vera(VeraSpec {
+        Method::new(VeraSpec {
             r: 8,
             d_initial: 0.1,
             projection_prng_key: 0,
             dropout: 0.0,
             targets: vec![Qkv, Fc1, Fc2],
         }),
-        Method::Ia3(Ia3Spec {
+        Method::new(Ia3Spec {
             targets: vec![K, V, Fc2],
         }),
-        Method::Ia3(Ia3Spec {
+        Method::new(Ia3Spec {
             targets: vec![Qkv, Fc1],
         }),
     ];
@@ -87,12 +88,13 @@ fn adapters_stay_in_bf16_under_autocast() {
 fn slice_lora_gradients_match_block_lora() {
     let d = 48;
     let spec = |targets| {
-        Method::Lora(LoraSpec {
+        Method::new(LoraSpec {
             r: 2,
             alpha: 2.0,
             dropout: 0.0,
             rslora: false,
             targets,
+            use_dora: false,
         })
     };
     let slices = AdaptedVit::new(vit_a(), &spec(vec![Target::Q, Target::V]), Some(10), 0).unwrap();

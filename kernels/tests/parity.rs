@@ -73,6 +73,10 @@ fn peft_adapters_match_peft_logits_and_counts() {
         "ia3_suffix",
         "lora_regex",
         "lora_headless",
+        "dora",
+        "dora_rs_conv",
+        "ln_tuning",
+        "ln_tuning_norm1",
     ] {
         let entry = adapter_entry(name);
         let io = tensors(entry["io"].as_str().unwrap());
@@ -133,6 +137,70 @@ fn peft_adapters_match_peft_logits_and_counts() {
     }
 }
 
+/// After a few SGD steps on cross-entropy from the same start, our logits are peft's: every
+/// trainable tensor got peft's gradient (DoRA's detached norm included).
+#[test]
+fn peft_adapters_train_like_peft() {
+    let m = manifest();
+    let train = &m["train"];
+    let (steps, lr) = (
+        train["steps"].as_i64().unwrap(),
+        train["lr"].as_f64().unwrap(),
+    );
+    let labels: Vec<i64> = train["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let (x, _) = vit_a_io();
+    let y = Tensor::from_slice(&labels);
+    let mut checked = Vec::new();
+    for (name, entry) in m["adapters"].as_object().unwrap() {
+        if !entry["trained"].as_bool().unwrap_or(false) {
+            continue;
+        }
+        let io = tensors(entry["io"].as_str().unwrap());
+        let model = import(name);
+        for _ in 0..steps {
+            let loss = model.forward(&x, true).cross_entropy_for_logits(&y);
+            loss.backward();
+            tch::no_grad(|| {
+                for (_, p) in model.trainable() {
+                    let g = p.grad();
+                    let _ = p.shallow_clone().g_sub_(&(g * lr));
+                    let _ = p.grad().zero_();
+                }
+            });
+        }
+        let got = tch::no_grad(|| model.forward(&x, false));
+        assert!(
+            max_abs_diff(&got, &io["logits"]) > 1e-2,
+            "{name}: training changed nothing; the test would be blind"
+        );
+        assert_close(
+            &format!("{name} logits after {steps} steps vs peft"),
+            &got,
+            &io["trained_logits"],
+            TOL,
+        );
+        checked.push(name.clone());
+    }
+    for want in [
+        "lora",
+        "lora_rs",
+        "lora_regex",
+        "vera",
+        "ia3",
+        "dora",
+        "dora_rs_conv",
+        "ln_tuning",
+        "ln_tuning_norm1",
+    ] {
+        assert!(checked.iter().any(|c| c == want), "{want} was not trained");
+    }
+}
+
 #[test]
 fn vera_projections_are_peft_s() {
     let dir = fixtures().join(adapter_entry("vera")["dir"].as_str().unwrap());
@@ -155,28 +223,33 @@ fn fresh_adapters_are_the_identity() {
     let (x, want) = vit_a_io();
     use Target::*;
     let methods = [
-        Method::Lora(LoraSpec {
+        Method::new(LoraSpec {
             r: 4,
             alpha: 8.0,
             dropout: 0.0,
             rslora: false,
             targets: vec![PatchEmbed, Q, V, Proj, Fc1, Fc2],
+            use_dora: false,
         }),
-        Method::Vera(VeraSpec {
+        Method::new(VeraSpec {
             r: 8,
             d_initial: 0.1,
             projection_prng_key: 0,
             dropout: 0.0,
             targets: vec![Qkv, Fc1, Fc2],
         }),
-        Method::Ia3(Ia3Spec {
+        Method::new(Ia3Spec {
             targets: vec![PatchEmbed, K, V, Fc2],
         }),
-        Method::Bitfit,
-        Method::Full,
-        Method::Linear,
+        Method::bitfit(),
+        Method::full(),
+        Method::linear(),
     ];
-    for m in methods {
+    // And every registered method's bench configurations.
+    let registered = kernels::bench::standard_methods()
+        .into_iter()
+        .map(|(_, m)| m);
+    for m in methods.into_iter().chain(registered) {
         let model = AdaptedVit::new(vit_a(), &m, None, 3).unwrap();
         let got = tch::no_grad(|| model.forward(&x, false));
         assert_close(&format!("fresh {}", m.label()), &got, &want, 1e-6);
@@ -188,12 +261,13 @@ fn fresh_adapters_are_the_identity() {
 fn lora_on_qkv_slices_matches_hand_merge() {
     let m = manifest();
     let e = &m["lora_qv"];
-    let method = Method::Lora(LoraSpec {
+    let method = Method::new(LoraSpec {
         r: e["r"].as_i64().unwrap(),
         alpha: e["alpha"].as_f64().unwrap(),
         dropout: 0.0,
         rslora: false,
         targets: vec![Target::Q, Target::V],
+        use_dora: false,
     });
     let mut model = AdaptedVit::new(vit_a(), &method, None, 0).unwrap();
     assert_eq!(
@@ -225,12 +299,13 @@ fn lora_on_qkv_slices_matches_hand_merge() {
 fn lora_scale_multiplies_only_the_delta() {
     let (x, base) = vit_a_io();
     let spec = |alpha| {
-        Method::Lora(LoraSpec {
+        Method::new(LoraSpec {
             r: 4,
             alpha,
             dropout: 0.0,
             rslora: false,
             targets: vec![Target::Fc2],
+            use_dora: false,
         })
     };
     let mut outs = Vec::new();
@@ -329,7 +404,7 @@ fn trainable_tensors_roundtrip() {
     // A file for another method is refused with the tensor's name.
     let mut wrong = AdaptedVit::new(
         vit_a(),
-        &Method::Ia3(Ia3Spec {
+        &Method::new(Ia3Spec {
             targets: vec![Target::Fc2],
         }),
         Some(10),
@@ -403,15 +478,24 @@ fn export_loads_in_peft_with_our_logits() {
     std::fs::write(dir.join("cfg.json"), cfg.to_string()).unwrap();
     let (x, _) = vit_a_io();
     Tensor::write_safetensors(&[("x", x.shallow_clone())], dir.join("x.safetensors")).unwrap();
-    let mut models: Vec<(String, AdaptedVit)> =
-        ["lora", "vera", "ia3", "lora_suffix", "ia3_suffix"]
-            .iter()
-            .map(|n| (n.to_string(), import(n)))
-            .collect();
+    let mut models: Vec<(String, AdaptedVit)> = [
+        "lora",
+        "vera",
+        "ia3",
+        "lora_suffix",
+        "ia3_suffix",
+        "dora",
+        "dora_rs_conv",
+        "ln_tuning",
+        "ln_tuning_norm1",
+    ]
+    .iter()
+    .map(|n| (n.to_string(), import(n)))
+    .collect();
     // IA3 on k and v only: exported as a qkv vector whose q part is 1.
     let mut kv = AdaptedVit::new(
         vit_a(),
-        &Method::Ia3(Ia3Spec {
+        &Method::new(Ia3Spec {
             targets: vec![Target::K, Target::V, Target::Fc2],
         }),
         Some(10),
@@ -428,12 +512,13 @@ fn export_loads_in_peft_with_our_logits() {
     // LoRA on the patch embedding alone (peft's Conv2d LoRA), with a non-zero B.
     let mut pe = AdaptedVit::new(
         vit_a(),
-        &Method::Lora(LoraSpec {
+        &Method::new(LoraSpec {
             r: 2,
             alpha: 3.0,
             dropout: 0.0,
             rslora: false,
             targets: vec![Target::PatchEmbed],
+            use_dora: false,
         }),
         None, // the checkpoint's head: the logits differ from the base model's by the adapter only
         2,
@@ -502,12 +587,13 @@ fn tensors_at(p: &Path) -> std::collections::BTreeMap<String, Tensor> {
 fn slice_lora_is_refused_by_peft_export() {
     let m = AdaptedVit::new(
         vit_a(),
-        &Method::Lora(LoraSpec {
+        &Method::new(LoraSpec {
             r: 2,
             alpha: 2.0,
             dropout: 0.0,
             rslora: false,
             targets: vec![Target::Q, Target::V],
+            use_dora: false,
         }),
         Some(10),
         0,

@@ -114,7 +114,7 @@ fn unsupported_config_keys_are_refused_by_name() {
         ("alpha_pattern", json!({"qkv": 16})),
         ("layers_to_transform", json!([0])),
         ("layers_pattern", json!("blocks")),
-        ("use_dora", json!(true)),
+        ("lora_bias", json!(true)),
         ("modules_to_save", json!(["head", "norm"])),
     ];
     for (key, value) in cases {

@@ -10,7 +10,7 @@ use crate::node::{
 };
 use crate::numerics::Numerics;
 use crate::suite::{Opt, Pretrain, Source};
-use kernels::{Ia3Spec, LoraSpec, Method, Target, VeraSpec, VitConfig};
+use kernels::{Method, VitConfig};
 use serde::Serialize;
 
 /// The key of `node`: its kind, the kind's revision, the fields below, its inputs' keys.
@@ -333,68 +333,21 @@ impl TrainIdentity {
     }
 }
 
-/// A method and its parameters, field by field (kernels' spec structs may grow defaulted
-/// fields; each must be placed here).
+/// A method and its parameters: its name and every field its spec serialises (the spec
+/// derives `Serialize`, so a new field is in the key unless its file skips it at its
+/// default, which keeps the keys of runs made before it existed).
 #[derive(Serialize)]
-#[serde(tag = "name", rename_all = "lowercase")]
-pub enum MethodIdentity {
-    Linear,
-    Full,
-    Bitfit,
-    Lora {
-        r: i64,
-        alpha: f64,
-        dropout: f64,
-        rslora: bool,
-        targets: Vec<Target>,
-    },
-    Vera {
-        r: i64,
-        d_initial: f64,
-        projection_prng_key: i64,
-        dropout: f64,
-        targets: Vec<Target>,
-    },
-    Ia3 {
-        targets: Vec<Target>,
-    },
+pub struct MethodIdentity {
+    pub name: &'static str,
+    #[serde(flatten)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
 impl MethodIdentity {
     fn of(m: &Method) -> Self {
-        match m {
-            Method::Linear => MethodIdentity::Linear,
-            Method::Full => MethodIdentity::Full,
-            Method::Bitfit => MethodIdentity::Bitfit,
-            Method::Lora(LoraSpec {
-                r,
-                alpha,
-                dropout,
-                rslora,
-                targets,
-            }) => MethodIdentity::Lora {
-                r: *r,
-                alpha: *alpha,
-                dropout: *dropout,
-                rslora: *rslora,
-                targets: targets.clone(),
-            },
-            Method::Vera(VeraSpec {
-                r,
-                d_initial,
-                projection_prng_key,
-                dropout,
-                targets,
-            }) => MethodIdentity::Vera {
-                r: *r,
-                d_initial: *d_initial,
-                projection_prng_key: *projection_prng_key,
-                dropout: *dropout,
-                targets: targets.clone(),
-            },
-            Method::Ia3(Ia3Spec { targets }) => MethodIdentity::Ia3 {
-                targets: targets.clone(),
-            },
+        MethodIdentity {
+            name: m.name(),
+            fields: m.fields(),
         }
     }
 }
@@ -430,6 +383,7 @@ mod tests {
     use crate::datasets::RealSource;
     use crate::numerics::DeviceKind;
     use kernels::train::Precision;
+    use kernels::{LoraSpec, Target};
 
     fn cpu() -> Numerics {
         Numerics::resolve(Precision::Auto, DeviceKind::Cpu)
@@ -511,12 +465,13 @@ mod tests {
             dataset: "shape".into(),
             config: "lora r=8 a=8 q,v".into(),
             family: "lora".into(),
-            method: Method::Lora(LoraSpec {
+            method: Method::new(LoraSpec {
                 r: 8,
                 alpha: 8.0,
                 dropout: 0.0,
                 rslora: false,
                 targets: vec![Target::Q, Target::V],
+                use_dora: false,
             }),
             opt: Opt::default(),
             seed: 0,
@@ -631,11 +586,15 @@ mod tests {
         (what, wrap(base), wrap(changed), semantic)
     }
 
-    fn lora(t: &mut TrainNode) -> &mut LoraSpec {
-        match &mut t.method {
-            Method::Lora(spec) => spec,
-            _ => unreachable!("the base train node is LoRA"),
-        }
+    /// Changes the LoRA spec of a train node.
+    fn lora(t: &mut TrainNode, change: impl FnOnce(&mut LoraSpec)) {
+        let mut spec = t
+            .method
+            .downcast::<LoraSpec>()
+            .expect("the base train node is LoRA")
+            .clone();
+        change(&mut spec);
+        t.method = Method::new(spec);
     }
 
     fn real(p: &mut PrepNode) -> &mut RealSource {
@@ -798,40 +757,53 @@ mod tests {
                 |t| t.numerics = cuda,
                 true,
             ),
-            case("train lora r", t.clone(), tr, |t| lora(t).r = 4, true),
+            case(
+                "train lora r",
+                t.clone(),
+                tr,
+                |t| lora(t, |s| s.r = 4),
+                true,
+            ),
             case(
                 "train lora alpha",
                 t.clone(),
                 tr,
-                |t| lora(t).alpha = 16.0,
+                |t| lora(t, |s| s.alpha = 16.0),
                 true,
             ),
             case(
                 "train lora dropout",
                 t.clone(),
                 tr,
-                |t| lora(t).dropout = 0.1,
+                |t| lora(t, |s| s.dropout = 0.1),
                 true,
             ),
             case(
                 "train lora rslora",
                 t.clone(),
                 tr,
-                |t| lora(t).rslora = true,
+                |t| lora(t, |s| s.rslora = true),
                 true,
             ),
             case(
                 "train lora targets",
                 t.clone(),
                 tr,
-                |t| lora(t).targets = vec![Target::Qkv],
+                |t| lora(t, |s| s.targets = vec![Target::Qkv]),
+                true,
+            ),
+            case(
+                "train lora use_dora",
+                t.clone(),
+                tr,
+                |t| lora(t, |s| s.use_dora = true),
                 true,
             ),
             case(
                 "train method",
                 t.clone(),
                 tr,
-                |t| t.method = Method::Linear,
+                |t| t.method = Method::linear(),
                 true,
             ),
             case("train seed", t.clone(), tr, |t| t.seed = 1, true),
@@ -1151,6 +1123,43 @@ mod tests {
                 true,
             ),
         ]
+    }
+
+    /// Every field of every registered method is in the train key: changing any one
+    /// changes it (the spec's serialisation is the identity, so a new field is covered).
+    #[test]
+    fn every_method_field_is_in_the_key() {
+        let base = train();
+        let mut seen = 0;
+        for (row, m) in kernels::bench::standard_methods() {
+            let with = |m: Method| {
+                key(Node::Train(TrainNode {
+                    method: m,
+                    ..base.clone()
+                }))
+            };
+            let before = with(m.clone());
+            for (k, v) in m.fields() {
+                let changed = match &v {
+                    serde_json::Value::Bool(b) => serde_json::json!(!b),
+                    serde_json::Value::Number(n) => match n.as_i64() {
+                        Some(i) => serde_json::json!(i + 1),
+                        None => serde_json::json!(n.as_f64().unwrap() + 0.5),
+                    },
+                    serde_json::Value::Array(a) if a.len() > 1 => {
+                        serde_json::Value::Array(a[1..].to_vec())
+                    }
+                    serde_json::Value::Array(_) => serde_json::json!(["fc2", "qkv"]),
+                    other => panic!("{row}: field {k} = {other}: teach this test to change it"),
+                };
+                let mut fields = m.fields();
+                fields.insert(k.clone(), changed);
+                let other = Method::from_fields(m.name(), fields).unwrap();
+                assert_ne!(with(other), before, "{row}: `{k}` is not in the key");
+                seen += 1;
+            }
+        }
+        assert!(seen >= 10, "only {seen} fields checked");
     }
 
     /// Field by field, every kind: labels, paths, eval batch size and the like leave the key

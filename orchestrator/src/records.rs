@@ -1,9 +1,8 @@
 //! From the store to the report's `RunRecord`s: per run of a loaded suite, its finished eval
 //! entry (made for either device kind), metrics, training curve, class names, node wall times
 //! and the settings of its key. Reads the store; writes nothing; formats nothing.
+use serde_json::Value;
 use std::collections::BTreeMap;
-
-use kernels::{Ia3Spec, LoraSpec, Method, VeraSpec};
 
 use crate::graph::{Graph, Node, TrainNode};
 use crate::load::Loaded;
@@ -324,40 +323,22 @@ pub fn settings(t: &TrainNode, backbone: &str) -> BTreeMap<String, String> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let targets =
-        |ts: &[kernels::Target]| ts.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",");
-    let mut put = |k: &str, v: String| {
-        out.insert(k.to_string(), v);
-    };
-    match &t.method {
-        Method::Linear | Method::Full | Method::Bitfit => {}
-        Method::Lora(LoraSpec {
-            r,
-            alpha,
-            dropout,
-            rslora,
-            targets: ts,
-        }) => {
-            put("r", r.to_string());
-            put("alpha", alpha.to_string());
-            put("dropout", dropout.to_string());
-            put("rslora", rslora.to_string());
-            put("targets", targets(ts));
-        }
-        Method::Vera(VeraSpec {
-            r,
-            d_initial,
-            projection_prng_key,
-            dropout,
-            targets: ts,
-        }) => {
-            put("r", r.to_string());
-            put("d_initial", d_initial.to_string());
-            put("projection_prng_key", projection_prng_key.to_string());
-            put("dropout", dropout.to_string());
-            put("targets", targets(ts));
-        }
-        Method::Ia3(Ia3Spec { targets: ts }) => put("targets", targets(ts)),
+    // The method's own fields: lists (targets) joined by commas, numbers as Rust prints them.
+    for (k, v) in t.method.fields() {
+        let text = match &v {
+            Value::Array(items) => items
+                .iter()
+                .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(","),
+            Value::String(s) => s.clone(),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => i.to_string(),
+                None => n.as_f64().map_or_else(|| n.to_string(), |f| f.to_string()),
+            },
+            other => other.to_string(),
+        };
+        out.insert(k, text);
     }
     out
 }

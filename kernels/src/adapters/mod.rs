@@ -1,8 +1,131 @@
-//! The adapter implementations (LoRA, VeRA, IA3), one file each.
+//! The method catalogue: one file per method (its spec, validation, adapters, peft form and
+//! registry entry), listed in [`REGISTRY`], plus where adapters go in a ViT ([`sites`]).
+//! Adding a method: a new file here with a `MethodSpec` implementation and an `INFO`, one
+//! line in `REGISTRY`, and its parity fixture in `scripts/gen_fixtures.py`.
+pub mod bitfit;
+pub mod full;
 pub mod ia3;
+pub mod linear_probe;
+pub mod ln_tuning;
 pub mod lora;
 pub mod vera;
 
-pub use ia3::Ia3;
-pub use lora::{lora_scale, Lora};
-pub use vera::{Vera, VeraProjections};
+pub use ia3::{Ia3, Ia3Spec};
+pub use lora::{lora_scale, Lora, LoraSpec};
+pub use vera::{Vera, VeraProjections, VeraSpec};
+
+use crate::linear::{Adapter, OutRange};
+use crate::method::{MethodInfo, Target};
+use crate::vit::VisionTransformer;
+
+/// Every method vtab-orch knows, in the order tables list them.
+pub static REGISTRY: &[&MethodInfo] = &[
+    &linear_probe::INFO,
+    &full::INFO,
+    &bitfit::INFO,
+    &lora::INFO,
+    &vera::INFO,
+    &ia3::INFO,
+    &ln_tuning::INFO,
+];
+
+/// One place an adapter goes: a target in one block (the patch embedding: once).
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub block: usize,
+    pub target: Target,
+    /// The adapted (virtual) module's name, e.g. `blocks.0.attn.q`: its tensors' prefix.
+    pub name: String,
+    pub in_features: i64,
+    pub out_features: i64,
+    /// The output rows it changes (a q/k/v slice of the fused qkv), `None` for all.
+    pub range: OutRange,
+}
+
+/// (in, out, output range) of the module a target names in `vit`.
+pub fn geometry(vit: &VisionTransformer, t: Target) -> (i64, i64, OutRange) {
+    let (d, hidden) = (vit.cfg.embed_dim, vit.cfg.mlp_hidden());
+    let patch_in = vit.cfg.in_chans * vit.cfg.patch_size * vit.cfg.patch_size;
+    match t {
+        Target::PatchEmbed => (patch_in, d, None),
+        Target::Q | Target::K | Target::V => (d, d, Some((t.qkv_slice().unwrap_or(0) * d, d))),
+        Target::Qkv => (d, 3 * d, None),
+        Target::Proj => (d, d, None),
+        Target::Fc1 => (d, hidden, None),
+        Target::Fc2 => (hidden, d, None),
+    }
+}
+
+/// Name of the (virtual) module a target adapts in block `i` (the patch embedding: once).
+pub fn target_name(i: usize, t: Target) -> String {
+    match t {
+        Target::PatchEmbed => "patch_embed.proj".into(),
+        Target::Q | Target::K | Target::V | Target::Qkv | Target::Proj => {
+            format!("blocks.{i}.attn.{t}")
+        }
+        Target::Fc1 | Target::Fc2 => format!("blocks.{i}.mlp.{t}"),
+    }
+}
+
+/// Every site of `targets` in `vit`: the patch embedding first (once), then block by block
+/// in target order (`targets` sorted by the caller for a fixed order).
+pub fn sites(vit: &VisionTransformer, targets: &[Target]) -> Vec<Site> {
+    let site = |block: usize, target: Target| {
+        let (in_features, out_features, range) = geometry(vit, target);
+        Site {
+            block,
+            target,
+            name: target_name(block, target),
+            in_features,
+            out_features,
+            range,
+        }
+    };
+    let mut out: Vec<Site> = targets
+        .iter()
+        .filter(|t| **t == Target::PatchEmbed)
+        .map(|t| site(0, *t))
+        .collect();
+    for i in 0..vit.blocks.len() {
+        out.extend(
+            targets
+                .iter()
+                .filter(|t| **t != Target::PatchEmbed)
+                .map(|t| site(i, *t)),
+        );
+    }
+    out
+}
+
+/// Adds `a` to the layer holding target `t` of block `block` (a q/k/v slice: the qkv).
+pub fn push_adapter(vit: &mut VisionTransformer, block: usize, t: Target, a: Box<dyn Adapter>) {
+    let b = &mut vit.blocks[block];
+    let layer = match t {
+        Target::PatchEmbed => return vit.patch_embed.adapters.push(a),
+        Target::Q | Target::K | Target::V | Target::Qkv => &mut b.attn.qkv,
+        Target::Proj => &mut b.attn.proj,
+        Target::Fc1 => &mut b.mlp.fc1,
+        Target::Fc2 => &mut b.mlp.fc2,
+    };
+    layer.adapters.push(a);
+}
+
+/// The base weight rows a site adapts, as a linear layer's `[out, in]` (a view: the patch
+/// embedding's conv weight flattened, a q/k/v slice's rows of the qkv).
+pub fn site_rows(vit: &VisionTransformer, site: &Site) -> tch::Tensor {
+    let b = &vit.blocks[site.block];
+    let w = match site.target {
+        Target::PatchEmbed => {
+            let w = &vit.patch_embed.weight;
+            return w.view([w.size()[0], -1]);
+        }
+        Target::Q | Target::K | Target::V | Target::Qkv => &b.attn.qkv.base.weight,
+        Target::Proj => &b.attn.proj.base.weight,
+        Target::Fc1 => &b.mlp.fc1.base.weight,
+        Target::Fc2 => &b.mlp.fc2.base.weight,
+    };
+    match site.range {
+        None => w.shallow_clone(),
+        Some((start, len)) => w.narrow(0, start, len),
+    }
+}

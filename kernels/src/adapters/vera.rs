@@ -2,8 +2,209 @@
 //! B [max_out, r] shared by every adapted layer and sliced per layer; trainable
 //! lambda_d [r] (init d_initial) and lambda_b [out] (zeros);
 //! y = W0 x + b + lambda_b * B (lambda_d * A drop(x)).
-use crate::linear::{add_weight_on_range, Adapter, Linear, OutRange, Role, Visit};
+use super::{geometry, push_adapter, sites};
+use crate::linear::{add_weight_on_range, Adapter, Base, Linear, OutRange, Role, Visit};
+use crate::method::{
+    from_serde, targets_label, validate_targets, Buffers, Method, MethodInfo, MethodSpec, Param,
+    ParamKind, PeftReader, Target, MAX_RANK,
+};
+use crate::peft_import::PeftConfig;
+use crate::vit::VisionTransformer;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
 use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VeraSpec {
+    #[serde(default = "vera_r")]
+    pub r: i64,
+    #[serde(default = "d_initial")]
+    pub d_initial: f64,
+    #[serde(default)]
+    pub projection_prng_key: i64,
+    #[serde(default)]
+    pub dropout: f64,
+    pub targets: Vec<Target>,
+}
+
+fn vera_r() -> i64 {
+    256
+}
+fn d_initial() -> f64 {
+    0.1
+}
+
+pub static INFO: MethodInfo = MethodInfo {
+    name: "vera",
+    about: "VeRA: frozen shared random projections, trained scaling vectors",
+    params: &[
+        Param {
+            key: "r",
+            kind: ParamKind::Int {
+                min: 1,
+                max: MAX_RANK,
+            },
+            labelled: true,
+        },
+        Param {
+            key: "d_initial",
+            kind: ParamKind::Float,
+            labelled: false,
+        },
+        Param {
+            key: "projection_prng_key",
+            kind: ParamKind::Int {
+                min: 0,
+                max: i64::MAX,
+            },
+            labelled: false,
+        },
+        Param {
+            key: "dropout",
+            kind: ParamKind::Float,
+            labelled: false,
+        },
+        Param {
+            key: "targets",
+            kind: ParamKind::Targets,
+            labelled: true,
+        },
+    ],
+    from_fields: from_serde::<VeraSpec>,
+    peft: Some(PeftReader {
+        peft_type: "VERA",
+        read: read_peft,
+    }),
+    bench: || {
+        use Target::*;
+        vec![(
+            "vera_qkv_mlp_r256",
+            Method::new(VeraSpec {
+                r: 256,
+                d_initial: 0.1,
+                projection_prng_key: 0,
+                dropout: 0.0,
+                targets: vec![Qkv, Fc1, Fc2],
+            }),
+        )]
+    },
+};
+
+fn read_peft(c: &PeftConfig) -> crate::Result<Method> {
+    let targets = c.targets()?;
+    if targets.contains(&Target::PatchEmbed) {
+        return Err(c.err(
+            "`target_modules` selects patch_embed.proj, a Conv2d: peft's VeRA adapts \
+             linear layers only (write `attn.proj` rather than `proj`)",
+        ));
+    }
+    Ok(Method::new(VeraSpec {
+        r: c.rank(Some(256))?,
+        d_initial: c.number("d_initial", Some(0.1))?,
+        projection_prng_key: c.integer("projection_prng_key", Some(0), 0..=i64::MAX)?,
+        dropout: c.number("vera_dropout", Some(0.0))?,
+        targets,
+    }))
+}
+
+impl MethodSpec for VeraSpec {
+    fn info(&self) -> &'static MethodInfo {
+        &INFO
+    }
+
+    fn label(&self) -> String {
+        format!("vera r={} {}", self.r, targets_label(&self.targets))
+    }
+
+    fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        validate_targets("vera", &self.targets)?;
+        if self.targets.contains(&Target::PatchEmbed) {
+            return Err(
+                "vera: `targets` has patch_embed, a Conv2d: VeRA (like peft's) adapts \
+                        linear layers only (with peft_suffix_match, `proj` selects \
+                        patch_embed.proj too: write `attn.proj` rather than `proj`)"
+                    .into(),
+            );
+        }
+        if self.r <= 0 {
+            return Err(format!("vera: `r` must be >= 1, got {}", self.r));
+        }
+        if self.r > MAX_RANK {
+            return Err(format!(
+                "vera: `r` must be at most {MAX_RANK}, got {}",
+                self.r
+            ));
+        }
+        if !self.d_initial.is_finite() {
+            return Err(format!(
+                "vera: `d_initial` must be finite, got {}",
+                self.d_initial
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!(
+                "vera: `dropout` must be in [0, 1), got {}",
+                self.dropout
+            ));
+        }
+        Ok(())
+    }
+
+    fn insert(&self, vit: &mut VisionTransformer, seed: i64) -> crate::Result<Buffers> {
+        let mut targets = self.targets.clone();
+        targets.sort();
+        // peft sizes the shared pair by the largest adapted input and output.
+        let geo: Vec<_> = targets.iter().map(|&t| geometry(vit, t)).collect();
+        let d = vit.cfg.embed_dim;
+        let max_in = geo.iter().map(|g| g.0).max().unwrap_or(d);
+        let max_out = geo.iter().map(|g| g.1).max().unwrap_or(d);
+        let shared = VeraProjections::generate(
+            self.r,
+            max_in,
+            max_out,
+            self.projection_prng_key,
+            vit.device(),
+        );
+        tch::manual_seed(seed.wrapping_add(1)); // leave the key's stream
+        for site in sites(vit, &targets) {
+            let a = Vera::new(
+                site.name,
+                &shared,
+                site.in_features,
+                site.out_features,
+                self.d_initial,
+                self.dropout,
+                site.range,
+            );
+            push_adapter(vit, site.block, site.target, Box::new(a));
+        }
+        // Layers hold views of these two: copying into them (an import) updates every layer.
+        Ok(vec![
+            ("vera_A".into(), shared.a),
+            ("vera_B".into(), shared.b),
+        ])
+    }
+
+    fn peft_config(&self) -> Result<Map<String, Value>, String> {
+        if self.targets.iter().any(|t| t.qkv_slice().is_some()) {
+            return Err(
+                "peft adapts whole modules: VeRA on q/k/v slices of the fused qkv has no peft form"
+                    .into(),
+            );
+        }
+        let v = json!({
+            "peft_type": "VERA", "bias": "none", "r": self.r,
+            "projection_prng_key": self.projection_prng_key, "save_projection": true,
+            "vera_dropout": self.dropout, "d_initial": self.d_initial, "init_weights": true,
+        });
+        Ok(v.as_object().expect("json object").clone())
+    }
+}
 
 /// The shared frozen projections.
 pub struct VeraProjections {
@@ -78,7 +279,7 @@ impl Vera {
 }
 
 impl Adapter for Vera {
-    fn delta(&self, x: &Tensor, train: bool) -> Option<(Tensor, OutRange)> {
+    fn delta(&self, x: &Tensor, _base: Base, train: bool) -> Option<(Tensor, OutRange)> {
         let x = if self.dropout > 0.0 && train {
             x.dropout(self.dropout, true)
         } else {

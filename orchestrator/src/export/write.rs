@@ -169,13 +169,14 @@ fn check_out(out: &Path, force: bool, protected: &[&Path]) -> Result<()> {
 }
 
 fn check_format(method: &Method, format: Format) -> Result<()> {
-    let peft_has_it = kernels::peft_format::has_peft_form(method);
-    if format == Format::Peft && !peft_has_it {
-        return Err(ExportError::Unsupported(format!(
-            "`{}` has no peft adapter form (peft has LoRA and VeRA on whole modules, and IA3); \
-             use --format merged for a timm checkpoint with the trained weights",
-            method.label()
-        )));
+    if format == Format::Peft {
+        if let Err(why) = method.spec().peft_config() {
+            return Err(ExportError::Unsupported(format!(
+                "`{}` has no peft adapter form ({why}); use --format merged for a timm \
+                 checkpoint with the trained weights",
+                method.label()
+            )));
+        }
     }
     Ok(())
 }

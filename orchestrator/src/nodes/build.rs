@@ -59,7 +59,7 @@ pub fn run(b: &BuildNode, out: &Path, device: Device) -> Result<()> {
             arch.num_classes = 0;
             tch::manual_seed(recipe.seed as i64);
             let vit = tch::no_grad(|| VisionTransformer::new(&arch, device))?;
-            let model = AdaptedVit::new(vit, &Method::Full, Some(classes), recipe.seed as i64)?;
+            let model = AdaptedVit::new(vit, &Method::full(), Some(classes), recipe.seed as i64)?;
             let c = super::fit::FitConfig {
                 epochs: recipe.epochs,
                 batch_size: recipe.batch_size,

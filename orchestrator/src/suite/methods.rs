@@ -4,28 +4,42 @@ use super::defaults::{Opt, OPT_KEYS};
 use super::diagnostic::{nearest, unknown_name};
 use super::grid::grid_points;
 use super::parser::{display, Parser, MAX_RUNS};
-use super::{Run, METHODS};
-use kernels::method::MAX_RANK;
+use super::Run;
+use kernels::method::{lookup, names, MethodInfo, ParamKind};
 use kernels::peft_targets::{select, ModuleSpec};
-use kernels::{Ia3Spec, LoraSpec, Method, Target, VeraSpec};
-use serde_json::Value;
+use kernels::{Method, Target};
+use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Method-table keys that are method parameters (the rest are optimisation settings).
-pub(super) const SPEC: [&str; 8] = [
-    "r",
-    "alpha",
-    "dropout",
-    "rslora",
-    "targets",
-    "d_initial",
-    "projection_prng_key",
-    "peft_suffix_match",
-];
+/// `peft_suffix_match = true`: a method's `targets` are matched like peft's `target_modules`.
+/// A suite key of every method with targets, not a method parameter (it resolves to targets).
+const SUFFIX_MATCH: &str = "peft_suffix_match";
 
-/// Method parameters that `Method::label` shows (`peft_suffix_match` through the targets
-/// it resolves to).
-const LABELLED: [&str; 5] = ["r", "alpha", "rslora", "targets", "peft_suffix_match"];
+/// Method-table keys that are method parameters of some registered method (the rest are
+/// optimisation settings).
+fn spec_keys() -> Vec<&'static str> {
+    let mut keys: Vec<&'static str> = kernels::adapters::REGISTRY
+        .iter()
+        .flat_map(|m| m.params.iter().map(|p| p.key))
+        .collect();
+    keys.push(SUFFIX_MATCH);
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+fn has_targets(info: &MethodInfo) -> bool {
+    info.params.iter().any(|p| p.kind == ParamKind::Targets)
+}
+
+/// The keys of `info`'s table that are its parameters.
+fn params_of(info: &MethodInfo) -> Vec<&'static str> {
+    let mut keys: Vec<&'static str> = info.params.iter().map(|p| p.key).collect();
+    if has_targets(info) {
+        keys.push(SUFFIX_MATCH);
+    }
+    keys
+}
 
 impl Parser {
     pub(super) fn method(
@@ -37,15 +51,24 @@ impl Parser {
         seeds: &[u64],
     ) -> Vec<Run> {
         let key = format!("methods.{family}");
-        let mut allowed: Vec<&str> = SPEC.to_vec();
+        let mut allowed: Vec<&str> = spec_keys();
         allowed.extend(OPT_KEYS);
         allowed.extend(["method", "datasets", "seeds"]);
         let Some(m) = self.table(&key, v, &allowed) else {
             return Vec::new();
         };
-        let Some(kind) = self.method_kind(&key, family, m) else {
+        let Some(info) = self.method_kind(&key, family, m).and_then(lookup) else {
             return Vec::new();
         };
+        // Parameters the method label shows (`peft_suffix_match` through the targets it
+        // resolves to) stay out of the row label.
+        let mut labelled: Vec<&str> = info
+            .params
+            .iter()
+            .filter(|p| p.labelled)
+            .map(|p| p.key)
+            .collect();
+        labelled.push(SUFFIX_MATCH);
         let only = m
             .get("datasets")
             .map(|d| self.dataset_list(&format!("{key}.datasets"), d, declared));
@@ -78,11 +101,11 @@ impl Parser {
         let varying: BTreeSet<&str> = axes
             .iter()
             .map(|(k, _)| k.as_str())
-            .filter(|k| *k != "eval_batch_size" && !LABELLED.contains(k))
+            .filter(|k| *k != "eval_batch_size" && !labelled.contains(k))
             .collect();
         let mut runs = Vec::new();
         for point in points {
-            let Some(method) = self.method_spec(&key, kind, &point) else {
+            let Some(method) = self.method_spec(&key, info, &point) else {
                 continue;
             };
             for (dname, (dopt, dseeds)) in ds {
@@ -103,7 +126,7 @@ impl Parser {
                 }
                 if point
                     .iter()
-                    .any(|(k, v)| k == "peft_suffix_match" && v == &Value::Bool(true))
+                    .any(|(k, v)| k == SUFFIX_MATCH && v == &Value::Bool(true))
                 {
                     // The report shows what peft's matching resolved the names to.
                     let resolved: Vec<&str> = method.targets().iter().map(|t| t.as_str()).collect();
@@ -148,18 +171,19 @@ impl Parser {
         family: &'a str,
         m: &'a serde_json::Map<String, Value>,
     ) -> Option<&'a str> {
+        let methods = names();
         match m.get("method") {
-            Some(v) => self.one_of(&format!("{key}.method"), v, "method", &METHODS),
-            None if METHODS.contains(&family) => Some(family),
+            Some(v) => self.one_of(&format!("{key}.method"), v, "method", &methods),
+            None if methods.contains(&family) => Some(family),
             None => {
-                let hint = nearest(family, &METHODS)
+                let hint = nearest(family, &methods)
                     .map(|n| format!(" (did you mean `{n}`?)"))
                     .unwrap_or_default();
                 self.err(
                     key,
                     format!(
                         "`{family}` is not a method{hint}: name the table after one of {}, or set `method = \"...\"` in it",
-                        METHODS.join(", ")
+                        methods.join(", ")
                     ),
                 );
                 None
@@ -185,33 +209,17 @@ impl Parser {
             .collect()
     }
 
+    /// The method a grid point configures: each parameter read by its kind (errors name the
+    /// key), the spec built by the registry, then validated.
     pub(super) fn method_spec(
         &mut self,
         key: &str,
-        kind: &str,
+        info: &MethodInfo,
         point: &[(String, Value)],
     ) -> Option<Method> {
+        let kind = info.name;
         let get = |k: &str| point.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.clone());
-        let allowed: &[&str] = match kind {
-            "lora" => &[
-                "r",
-                "alpha",
-                "dropout",
-                "rslora",
-                "targets",
-                "peft_suffix_match",
-            ],
-            "vera" => &[
-                "r",
-                "d_initial",
-                "projection_prng_key",
-                "dropout",
-                "targets",
-                "peft_suffix_match",
-            ],
-            "ia3" => &["targets", "peft_suffix_match"],
-            _ => &[],
-        };
+        let allowed = params_of(info);
         for (k, _) in point
             .iter()
             .filter(|(k, _)| !OPT_KEYS.contains(&k.as_str()))
@@ -230,62 +238,43 @@ impl Parser {
                 );
             }
         }
-        let suffix_match = match get("peft_suffix_match") {
-            Some(v) => self.bool(&format!("{key}.peft_suffix_match"), &v)?,
+        let suffix_match = match get(SUFFIX_MATCH) {
+            Some(v) => self.bool(&format!("{key}.{SUFFIX_MATCH}"), &v)?,
             None => false,
         };
-        let targets = |p: &mut Parser| {
-            let tkey = format!("{key}.targets");
-            if suffix_match {
-                p.peft_targets(&tkey, kind, get("targets"))
-            } else {
-                p.targets(&tkey, get("targets"))
+        let mut fields = Map::new();
+        for p in info.params {
+            let pkey = format!("{key}.{}", p.key);
+            let v = get(p.key);
+            let value = match (p.kind, v) {
+                (ParamKind::Targets, v) => {
+                    let targets = if suffix_match {
+                        self.peft_targets(&pkey, v)?
+                    } else {
+                        self.targets(&pkey, v)?
+                    };
+                    serde_json::to_value(targets).expect("targets serialise")
+                }
+                (_, None) => continue,
+                (ParamKind::Int { min, max }, Some(v)) => {
+                    let x = self.integer_in(&pkey, &v, min.max(0) as u64, max.max(0) as u64)?;
+                    Value::from(x)
+                }
+                (ParamKind::Float, Some(v)) => Value::from(self.f64(&pkey, &v)?),
+                (ParamKind::Bool, Some(v)) => Value::from(self.bool(&pkey, &v)?),
+                (ParamKind::Choice(names), Some(v)) => {
+                    Value::from(self.one_of(&pkey, &v, p.key, names)?)
+                }
+                (ParamKind::Names(names), Some(v)) => Value::from(self.names(&pkey, &v, names)?),
+            };
+            fields.insert(p.key.to_string(), value);
+        }
+        let method = match Method::from_fields(kind, fields) {
+            Ok(m) => m,
+            Err(e) => {
+                self.err(key, e);
+                return None;
             }
-        };
-        let num = |p: &mut Parser, k: &str, d: f64| {
-            get(k).map_or(Some(d), |v| p.f64(&format!("{key}.{k}"), &v))
-        };
-        let rank = |p: &mut Parser, d: i64| {
-            get("r").map_or(Some(d), |v| {
-                p.integer_in(&format!("{key}.r"), &v, 1, MAX_RANK as u64)
-                    .map(|x| x as i64)
-            })
-        };
-        let method = match kind {
-            "linear" => Method::Linear,
-            "full" => Method::Full,
-            "bitfit" => Method::Bitfit,
-            "lora" => {
-                let r = rank(self, 8)?;
-                Method::Lora(LoraSpec {
-                    r,
-                    alpha: num(self, "alpha", r as f64)?,
-                    dropout: num(self, "dropout", 0.0)?,
-                    rslora: match get("rslora") {
-                        Some(v) => self.bool(&format!("{key}.rslora"), &v)?,
-                        None => false,
-                    },
-                    targets: targets(self)?,
-                })
-            }
-            "vera" => Method::Vera(VeraSpec {
-                r: rank(self, 256)?,
-                d_initial: num(self, "d_initial", 0.1)?,
-                projection_prng_key: match get("projection_prng_key") {
-                    Some(v) => self.integer_in(
-                        &format!("{key}.projection_prng_key"),
-                        &v,
-                        0,
-                        i64::MAX as u64,
-                    )? as i64,
-                    None => 0,
-                },
-                dropout: num(self, "dropout", 0.0)?,
-                targets: targets(self)?,
-            }),
-            _ => Method::Ia3(Ia3Spec {
-                targets: targets(self)?,
-            }),
         };
         if let Err(e) = method.validate() {
             // Its messages read "lora: `alpha` must be > 0, got 0": file them under the field.
@@ -303,7 +292,7 @@ impl Parser {
     /// `targets` with `peft_suffix_match = true`: names matched like peft's `target_modules`
     /// list (a timm module name or a dotted suffix of one: `proj` is attn.proj and
     /// patch_embed.proj), resolved to our targets on the backbone's blocks.
-    fn peft_targets(&mut self, tkey: &str, kind: &str, v: Option<Value>) -> Option<Vec<Target>> {
+    fn peft_targets(&mut self, tkey: &str, v: Option<Value>) -> Option<Vec<Target>> {
         let Some(v) = v else {
             self.err(
                 tkey,
@@ -339,15 +328,30 @@ impl Parser {
             );
             return None;
         }
-        if kind == "vera" && sel.targets.contains(&Target::PatchEmbed) {
-            self.err(
-                tkey,
-                "with peft_suffix_match this selects patch_embed.proj, a Conv2d, which VeRA \
-                 (like peft's) cannot adapt: write `attn.proj` rather than `proj`",
-            );
-            return None;
-        }
         Some(sel.targets)
+    }
+
+    /// `norms = "norm1,norm"`: distinct names of `names`, in the order `names` lists them.
+    fn names(&mut self, key: &str, v: &Value, names: &[&'static str]) -> Option<Vec<&'static str>> {
+        let mut out: Vec<&'static str> = Vec::new();
+        for t in self
+            .str(key, v)?
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
+            let Some(x) = names.iter().copied().find(|x| *x == t) else {
+                self.problem(key, unknown_name("name", t, names));
+                return None;
+            };
+            if out.contains(&x) {
+                self.err(key, format!("lists `{t}` twice"));
+                return None;
+            }
+            out.push(x);
+        }
+        out.sort_by_key(|x| names.iter().position(|n| n == x));
+        Some(out)
     }
 
     /// `targets = "q,v"`: distinct known layers, not both qkv and one of its slices, sorted

@@ -149,7 +149,6 @@ pub(super) const TOP_KEYS: [&str; 10] = [
     "name", "store", "seeds", "defaults", "backbone", "datasets", "methods", "override", "slurm",
     "protocol",
 ];
-pub(super) const METHODS: [&str; 6] = ["linear", "full", "bitfit", "lora", "vera", "ia3"];
 pub(super) const FORMATS: [&str; 7] = [
     "synthetic",
     "cifar100",

@@ -294,3 +294,80 @@ fn peft_suffix_match_misuse_is_a_suite_error() {
         std::fs::remove_dir_all(path.parent().unwrap()).ok();
     }
 }
+
+/// Every registered method and its options are suite syntax: `use_dora` switches LoRA to
+/// DoRA (a grid axis over it gives both), the label says which, and a bad value names the key.
+#[test]
+fn dora_is_a_lora_option_in_the_suite() {
+    let path = suite_with_methods(
+        "dora",
+        "[methods.lora]\nr = 4\ntargets = \"q,v\"\nuse_dora = [false, true]\n",
+    );
+    let suite = load_with_env(&path, &[], []).expect("a valid suite");
+    let labels: BTreeSet<String> = suite.runs.iter().map(|r| r.method.label()).collect();
+    assert_eq!(
+        labels,
+        BTreeSet::from([
+            "lora r=4 a=4 q,v".to_string(),
+            "dora r=4 a=4 q,v".to_string()
+        ])
+    );
+    let dora = suite
+        .runs
+        .iter()
+        .find(|r| r.method.label().starts_with("dora"))
+        .unwrap();
+    assert_eq!(dora.hparams["use_dora"], "true");
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+    let bad = suite_with_methods(
+        "dora-bad",
+        "[methods.lora]\ntargets = \"qkv\"\nuse_dora = 1\n",
+    );
+    let e = load_with_env(&bad, &[], []).unwrap_err();
+    assert!(
+        e.errors
+            .iter()
+            .any(|d| d.key == "methods.lora.use_dora" && d.to_string().contains("true or false")),
+        "{e}"
+    );
+    let unknown = suite_with_methods(
+        "dora-ia3",
+        "[methods.ia3]\ntargets = \"qkv\"\nuse_dora = true\n",
+    );
+    let e = load_with_env(&unknown, &[], []).unwrap_err();
+    assert!(
+        e.errors
+            .iter()
+            .any(|d| d.key == "methods.ia3.use_dora"
+                && d.to_string().contains("not a parameter of ia3")),
+        "{e}"
+    );
+    for p in [bad, unknown] {
+        std::fs::remove_dir_all(p.parent().unwrap()).ok();
+    }
+}
+
+/// LN tuning's `norms` is a list of LayerNorm names, kept in model order; an unknown or
+/// repeated name is an error under the key.
+#[test]
+fn ln_tuning_norms_are_a_checked_list() {
+    let path = suite_with_methods("ln", "[methods.ln_tuning]\nnorms = \"norm, norm1\"\n");
+    let suite = load_with_env(&path, &[], []).expect("a valid suite");
+    assert_eq!(suite.runs[0].method.label(), "ln_tuning norm1,norm");
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+    for (tag, norms, want) in [
+        ("ln-unknown", "norm3", "norm3"),
+        ("ln-twice", "norm1,norm1", "lists `norm1` twice"),
+        ("ln-empty", "", "`norms` is empty"),
+    ] {
+        let bad = suite_with_methods(tag, &format!("[methods.ln_tuning]\nnorms = \"{norms}\"\n"));
+        let e = load_with_env(&bad, &[], []).unwrap_err();
+        assert!(
+            e.errors
+                .iter()
+                .any(|d| d.key == "methods.ln_tuning.norms" && d.to_string().contains(want)),
+            "{tag}: {e}"
+        );
+        std::fs::remove_dir_all(bad.parent().unwrap()).ok();
+    }
+}
