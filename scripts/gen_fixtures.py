@@ -12,7 +12,7 @@ import sys
 import peft
 import timm
 import torch
-from peft import IA3Config, LNTuningConfig, LoraConfig, VeraConfig, get_peft_model
+from peft import IA3Config, LNTuningConfig, LoHaConfig, LoraConfig, VeraConfig, get_peft_model
 from safetensors.torch import save_file
 from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -93,6 +93,10 @@ ADAPTERS = {
     # parameterless attn.q_norm, which peft cannot wrap), then norm1 of each block only.
     "ln_tuning": LNTuningConfig(target_modules=r"blocks\.\d+\.norm[12]|norm", modules_to_save=["head"]),
     "ln_tuning_norm1": LNTuningConfig(target_modules=["norm1"], modules_to_save=["head"]),
+    # LoHa: peft's defaults on the block linears, then another rank and scale with the
+    # patch embedding's conv (as a linear layer over flattened patches).
+    "loha": LoHaConfig(r=4, alpha=4, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
+    "loha_conv": LoHaConfig(r=2, alpha=5, target_modules=["qkv", "proj", "fc2"], modules_to_save=["head"]),
 }
 # Training steps after the perturbation (fp32, CPU): plain SGD on cross-entropy, so the test
 # compares peft's gradients (of every trainable tensor) with ours, not two optimisers. The

@@ -77,6 +77,8 @@ fn peft_adapters_match_peft_logits_and_counts() {
         "dora_rs_conv",
         "ln_tuning",
         "ln_tuning_norm1",
+        "loha",
+        "loha_conv",
     ] {
         let entry = adapter_entry(name);
         let io = tensors(entry["io"].as_str().unwrap());
@@ -196,6 +198,8 @@ fn peft_adapters_train_like_peft() {
         "dora_rs_conv",
         "ln_tuning",
         "ln_tuning_norm1",
+        "loha",
+        "loha_conv",
     ] {
         assert!(checked.iter().any(|c| c == want), "{want} was not trained");
     }
@@ -488,6 +492,8 @@ fn export_loads_in_peft_with_our_logits() {
         "dora_rs_conv",
         "ln_tuning",
         "ln_tuning_norm1",
+        "loha",
+        "loha_conv",
     ]
     .iter()
     .map(|n| (n.to_string(), import(n)))

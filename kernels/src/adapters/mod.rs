@@ -7,6 +7,7 @@ pub mod full;
 pub mod ia3;
 pub mod linear_probe;
 pub mod ln_tuning;
+pub mod loha;
 pub mod lora;
 pub mod vera;
 
@@ -27,6 +28,7 @@ pub static REGISTRY: &[&MethodInfo] = &[
     &vera::INFO,
     &ia3::INFO,
     &ln_tuning::INFO,
+    &loha::INFO,
 ];
 
 /// One place an adapter goes: a target in one block (the patch embedding: once).
