@@ -12,7 +12,7 @@ import sys
 import peft
 import timm
 import torch
-from peft import IA3Config, LNTuningConfig, LoHaConfig, LoraConfig, VeraConfig, get_peft_model
+from peft import IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig, get_peft_model
 from safetensors.torch import save_file
 from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -97,6 +97,10 @@ ADAPTERS = {
     # patch embedding's conv (as a linear layer over flattened patches).
     "loha": LoHaConfig(r=4, alpha=4, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
     "loha_conv": LoHaConfig(r=2, alpha=5, target_modules=["qkv", "proj", "fc2"], modules_to_save=["head"]),
+    # LoKr: peft's defaults (the conv's W2 whole: [8, 3, 8, 8]), then decompose_both with a
+    # rank small enough to factor W1 and a decompose_factor.
+    "lokr": LoKrConfig(r=4, alpha=4, target_modules=["qkv", "proj", "fc1", "fc2"], modules_to_save=["head"]),
+    "lokr_both": LoKrConfig(r=1, alpha=3, decompose_both=True, decompose_factor=4, target_modules=["qkv", "proj", "fc2"], modules_to_save=["head"]),
 }
 # Training steps after the perturbation (fp32, CPU): plain SGD on cross-entropy, so the test
 # compares peft's gradients (of every trainable tensor) with ours, not two optimisers. The

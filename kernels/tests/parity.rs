@@ -79,6 +79,8 @@ fn peft_adapters_match_peft_logits_and_counts() {
         "ln_tuning_norm1",
         "loha",
         "loha_conv",
+        "lokr",
+        "lokr_both",
     ] {
         let entry = adapter_entry(name);
         let io = tensors(entry["io"].as_str().unwrap());
@@ -200,6 +202,8 @@ fn peft_adapters_train_like_peft() {
         "ln_tuning_norm1",
         "loha",
         "loha_conv",
+        "lokr",
+        "lokr_both",
     ] {
         assert!(checked.iter().any(|c| c == want), "{want} was not trained");
     }
@@ -494,6 +498,8 @@ fn export_loads_in_peft_with_our_logits() {
         "ln_tuning_norm1",
         "loha",
         "loha_conv",
+        "lokr",
+        "lokr_both",
     ]
     .iter()
     .map(|n| (n.to_string(), import(n)))

@@ -8,6 +8,7 @@ pub mod ia3;
 pub mod linear_probe;
 pub mod ln_tuning;
 pub mod loha;
+pub mod lokr;
 pub mod lora;
 pub mod vera;
 
@@ -29,6 +30,7 @@ pub static REGISTRY: &[&MethodInfo] = &[
     &ia3::INFO,
     &ln_tuning::INFO,
     &loha::INFO,
+    &lokr::INFO,
 ];
 
 /// One place an adapter goes: a target in one block (the patch embedding: once).

@@ -256,6 +256,12 @@ impl Parser {
                     serde_json::to_value(targets).expect("targets serialise")
                 }
                 (_, None) => continue,
+                // A negative allowed value (LoKr's decompose_factor = -1) is taken as is.
+                (ParamKind::Int { min, .. }, Some(v))
+                    if v.as_i64().is_some_and(|x| x < 0 && x >= min) =>
+                {
+                    v
+                }
                 (ParamKind::Int { min, max }, Some(v)) => {
                     let x = self.integer_in(&pkey, &v, min.max(0) as u64, max.max(0) as u64)?;
                     Value::from(x)
