@@ -160,6 +160,76 @@ for i, (name, cfg) in enumerate(ADAPTERS.items()):
                                       trained="trained_logits" in io)
 manifest["train"] = TRAIN
 
+# --- Methods no maintained library implements: references written from their papers -----
+# AdaptFormer (Chen et al. 2022, eq. 2) as its official code's parallel option
+# (ShoufaChen/AdaptFormer: Block with ffn_option="parallel", adapter_layernorm_option="none"):
+# x' = x + MLP(LN2(x)) + s * up(ReLU(down(x))), on timm's Block. Tensor names are ours.
+class AdaptMLP(torch.nn.Module):
+    def __init__(self, d, bottleneck, scale):
+        super().__init__()
+        self.down_proj = torch.nn.Linear(d, bottleneck)
+        self.up_proj = torch.nn.Linear(bottleneck, d)
+        self.scale = scale
+
+    def forward(self, x):
+        return self.up_proj(torch.relu(self.down_proj(x))) * self.scale
+
+
+def adaptformer_block_forward(blk):
+    def forward(x, attn_mask=None):
+        x = x + blk.drop_path1(blk.ls1(blk.attn(blk.norm1(x), attn_mask=attn_mask)))
+        return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x)))) + blk.adaptmlp(x)
+    return forward
+
+
+def with_adaptformer(m, bottleneck, scale):
+    for blk in m.blocks:
+        blk.adaptmlp = AdaptMLP(m.embed_dim, bottleneck, scale)
+        torch.nn.init.zeros_(blk.adaptmlp.up_proj.weight)  # the official init_option="lora"
+        torch.nn.init.zeros_(blk.adaptmlp.up_proj.bias)
+        torch.nn.init.zeros_(blk.adaptmlp.down_proj.bias)
+        blk.forward = adaptformer_block_forward(blk)
+    return m
+
+
+REFERENCES = {
+    "adaptformer": (dict(method="adaptformer", bottleneck=8, scale=0.1), lambda m: with_adaptformer(m, 8, 0.1)),
+    "adaptformer_b4_s1": (dict(method="adaptformer", bottleneck=4, scale=1.0), lambda m: with_adaptformer(m, 4, 1.0)),
+}
+manifest["references"] = {}
+for i, (name, (method, build)) in enumerate(REFERENCES.items()):
+    torch.manual_seed(50 + i)
+    m = vit(CFG_A)
+    m.load_state_dict(ma.state_dict())
+    m.requires_grad_(False)
+    m = build(m)
+    for pname, p in m.named_parameters():
+        p.requires_grad = pname.startswith("head.") or ".adaptmlp." in pname
+    m.eval()
+    with torch.no_grad():
+        fresh = m(xa)
+    g = torch.Generator().manual_seed(60 + i)
+    trainable = {n: p for n, p in sorted(m.named_parameters()) if p.requires_grad}
+    with torch.no_grad():
+        for p in trainable.values():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g))
+        logits = m(xa)
+    save(f"ref_{name}.safetensors", trainable)
+    m.train()
+    labels = torch.tensor(TRAIN["labels"])
+    for _ in range(TRAIN["steps"]):
+        m.zero_grad()
+        torch.nn.functional.cross_entropy(m(xa), labels).backward()
+        with torch.no_grad():
+            for p in trainable.values():
+                p.sub_(TRAIN["lr"] * p.grad)
+    m.eval()
+    with torch.no_grad():
+        trained = m(xa)
+    save(f"ref_{name}_io.safetensors", {"fresh_logits": fresh, "logits": logits, "trained_logits": trained})
+    manifest["references"][name] = dict(method=method, weights=f"ref_{name}.safetensors", io=f"ref_{name}_io.safetensors",
+                                        trainable=sum(p.numel() for p in trainable.values()))
+
 # --- LoRA on the q and v slices of the fused qkv, by hand (peft cannot slice qkv) ------
 D, R, ALPHA = CFG_A["embed_dim"], 4, 8.0
 g = torch.Generator().manual_seed(30)

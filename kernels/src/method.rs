@@ -118,6 +118,11 @@ pub trait MethodSpec: fmt::Debug + Send + Sync + SpecFields {
         Ok(Vec::new())
     }
 
+    /// Whether its change folds into the backbone's weights (`export --format merged`).
+    fn mergeable(&self) -> bool {
+        true
+    }
+
     /// peft's `adapter_config.json` keys for this method (beyond the common ones), or why
     /// peft cannot hold it on a fused-qkv timm ViT.
     fn peft_config(&self) -> Result<Map<String, Value>, String> {

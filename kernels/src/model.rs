@@ -149,8 +149,18 @@ impl AdaptedVit {
         copy_into_named(&mut self.vit, file, path, &names)
     }
 
-    /// Folds every adapter into its base weights (evaluation runs at plain-ViT speed).
+    /// Whether the method folds into the backbone's weights (every method that changes
+    /// linear layers only; not one that adds a module beside them, such as AdaptFormer).
+    pub fn can_merge(&self) -> bool {
+        self.method.spec().mergeable()
+    }
+
+    /// Folds every adapter into its base weights (evaluation runs at plain-ViT speed). A
+    /// method that cannot merge ([`Self::can_merge`]) stays unmerged, computing the same.
     pub fn merge(&mut self) {
+        if !self.can_merge() {
+            return;
+        }
         self.vit.patch_embed.merge();
         self.vit.linears_mut().for_each(|(_, l)| l.merge());
         self.merged = true;

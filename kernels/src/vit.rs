@@ -162,12 +162,27 @@ pub struct Block {
     pub attn: Attention,
     pub norm2: LayerNorm,
     pub mlp: Mlp,
+    /// A module beside the MLP sub-layer (AdaptFormer): its output, computed from the
+    /// sub-layer's input before `norm2`, is added to the MLP's.
+    pub mlp_branch: Option<Box<dyn Branch>>,
+}
+
+/// A module a block runs beside a sub-layer: not a change of one linear layer, so it cannot be
+/// merged into the backbone.
+pub trait Branch: Send {
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor;
+    /// Its trainable tensors, named from the model root.
+    fn visit(&mut self, f: &mut Visit);
 }
 
 impl Block {
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let x = x + self.attn.forward(&self.norm1.forward(x), train);
-        &x + self.mlp.forward(&self.norm2.forward(&x), train)
+        let mut m = self.mlp.forward(&self.norm2.forward(&x), train);
+        if let Some(b) = &self.mlp_branch {
+            m += b.forward(&x, train);
+        }
+        &x + m
     }
 }
 
@@ -205,6 +220,7 @@ impl VisionTransformer {
                     fc1: lin(d, cfg.mlp_hidden()),
                     fc2: lin(cfg.mlp_hidden(), d),
                 },
+                mlp_branch: None,
             })
             .collect();
         Ok(VisionTransformer {
@@ -279,6 +295,9 @@ impl VisionTransformer {
             b.norm2.visit(&format!("blocks.{i}.norm2"), f);
             b.mlp.fc1.visit(&format!("blocks.{i}.mlp.fc1"), f);
             b.mlp.fc2.visit(&format!("blocks.{i}.mlp.fc2"), f);
+            if let Some(branch) = &mut b.mlp_branch {
+                branch.visit(f);
+            }
         }
         self.norm.visit("norm", f);
         if let Some(h) = &mut self.head {

@@ -86,6 +86,10 @@ fn peft_adapters_match_peft_logits_and_counts() {
         let io = tensors(entry["io"].as_str().unwrap());
         let mut model = import(name);
         let got = tch::no_grad(|| model.forward(&x, false));
+        eprintln!(
+            "{name}: max |logit - peft's| {:.2e}",
+            max_abs_diff(&got, &io["logits"])
+        );
         assert_close(&format!("{name} logits vs peft"), &got, &io["logits"], TOL);
         assert!(
             max_abs_diff(&got, &base_logits) > 1e-2,
@@ -182,6 +186,10 @@ fn peft_adapters_train_like_peft() {
             max_abs_diff(&got, &io["logits"]) > 1e-2,
             "{name}: training changed nothing; the test would be blind"
         );
+        eprintln!(
+            "{name}: after {steps} SGD steps max |logit - peft's| {:.2e}",
+            max_abs_diff(&got, &io["trained_logits"])
+        );
         assert_close(
             &format!("{name} logits after {steps} steps vs peft"),
             &got,
@@ -206,6 +214,80 @@ fn peft_adapters_train_like_peft() {
         "lokr_both",
     ] {
         assert!(checked.iter().any(|c| c == want), "{want} was not trained");
+    }
+}
+
+/// Methods no maintained library implements, against the references `gen_fixtures.py`
+/// writes from their papers: logits on perturbed weights, the trainable count, the logits
+/// after three SGD steps, and a fresh model being the backbone.
+#[test]
+fn paper_methods_match_their_references() {
+    let m = manifest();
+    let train = &m["train"];
+    let (steps, lr) = (
+        train["steps"].as_i64().unwrap(),
+        train["lr"].as_f64().unwrap(),
+    );
+    let labels: Vec<i64> = train["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let y = Tensor::from_slice(&labels);
+    let (x, base) = vit_a_io();
+    let refs = m["references"].as_object().unwrap();
+    for want in ["adaptformer", "adaptformer_b4_s1"] {
+        assert!(refs.contains_key(want), "no reference {want}");
+    }
+    for (name, e) in refs {
+        let method: Method = serde_json::from_value(e["method"].clone()).unwrap();
+        let io = tensors(e["io"].as_str().unwrap());
+        assert_close(
+            &format!("{name} fresh reference"),
+            &io["fresh_logits"],
+            &base,
+            TOL,
+        );
+        let mut model = AdaptedVit::new(vit_a(), &method, None, 0).unwrap();
+        assert_eq!(
+            model.counts().trainable,
+            e["trainable"].as_i64().unwrap(),
+            "{name}: trainable count"
+        );
+        let weights = e["weights"].as_str().unwrap();
+        model
+            .load_trainable_map(tensors(weights), Path::new(weights))
+            .unwrap();
+        let got = tch::no_grad(|| model.forward(&x, false));
+        eprintln!(
+            "{name}: max |logit - reference's| {:.2e}",
+            max_abs_diff(&got, &io["logits"])
+        );
+        assert_close(&format!("{name} logits"), &got, &io["logits"], TOL);
+        assert!(max_abs_diff(&got, &base) > 1e-2, "{name}: blind");
+        for _ in 0..steps {
+            model
+                .forward(&x, true)
+                .cross_entropy_for_logits(&y)
+                .backward();
+            tch::no_grad(|| {
+                for (_, p) in model.trainable() {
+                    let _ = p.shallow_clone().g_sub_(&(p.grad() * lr));
+                    let _ = p.grad().zero_();
+                }
+            });
+        }
+        let got = tch::no_grad(|| model.forward(&x, false));
+        eprintln!(
+            "{name}: after {steps} SGD steps max |logit - reference's| {:.2e}",
+            max_abs_diff(&got, &io["trained_logits"])
+        );
+        assert!(
+            max_abs_diff(&got, &io["logits"]) > 1e-2,
+            "{name}: training blind"
+        );
+        assert_close(&format!("{name} trained"), &got, &io["trained_logits"], TOL);
     }
 }
 

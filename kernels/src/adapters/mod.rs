@@ -2,6 +2,7 @@
 //! registry entry), listed in [`REGISTRY`], plus where adapters go in a ViT ([`sites`]).
 //! Adding a method: a new file here with a `MethodSpec` implementation and an `INFO`, one
 //! line in `REGISTRY`, and its parity fixture in `scripts/gen_fixtures.py`.
+pub mod adaptformer;
 pub mod bitfit;
 pub mod full;
 pub mod ia3;
@@ -31,6 +32,7 @@ pub static REGISTRY: &[&MethodInfo] = &[
     &ln_tuning::INFO,
     &loha::INFO,
     &lokr::INFO,
+    &adaptformer::INFO,
 ];
 
 /// One place an adapter goes: a target in one block (the patch embedding: once).

@@ -178,6 +178,18 @@ fn check_format(method: &Method, format: Format) -> Result<()> {
             )));
         }
     }
+    if format == Format::Merged && !method.spec().mergeable() {
+        return Err(ExportError::Unsupported(format!(
+            "`{}` cannot be merged: it adds modules beside the backbone's layers rather than \
+             changing their weights, so no plain timm checkpoint computes it{}",
+            method.label(),
+            if method.spec().peft_config().is_ok() {
+                "; use --format peft"
+            } else {
+                " (and peft has no form of it)"
+            }
+        )));
+    }
     Ok(())
 }
 
@@ -287,5 +299,35 @@ fn base_weights(store: &Store, f: &Found, dir: &Path) -> Result<String> {
             std::fs::copy(&from, &to).map_err(io(&from))?;
             Ok(format!("OUT/{BASE_WEIGHTS}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every registered method either exports in a format or says why not, by name: merged
+    /// for all but the ones that add modules (AdaptFormer), peft for peft's tuners.
+    #[test]
+    fn each_format_is_written_or_refused_with_the_reason() {
+        for (row, m) in kernels::bench::standard_methods() {
+            let merged = check_format(&m, Format::Merged);
+            assert_eq!(merged.is_ok(), m.spec().mergeable(), "{row}");
+            let peft = check_format(&m, Format::Peft);
+            assert_eq!(peft.is_ok(), m.spec().peft_config().is_ok(), "{row}");
+            for e in [merged.err(), peft.err()].into_iter().flatten() {
+                assert!(e.to_string().contains(&m.label()), "{row}: {e}");
+            }
+        }
+        let af = kernels::bench::standard_methods()
+            .into_iter()
+            .find(|(_, m)| m.name() == "adaptformer")
+            .expect("AdaptFormer is registered")
+            .1;
+        let e = check_format(&af, Format::Merged).unwrap_err().to_string();
+        assert!(
+            e.contains("cannot be merged") && e.contains("peft has no form"),
+            "{e}"
+        );
     }
 }
