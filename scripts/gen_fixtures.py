@@ -12,7 +12,7 @@ import sys
 import peft
 import timm
 import torch
-from peft import IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig, get_peft_model
+from peft import HRAConfig, IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig, get_peft_model
 from safetensors.torch import save_file
 from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -101,6 +101,9 @@ ADAPTERS = {
     # rank small enough to factor W1 and a decompose_factor.
     "lokr": LoKrConfig(r=4, alpha=4, target_modules=["qkv", "proj", "fc1", "fc2"], modules_to_save=["head"]),
     "lokr_both": LoKrConfig(r=1, alpha=3, decompose_both=True, decompose_factor=4, target_modules=["qkv", "proj", "fc2"], modules_to_save=["head"]),
+    # HRA: peft's default r = 8 on the block linears, then Gram-Schmidt with the conv.
+    "hra": HRAConfig(r=8, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
+    "hra_gs_conv": HRAConfig(r=4, apply_GS=True, target_modules=["qkv", "proj", "fc2"], modules_to_save=["head"]),
 }
 # Training steps after the perturbation (fp32, CPU): plain SGD on cross-entropy, so the test
 # compares peft's gradients (of every trainable tensor) with ours, not two optimisers. The

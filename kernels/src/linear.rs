@@ -58,6 +58,11 @@ pub trait Adapter: Send {
     fn on_input(&self, x: Tensor) -> Tensor {
         x
     }
+    /// Whether `on_input` changes anything (HRA; IA3 on fc2's input): the patch embedding
+    /// then runs as a linear layer over flattened patches instead of its conv.
+    fn changes_input(&self) -> bool {
+        false
+    }
     /// An additive change computed from the layer input `x` (before `on_input`) and, where
     /// the method needs them (DoRA), the base layer and its output: LoRA, VeRA.
     fn delta(&self, _x: &Tensor, _base: Base, _train: bool) -> Option<(Tensor, OutRange)> {

@@ -50,6 +50,17 @@ pub struct PatchEmbed {
 impl PatchEmbed {
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let p = self.patch_size;
+        if !self.merged && self.adapters.iter().any(|a| a.changes_input()) {
+            // An adapter changes the conv's input: run it as the linear layer it is.
+            let patches = self.patches(x);
+            let mut h = patches.shallow_clone();
+            for a in &self.adapters {
+                h = a.on_input(h);
+            }
+            let lin = self.as_linear();
+            let y = lin.forward(&h);
+            return add_deltas_and_scale(&self.adapters, &patches, y, &lin, train);
+        }
         // [B, C, H, W] -> [B, D, H/p, W/p] -> [B, N, D]
         let y = x
             .conv2d(&self.weight, Some(&self.bias), [p, p], [0, 0], [1, 1], 1)

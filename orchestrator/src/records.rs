@@ -396,9 +396,15 @@ mod tests {
         ] {
             assert!(seen.contains(k), "{k}");
         }
+        // Parameters of the other registered methods follow those, sorted by name.
+        let method_params: Vec<&str> = kernels::adapters::REGISTRY
+            .iter()
+            .flat_map(|m| m.params.iter().map(|p| p.key))
+            .collect();
         for k in &seen {
             assert!(
-                crate::report::SETTING_ORDER.contains(&k.as_str()),
+                crate::report::SETTING_ORDER.contains(&k.as_str())
+                    || method_params.contains(&k.as_str()),
                 "`{k}` has no place in summary.csv's column order"
             );
         }

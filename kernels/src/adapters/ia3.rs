@@ -241,6 +241,10 @@ impl Adapter for Ia3 {
     // The vector is cast to the activations' dtype (bf16 under autocast) so the product
     // stays in that dtype: multiplying by an fp32 vector would promote a [B, N, 3D] qkv
     // output to fp32 and cost extra passes over it. In fp32 nothing changes.
+    fn changes_input(&self) -> bool {
+        self.on_input
+    }
+
     fn on_input(&self, x: Tensor) -> Tensor {
         if self.on_input {
             let v = self.vector().to_kind(x.kind());

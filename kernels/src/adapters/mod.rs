@@ -5,6 +5,7 @@
 pub mod adaptformer;
 pub mod bitfit;
 pub mod full;
+pub mod hra;
 pub mod ia3;
 pub mod linear_probe;
 pub mod ln_tuning;
@@ -32,6 +33,7 @@ pub static REGISTRY: &[&MethodInfo] = &[
     &ln_tuning::INFO,
     &loha::INFO,
     &lokr::INFO,
+    &hra::INFO,
     &adaptformer::INFO,
 ];
 

@@ -7,7 +7,8 @@ use super::table::sorted_records;
 use super::{subsets, PeakKind, ReportError, RunRecord, Table};
 
 /// Settings columns of `summary.csv`, in order (a setting no record has gets no column; any
-/// other setting follows these, sorted by name). Together with `seed` these are everything
+/// other setting, such as the parameters of the catalogue's other methods, follows these,
+/// sorted by name). Together with `seed` these are everything
 /// that enters a run's key: the backbone, numerics, data, optimisation and method parameters.
 pub const SETTING_ORDER: [&str; 22] = [
     "numerics",
