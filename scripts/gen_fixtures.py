@@ -12,7 +12,7 @@ import sys
 import peft
 import timm
 import torch
-from peft import HRAConfig, IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig, get_peft_model
+from peft import FourierFTConfig, HRAConfig, IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig, get_peft_model
 from safetensors.torch import save_file
 from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -104,6 +104,10 @@ ADAPTERS = {
     # HRA: peft's default r = 8 on the block linears, then Gram-Schmidt with the conv.
     "hra": HRAConfig(r=8, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
     "hra_gs_conv": HRAConfig(r=4, apply_GS=True, target_modules=["qkv", "proj", "fc2"], modules_to_save=["head"]),
+    # FourierFT: peft's defaults (standard-normal coefficients) but fewer coefficients (the
+    # layers are small), then another count, scale and position seed with zero coefficients.
+    "fourierft": FourierFTConfig(n_frequency=100, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
+    "fourierft_s": FourierFTConfig(n_frequency=37, scaling=20.0, random_loc_seed=5, init_weights=True, target_modules=["qkv", "fc2"], modules_to_save=["head"]),
 }
 # Training steps after the perturbation (fp32, CPU): plain SGD on cross-entropy, so the test
 # compares peft's gradients (of every trainable tensor) with ours, not two optimisers. The

@@ -15,7 +15,7 @@ import time
 import peft
 import timm
 import torch
-from peft import (IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig,
+from peft import (FourierFTConfig, HRAConfig, IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig,
                   get_peft_model)
 
 NCLS = 100
@@ -33,6 +33,8 @@ CONFIGS = {
     "ln_tuning": LNTuningConfig(target_modules=r"blocks\.\d+\.norm[12]|norm", modules_to_save=["head"]),
     "loha_qkv_r8": LoHaConfig(r=8, alpha=8, target_modules=["qkv"], modules_to_save=["head"]),
     "lokr_qkv_r8": LoKrConfig(r=8, alpha=8, target_modules=["qkv"], modules_to_save=["head"]),
+    "hra_qkv_r8": HRAConfig(r=8, target_modules=["qkv"], modules_to_save=["head"]),
+    "fourierft_qkv_n1000": FourierFTConfig(n_frequency=1000, target_modules=["qkv"], modules_to_save=["head"]),
 }
 
 

@@ -118,6 +118,12 @@ pub trait MethodSpec: fmt::Debug + Send + Sync + SpecFields {
         Ok(Vec::new())
     }
 
+    /// Whether a fresh model computes what the backbone does (peft's FourierFT default and HRA
+    /// with Gram-Schmidt or an odd r do not).
+    fn fresh_is_identity(&self) -> bool {
+        true
+    }
+
     /// Whether its change folds into the backbone's weights (`export --format merged`).
     fn mergeable(&self) -> bool {
         true

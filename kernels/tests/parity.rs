@@ -83,6 +83,8 @@ fn peft_adapters_match_peft_logits_and_counts() {
         "lokr_both",
         "hra",
         "hra_gs_conv",
+        "fourierft",
+        "fourierft_s",
     ] {
         let entry = adapter_entry(name);
         let io = tensors(entry["io"].as_str().unwrap());
@@ -110,9 +112,9 @@ fn peft_adapters_match_peft_logits_and_counts() {
             "{name}: trainable count differs from peft"
         );
         // peft's fresh adapter is the identity: its logits are the base model's. Except HRA
-        // with Gram-Schmidt: orthonormalising peft's paired columns leaves r reflections that
-        // no longer cancel (peft's own behaviour, which ours follows).
-        if name == "hra_gs_conv" {
+        // with Gram-Schmidt (orthonormalising peft's paired columns leaves r reflections that
+        // no longer cancel) and FourierFT (standard-normal coefficients by default).
+        if name == "hra_gs_conv" || name == "fourierft" {
             assert!(max_abs_diff(&io["fresh_logits"], &base_logits) > 1e-3);
         } else {
             assert_close(
@@ -222,6 +224,8 @@ fn peft_adapters_train_like_peft() {
         "lokr_both",
         "hra",
         "hra_gs_conv",
+        "fourierft",
+        "fourierft_s",
     ] {
         assert!(checked.iter().any(|c| c == want), "{want} was not trained");
     }
@@ -349,7 +353,11 @@ fn fresh_adapters_are_the_identity() {
     let registered = kernels::bench::standard_methods()
         .into_iter()
         .map(|(_, m)| m);
-    for m in methods.into_iter().chain(registered) {
+    for m in methods
+        .into_iter()
+        .chain(registered)
+        .filter(|m| m.spec().fresh_is_identity())
+    {
         let model = AdaptedVit::new(vit_a(), &m, None, 3).unwrap();
         let got = tch::no_grad(|| model.forward(&x, false));
         assert_close(&format!("fresh {}", m.label()), &got, &want, 1e-6);
@@ -594,6 +602,8 @@ fn export_loads_in_peft_with_our_logits() {
         "lokr_both",
         "hra",
         "hra_gs_conv",
+        "fourierft",
+        "fourierft_s",
     ]
     .iter()
     .map(|n| (n.to_string(), import(n)))

@@ -124,6 +124,10 @@ impl MethodSpec for HraSpec {
         Ok(())
     }
 
+    fn fresh_is_identity(&self) -> bool {
+        self.r % 2 == 0 && !self.apply_gs
+    }
+
     fn insert(&self, vit: &mut VisionTransformer, _seed: i64) -> crate::Result<Buffers> {
         let mut targets = self.targets.clone();
         targets.sort();

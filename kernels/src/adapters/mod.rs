@@ -4,6 +4,7 @@
 //! line in `REGISTRY`, and its parity fixture in `scripts/gen_fixtures.py`.
 pub mod adaptformer;
 pub mod bitfit;
+pub mod fourierft;
 pub mod full;
 pub mod hra;
 pub mod ia3;
@@ -34,6 +35,7 @@ pub static REGISTRY: &[&MethodInfo] = &[
     &loha::INFO,
     &lokr::INFO,
     &hra::INFO,
+    &fourierft::INFO,
     &adaptformer::INFO,
 ];
 
