@@ -14,8 +14,11 @@
 #      1000 images) three ways: a process per node at --jobs-per-gpu 1 and 4, and warm workers
 #      at --jobs-per-gpu 1; wall time, mean GPU utilisation, and `report`'s summary.csv
 #      (train_wall_s, epochs_s, overhead_s per run) for each;
-#   3. the DataLoader comparison (scripts/loader_compare.sh).
-# Set SKIP=bench,probe,loader (any of them) to leave parts out on a rerun.
+#   3. the DataLoader comparison (scripts/loader_compare.sh);
+#   4. (`methods`) every method of the catalogue against peft eager, ratio per method
+#      (scripts/peft_bench.py; about 13 x 30 s: with all four parts a session needs two
+#      calls, e.g. SKIP=probe,loader then SKIP=bench,methods).
+# Set SKIP=bench,methods,probe,loader (any of them) to leave parts out on a rerun.
 set -u
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -29,6 +32,7 @@ prepare() {
     cp target/release/vtab-orch .device/ && strip .device/vtab-orch
     cp ../shared/anchors/{probe.toml,peft_bench.py,loader_bench.py} .device/
     cp scripts/loader_compare.sh scripts/gpu_session.sh .device/
+    cp scripts/peft_bench.py .device/peft_bench_all.py
     local mib
     mib=$(du -sm .device | cut -f1)
     echo "prepared .device/ ($mib MiB; the device tool carries at most 64 MiB)"
@@ -73,6 +77,34 @@ run() {
             echo "== peft eager (same machine, same run)"
             AMP_ONLY=1 OUT="$w" timeout 150 python3 peft_bench.py 2>&1 | tail -7
         fi
+    fi
+
+    if [[ $skip != *,methods,* ]]; then
+        # Every method of the catalogue against peft eager (scripts/peft_bench.py), one
+        # after the other per method, as scripts/bench_compare.sh does on the CPU.
+        local dev=cuda pargs=(--batch 64 --amp) names
+        if [ -n "${DRY:-}" ]; then
+            dev=cpu; pargs=(--preset vit_tiny_patch16_224 --img-size 32 --batch 8 --warmup 1 --steps 3)
+        fi
+        names=$(python3 -c "import importlib.util as u; s=u.spec_from_file_location('p','peft_bench_all.py'); m=u.module_from_spec(s); s.loader.exec_module(m); print(' '.join(m.CONFIGS))")
+        echo "== every method: ours and peft eager (${pargs[*]})"
+        for m in $names; do
+            timeout 60 ./vtab-orch bench "${bench[@]}" --methods "$m" \
+                --json "$w/m_ours_$m.json" > /dev/null 2>&1 || echo "ours $m: rc=$?"
+            timeout 90 python3 peft_bench_all.py "$w/m_peft_$m.json" --device "$dev" "${pargs[@]}" \
+                --methods "$m" > /dev/null 2>&1 || echo "peft $m: rc=$?"
+        done
+        python3 - "$w" $names <<'PY' | tee "$w/methods_compare.md"
+import json, os, sys
+w, names = sys.argv[1], sys.argv[2:]
+print("| method | trainable (ours / peft) | ours img/s | peft eager img/s | ratio |")
+print("|---|---|---:|---:|---:|")
+for m in names:
+    o, p = f"{w}/m_ours_{m}.json", f"{w}/m_peft_{m}.json"
+    if os.path.exists(o) and os.path.exists(p):
+        o, p = json.load(open(o))[0], json.load(open(p))[0]
+        print(f"| {m} | {o['trainable']:,} / {p['trainable']:,} | {o['train_img_s']:.1f} | {p['train_img_s']:.1f} | {o['train_img_s'] / p['train_img_s']:.2f} |")
+PY
     fi
 
     if [[ $skip != *,probe,* ]]; then
