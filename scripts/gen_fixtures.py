@@ -199,19 +199,44 @@ def with_adaptformer(m, bottleneck, scale):
     return m
 
 
+# SSF (Lian et al. 2022, eq. 4): y' = gamma * y + beta per channel after every operation its
+# official code (dongzelian/SSF, models/vision_transformer.py) follows: patch_embed.proj,
+# attn.qkv, attn.proj, mlp.fc1, mlp.fc2, norm1, norm2 and the final norm; gamma ~ N(1, .02),
+# beta ~ N(0, .02) (`init_ssf_scale_shift`). Forward hooks on timm's modules.
+def with_ssf(m):
+    names = ["patch_embed.proj"] + [f"blocks.{i}.{n}" for i in range(len(m.blocks))
+                                    for n in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")] + ["norm"]
+    for name in names:
+        mod = m.get_submodule(name)
+        dim = mod.weight.shape[0]
+        mod.ssf_scale = torch.nn.Parameter(torch.ones(dim))
+        mod.ssf_shift = torch.nn.Parameter(torch.zeros(dim))
+        torch.nn.init.normal_(mod.ssf_scale, mean=1, std=0.02)
+        torch.nn.init.normal_(mod.ssf_shift, std=0.02)
+
+        def hook(mod, inp, out):
+            if out.dim() == 4:  # the conv's [B, D, H, W]
+                return out * mod.ssf_scale.view(1, -1, 1, 1) + mod.ssf_shift.view(1, -1, 1, 1)
+            return out * mod.ssf_scale + mod.ssf_shift
+        mod.register_forward_hook(hook)
+    return m
+
+
+# name: (our method, how to build the reference, which of its tensors train)
 REFERENCES = {
-    "adaptformer": (dict(method="adaptformer", bottleneck=8, scale=0.1), lambda m: with_adaptformer(m, 8, 0.1)),
-    "adaptformer_b4_s1": (dict(method="adaptformer", bottleneck=4, scale=1.0), lambda m: with_adaptformer(m, 4, 1.0)),
+    "adaptformer": (dict(method="adaptformer", bottleneck=8, scale=0.1), lambda m: with_adaptformer(m, 8, 0.1), ".adaptmlp."),
+    "adaptformer_b4_s1": (dict(method="adaptformer", bottleneck=4, scale=1.0), lambda m: with_adaptformer(m, 4, 1.0), ".adaptmlp."),
+    "ssf": (dict(method="ssf"), with_ssf, ".ssf_"),
 }
 manifest["references"] = {}
-for i, (name, (method, build)) in enumerate(REFERENCES.items()):
+for i, (name, (method, build, trains)) in enumerate(REFERENCES.items()):
     torch.manual_seed(50 + i)
     m = vit(CFG_A)
     m.load_state_dict(ma.state_dict())
     m.requires_grad_(False)
     m = build(m)
     for pname, p in m.named_parameters():
-        p.requires_grad = pname.startswith("head.") or ".adaptmlp." in pname
+        p.requires_grad = pname.startswith("head.") or trains in pname
     m.eval()
     with torch.no_grad():
         fresh = m(xa)

@@ -201,6 +201,56 @@ pub struct Param {
     pub labelled: bool,
 }
 
+impl Param {
+    /// `r`: a rank from 1 to [`MAX_RANK`], shown by the label.
+    pub const RANK: Param = Param {
+        key: "r",
+        kind: ParamKind::Int {
+            min: 1,
+            max: MAX_RANK,
+        },
+        labelled: true,
+    };
+    /// `alpha`: the scale's numerator, shown by the label.
+    pub const ALPHA: Param = Param {
+        key: "alpha",
+        kind: ParamKind::Float,
+        labelled: true,
+    };
+    /// `dropout` on the adapter's input while training.
+    pub const DROPOUT: Param = Param {
+        key: "dropout",
+        kind: ParamKind::Float,
+        labelled: false,
+    };
+    /// `targets`: the layers adapted, shown by the label.
+    pub const TARGETS: Param = Param {
+        key: "targets",
+        kind: ParamKind::Targets,
+        labelled: true,
+    };
+}
+
+/// Checks a rank: "<method>: `r` must be from 1 to 4096, got 0".
+pub fn validate_rank(method: &str, r: i64) -> Result<(), String> {
+    if (1..=MAX_RANK).contains(&r) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{method}: `r` must be from 1 to {MAX_RANK}, got {r}"
+        ))
+    }
+}
+
+/// Checks a scale numerator: "<method>: `alpha` must be > 0, got 0".
+pub fn validate_alpha(method: &str, alpha: f64) -> Result<(), String> {
+    if alpha > 0.0 && alpha.is_finite() {
+        Ok(())
+    } else {
+        Err(format!("{method}: `alpha` must be > 0, got {alpha}"))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ParamKind {
     /// An integer in `min..=max`.

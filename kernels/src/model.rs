@@ -163,12 +163,14 @@ impl AdaptedVit {
         }
         self.vit.patch_embed.merge();
         self.vit.linears_mut().for_each(|(_, l)| l.merge());
+        self.vit.norms_mut().for_each(|(_, n)| n.merge());
         self.merged = true;
     }
 
     pub fn unmerge(&mut self) {
         self.vit.patch_embed.unmerge();
         self.vit.linears_mut().for_each(|(_, l)| l.unmerge());
+        self.vit.norms_mut().for_each(|(_, n)| n.unmerge());
         self.merged = false;
     }
 

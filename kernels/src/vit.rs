@@ -5,11 +5,15 @@ use crate::config::VitConfig;
 use crate::linear::{add_deltas_and_scale, AdaptedLinear, Adapter, Linear, Role, Visit};
 use tch::{Device, Kind, Tensor};
 
-/// timm's `LayerNorm` (eps 1e-6 in ViT).
+/// timm's `LayerNorm` (eps 1e-6 in ViT). Adapters on it change its output only (SSF's scale
+/// and shift, `on_output`); merging folds them into the affine weight and bias, which they
+/// see as a linear layer with a `[D, 1]` weight.
 pub struct LayerNorm {
     pub weight: Tensor,
     pub bias: Tensor,
     pub eps: f64,
+    pub adapters: Vec<Box<dyn Adapter>>,
+    merged: bool,
 }
 
 impl LayerNorm {
@@ -18,12 +22,42 @@ impl LayerNorm {
             weight: Tensor::ones([dim], (Kind::Float, device)),
             bias: Tensor::zeros([dim], (Kind::Float, device)),
             eps: 1e-6,
+            adapters: Vec::new(),
+            merged: false,
         }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let dim = *x.size().last().expect("layer_norm input has a last dim");
-        x.layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+        let y = x.layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, true);
+        if self.merged {
+            return y;
+        }
+        self.adapters.iter().fold(y, |y, a| a.on_output(y))
+    }
+
+    /// The affine part as a linear layer whose tensors are views of the norm's.
+    fn as_linear(&self) -> Linear {
+        Linear {
+            weight: self.weight.unsqueeze(1),
+            bias: Some(self.bias.shallow_clone()),
+        }
+    }
+
+    pub fn merge(&mut self) {
+        if !self.merged && !self.adapters.is_empty() {
+            let mut lin = self.as_linear();
+            tch::no_grad(|| self.adapters.iter().for_each(|a| a.merge(&mut lin)));
+            self.merged = true;
+        }
+    }
+
+    pub fn unmerge(&mut self) {
+        if self.merged {
+            let mut lin = self.as_linear();
+            tch::no_grad(|| self.adapters.iter().rev().for_each(|a| a.unmerge(&mut lin)));
+            self.merged = false;
+        }
     }
 
     fn visit(&mut self, prefix: &str, f: &mut Visit) {
@@ -33,6 +67,9 @@ impl LayerNorm {
             Role::Backbone,
         );
         f(&format!("{prefix}.bias"), &mut self.bias, Role::Backbone);
+        for a in &mut self.adapters {
+            a.visit(f);
+        }
     }
 }
 
@@ -280,6 +317,20 @@ impl VisionTransformer {
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         self.forward_head(&self.forward_features(x, train))
+    }
+
+    /// Every LayerNorm with its timm name: each block's two, then the final one.
+    pub fn norms_mut(&mut self) -> impl Iterator<Item = (String, &mut LayerNorm)> {
+        self.blocks
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(i, b)| {
+                [
+                    (format!("blocks.{i}.norm1"), &mut b.norm1),
+                    (format!("blocks.{i}.norm2"), &mut b.norm2),
+                ]
+            })
+            .chain(std::iter::once(("norm".to_string(), &mut self.norm)))
     }
 
     /// Every linear layer of the blocks with its timm name.

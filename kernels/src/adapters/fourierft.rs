@@ -5,8 +5,8 @@
 //! generator seeded with `random_loc_seed` (the same draw as peft's; not saved, redrawn). The
 //! coefficients start standard-normal (peft's default, `init_weights = false`: the layer does
 //! not start unchanged) or at zero (`init_weights = true`).
-use super::{push_adapter, sites, Site};
-use crate::linear::{add_weight_on_range, Adapter, Base, Linear, OutRange, Role, Visit};
+use super::{push_adapter, sites, Site, WeightDelta};
+use crate::linear::{OutRange, Role, Visit};
 use crate::method::{
     from_serde, targets_label, validate_targets, Buffers, Method, MethodInfo, MethodSpec, Param,
     ParamKind, PeftReader, Target,
@@ -78,11 +78,7 @@ pub static INFO: MethodInfo = MethodInfo {
             kind: ParamKind::Bool,
             labelled: false,
         },
-        Param {
-            key: "targets",
-            kind: ParamKind::Targets,
-            labelled: true,
-        },
+        Param::TARGETS,
     ],
     from_fields: from_serde::<FourierftSpec>,
     peft: Some(PeftReader {
@@ -252,9 +248,10 @@ impl Fourierft {
             range: site.range,
         }
     }
+}
 
-    /// Re(ifft2(S)) * scaling, [out, in] in fp32 (ifft2 has no bf16).
-    pub fn delta_weight(&self) -> Tensor {
+impl WeightDelta for Fourierft {
+    fn delta_weight(&self) -> Tensor {
         let dense = Tensor::zeros(
             [self.out_f, self.in_f],
             (Kind::Float, self.spectrum.device()),
@@ -269,23 +266,12 @@ impl Fourierft {
             .real()
             * self.scaling
     }
-}
 
-impl Adapter for Fourierft {
-    fn delta(&self, x: &Tensor, _base: Base, _train: bool) -> Option<(Tensor, OutRange)> {
-        let dw = self.delta_weight().to_kind(x.kind());
-        Some((x.linear::<&Tensor>(&dw, None), self.range))
+    fn range(&self) -> OutRange {
+        self.range
     }
 
-    fn merge(&self, base: &mut Linear) {
-        add_weight_on_range(base, &self.delta_weight(), self.range, 1.0);
-    }
-
-    fn unmerge(&self, base: &mut Linear) {
-        add_weight_on_range(base, &self.delta_weight(), self.range, -1.0);
-    }
-
-    fn visit(&mut self, f: &mut Visit) {
+    fn visit_tensors(&mut self, f: &mut Visit) {
         f(
             &format!("{}.fourierft_spectrum", self.name),
             &mut self.spectrum,

@@ -11,8 +11,8 @@ use super::loha::kaiming;
 use super::{push_adapter, sites};
 use crate::linear::{Adapter, Linear, Role, Visit};
 use crate::method::{
-    from_serde, targets_label, validate_targets, Buffers, Method, MethodInfo, MethodSpec, Param,
-    ParamKind, PeftReader, Target, MAX_RANK,
+    from_serde, targets_label, validate_rank, validate_targets, Buffers, Method, MethodInfo,
+    MethodSpec, Param, ParamKind, PeftReader, Target,
 };
 use crate::peft_import::PeftConfig;
 use crate::vit::VisionTransformer;
@@ -35,24 +35,13 @@ pub static INFO: MethodInfo = MethodInfo {
     name: "hra",
     about: "HRA: r Householder reflections of each targeted layer's input",
     params: &[
-        Param {
-            key: "r",
-            kind: ParamKind::Int {
-                min: 1,
-                max: MAX_RANK,
-            },
-            labelled: true,
-        },
+        Param::RANK,
         Param {
             key: "apply_gs",
             kind: ParamKind::Bool,
             labelled: true,
         },
-        Param {
-            key: "targets",
-            kind: ParamKind::Targets,
-            labelled: true,
-        },
+        Param::TARGETS,
     ],
     from_fields: |mut f| {
         f.entry("r").or_insert(json!(8));
@@ -115,12 +104,7 @@ impl MethodSpec for HraSpec {
                     .into(),
             );
         }
-        if !(1..=MAX_RANK).contains(&self.r) {
-            return Err(format!(
-                "hra: `r` must be from 1 to {MAX_RANK}, got {}",
-                self.r
-            ));
-        }
+        validate_rank("hra", self.r)?;
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use crate::config::VitConfig;
 use crate::linear::{Adapter, Linear, Role, Visit};
 use crate::method::{
     from_serde, targets_label, validate_targets, Buffers, Method, MethodInfo, MethodSpec, Param,
-    ParamKind, PeftReader, Target,
+    PeftReader, Target,
 };
 use crate::peft_import::PeftConfig;
 use crate::peft_targets::{feedforward_mismatch, ModuleSpec};
@@ -26,11 +26,7 @@ pub struct Ia3Spec {
 pub static INFO: MethodInfo = MethodInfo {
     name: "ia3",
     about: "IA3: learned vectors scaling layer outputs (fc2: its input)",
-    params: &[Param {
-        key: "targets",
-        kind: ParamKind::Targets,
-        labelled: true,
-    }],
+    params: &[Param::TARGETS],
     from_fields: from_serde::<Ia3Spec>,
     peft: Some(PeftReader {
         peft_type: "IA3",

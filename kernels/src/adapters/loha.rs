@@ -2,11 +2,11 @@
 //! update is the Hadamard product of two rank-r products,
 //! dW = s * (W1a W1b) * (W2a W2b), s = alpha / r; y = W0 x + b + dW x. W1a, W1b, W2a start
 //! kaiming-uniform (a = sqrt 5), W2b at zero, so the layer starts unchanged.
-use super::{push_adapter, sites};
-use crate::linear::{add_weight_on_range, Adapter, Base, Linear, OutRange, Role, Visit};
+use super::{push_adapter, sites, WeightDelta};
+use crate::linear::{OutRange, Role, Visit};
 use crate::method::{
-    from_serde, targets_label, validate_targets, Buffers, Method, MethodInfo, MethodSpec, Param,
-    ParamKind, PeftReader, Target, MAX_RANK,
+    from_serde, targets_label, validate_alpha, validate_rank, validate_targets, Buffers, Method,
+    MethodInfo, MethodSpec, Param, PeftReader, Target,
 };
 use crate::peft_import::PeftConfig;
 use crate::vit::VisionTransformer;
@@ -25,26 +25,7 @@ pub struct LohaSpec {
 pub static INFO: MethodInfo = MethodInfo {
     name: "loha",
     about: "LoHa: a Hadamard product of two low-rank updates",
-    params: &[
-        Param {
-            key: "r",
-            kind: ParamKind::Int {
-                min: 1,
-                max: MAX_RANK,
-            },
-            labelled: true,
-        },
-        Param {
-            key: "alpha",
-            kind: ParamKind::Float,
-            labelled: true,
-        },
-        Param {
-            key: "targets",
-            kind: ParamKind::Targets,
-            labelled: true,
-        },
-    ],
+    params: &[Param::RANK, Param::ALPHA, Param::TARGETS],
     from_fields,
     peft: Some(PeftReader {
         peft_type: "LOHA",
@@ -141,15 +122,8 @@ impl MethodSpec for LohaSpec {
 
     fn validate(&self) -> Result<(), String> {
         validate_targets("loha", &self.targets)?;
-        if !(1..=MAX_RANK).contains(&self.r) {
-            return Err(format!(
-                "loha: `r` must be from 1 to {MAX_RANK}, got {}",
-                self.r
-            ));
-        }
-        if !(self.alpha > 0.0 && self.alpha.is_finite()) {
-            return Err(format!("loha: `alpha` must be > 0, got {}", self.alpha));
-        }
+        validate_rank("loha", self.r)?;
+        validate_alpha("loha", self.alpha)?;
         Ok(())
     }
 
@@ -218,28 +192,18 @@ impl Loha {
             range,
         }
     }
-
-    /// s * (W1a W1b) * (W2a W2b), shaped like the adapted rows.
-    pub fn delta_weight(&self) -> Tensor {
-        self.w1a.matmul(&self.w1b) * self.w2a.matmul(&self.w2b) * self.scale
-    }
 }
 
-impl Adapter for Loha {
-    fn delta(&self, x: &Tensor, _base: Base, _train: bool) -> Option<(Tensor, OutRange)> {
-        let dw = self.delta_weight().to_kind(x.kind());
-        Some((x.linear::<&Tensor>(&dw, None), self.range))
+impl WeightDelta for Loha {
+    fn delta_weight(&self) -> Tensor {
+        self.w1a.matmul(&self.w1b) * self.w2a.matmul(&self.w2b) * self.scale
     }
 
-    fn merge(&self, base: &mut Linear) {
-        add_weight_on_range(base, &self.delta_weight(), self.range, 1.0);
+    fn range(&self) -> OutRange {
+        self.range
     }
 
-    fn unmerge(&self, base: &mut Linear) {
-        add_weight_on_range(base, &self.delta_weight(), self.range, -1.0);
-    }
-
-    fn visit(&mut self, f: &mut Visit) {
+    fn visit_tensors(&mut self, f: &mut Visit) {
         for (suffix, t) in [
             ("hada_w1_a", &mut self.w1a),
             ("hada_w1_b", &mut self.w1b),

@@ -5,12 +5,12 @@
 //! On the patch embedding's conv, d counts input channels and W2's columns carry the kernel
 //! (peft's non-effective Conv2d form).
 use super::loha::{kaiming, lycoris_config, refuse_lycoris_extras};
-use super::{push_adapter, sites, Site};
+use super::{push_adapter, sites, Site, WeightDelta};
 use crate::config::VitConfig;
-use crate::linear::{add_weight_on_range, Adapter, Base, Linear, OutRange, Role, Visit};
+use crate::linear::{OutRange, Role, Visit};
 use crate::method::{
-    from_serde, targets_label, validate_targets, Buffers, Method, MethodInfo, MethodSpec, Param,
-    ParamKind, PeftReader, Target, MAX_RANK,
+    from_serde, targets_label, validate_alpha, validate_rank, validate_targets, Buffers, Method,
+    MethodInfo, MethodSpec, Param, ParamKind, PeftReader, Target,
 };
 use crate::peft_format::PREFIX;
 use crate::peft_import::PeftConfig;
@@ -44,19 +44,8 @@ pub static INFO: MethodInfo = MethodInfo {
     name: "lokr",
     about: "LoKr: a Kronecker product of two small factors",
     params: &[
-        Param {
-            key: "r",
-            kind: ParamKind::Int {
-                min: 1,
-                max: MAX_RANK,
-            },
-            labelled: true,
-        },
-        Param {
-            key: "alpha",
-            kind: ParamKind::Float,
-            labelled: true,
-        },
+        Param::RANK,
+        Param::ALPHA,
         Param {
             key: "decompose_both",
             kind: ParamKind::Bool,
@@ -70,11 +59,7 @@ pub static INFO: MethodInfo = MethodInfo {
             },
             labelled: false,
         },
-        Param {
-            key: "targets",
-            kind: ParamKind::Targets,
-            labelled: true,
-        },
+        Param::TARGETS,
     ],
     from_fields,
     peft: Some(PeftReader {
@@ -165,15 +150,8 @@ impl MethodSpec for LokrSpec {
 
     fn validate(&self) -> Result<(), String> {
         validate_targets("lokr", &self.targets)?;
-        if !(1..=MAX_RANK).contains(&self.r) {
-            return Err(format!(
-                "lokr: `r` must be from 1 to {MAX_RANK}, got {}",
-                self.r
-            ));
-        }
-        if !(self.alpha > 0.0 && self.alpha.is_finite()) {
-            return Err(format!("lokr: `alpha` must be > 0, got {}", self.alpha));
-        }
+        validate_rank("lokr", self.r)?;
+        validate_alpha("lokr", self.alpha)?;
         if !(self.decompose_factor == -1 || (1..=MAX_FACTOR).contains(&self.decompose_factor)) {
             return Err(format!(
                 "lokr: `decompose_factor` must be -1 (near the square root) or from 1 to \
@@ -290,28 +268,18 @@ impl Lokr {
             range: site.range,
         }
     }
-
-    /// s * (W1 kron W2), shaped like the adapted rows (the conv's flattened).
-    pub fn delta_weight(&self) -> Tensor {
-        self.w1.weight().kron(&self.w2.weight()) * self.scale
-    }
 }
 
-impl Adapter for Lokr {
-    fn delta(&self, x: &Tensor, _base: Base, _train: bool) -> Option<(Tensor, OutRange)> {
-        let dw = self.delta_weight().to_kind(x.kind());
-        Some((x.linear::<&Tensor>(&dw, None), self.range))
+impl WeightDelta for Lokr {
+    fn delta_weight(&self) -> Tensor {
+        self.w1.weight().kron(&self.w2.weight()) * self.scale
     }
 
-    fn merge(&self, base: &mut Linear) {
-        add_weight_on_range(base, &self.delta_weight(), self.range, 1.0);
+    fn range(&self) -> OutRange {
+        self.range
     }
 
-    fn unmerge(&self, base: &mut Linear) {
-        add_weight_on_range(base, &self.delta_weight(), self.range, -1.0);
-    }
-
-    fn visit(&mut self, f: &mut Visit) {
+    fn visit_tensors(&mut self, f: &mut Visit) {
         for (which, factor) in [("w1", &mut self.w1), ("w2", &mut self.w2)] {
             match factor {
                 Factor::Whole(w) => f(&format!("{}.lokr_{which}", self.name), w, Role::Adapter),

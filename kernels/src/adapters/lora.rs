@@ -52,34 +52,15 @@ pub static INFO: MethodInfo = MethodInfo {
     name: "lora",
     about: "LoRA: a scaled low-rank update B A of each targeted layer",
     params: &[
-        Param {
-            key: "r",
-            kind: ParamKind::Int {
-                min: 1,
-                max: MAX_RANK,
-            },
-            labelled: true,
-        },
-        Param {
-            key: "alpha",
-            kind: ParamKind::Float,
-            labelled: true,
-        },
-        Param {
-            key: "dropout",
-            kind: ParamKind::Float,
-            labelled: false,
-        },
+        Param::RANK,
+        Param::ALPHA,
+        Param::DROPOUT,
         Param {
             key: "rslora",
             kind: ParamKind::Bool,
             labelled: true,
         },
-        Param {
-            key: "targets",
-            kind: ParamKind::Targets,
-            labelled: true,
-        },
+        Param::TARGETS,
         Param {
             key: "use_dora",
             kind: ParamKind::Bool,

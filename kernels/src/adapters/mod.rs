@@ -13,15 +13,17 @@ pub mod ln_tuning;
 pub mod loha;
 pub mod lokr;
 pub mod lora;
+pub mod ssf;
 pub mod vera;
 
 pub use ia3::{Ia3, Ia3Spec};
 pub use lora::{lora_scale, Lora, LoraSpec};
 pub use vera::{Vera, VeraProjections, VeraSpec};
 
-use crate::linear::{Adapter, OutRange};
+use crate::linear::{add_weight_on_range, Adapter, Base, Linear, OutRange, Visit};
 use crate::method::{MethodInfo, Target};
 use crate::vit::VisionTransformer;
+use tch::Tensor;
 
 /// Every method vtab-orch knows, in the order tables list them.
 pub static REGISTRY: &[&MethodInfo] = &[
@@ -37,6 +39,7 @@ pub static REGISTRY: &[&MethodInfo] = &[
     &hra::INFO,
     &fourierft::INFO,
     &adaptformer::INFO,
+    &ssf::INFO,
 ];
 
 /// One place an adapter goes: a target in one block (the patch embedding: once).
@@ -137,5 +140,35 @@ pub fn site_rows(vit: &VisionTransformer, site: &Site) -> tch::Tensor {
     match site.range {
         None => w.shallow_clone(),
         Some((start, len)) => w.narrow(0, start, len),
+    }
+}
+
+/// An adapter whose whole change is a weight update dW of some output rows (LoHa, LoKr,
+/// FourierFT): y = W x + b + dW x, and merging adds dW. Implementing this is its `Adapter`.
+pub trait WeightDelta: Send {
+    /// dW, shaped like the adapted rows of the base weight, fp32.
+    fn delta_weight(&self) -> Tensor;
+    /// The output rows it changes.
+    fn range(&self) -> OutRange;
+    /// Its trainable tensors, named from the model root.
+    fn visit_tensors(&mut self, f: &mut Visit);
+}
+
+impl<T: WeightDelta> Adapter for T {
+    fn delta(&self, x: &Tensor, _base: Base, _train: bool) -> Option<(Tensor, OutRange)> {
+        let dw = self.delta_weight().to_kind(x.kind());
+        Some((x.linear::<&Tensor>(&dw, None), self.range()))
+    }
+
+    fn merge(&self, base: &mut Linear) {
+        add_weight_on_range(base, &self.delta_weight(), self.range(), 1.0);
+    }
+
+    fn unmerge(&self, base: &mut Linear) {
+        add_weight_on_range(base, &self.delta_weight(), self.range(), -1.0);
+    }
+
+    fn visit(&mut self, f: &mut Visit) {
+        self.visit_tensors(f);
     }
 }

@@ -39,14 +39,7 @@ pub static INFO: MethodInfo = MethodInfo {
     name: "vera",
     about: "VeRA: frozen shared random projections, trained scaling vectors",
     params: &[
-        Param {
-            key: "r",
-            kind: ParamKind::Int {
-                min: 1,
-                max: MAX_RANK,
-            },
-            labelled: true,
-        },
+        Param::RANK,
         Param {
             key: "d_initial",
             kind: ParamKind::Float,
@@ -60,16 +53,8 @@ pub static INFO: MethodInfo = MethodInfo {
             },
             labelled: false,
         },
-        Param {
-            key: "dropout",
-            kind: ParamKind::Float,
-            labelled: false,
-        },
-        Param {
-            key: "targets",
-            kind: ParamKind::Targets,
-            labelled: true,
-        },
+        Param::DROPOUT,
+        Param::TARGETS,
     ],
     from_fields: from_serde::<VeraSpec>,
     peft: Some(PeftReader {

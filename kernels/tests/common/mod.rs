@@ -1,7 +1,7 @@
 //! Shared helpers for the kernels' integration tests: fixture paths and tensor comparison.
 #![allow(dead_code)]
 use kernels::checkpoint::{load_timm, read_safetensors, HeadPolicy};
-use kernels::{VisionTransformer, VitConfig};
+use kernels::{AdaptedVit, VisionTransformer, VitConfig};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -65,4 +65,38 @@ pub fn vit_a() -> VisionTransformer {
 pub fn vit_a_io() -> (Tensor, Tensor) {
     let mut io = tensors("vit_a_io.safetensors");
     (io.remove("x").unwrap(), io.remove("logits").unwrap())
+}
+
+/// The fixtures' training protocol (manifest `train`): steps, learning rate, labels.
+pub fn train_protocol() -> (i64, f64, Tensor) {
+    let m = manifest();
+    let t = &m["train"];
+    let labels: Vec<i64> = t["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    (
+        t["steps"].as_i64().unwrap(),
+        t["lr"].as_f64().unwrap(),
+        Tensor::from_slice(&labels),
+    )
+}
+
+/// `steps` plain SGD steps on cross-entropy over every trainable tensor, as
+/// `scripts/gen_fixtures.py` takes them.
+pub fn sgd_steps(model: &AdaptedVit, x: &Tensor, y: &Tensor, steps: i64, lr: f64) {
+    for _ in 0..steps {
+        model
+            .forward(x, true)
+            .cross_entropy_for_logits(y)
+            .backward();
+        tch::no_grad(|| {
+            for (_, p) in model.trainable() {
+                let _ = p.shallow_clone().g_sub_(&(p.grad() * lr));
+                let _ = p.grad().zero_();
+            }
+        });
+    }
 }
