@@ -122,19 +122,14 @@ impl AdaptedLinear {
 
     pub fn merge(&mut self) {
         if !self.merged {
-            tch::no_grad(|| self.adapters.iter().for_each(|a| a.merge(&mut self.base)));
+            merge_all(&self.adapters, &mut self.base);
             self.merged = true;
         }
     }
 
     pub fn unmerge(&mut self) {
         if self.merged {
-            tch::no_grad(|| {
-                self.adapters
-                    .iter()
-                    .rev()
-                    .for_each(|a| a.unmerge(&mut self.base))
-            });
+            unmerge_all(&self.adapters, &mut self.base);
             self.merged = false;
         }
     }
@@ -145,6 +140,16 @@ impl AdaptedLinear {
             a.visit(f);
         }
     }
+}
+
+/// Folds `adapters` into `base` in order, without autograd.
+pub(crate) fn merge_all(adapters: &[Box<dyn Adapter>], base: &mut Linear) {
+    tch::no_grad(|| adapters.iter().for_each(|a| a.merge(base)));
+}
+
+/// Exactly undoes [`merge_all`] (in reverse order).
+pub(crate) fn unmerge_all(adapters: &[Box<dyn Adapter>], base: &mut Linear) {
+    tch::no_grad(|| adapters.iter().rev().for_each(|a| a.unmerge(base)));
 }
 
 /// The rest of an adapted layer after its base output `y` (computed from the layer input

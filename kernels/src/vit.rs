@@ -2,7 +2,9 @@
 //! timm's own (`blocks.0.attn.qkv.weight`). Holds no training or adapter logic beyond
 //! routing through `AdaptedLinear`.
 use crate::config::VitConfig;
-use crate::linear::{add_deltas_and_scale, AdaptedLinear, Adapter, Linear, Role, Visit};
+use crate::linear::{
+    add_deltas_and_scale, merge_all, unmerge_all, AdaptedLinear, Adapter, Linear, Role, Visit,
+};
 use tch::{Device, Kind, Tensor};
 
 /// timm's `LayerNorm` (eps 1e-6 in ViT). Adapters on it change its output only (SSF's scale
@@ -46,16 +48,14 @@ impl LayerNorm {
 
     pub fn merge(&mut self) {
         if !self.merged && !self.adapters.is_empty() {
-            let mut lin = self.as_linear();
-            tch::no_grad(|| self.adapters.iter().for_each(|a| a.merge(&mut lin)));
+            merge_all(&self.adapters, &mut self.as_linear());
             self.merged = true;
         }
     }
 
     pub fn unmerge(&mut self) {
         if self.merged {
-            let mut lin = self.as_linear();
-            tch::no_grad(|| self.adapters.iter().rev().for_each(|a| a.unmerge(&mut lin)));
+            unmerge_all(&self.adapters, &mut self.as_linear());
             self.merged = false;
         }
     }
@@ -144,8 +144,7 @@ impl PatchEmbed {
     /// Folds the adapters into the conv weight and bias.
     pub fn merge(&mut self) {
         if !self.merged {
-            let mut lin = self.as_linear();
-            tch::no_grad(|| self.adapters.iter().for_each(|a| a.merge(&mut lin)));
+            merge_all(&self.adapters, &mut self.as_linear());
             self.merged = true;
         }
     }
@@ -153,8 +152,7 @@ impl PatchEmbed {
     /// Exactly undoes `merge`.
     pub fn unmerge(&mut self) {
         if self.merged {
-            let mut lin = self.as_linear();
-            tch::no_grad(|| self.adapters.iter().rev().for_each(|a| a.unmerge(&mut lin)));
+            unmerge_all(&self.adapters, &mut self.as_linear());
             self.merged = false;
         }
     }
