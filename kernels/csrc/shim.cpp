@@ -3,6 +3,7 @@
 // Every entry point catches C++ exceptions and returns them as a message: nothing unwinds
 // into Rust.
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
 #include <ATen/DeviceAccelerator.h>
 #include <ATen/autocast_mode.h>
@@ -114,6 +115,33 @@ char *vtab_set_tf32(int enabled) {
 char *vtab_clear_grad(at::Tensor *t) {
   try {
     t->mutable_grad().reset();
+    return nullptr;
+  } catch (const std::exception &e) {
+    return dup_message(e);
+  }
+}
+
+// Seeded draws from a CPU generator of their own, as `torch.Generator().manual_seed(seed)`
+// makes one: torch's default generator is shared by every thread, so reseeding it and then
+// drawing is not reproducible while other threads draw.
+
+// torch.randperm(n, generator=g) into `out` (n int64).
+char *vtab_seeded_randperm(int64_t n, uint64_t seed, int64_t *out) {
+  try {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    auto t = at::randperm(n, gen, at::TensorOptions().dtype(at::kLong));
+    std::memcpy(out, t.data_ptr<int64_t>(), n * sizeof(int64_t));
+    return nullptr;
+  } catch (const std::exception &e) {
+    return dup_message(e);
+  }
+}
+
+// ts[i].uniform_(-bounds[i], bounds[i], generator=g) for i in order, one generator.
+char *vtab_seeded_uniform(uint64_t seed, at::Tensor **ts, const double *bounds, size_t n) {
+  try {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    for (size_t i = 0; i < n; i++) ts[i]->uniform_(-bounds[i], bounds[i], gen);
     return nullptr;
   } catch (const std::exception &e) {
     return dup_message(e);

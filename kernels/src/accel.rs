@@ -38,6 +38,34 @@ extern "C" {
     ) -> *mut c_char;
     fn vtab_clear_grad(t: CTensor) -> *mut c_char;
     fn vtab_set_tf32(enabled: c_int) -> *mut c_char;
+    fn vtab_seeded_randperm(n: i64, seed: u64, out: *mut i64) -> *mut c_char;
+    fn vtab_seeded_uniform(
+        seed: u64,
+        ts: *const CTensor,
+        bounds: *const f64,
+        n: usize,
+    ) -> *mut c_char;
+}
+
+/// `torch.randperm(n, generator=torch.Generator().manual_seed(seed))`: a generator of its own,
+/// so other threads' draws cannot interleave (tch binds no generator objects).
+pub fn seeded_randperm(n: i64, seed: u64) -> Result<Tensor> {
+    let mut out = vec![0i64; n.max(0) as usize];
+    check(unsafe { vtab_seeded_randperm(n, seed, out.as_mut_ptr()) })?;
+    Ok(Tensor::from_slice(&out))
+}
+
+/// CPU fp32 tensors of `shapes`, filled in order with U(-bound, bound) from one generator
+/// seeded with `seed`, as `t.uniform_(-b, b, generator=g)` for each would.
+pub fn seeded_uniform(seed: u64, shapes: &[(&[i64], f64)]) -> Result<Vec<Tensor>> {
+    let ts: Vec<Tensor> = shapes
+        .iter()
+        .map(|(s, _)| Tensor::empty(*s, (Kind::Float, Device::Cpu)))
+        .collect();
+    let ptrs: Vec<CTensor> = ts.iter().map(raw).collect();
+    let bounds: Vec<f64> = shapes.iter().map(|(_, b)| *b).collect();
+    check(unsafe { vtab_seeded_uniform(seed, ptrs.as_ptr(), bounds.as_ptr(), ptrs.len()) })?;
+    Ok(ts)
 }
 
 fn check(msg: *mut c_char) -> Result<()> {

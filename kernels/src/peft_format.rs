@@ -60,7 +60,7 @@ pub fn export_peft(model: &AdaptedVit, dir: &Path) -> Result<()> {
     modules.dedup();
     let mut cfg = json!({
         "modules_to_save": ["head"], "target_modules": modules, "base_model_name_or_path": null,
-        "task_type": null, "inference_mode": true, "fan_in_fan_out": false, "revision": null,
+        "task_type": null, "inference_mode": true, "revision": null,
     });
     cfg.as_object_mut().expect("json object").extend(own);
     let mut tensors = spec.peft_tensors(model.trainable(), &model.vit.cfg);

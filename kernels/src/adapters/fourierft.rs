@@ -182,9 +182,9 @@ impl MethodSpec for FourierftSpec {
                     self.n_frequency, cells, site.name, site.out_features, site.in_features
                 )));
             }
-            layers.push((Fourierft::new(&site, self, device), site));
+            layers.push((Fourierft::new(&site, self, device)?, site));
         }
-        // The coefficients from the model's seed, not from the positions' stream.
+        // The coefficients from the model's seed.
         tch::manual_seed(seed.wrapping_add(2));
         for (mut a, site) in layers {
             if !self.init_weights {
@@ -207,7 +207,7 @@ impl MethodSpec for FourierftSpec {
         let v = json!({
             "peft_type": "FOURIERFT", "n_frequency": self.n_frequency, "scaling": self.scaling,
             "random_loc_seed": self.random_loc_seed, "init_weights": self.init_weights,
-            "bias": "none",
+            "bias": "none", "fan_in_fan_out": false,
             "n_frequency_pattern": {},
         });
         Ok(v.as_object().expect("json object").clone())
@@ -228,16 +228,14 @@ pub struct Fourierft {
 }
 
 impl Fourierft {
-    /// The positions: `randperm(out * in)` from a generator seeded with the spec's seed, as
-    /// peft draws them (tch has no generator objects: torch's default one is reseeded, and
-    /// `insert` reseeds it afterwards).
-    fn new(site: &Site, spec: &FourierftSpec, device: Device) -> Self {
+    /// The positions: `randperm(out * in)` from a generator of their own seeded with the
+    /// spec's seed, as peft draws them.
+    fn new(site: &Site, spec: &FourierftSpec, device: Device) -> crate::Result<Self> {
         let (in_f, out_f) = (site.in_features, site.out_features);
-        tch::manual_seed(spec.random_loc_seed);
-        let idx = Tensor::randperm(out_f * in_f, (Kind::Int64, Device::Cpu))
+        let idx = crate::accel::seeded_randperm(out_f * in_f, spec.random_loc_seed as u64)?
             .narrow(0, 0, spec.n_frequency)
             .to_device(device);
-        Fourierft {
+        Ok(Fourierft {
             name: site.name.clone(),
             spectrum: Tensor::zeros([spec.n_frequency], (Kind::Float, device)),
             rows: idx.divide_scalar_mode(in_f, "floor"),
@@ -246,7 +244,7 @@ impl Fourierft {
             in_f,
             scaling: spec.scaling,
             range: site.range,
-        }
+        })
     }
 }
 

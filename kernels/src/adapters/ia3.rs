@@ -124,6 +124,7 @@ impl MethodSpec for Ia3Spec {
             .collect();
         let v = json!({
             "peft_type": "IA3", "feedforward_modules": ff, "init_ia3_weights": true,
+            "fan_in_fan_out": false,
         });
         Ok(v.as_object().expect("json object").clone())
     }

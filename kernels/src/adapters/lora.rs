@@ -204,6 +204,7 @@ impl MethodSpec for LoraSpec {
         }
         let v = json!({
             "peft_type": "LORA", "bias": "none", "r": self.r, "lora_alpha": self.alpha,
+            "fan_in_fan_out": false,
             "lora_dropout": self.dropout, "use_rslora": self.rslora, "use_dora": self.use_dora,
             "init_lora_weights": true,
         });

@@ -154,8 +154,10 @@ impl MethodSpec for VeraSpec {
             max_out,
             self.projection_prng_key,
             vit.device(),
-        );
-        tch::manual_seed(seed.wrapping_add(1)); // leave the key's stream
+        )?;
+        // Reseeded as when the key was drawn from the default generator, so that later draws
+        // (dropout) are those of earlier versions.
+        tch::manual_seed(seed.wrapping_add(1));
         for site in sites(vit, &targets) {
             let a = Vera::new(
                 site.name,
@@ -183,7 +185,7 @@ impl MethodSpec for VeraSpec {
             );
         }
         let v = json!({
-            "peft_type": "VERA", "bias": "none", "r": self.r,
+            "peft_type": "VERA", "bias": "none", "r": self.r, "fan_in_fan_out": false,
             "projection_prng_key": self.projection_prng_key, "save_projection": true,
             "vera_dropout": self.dropout, "d_initial": self.d_initial, "init_weights": true,
         });
@@ -199,22 +201,31 @@ pub struct VeraProjections {
 
 impl VeraProjections {
     /// peft's `_kaiming_init` for A then B, drawn on the CPU from a generator seeded with
-    /// `prng_key` (the same numbers peft draws), then moved to `device`.
-    ///
-    /// tch exposes no generator objects, so this reseeds torch's default generator; the
-    /// caller reseeds afterwards (see `AdaptedVit::new`).
-    pub fn generate(r: i64, max_in: i64, max_out: i64, prng_key: i64, device: Device) -> Self {
-        tch::manual_seed(prng_key);
-        let kaiming = |rows: i64, fan_in: i64| {
-            let bound = 3f64.sqrt() * 2f64.sqrt() / (fan_in as f64).sqrt();
-            Tensor::empty([rows, fan_in], (Kind::Float, Device::Cpu)).uniform_(-bound, bound)
-        };
-        let a = kaiming(r, max_in);
-        let b = kaiming(max_out, r);
-        VeraProjections {
+    /// `prng_key` (the same numbers peft draws), then moved to `device`. The generator is
+    /// the projections' own: other threads' draws cannot interleave.
+    pub fn generate(
+        r: i64,
+        max_in: i64,
+        max_out: i64,
+        prng_key: i64,
+        device: Device,
+    ) -> crate::Result<Self> {
+        let bound = |fan_in: i64| 3f64.sqrt() * 2f64.sqrt() / (fan_in as f64).sqrt();
+        let key = u64::try_from(prng_key).map_err(|_| {
+            crate::Error::Config(format!(
+                "vera: `projection_prng_key` must be >= 0, got {prng_key}"
+            ))
+        })?;
+        let mut ab = crate::accel::seeded_uniform(
+            key,
+            &[(&[r, max_in], bound(max_in)), (&[max_out, r], bound(r))],
+        )?
+        .into_iter();
+        let (a, b) = (ab.next().expect("two draws"), ab.next().expect("two draws"));
+        Ok(VeraProjections {
             a: a.to_device(device),
             b: b.to_device(device),
-        }
+        })
     }
 }
 
