@@ -231,6 +231,13 @@ impl Param {
     };
 }
 
+/// `from_fields` defaults of a rank-and-scale method: `r` = `r` when absent, `alpha` = r
+/// (scale 1, peft's default for LoRA, LoHa and LoKr at r = 8).
+pub fn default_rank_alpha(fields: &mut Map<String, Value>, r: i64) {
+    let r = fields.entry("r").or_insert(Value::from(r)).clone();
+    fields.entry("alpha").or_insert(r);
+}
+
 /// Checks a rank: "<method>: `r` must be from 1 to 4096, got 0".
 pub fn validate_rank(method: &str, r: i64) -> Result<(), String> {
     if (1..=MAX_RANK).contains(&r) {

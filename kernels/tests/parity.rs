@@ -549,28 +549,11 @@ fn export_loads_in_peft_with_our_logits() {
     std::fs::write(dir.join("cfg.json"), cfg.to_string()).unwrap();
     let (x, _) = vit_a_io();
     Tensor::write_safetensors(&[("x", x.shallow_clone())], dir.join("x.safetensors")).unwrap();
-    let mut models: Vec<(String, AdaptedVit)> = [
-        "lora",
-        "vera",
-        "ia3",
-        "lora_suffix",
-        "ia3_suffix",
-        "dora",
-        "dora_rs_conv",
-        "ln_tuning",
-        "ln_tuning_norm1",
-        "loha",
-        "loha_conv",
-        "lokr",
-        "lokr_both",
-        "hra",
-        "hra_gs_conv",
-        "fourierft",
-        "fourierft_s",
-    ]
-    .iter()
-    .map(|n| (n.to_string(), import(n)))
-    .collect();
+    // Every peft fixture, as imported.
+    let mut models: Vec<(String, AdaptedVit)> = PEFT_FIXTURES
+        .iter()
+        .map(|n| (n.to_string(), import(n)))
+        .collect();
     // IA3 on k and v only: exported as a qkv vector whose q part is 1.
     let mut kv = AdaptedVit::new(
         vit_a(),

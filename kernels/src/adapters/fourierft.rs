@@ -170,11 +170,9 @@ impl MethodSpec for FourierftSpec {
     }
 
     fn insert(&self, vit: &mut VisionTransformer, seed: i64) -> crate::Result<Buffers> {
-        let mut targets = self.targets.clone();
-        targets.sort();
         let device = vit.device();
         let mut layers = Vec::new();
-        for site in sites(vit, &targets) {
+        for site in sites(vit, &self.targets) {
             let cells = site.in_features * site.out_features;
             if self.n_frequency > cells {
                 return Err(crate::Error::Config(format!(

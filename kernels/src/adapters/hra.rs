@@ -113,10 +113,8 @@ impl MethodSpec for HraSpec {
     }
 
     fn insert(&self, vit: &mut VisionTransformer, _seed: i64) -> crate::Result<Buffers> {
-        let mut targets = self.targets.clone();
-        targets.sort();
         let device = vit.device();
-        for site in sites(vit, &targets) {
+        for site in sites(vit, &self.targets) {
             let a = Hra::new(site.name, site.in_features, self, device);
             push_adapter(vit, site.block, site.target, Box::new(a));
         }

@@ -75,8 +75,7 @@ impl MethodSpec for Ia3Spec {
     }
 
     fn insert(&self, vit: &mut VisionTransformer, _seed: i64) -> crate::Result<Buffers> {
-        let mut targets = self.targets.clone();
-        targets.sort();
+        let targets = &self.targets;
         let device = vit.device();
         let d = vit.cfg.embed_dim;
         // q, k, v slices share one vector over the fused qkv output; a slice that is not

@@ -5,8 +5,8 @@
 use super::{push_adapter, sites, WeightDelta};
 use crate::linear::{OutRange, Role, Visit};
 use crate::method::{
-    from_serde, targets_label, validate_alpha, validate_rank, validate_targets, Buffers, Method,
-    MethodInfo, MethodSpec, Param, PeftReader, Target,
+    default_rank_alpha, from_serde, targets_label, validate_alpha, validate_rank, validate_targets,
+    Buffers, Method, MethodInfo, MethodSpec, Param, PeftReader, Target,
 };
 use crate::peft_import::PeftConfig;
 use crate::vit::VisionTransformer;
@@ -45,8 +45,7 @@ pub static INFO: MethodInfo = MethodInfo {
 
 /// Defaults: r = 8, alpha = r (peft's defaults, scale 1).
 fn from_fields(mut f: Map<String, Value>) -> Result<Method, String> {
-    let r = f.entry("r").or_insert(json!(8)).clone();
-    f.entry("alpha").or_insert(r);
+    default_rank_alpha(&mut f, 8);
     from_serde::<LohaSpec>(f)
 }
 
@@ -128,10 +127,8 @@ impl MethodSpec for LohaSpec {
     }
 
     fn insert(&self, vit: &mut VisionTransformer, _seed: i64) -> crate::Result<Buffers> {
-        let mut targets = self.targets.clone();
-        targets.sort();
         let device = vit.device();
-        for site in sites(vit, &targets) {
+        for site in sites(vit, &self.targets) {
             let a = Loha::new(
                 site.name,
                 site.in_features,

@@ -9,8 +9,8 @@ use super::{push_adapter, sites, Site, WeightDelta};
 use crate::config::VitConfig;
 use crate::linear::{OutRange, Role, Visit};
 use crate::method::{
-    from_serde, targets_label, validate_alpha, validate_rank, validate_targets, Buffers, Method,
-    MethodInfo, MethodSpec, Param, ParamKind, PeftReader, Target,
+    default_rank_alpha, from_serde, targets_label, validate_alpha, validate_rank, validate_targets,
+    Buffers, Method, MethodInfo, MethodSpec, Param, ParamKind, PeftReader, Target,
 };
 use crate::peft_format::PREFIX;
 use crate::peft_import::PeftConfig;
@@ -82,8 +82,7 @@ pub static INFO: MethodInfo = MethodInfo {
 
 /// Defaults: r = 8, alpha = r (peft's defaults, scale 1).
 fn from_fields(mut f: Map<String, Value>) -> Result<Method, String> {
-    let r = f.entry("r").or_insert(json!(8)).clone();
-    f.entry("alpha").or_insert(r);
+    default_rank_alpha(&mut f, 8);
     from_serde::<LokrSpec>(f)
 }
 
@@ -163,11 +162,9 @@ impl MethodSpec for LokrSpec {
     }
 
     fn insert(&self, vit: &mut VisionTransformer, _seed: i64) -> crate::Result<Buffers> {
-        let mut targets = self.targets.clone();
-        targets.sort();
         let device = vit.device();
         let kernel = vit.cfg.patch_size * vit.cfg.patch_size;
-        for site in sites(vit, &targets) {
+        for site in sites(vit, &self.targets) {
             let kk = if site.target == Target::PatchEmbed {
                 kernel
             } else {

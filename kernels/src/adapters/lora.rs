@@ -4,8 +4,8 @@ use super::{push_adapter, site_rows, sites};
 use crate::config::VitConfig;
 use crate::linear::{add_weight_on_range, Adapter, Base, Linear, OutRange, Role, Visit};
 use crate::method::{
-    from_serde, targets_label, validate_targets, Buffers, Method, MethodInfo, MethodSpec, Param,
-    ParamKind, PeftReader, Target, MAX_RANK,
+    default_rank_alpha, from_serde, targets_label, validate_targets, Buffers, Method, MethodInfo,
+    MethodSpec, Param, ParamKind, PeftReader, Target, MAX_RANK,
 };
 use crate::peft_import::PeftConfig;
 use crate::vit::VisionTransformer;
@@ -77,8 +77,7 @@ pub static INFO: MethodInfo = MethodInfo {
 
 /// Defaults: r = 8, alpha = r.
 fn from_fields(mut f: Map<String, Value>) -> Result<Method, String> {
-    let r = f.entry("r").or_insert(json!(8)).clone();
-    f.entry("alpha").or_insert(r);
+    default_rank_alpha(&mut f, 8);
     from_serde::<LoraSpec>(f)
 }
 
@@ -171,10 +170,8 @@ impl MethodSpec for LoraSpec {
 
     fn insert(&self, vit: &mut VisionTransformer, _seed: i64) -> crate::Result<Buffers> {
         let scale = lora_scale(self.r, self.alpha, self.rslora);
-        let mut targets = self.targets.clone();
-        targets.sort();
         let device = vit.device();
-        for site in sites(vit, &targets) {
+        for site in sites(vit, &self.targets) {
             let rows = self.use_dora.then(|| site_rows(vit, &site));
             let a = Lora::new(
                 site.name.clone(),

@@ -81,8 +81,10 @@ pub fn target_name(i: usize, t: Target) -> String {
 }
 
 /// Every site of `targets` in `vit`: the patch embedding first (once), then block by block
-/// in target order (`targets` sorted by the caller for a fixed order).
+/// in `Target` order, whatever order `targets` lists them in.
 pub fn sites(vit: &VisionTransformer, targets: &[Target]) -> Vec<Site> {
+    let mut targets = targets.to_vec();
+    targets.sort();
     let site = |block: usize, target: Target| {
         let (in_features, out_features, range) = geometry(vit, target);
         Site {

@@ -141,10 +141,8 @@ impl MethodSpec for VeraSpec {
     }
 
     fn insert(&self, vit: &mut VisionTransformer, seed: i64) -> crate::Result<Buffers> {
-        let mut targets = self.targets.clone();
-        targets.sort();
         // peft sizes the shared pair by the largest adapted input and output.
-        let geo: Vec<_> = targets.iter().map(|&t| geometry(vit, t)).collect();
+        let geo: Vec<_> = self.targets.iter().map(|&t| geometry(vit, t)).collect();
         let d = vit.cfg.embed_dim;
         let max_in = geo.iter().map(|g| g.0).max().unwrap_or(d);
         let max_out = geo.iter().map(|g| g.1).max().unwrap_or(d);
@@ -158,7 +156,7 @@ impl MethodSpec for VeraSpec {
         // Reseeded as when the key was drawn from the default generator, so that later draws
         // (dropout) are those of earlier versions.
         tch::manual_seed(seed.wrapping_add(1));
-        for site in sites(vit, &targets) {
+        for site in sites(vit, &self.targets) {
             let a = Vera::new(
                 site.name,
                 &shared,
