@@ -106,21 +106,6 @@ fn saved_modules(cfg: &Value, path: &Path) -> Result<Vec<String>> {
     Ok(list)
 }
 
-fn targets_from(cfg: &Value, depth: usize, path: &Path) -> Result<Vec<Target>> {
-    let wanted = module_spec(cfg, "target_modules", path)?
-        .ok_or_else(|| file_err(path, "adapter_config.json has no target_modules"))?;
-    let exclude = module_spec(cfg, "exclude_modules", path)?;
-    let saved = saved_modules(cfg, path)?;
-    let sel = select(&wanted, exclude.as_ref(), &saved, depth).map_err(|m| file_err(path, m))?;
-    if sel.targets.is_empty() {
-        return Err(file_err(
-            path,
-            "`target_modules` selects no module of this ViT (peft would refuse it too)",
-        ));
-    }
-    Ok(sel.targets)
-}
-
 /// The method an adapter directory describes, for a ViT with `depth` blocks.
 pub fn read_peft_method(dir: &Path, depth: usize) -> Result<Method> {
     let path = dir.join(CONFIG_FILE);
@@ -188,20 +173,32 @@ impl PeftConfig<'_> {
         file_err(self.path, msg)
     }
 
+    /// `target_modules` (required), `exclude_modules` and `modules_to_save`: what module
+    /// matching reads.
+    fn matching(&self) -> Result<(ModuleSpec, Option<ModuleSpec>, Vec<String>)> {
+        let wanted = self
+            .module_spec("target_modules")?
+            .ok_or_else(|| self.err("adapter_config.json has no target_modules"))?;
+        let exclude = self.module_spec("exclude_modules")?;
+        Ok((wanted, exclude, saved_modules(self.cfg, self.path)?))
+    }
+
     /// The adapter targets (linear layers, the patch embedding) that `target_modules` less
-    /// `exclude_modules` selects, sorted; an error if it selects anything else.
+    /// `exclude_modules` selects, sorted; an error if it selects anything else or nothing.
     pub fn targets(&self) -> Result<Vec<Target>> {
-        targets_from(self.cfg, self.depth, self.path)
+        let (wanted, exclude, saved) = self.matching()?;
+        let sel = select(&wanted, exclude.as_ref(), &saved, self.depth).map_err(|m| self.err(m))?;
+        if sel.targets.is_empty() {
+            return Err(self
+                .err("`target_modules` selects no module of this ViT (peft would refuse it too)"));
+        }
+        Ok(sel.targets)
     }
 
     /// The timm module names `target_modules` less `exclude_modules` (and `modules_to_save`)
     /// selects, for methods that adapt other modules than linear layers.
     pub fn modules(&self) -> Result<Vec<String>> {
-        let wanted = self
-            .module_spec("target_modules")?
-            .ok_or_else(|| self.err("adapter_config.json has no target_modules"))?;
-        let exclude = self.module_spec("exclude_modules")?;
-        let saved = saved_modules(self.cfg, self.path)?;
+        let (wanted, exclude, saved) = self.matching()?;
         crate::peft_targets::select_names(&wanted, exclude.as_ref(), &saved, self.depth)
             .map_err(|m| self.err(m))
     }
