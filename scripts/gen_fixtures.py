@@ -12,7 +12,7 @@ import sys
 import peft
 import timm
 import torch
-from peft import FourierFTConfig, HRAConfig, IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig, get_peft_model
+from peft import FourierFTConfig, HRAConfig, OFTConfig, IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig, get_peft_model
 from safetensors.torch import save_file
 from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -108,6 +108,10 @@ ADAPTERS = {
     # layers are small), then another count, scale and position seed with zero coefficients.
     "fourierft": FourierFTConfig(n_frequency=100, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
     "fourierft_s": FourierFTConfig(n_frequency=37, scaling=20.0, random_loc_seed=5, init_weights=True, target_modules=["qkv", "fc2"], modules_to_save=["head"]),
+    # OFT: peft's defaults (5-term Neumann series) with blocks of 8 (the default 32 does not
+    # divide 48), then r = 4 blocks per layer, the exact Cayley transform and one shared block.
+    "oft": OFTConfig(oft_block_size=8, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
+    "oft_exact_shared": OFTConfig(r=4, oft_block_size=0, use_cayley_neumann=False, block_share=True, target_modules=["qkv", "fc2"], modules_to_save=["head"]),
 }
 # Training steps after the perturbation (fp32, CPU): plain SGD on cross-entropy, so the test
 # compares peft's gradients (of every trainable tensor) with ours, not two optimisers. The
@@ -139,6 +143,10 @@ for i, (name, cfg) in enumerate(ADAPTERS.items()):
             if p.requires_grad:
                 if "ia3_l" in pname or "ln_tuning_layers.weight" in pname:
                     p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g))
+                elif "oft_R" in pname:
+                    # Small angles, as after training: with 0.3 the truncated Neumann series
+                    # is far from orthogonal and unmerging (a solve) loses digits to it.
+                    p.copy_(0.05 * torch.randn(p.shape, generator=g))
                 elif "lora_magnitude_vector" in pname:
                     # Around its start (the base rows' norms), as after some training.
                     p.mul_(1.0 + 0.3 * torch.randn(p.shape, generator=g))

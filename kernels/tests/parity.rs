@@ -10,7 +10,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Every peft adapter fixture of `scripts/gen_fixtures.py` (two configurations per method).
-const PEFT_FIXTURES: [&str; 20] = [
+const PEFT_FIXTURES: [&str; 22] = [
     "lora",
     "lora_rs",
     "vera",
@@ -31,6 +31,8 @@ const PEFT_FIXTURES: [&str; 20] = [
     "hra_gs_conv",
     "fourierft",
     "fourierft_s",
+    "oft",
+    "oft_exact_shared",
 ];
 
 fn adapter_entry(name: &str) -> serde_json::Value {

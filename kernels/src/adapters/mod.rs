@@ -13,6 +13,7 @@ pub mod ln_tuning;
 pub mod loha;
 pub mod lokr;
 pub mod lora;
+pub mod oft;
 pub mod ssf;
 pub mod vera;
 
@@ -38,6 +39,7 @@ pub static REGISTRY: &[&MethodInfo] = &[
     &lokr::INFO,
     &hra::INFO,
     &fourierft::INFO,
+    &oft::INFO,
     &adaptformer::INFO,
     &ssf::INFO,
 ];
