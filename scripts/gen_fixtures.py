@@ -12,9 +12,11 @@ import sys
 import peft
 import timm
 import torch
-from peft import FourierFTConfig, HRAConfig, OFTConfig, IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig, get_peft_model
+from peft import BOFTConfig, FourierFTConfig, HRAConfig, OFTConfig, IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig, get_peft_model
 from safetensors.torch import save_file
 from timm.models.vision_transformer import checkpoint_filter_fn
+
+import peft_shims
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
     os.path.dirname(__file__), "..", "kernels", "tests", "fixtures")
@@ -112,7 +114,15 @@ ADAPTERS = {
     # divide 48), then r = 4 blocks per layer, the exact Cayley transform and one shared block.
     "oft": OFTConfig(oft_block_size=8, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
     "oft_exact_shared": OFTConfig(r=4, oft_block_size=0, use_cayley_neumann=False, block_share=True, target_modules=["qkv", "fc2"], modules_to_save=["head"]),
+    # BOFT: peft's defaults (blocks of 4, one butterfly factor) on the block linears, then 4
+    # blocks per factor and two butterfly factors, with the conv (peft runs a second factor
+    # only with its CUDA block-diagonal op: PyTorch's own one stands in for it below).
+    "boft": BOFTConfig(boft_block_size=4, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
+    "boft_butterfly_conv": BOFTConfig(boft_block_size=0, boft_block_num=4, boft_n_butterfly_factor=2, target_modules=["qkv", "proj", "fc2"], modules_to_save=["head"]),
 }
+
+# peft runs BOFT's butterfly factors only with its CUDA block-diagonal op: ours stands in.
+peft_shims.install()
 # Training steps after the perturbation (fp32, CPU): plain SGD on cross-entropy, so the test
 # compares peft's gradients (of every trainable tensor) with ours, not two optimisers. The
 # perturbed adapters make gradients large; lr = 1e-3 still moves the logits by 0.03 to 5.
@@ -143,7 +153,10 @@ for i, (name, cfg) in enumerate(ADAPTERS.items()):
             if p.requires_grad:
                 if "ia3_l" in pname or "ln_tuning_layers.weight" in pname:
                     p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g))
-                elif "oft_R" in pname:
+                elif "boft_s" in pname:
+                    # Output scales near one (unmerging divides by them).
+                    p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+                elif "oft_R" in pname and "boft_R" not in pname:
                     # Small angles, as after training: with 0.3 the truncated Neumann series
                     # is far from orthogonal and unmerging (a solve) loses digits to it.
                     p.copy_(0.05 * torch.randn(p.shape, generator=g))

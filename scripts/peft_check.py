@@ -14,6 +14,10 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
+import peft_shims
+
+peft_shims.install()  # BOFT's butterfly factors on the CPU
+
 cfg_path, base_path, adapter_dir, in_path, out_path = sys.argv[1:6]
 cfg = json.load(open(cfg_path))
 model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **cfg)

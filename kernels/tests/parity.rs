@@ -10,7 +10,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Every peft adapter fixture of `scripts/gen_fixtures.py` (two configurations per method).
-const PEFT_FIXTURES: [&str; 22] = [
+const PEFT_FIXTURES: [&str; 24] = [
     "lora",
     "lora_rs",
     "vera",
@@ -33,6 +33,8 @@ const PEFT_FIXTURES: [&str; 22] = [
     "fourierft_s",
     "oft",
     "oft_exact_shared",
+    "boft",
+    "boft_butterfly_conv",
 ];
 
 fn adapter_entry(name: &str) -> serde_json::Value {

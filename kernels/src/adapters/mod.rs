@@ -4,6 +4,7 @@
 //! line in `REGISTRY`, and its parity fixture in `scripts/gen_fixtures.py`.
 pub mod adaptformer;
 pub mod bitfit;
+pub mod boft;
 pub mod fourierft;
 pub mod full;
 pub mod hra;
@@ -40,6 +41,7 @@ pub static REGISTRY: &[&MethodInfo] = &[
     &hra::INFO,
     &fourierft::INFO,
     &oft::INFO,
+    &boft::INFO,
     &adaptformer::INFO,
     &ssf::INFO,
 ];
