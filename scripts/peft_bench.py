@@ -15,7 +15,7 @@ import time
 import peft
 import timm
 import torch
-from peft import (FourierFTConfig, HRAConfig, IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig,
+from peft import (BOFTConfig, FourierFTConfig, HRAConfig, OFTConfig, IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig,
                   get_peft_model)
 
 NCLS = 100
@@ -35,6 +35,8 @@ CONFIGS = {
     "lokr_qkv_r8": LoKrConfig(r=8, alpha=8, target_modules=["qkv"], modules_to_save=["head"]),
     "hra_qkv_r8": HRAConfig(r=8, target_modules=["qkv"], modules_to_save=["head"]),
     "fourierft_qkv_n1000": FourierFTConfig(n_frequency=1000, target_modules=["qkv"], modules_to_save=["head"]),
+    "oft_qkv_b16": OFTConfig(oft_block_size=16, target_modules=["qkv"], modules_to_save=["head"]),
+    "boft_qkv_b8": BOFTConfig(boft_block_size=8, target_modules=["qkv"], modules_to_save=["head"]),
 }
 
 
