@@ -119,6 +119,10 @@ ADAPTERS = {
     # only with its CUDA block-diagonal op: PyTorch's own one stands in for it below).
     "boft": BOFTConfig(boft_block_size=4, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
     "boft_butterfly_conv": BOFTConfig(boft_block_size=0, boft_block_num=4, boft_n_butterfly_factor=2, target_modules=["qkv", "proj", "fc2"], modules_to_save=["head"]),
+    # PiSSA and OLoRA: LoRA inits that start B A at the weight's principal factors (exact SVD;
+    # QR) and move s B A out of the frozen weight; the second with rsLoRA's scale.
+    "lora_pissa": LoraConfig(r=4, lora_alpha=8, init_lora_weights="pissa", target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
+    "lora_olora_rs": LoraConfig(r=3, lora_alpha=5, use_rslora=True, init_lora_weights="olora", target_modules=["qkv", "fc2"], modules_to_save=["head"]),
 }
 
 # peft runs BOFT's butterfly factors only with its CUDA block-diagonal op: ours stands in.

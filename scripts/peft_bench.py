@@ -27,6 +27,7 @@ CONFIGS = {
     "bitfit": "bias",
     "lora_qkv_r8": LoraConfig(r=8, lora_alpha=8, target_modules=["qkv"], modules_to_save=["head"]),
     "lora_all_pe_r8": LoraConfig(r=8, lora_alpha=8, target_modules=LORA_ALL_PE, modules_to_save=["head"]),
+    "pissa_qkv_r8": LoraConfig(r=8, lora_alpha=8, init_lora_weights="pissa", target_modules=["qkv"], modules_to_save=["head"]),
     "dora_qkv_r8": LoraConfig(r=8, lora_alpha=8, use_dora=True, target_modules=["qkv"], modules_to_save=["head"]),
     "vera_qkv_mlp_r256": VeraConfig(r=256, target_modules=["qkv", "fc1", "fc2"], modules_to_save=["head"]),
     "ia3_qkv_fc2": IA3Config(target_modules=["qkv", "fc2"], feedforward_modules=["fc2"], modules_to_save=["head"]),

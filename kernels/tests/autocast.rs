@@ -19,6 +19,7 @@ fn adapters_stay_in_bf16_under_autocast() {
             rslora: false,
             targets: vec![Q, V, Fc2],
             use_dora: false,
+            init: Default::default(),
         }),
         Method::new(VeraSpec {
             r: 8,
@@ -95,6 +96,7 @@ fn slice_lora_gradients_match_block_lora() {
             rslora: false,
             targets,
             use_dora: false,
+            init: Default::default(),
         })
     };
     let slices = AdaptedVit::new(vit_a(), &spec(vec![Target::Q, Target::V]), Some(10), 0).unwrap();

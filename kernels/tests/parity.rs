@@ -10,7 +10,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Every peft adapter fixture of `scripts/gen_fixtures.py` (two configurations per method).
-const PEFT_FIXTURES: [&str; 24] = [
+const PEFT_FIXTURES: [&str; 26] = [
     "lora",
     "lora_rs",
     "vera",
@@ -21,6 +21,8 @@ const PEFT_FIXTURES: [&str; 24] = [
     "lora_headless",
     "dora",
     "dora_rs_conv",
+    "lora_pissa",
+    "lora_olora_rs",
     "ln_tuning",
     "ln_tuning_norm1",
     "loha",
@@ -296,6 +298,7 @@ fn fresh_adapters_are_the_identity() {
             rslora: false,
             targets: vec![PatchEmbed, Q, V, Proj, Fc1, Fc2],
             use_dora: false,
+            init: Default::default(),
         }),
         Method::new(VeraSpec {
             r: 8,
@@ -338,6 +341,7 @@ fn lora_on_qkv_slices_matches_hand_merge() {
         rslora: false,
         targets: vec![Target::Q, Target::V],
         use_dora: false,
+        init: Default::default(),
     });
     let mut model = AdaptedVit::new(vit_a(), &method, None, 0).unwrap();
     assert_eq!(
@@ -376,6 +380,7 @@ fn lora_scale_multiplies_only_the_delta() {
             rslora: false,
             targets: vec![Target::Fc2],
             use_dora: false,
+            init: Default::default(),
         })
     };
     let mut outs = Vec::new();
@@ -585,6 +590,7 @@ fn export_loads_in_peft_with_our_logits() {
             rslora: false,
             targets: vec![Target::PatchEmbed],
             use_dora: false,
+            init: Default::default(),
         }),
         None, // the checkpoint's head: the logits differ from the base model's by the adapter only
         2,
@@ -670,6 +676,7 @@ fn slice_lora_is_refused_by_peft_export() {
             rslora: false,
             targets: vec![Target::Q, Target::V],
             use_dora: false,
+            init: Default::default(),
         }),
         Some(10),
         0,

@@ -472,6 +472,7 @@ mod tests {
                 rslora: false,
                 targets: vec![Target::Q, Target::V],
                 use_dora: false,
+                init: Default::default(),
             }),
             opt: Opt::default(),
             seed: 0,
@@ -1150,6 +1151,25 @@ mod tests {
                         serde_json::Value::Array(a[1..].to_vec())
                     }
                     serde_json::Value::Array(_) => serde_json::json!(["fc2", "qkv"]),
+                    // A choice: another of the registered names.
+                    serde_json::Value::String(s) => {
+                        let kind = m
+                            .spec()
+                            .info()
+                            .params
+                            .iter()
+                            .find(|p| p.key == k)
+                            .map(|p| p.kind);
+                        match kind {
+                            Some(kernels::method::ParamKind::Choice(names)) => {
+                                serde_json::json!(names
+                                    .iter()
+                                    .find(|n| *n != s)
+                                    .expect("two choices"))
+                            }
+                            _ => panic!("{row}: field {k} = {s:?}: teach this test to change it"),
+                        }
+                    }
                     other => panic!("{row}: field {k} = {other}: teach this test to change it"),
                 };
                 let mut fields = m.fields();

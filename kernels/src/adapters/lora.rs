@@ -1,5 +1,9 @@
 //! LoRA (Hu et al. 2021) with peft's semantics: y = W0 x + b + s * B A drop(x),
 //! A kaiming-uniform(a = sqrt 5), B zeros, s = alpha / r (rsLoRA: alpha / sqrt r).
+//! `init` is peft's `init_lora_weights`: PiSSA (Meng et al. 2024) starts B A at the r
+//! principal singular directions of W0 (A = sqrt(S_r / s) V_r^T, B = U_r sqrt(S_r / s)) and
+//! OLoRA (Büyükakyüz 2024) at its QR factors (B = Q_r, A = R_r); both move s B A out of the
+//! frozen weight (W0 - s B A), so the layer starts unchanged up to rounding.
 use super::{push_adapter, site_rows, sites};
 use crate::config::VitConfig;
 use crate::linear::{add_weight_on_range, Adapter, Base, Linear, OutRange, Role, Visit};
@@ -28,6 +32,38 @@ pub struct LoraSpec {
     /// key when off, so keys of plain LoRA runs are those from before it existed.
     #[serde(default, skip_serializing_if = "is_false")]
     pub use_dora: bool,
+    /// How A and B start; left out of the key at the default, like `use_dora`.
+    #[serde(default, skip_serializing_if = "LoraInit::is_default")]
+    pub init: LoraInit,
+}
+
+/// peft's `init_lora_weights` values vtab-orch implements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoraInit {
+    /// A kaiming-uniform, B zero (peft's `true`).
+    #[default]
+    Default,
+    /// The principal singular directions of the base weight (peft's `"pissa"`, exact SVD).
+    Pissa,
+    /// The QR factors of the base weight (peft's `"olora"`).
+    Olora,
+}
+
+impl LoraInit {
+    pub const NAMES: &'static [&'static str] = &["default", "pissa", "olora"];
+
+    fn is_default(&self) -> bool {
+        *self == LoraInit::Default
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            LoraInit::Default => "default",
+            LoraInit::Pissa => "pissa",
+            LoraInit::Olora => "olora",
+        }
+    }
 }
 
 impl LoraSpec {
@@ -40,6 +76,7 @@ impl LoraSpec {
             rslora: false,
             targets,
             use_dora: false,
+            init: LoraInit::Default,
         }
     }
 }
@@ -64,6 +101,11 @@ pub static INFO: MethodInfo = MethodInfo {
         Param {
             key: "use_dora",
             kind: ParamKind::Bool,
+            labelled: true,
+        },
+        Param {
+            key: "init",
+            kind: ParamKind::Choice(LoraInit::NAMES),
             labelled: true,
         },
     ],
@@ -91,6 +133,7 @@ fn bench() -> Vec<(&'static str, Method)> {
             rslora: false,
             targets,
             use_dora: false,
+            init: LoraInit::Default,
         })
     };
     vec![
@@ -111,10 +154,30 @@ fn bench() -> Vec<(&'static str, Method)> {
                 ..LoraSpec::new(8, vec![Qkv])
             }),
         ),
+        (
+            "pissa_qkv_r8",
+            Method::new(LoraSpec {
+                init: LoraInit::Pissa,
+                ..LoraSpec::new(8, vec![Qkv])
+            }),
+        ),
     ]
 }
 
 fn read_peft(c: &PeftConfig) -> crate::Result<Method> {
+    // Inits that only draw A and B differently need nothing: the file holds A and B.
+    let init = match &c.cfg["init_lora_weights"] {
+        Value::Null | Value::Bool(_) => LoraInit::Default,
+        Value::String(s) if s == "gaussian" => LoraInit::Default,
+        Value::String(s) if s == "pissa" => LoraInit::Pissa,
+        Value::String(s) if s.eq_ignore_ascii_case("olora") => LoraInit::Olora,
+        other => {
+            return Err(c.err(format!(
+                "`init_lora_weights` = {other}: vtab-orch implements true/false/\"gaussian\", \
+                 \"pissa\" (exact SVD; not the randomised \"pissa_niter_*\") and \"olora\""
+            )))
+        }
+    };
     Ok(Method::new(LoraSpec {
         r: c.rank(None)?,
         alpha: c.number("lora_alpha", Some(8.0))?,
@@ -122,6 +185,7 @@ fn read_peft(c: &PeftConfig) -> crate::Result<Method> {
         rslora: c.flag("use_rslora"),
         targets: c.targets()?,
         use_dora: c.flag("use_dora"),
+        init,
     }))
 }
 
@@ -132,11 +196,15 @@ impl MethodSpec for LoraSpec {
 
     fn label(&self) -> String {
         format!(
-            "{} r={} a={}{} {}",
+            "{} r={} a={}{}{} {}",
             if self.use_dora { "dora" } else { "lora" },
             self.r,
             self.alpha,
             if self.rslora { " rs" } else { "" },
+            match self.init {
+                LoraInit::Default => String::new(),
+                other => format!(" {}", other.name()),
+            },
             targets_label(&self.targets)
         )
     }
@@ -165,6 +233,21 @@ impl MethodSpec for LoraSpec {
                 self.dropout
             ));
         }
+        if self.init != LoraInit::Default {
+            let init = self.init.name();
+            if self.use_dora {
+                return Err(format!(
+                    "lora: `init` = \"{init}\" with `use_dora`: not supported (DoRA starts from \
+                     the default init)"
+                ));
+            }
+            if self.targets.contains(&Target::PatchEmbed) {
+                return Err(format!(
+                    "lora: `init` = \"{init}\" on patch_embed: peft factors only linear layers \
+                     this way (drop patch_embed from `targets`)"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -172,6 +255,14 @@ impl MethodSpec for LoraSpec {
         let scale = lora_scale(self.r, self.alpha, self.rslora);
         let device = vit.device();
         for site in sites(vit, &self.targets) {
+            if self.init != LoraInit::Default {
+                let rows = site_rows(vit, &site);
+                let (a, b) = principal_factors(&rows, self.r, scale, self.init, &site.name)?;
+                let lora =
+                    Lora::from_factors(site.name.clone(), a, b, scale, self.dropout, site.range);
+                push_adapter(vit, site.block, site.target, Box::new(lora));
+                continue;
+            }
             let rows = self.use_dora.then(|| site_rows(vit, &site));
             let a = Lora::new(
                 site.name.clone(),
@@ -203,7 +294,12 @@ impl MethodSpec for LoraSpec {
             "peft_type": "LORA", "bias": "none", "r": self.r, "lora_alpha": self.alpha,
             "fan_in_fan_out": false,
             "lora_dropout": self.dropout, "use_rslora": self.rslora, "use_dora": self.use_dora,
-            "init_lora_weights": true,
+            // peft redoes a PiSSA or OLoRA init when it loads the adapter onto the original
+            // weights, which moves the same s B0 A0 out of them as here.
+            "init_lora_weights": match self.init {
+                LoraInit::Default => json!(true),
+                other => json!(other.name()),
+            },
         });
         Ok(v.as_object().expect("json object").clone())
     }
@@ -253,6 +349,50 @@ pub struct Lora {
     pub dora: Option<Dora>,
 }
 
+/// PiSSA's or OLoRA's starting (A, B) from `rows` (the adapted rows of the base weight,
+/// [out, in]), as peft's `pissa_init` / `olora_init`; moves s B A out of `rows` in place.
+fn principal_factors(
+    rows: &Tensor,
+    r: i64,
+    scale: f64,
+    init: LoraInit,
+    layer: &str,
+) -> crate::Result<(Tensor, Tensor)> {
+    let (out_f, in_f) = rows.size2().expect("weight rows are [out, in]");
+    if r > out_f.min(in_f) {
+        return Err(crate::Error::Config(format!(
+            "lora: `r` = {r} exceeds the rank of {layer} ({out_f} x {in_f}) for `init` = \"{}\"",
+            init.name()
+        )));
+    }
+    let w = rows.to_kind(Kind::Float);
+    let (a, b) = match init {
+        LoraInit::Pissa => {
+            // torch.svd is linalg.svd(full_matrices=False) returning V = Vh^T.
+            let (u, s, v) = w.svd(true, true);
+            let vh = v.transpose(0, 1);
+            let sr = s.narrow(0, 0, r) / scale;
+            let root = Tensor::diag(&sr.sqrt(), 0);
+            (
+                root.matmul(&vh.narrow(0, 0, r)),
+                u.narrow(1, 0, r).matmul(&root),
+            )
+        }
+        LoraInit::Olora => {
+            let (q, rr) = Tensor::linalg_qr(&w, "reduced");
+            (
+                rr.narrow(0, 0, r).contiguous(),
+                q.narrow(1, 0, r).contiguous(),
+            )
+        }
+        LoraInit::Default => unreachable!("the default init draws A"),
+    };
+    // peft: weight - scaling * lora_B @ lora_A, i.e. (s B) A.
+    let residual = &w - (&b * scale).matmul(&a);
+    rows.shallow_clone().copy_(&residual.to_kind(rows.kind()));
+    Ok((a, b))
+}
+
 /// The LoRA scale: alpha / r, or alpha / sqrt(r) for rsLoRA.
 pub fn lora_scale(r: i64, alpha: f64, rslora: bool) -> f64 {
     if rslora {
@@ -279,6 +419,26 @@ impl Lora {
         let bound = 1.0 / (in_f as f64).sqrt();
         let a = Tensor::empty([r, in_f], (Kind::Float, device)).uniform_(-bound, bound);
         let b = Tensor::zeros([out_f, r], (Kind::Float, device));
+        Lora {
+            name,
+            a,
+            b,
+            scale,
+            dropout,
+            range,
+            dora: None,
+        }
+    }
+
+    /// An adapter starting from given factors (PiSSA, OLoRA).
+    pub fn from_factors(
+        name: String,
+        a: Tensor,
+        b: Tensor,
+        scale: f64,
+        dropout: f64,
+        range: OutRange,
+    ) -> Self {
         Lora {
             name,
             a,

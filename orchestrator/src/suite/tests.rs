@@ -297,6 +297,50 @@ fn peft_suffix_match_misuse_is_a_suite_error() {
 
 /// Every registered method and its options are suite syntax: `use_dora` switches LoRA to
 /// DoRA (a grid axis over it gives both), the label says which, and a bad value names the key.
+/// PiSSA and OLoRA are LoRA's `init`, a grid axis; other names and conflicts name the key.
+#[test]
+fn lora_init_is_a_checked_choice() {
+    let path = suite_with_methods(
+        "lora-init",
+        "[methods.lora]\nr = 4\ntargets = \"qkv\"\ninit = [\"default\", \"pissa\", \"olora\"]\n",
+    );
+    let suite = load_with_env(&path, &[], []).expect("a valid suite");
+    let labels: BTreeSet<String> = suite.runs.iter().map(|r| r.method.label()).collect();
+    assert_eq!(
+        labels,
+        BTreeSet::from([
+            "lora r=4 a=4 qkv".to_string(),
+            "lora r=4 a=4 pissa qkv".to_string(),
+            "lora r=4 a=4 olora qkv".to_string(),
+        ])
+    );
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+    for (name, body, key, says) in [
+        (
+            "lora-init-bad",
+            "[methods.lora]\ntargets = \"qkv\"\ninit = \"loftq\"\n",
+            "methods.lora.init",
+            "pissa",
+        ),
+        (
+            "lora-init-dora",
+            "[methods.lora]\ntargets = \"qkv\"\ninit = \"pissa\"\nuse_dora = true\n",
+            "methods.lora.init",
+            "use_dora",
+        ),
+    ] {
+        let bad = suite_with_methods(name, body);
+        let e = load_with_env(&bad, &[], []).unwrap_err();
+        assert!(
+            e.errors
+                .iter()
+                .any(|d| d.key == key && d.to_string().contains(says)),
+            "{name}: {e}"
+        );
+        std::fs::remove_dir_all(bad.parent().unwrap()).ok();
+    }
+}
+
 #[test]
 fn dora_is_a_lora_option_in_the_suite() {
     let path = suite_with_methods(
