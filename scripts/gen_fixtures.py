@@ -247,11 +247,37 @@ def with_ssf(m):
     return m
 
 
+# VPT (Jia et al. 2022) as its official code (KMnP/vpt, models/vit_prompt/vit.py,
+# PromptedTransformer with PROJECT = -1): n prompts after the class token, behind the
+# position embedding (`incorporate_prompt`); VPT-deep replaces them before every later block
+# with that block's own (`forward_deep_prompt`); prompts ~ U(-v, v), v = sqrt(6 / (3 p^2 + D)).
+def with_vpt(m, tokens, deep):
+    d, p = m.embed_dim, m.patch_embed.patch_size[0]
+    v = (6.0 / float(3 * p * p + d)) ** 0.5
+    m.prompt_embeddings = torch.nn.Parameter(torch.empty(1, tokens, d).uniform_(-v, v))
+    if deep:
+        m.deep_prompt_embeddings = torch.nn.Parameter(torch.empty(len(m.blocks) - 1, tokens, d).uniform_(-v, v))
+
+    def forward_features(x, **_):  # timm passes attn_mask, is_causal
+        x = m._pos_embed(m.patch_embed(x))  # [cls, patches] + pos_embed, as timm
+        b = x.shape[0]
+        x = torch.cat([x[:, :1], m.prompt_embeddings.expand(b, -1, -1), x[:, 1:]], dim=1)
+        for i, blk in enumerate(m.blocks):
+            if deep and i > 0:
+                x = torch.cat([x[:, :1], m.deep_prompt_embeddings[i - 1].expand(b, -1, -1), x[:, 1 + tokens:]], dim=1)
+            x = blk(x)
+        return m.norm(x)
+    m.forward_features = forward_features
+    return m
+
+
 # name: (our method, how to build the reference, which of its tensors train)
 REFERENCES = {
     "adaptformer": (dict(method="adaptformer", bottleneck=8, scale=0.1), lambda m: with_adaptformer(m, 8, 0.1), ".adaptmlp."),
     "adaptformer_b4_s1": (dict(method="adaptformer", bottleneck=4, scale=1.0), lambda m: with_adaptformer(m, 4, 1.0), ".adaptmlp."),
     "ssf": (dict(method="ssf"), with_ssf, ".ssf_"),
+    "vpt_deep": (dict(method="vpt", tokens=4, deep=True), lambda m: with_vpt(m, 4, True), "prompt_embeddings"),
+    "vpt_shallow_n1": (dict(method="vpt", tokens=1, deep=False), lambda m: with_vpt(m, 1, False), "prompt_embeddings"),
 }
 manifest["references"] = {}
 for i, (name, (method, build, trains)) in enumerate(REFERENCES.items()):

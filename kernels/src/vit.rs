@@ -232,6 +232,15 @@ impl Block {
     }
 }
 
+/// Tokens a method puts into the sequence (VPT's prompts), not a change of any layer.
+pub trait Prompts: Send {
+    /// The tokens entering block `block` ([B, T, D] in, [B, T', D] out): the class token
+    /// stays first, so the head still pools token 0.
+    fn enter(&self, block: usize, x: Tensor, train: bool) -> Tensor;
+    /// Its trainable tensors, named from the model root.
+    fn visit(&mut self, f: &mut Visit);
+}
+
 pub struct VisionTransformer {
     pub cfg: VitConfig,
     pub patch_embed: PatchEmbed,
@@ -243,6 +252,8 @@ pub struct VisionTransformer {
     pub norm: LayerNorm,
     /// `None` when `num_classes == 0` (timm's `nn.Identity` head).
     pub head: Option<Linear>,
+    /// Prompt tokens (VPT), put in before the blocks.
+    pub prompts: Option<Box<dyn Prompts>>,
 }
 
 impl VisionTransformer {
@@ -284,6 +295,7 @@ impl VisionTransformer {
             blocks,
             norm: LayerNorm::new(d, device),
             head: (cfg.num_classes > 0).then(|| Linear::new(d, cfg.num_classes, true, device)),
+            prompts: None,
         })
     }
 
@@ -298,7 +310,10 @@ impl VisionTransformer {
         // Under autocast `cat` promotes to fp32, as in timm: the residual stream stays fp32.
         let cls = self.cls_token.expand([b, -1, -1], false);
         let mut x = Tensor::cat(&[cls, x], 1) + &self.pos_embed;
-        for blk in &self.blocks {
+        for (i, blk) in self.blocks.iter().enumerate() {
+            if let Some(p) = &self.prompts {
+                x = p.enter(i, x, train);
+            }
             x = blk.forward(&x, train);
         }
         self.norm.forward(&x)
@@ -348,6 +363,9 @@ impl VisionTransformer {
         self.patch_embed.visit(f);
         f("cls_token", &mut self.cls_token, Role::Backbone);
         f("pos_embed", &mut self.pos_embed, Role::Backbone);
+        if let Some(p) = &mut self.prompts {
+            p.visit(f);
+        }
         for (i, b) in self.blocks.iter_mut().enumerate() {
             b.norm1.visit(&format!("blocks.{i}.norm1"), f);
             b.attn.qkv.visit(&format!("blocks.{i}.attn.qkv"), f);

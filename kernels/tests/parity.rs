@@ -214,7 +214,13 @@ fn paper_methods_match_their_references() {
     let (steps, lr, y) = train_protocol();
     let (x, base) = vit_a_io();
     let refs = m["references"].as_object().unwrap();
-    for want in ["adaptformer", "adaptformer_b4_s1", "ssf"] {
+    for want in [
+        "adaptformer",
+        "adaptformer_b4_s1",
+        "ssf",
+        "vpt_deep",
+        "vpt_shallow_n1",
+    ] {
         assert!(refs.contains_key(want), "no reference {want}");
     }
     for (name, e) in refs {

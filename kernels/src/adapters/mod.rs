@@ -17,6 +17,7 @@ pub mod lora;
 pub mod oft;
 pub mod ssf;
 pub mod vera;
+pub mod vpt;
 
 pub use ia3::{Ia3, Ia3Spec};
 pub use lora::{lora_scale, Lora, LoraSpec};
@@ -44,6 +45,7 @@ pub static REGISTRY: &[&MethodInfo] = &[
     &boft::INFO,
     &adaptformer::INFO,
     &ssf::INFO,
+    &vpt::INFO,
 ];
 
 /// One place an adapter goes: a target in one block (the patch embedding: once).

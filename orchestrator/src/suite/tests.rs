@@ -297,6 +297,34 @@ fn peft_suffix_match_misuse_is_a_suite_error() {
 
 /// Every registered method and its options are suite syntax: `use_dora` switches LoRA to
 /// DoRA (a grid axis over it gives both), the label says which, and a bad value names the key.
+/// VPT's prompt length and depth are grid axes; a bad length names its key.
+#[test]
+fn vpt_tokens_and_depth_are_axes() {
+    let path = suite_with_methods(
+        "vpt",
+        "[methods.vpt]\ntokens = [5, 50]\ndeep = [true, false]\n",
+    );
+    let suite = load_with_env(&path, &[], []).expect("a valid suite");
+    let labels: BTreeSet<String> = suite.runs.iter().map(|r| r.method.label()).collect();
+    assert_eq!(
+        labels,
+        BTreeSet::from([
+            "vpt n=5 deep".to_string(),
+            "vpt n=5 shallow".to_string(),
+            "vpt n=50 deep".to_string(),
+            "vpt n=50 shallow".to_string(),
+        ])
+    );
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+    let bad = suite_with_methods("vpt-bad", "[methods.vpt]\ntokens = 0\n");
+    let e = load_with_env(&bad, &[], []).unwrap_err();
+    assert!(
+        e.errors.iter().any(|d| d.key == "methods.vpt.tokens"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(bad.parent().unwrap()).ok();
+}
+
 /// PiSSA and OLoRA are LoRA's `init`, a grid axis; other names and conflicts name the key.
 #[test]
 fn lora_init_is_a_checked_choice() {
