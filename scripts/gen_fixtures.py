@@ -12,7 +12,7 @@ import sys
 import peft
 import timm
 import torch
-from peft import BOFTConfig, FourierFTConfig, HRAConfig, OFTConfig, IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig, get_peft_model
+from peft import BOFTConfig, FourierFTConfig, HRAConfig, OFTConfig, ShiraConfig, IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig, get_peft_model
 from safetensors.torch import save_file
 from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -123,6 +123,9 @@ ADAPTERS = {
     # QR) and move s B A out of the frozen weight; the second with rsLoRA's scale.
     "lora_pissa": LoraConfig(r=4, lora_alpha=8, init_lora_weights="pissa", target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
     "lora_olora_rs": LoraConfig(r=3, lora_alpha=5, use_rslora=True, init_lora_weights="olora", target_modules=["qkv", "fc2"], modules_to_save=["head"]),
+    # SHiRA: random masks from the unseeded generator (peft's default), then a seeded one.
+    "shira": ShiraConfig(r=4, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
+    "shira_seeded": ShiraConfig(r=2, random_seed=3, target_modules=["qkv", "fc2"], modules_to_save=["head"]),
 }
 
 # peft runs BOFT's butterfly factors only with its CUDA block-diagonal op: ours stands in.

@@ -10,7 +10,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Every peft adapter fixture of `scripts/gen_fixtures.py` (two configurations per method).
-const PEFT_FIXTURES: [&str; 26] = [
+const PEFT_FIXTURES: [&str; 28] = [
     "lora",
     "lora_rs",
     "vera",
@@ -37,6 +37,8 @@ const PEFT_FIXTURES: [&str; 26] = [
     "oft_exact_shared",
     "boft",
     "boft_butterfly_conv",
+    "shira",
+    "shira_seeded",
 ];
 
 fn adapter_entry(name: &str) -> serde_json::Value {

@@ -15,6 +15,7 @@ pub mod loha;
 pub mod lokr;
 pub mod lora;
 pub mod oft;
+pub mod shira;
 pub mod ssf;
 pub mod vera;
 pub mod vpt;
@@ -43,6 +44,7 @@ pub static REGISTRY: &[&MethodInfo] = &[
     &fourierft::INFO,
     &oft::INFO,
     &boft::INFO,
+    &shira::INFO,
     &adaptformer::INFO,
     &ssf::INFO,
     &vpt::INFO,
