@@ -211,6 +211,10 @@ pub struct Block {
     /// A module beside the MLP sub-layer (AdaptFormer): its output, computed from the
     /// sub-layer's input before `norm2`, is added to the MLP's.
     pub mlp_branch: Option<Box<dyn Branch>>,
+    /// Modules after the attention and MLP sub-layers (Houlsby's sequential adapters): each
+    /// reads its sub-layer's output f, which becomes f + module(f).
+    pub attn_out: Option<Box<dyn Branch>>,
+    pub mlp_out: Option<Box<dyn Branch>>,
 }
 
 /// A module a block runs beside a sub-layer: not a change of one linear layer, so it cannot be
@@ -223,8 +227,15 @@ pub trait Branch: Send {
 
 impl Block {
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let x = x + self.attn.forward(&self.norm1.forward(x), train);
+        let mut a = self.attn.forward(&self.norm1.forward(x), train);
+        if let Some(s) = &self.attn_out {
+            a = &a + s.forward(&a, train);
+        }
+        let x = x + a;
         let mut m = self.mlp.forward(&self.norm2.forward(&x), train);
+        if let Some(s) = &self.mlp_out {
+            m = &m + s.forward(&m, train);
+        }
         if let Some(b) = &self.mlp_branch {
             m += b.forward(&x, train);
         }
@@ -278,6 +289,8 @@ impl VisionTransformer {
                     fc2: lin(cfg.mlp_hidden(), d),
                 },
                 mlp_branch: None,
+                attn_out: None,
+                mlp_out: None,
             })
             .collect();
         Ok(VisionTransformer {
@@ -370,9 +383,15 @@ impl VisionTransformer {
             b.norm1.visit(&format!("blocks.{i}.norm1"), f);
             b.attn.qkv.visit(&format!("blocks.{i}.attn.qkv"), f);
             b.attn.proj.visit(&format!("blocks.{i}.attn.proj"), f);
+            if let Some(s) = &mut b.attn_out {
+                s.visit(f);
+            }
             b.norm2.visit(&format!("blocks.{i}.norm2"), f);
             b.mlp.fc1.visit(&format!("blocks.{i}.mlp.fc1"), f);
             b.mlp.fc2.visit(&format!("blocks.{i}.mlp.fc2"), f);
+            if let Some(s) = &mut b.mlp_out {
+                s.visit(f);
+            }
             if let Some(branch) = &mut b.mlp_branch {
                 branch.visit(f);
             }

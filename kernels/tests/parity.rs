@@ -207,25 +207,32 @@ fn peft_adapters_train_like_peft() {
     }
 }
 
-/// Methods no maintained library implements, against the references `gen_fixtures.py`
-/// writes from their papers: logits on perturbed weights, the trainable count, the logits
-/// after three SGD steps, and a fresh model being the backbone.
+/// Methods peft lacks, against their references: the ones `gen_fixtures.py` writes from the
+/// papers (no maintained library implements them) and the Houlsby adapter run by the
+/// `adapters` package itself (`gen_adapters_fixtures.py`): logits on perturbed weights, the
+/// trainable count, the logits after three SGD steps, and a fresh model being the backbone.
 #[test]
 fn paper_methods_match_their_references() {
     let m = manifest();
     let (steps, lr, y) = train_protocol();
     let (x, base) = vit_a_io();
-    let refs = m["references"].as_object().unwrap();
+    let text = std::fs::read_to_string(fixtures().join("adapters_manifest.json"))
+        .expect("fixtures/adapters_manifest.json (run ./x fixtures)");
+    let from_adapters: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut refs = m["references"].as_object().unwrap().clone();
+    refs.extend(from_adapters["references"].as_object().unwrap().clone());
     for want in [
         "adaptformer",
         "adaptformer_b4_s1",
         "ssf",
         "vpt_deep",
         "vpt_shallow_n1",
+        "houlsby",
+        "houlsby_rf4_relu",
     ] {
         assert!(refs.contains_key(want), "no reference {want}");
     }
-    for (name, e) in refs {
+    for (name, e) in &refs {
         let method: Method = serde_json::from_value(e["method"].clone()).unwrap();
         let io = tensors(e["io"].as_str().unwrap());
         if method.spec().fresh_is_identity() {

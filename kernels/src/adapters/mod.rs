@@ -7,6 +7,7 @@ pub mod bitfit;
 pub mod boft;
 pub mod fourierft;
 pub mod full;
+pub mod houlsby;
 pub mod hra;
 pub mod ia3;
 pub mod linear_probe;
@@ -46,6 +47,7 @@ pub static REGISTRY: &[&MethodInfo] = &[
     &boft::INFO,
     &shira::INFO,
     &adaptformer::INFO,
+    &houlsby::INFO,
     &ssf::INFO,
     &vpt::INFO,
 ];
