@@ -12,7 +12,7 @@ import sys
 import peft
 import timm
 import torch
-from peft import BOFTConfig, FourierFTConfig, HRAConfig, OFTConfig, ShiraConfig, IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig, get_peft_model
+from peft import BOFTConfig, C3AConfig, FourierFTConfig, HRAConfig, OFTConfig, ShiraConfig, IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig, get_peft_model
 from safetensors.torch import save_file
 from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -126,6 +126,10 @@ ADAPTERS = {
     # SHiRA: random masks from the unseeded generator (peft's default), then a seeded one.
     "shira": ShiraConfig(r=4, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
     "shira_seeded": ShiraConfig(r=2, random_seed=3, target_modules=["qkv", "fc2"], modules_to_save=["head"]),
+    # C3A: peft's default xavier-uniform kernels with blocks of 16 (the default 256 is wider
+    # than these layers), then zero-started kernels (init_weights=True) with blocks of 48.
+    "c3a": C3AConfig(block_size=16, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
+    "c3a_zeros_b48": C3AConfig(block_size=48, init_weights=True, target_modules=["qkv", "fc2"], modules_to_save=["head"]),
 }
 
 # peft runs BOFT's butterfly factors only with its CUDA block-diagonal op: ours stands in.

@@ -6,9 +6,16 @@ for one op (a batch of block-diagonal matrices) that peft compiles with nvcc at 
 Without it (any CPU, or a GPU machine without nvcc and ninja) peft quietly trains a single
 factor whatever the config says, and cannot load an adapter saved with more. `install()`
 gives peft that op written in PyTorch, so the reference computes what the config asks for.
+
+C3A's `BlockCircularConvolution` (peft 0.21) has a hand-written backward whose gradient with
+respect to the input is wrong (`torch.autograd.gradcheck` fails; the kernel's gradient is
+right), so gradients reaching layers before a C3A layer differ from the true ones.
+`install()` replaces it with the same forward left to autograd (which passes gradcheck).
 """
 import peft.tuners.boft.layer as boft_layer
+import peft.tuners.c3a.layer as c3a_layer
 import torch
+from torch.fft import fft, ifft
 
 
 class BlockDiag:
@@ -25,5 +32,17 @@ class BlockDiag:
                              for g in grad])]
 
 
+class BlockCircularConvolution:
+    """peft's C3A op, `apply(x, w)`, with autograd's (correct) gradients."""
+
+    @staticmethod
+    def apply(x, w):
+        _, n, b = w.shape
+        x = x.reshape(*x.shape[:-1], n, b)
+        x = fft(torch.einsum("...nb,mnb->...mb", ifft(x), fft(w))).real
+        return x.reshape(*x.shape[:-2], -1)
+
+
 def install():
     boft_layer._FBD_CUDA = BlockDiag
+    c3a_layer.BlockCircularConvolution = BlockCircularConvolution

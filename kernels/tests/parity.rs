@@ -10,7 +10,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Every peft adapter fixture of `scripts/gen_fixtures.py` (two configurations per method).
-const PEFT_FIXTURES: [&str; 28] = [
+const PEFT_FIXTURES: [&str; 30] = [
     "lora",
     "lora_rs",
     "vera",
@@ -39,6 +39,8 @@ const PEFT_FIXTURES: [&str; 28] = [
     "boft_butterfly_conv",
     "shira",
     "shira_seeded",
+    "c3a",
+    "c3a_zeros_b48",
 ];
 
 fn adapter_entry(name: &str) -> serde_json::Value {
@@ -124,8 +126,9 @@ fn peft_adapters_match_peft_logits_and_counts() {
         );
         // peft's fresh adapter is the identity: its logits are the base model's. Except HRA
         // with Gram-Schmidt (orthonormalising peft's paired columns leaves r reflections that
-        // no longer cancel) and FourierFT (standard-normal coefficients by default).
-        if name == "hra_gs_conv" || name == "fourierft" {
+        // no longer cancel), FourierFT (standard-normal coefficients by default) and C3A
+        // (xavier-uniform kernels by default).
+        if name == "hra_gs_conv" || name == "fourierft" || name == "c3a" {
             assert!(max_abs_diff(&io["fresh_logits"], &base_logits) > 1e-3);
         } else {
             assert_close(

@@ -5,6 +5,7 @@
 pub mod adaptformer;
 pub mod bitfit;
 pub mod boft;
+pub mod c3a;
 pub mod fourierft;
 pub mod full;
 pub mod houlsby;
@@ -46,6 +47,7 @@ pub static REGISTRY: &[&MethodInfo] = &[
     &oft::INFO,
     &boft::INFO,
     &shira::INFO,
+    &c3a::INFO,
     &adaptformer::INFO,
     &houlsby::INFO,
     &ssf::INFO,
