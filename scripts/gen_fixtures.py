@@ -12,7 +12,7 @@ import sys
 import peft
 import timm
 import torch
-from peft import BOFTConfig, C3AConfig, FourierFTConfig, HRAConfig, OFTConfig, ShiraConfig, IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig, get_peft_model
+from peft import BOFTConfig, C3AConfig, VBLoRAConfig, FourierFTConfig, HRAConfig, OFTConfig, ShiraConfig, IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig, get_peft_model
 from safetensors.torch import save_file
 from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -130,6 +130,10 @@ ADAPTERS = {
     # than these layers), then zero-started kernels (init_weights=True) with blocks of 48.
     "c3a": C3AConfig(block_size=16, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
     "c3a_zeros_b48": C3AConfig(block_size=48, init_weights=True, target_modules=["qkv", "fc2"], modules_to_save=["head"]),
+    # VB-LoRA: peft's defaults but a smaller bank (32 vectors of 16: the default length 256
+    # is wider than these layers), then rank 2, 8 vectors of 48 mixed three at a time.
+    "vblora": VBLoRAConfig(r=4, num_vectors=32, vector_length=16, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
+    "vblora_top3": VBLoRAConfig(r=2, num_vectors=8, vector_length=48, topk=3, target_modules=["qkv", "fc2"], modules_to_save=["head"]),
 }
 
 # peft runs BOFT's butterfly factors only with its CUDA block-diagonal op: ours stands in.

@@ -325,7 +325,12 @@ pub fn import_peft(backbone: VisionTransformer, dir: &Path) -> Result<AdaptedVit
     let spec = model.method.spec();
     let mut ours = BTreeMap::new();
     for (name, t) in file {
-        let Some(rest) = name.strip_prefix(PREFIX) else {
+        // Tensors of the model's layers are under `base_model.model.`; a tuner's own trained
+        // tensors (VB-LoRA's vector bank) directly under `base_model.`.
+        let Some(rest) = name
+            .strip_prefix(PREFIX)
+            .or_else(|| name.strip_prefix("base_model."))
+        else {
             return Err(file_err(&path, format!("unexpected tensor `{name}`")));
         };
         let (name, t) = spec.peft_tensor_in(rest, t);

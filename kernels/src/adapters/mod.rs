@@ -19,6 +19,7 @@ pub mod lora;
 pub mod oft;
 pub mod shira;
 pub mod ssf;
+pub mod vblora;
 pub mod vera;
 pub mod vpt;
 
@@ -48,6 +49,7 @@ pub static REGISTRY: &[&MethodInfo] = &[
     &boft::INFO,
     &shira::INFO,
     &c3a::INFO,
+    &vblora::INFO,
     &adaptformer::INFO,
     &houlsby::INFO,
     &ssf::INFO,
