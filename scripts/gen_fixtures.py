@@ -12,7 +12,7 @@ import sys
 import peft
 import timm
 import torch
-from peft import BOFTConfig, C3AConfig, VBLoRAConfig, FourierFTConfig, HRAConfig, OFTConfig, ShiraConfig, IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig, get_peft_model
+from peft import BOFTConfig, C3AConfig, RandLoraConfig, VBLoRAConfig, FourierFTConfig, HRAConfig, OFTConfig, ShiraConfig, IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig, get_peft_model
 from safetensors.torch import save_file
 from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -134,6 +134,12 @@ ADAPTERS = {
     # is wider than these layers), then rank 2, 8 vectors of 48 mixed three at a time.
     "vblora": VBLoRAConfig(r=4, num_vectors=32, vector_length=16, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
     "vblora_top3": VBLoRAConfig(r=2, num_vectors=8, vector_length=48, topk=3, target_modules=["qkv", "fc2"], modules_to_save=["head"]),
+    # RandLoRA: peft's dense bf16 kaiming bases at rank 8 and scale 1 (the default alpha 640
+    # would be 80: gradients near 1e1 then amplify fp32 rounding past 1e-5 in three steps,
+    # in peft's own custom backward against autograd alike), then sparse ternary bases with
+    # another key, rank and scale.
+    "randlora": RandLoraConfig(r=8, randlora_alpha=8, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"]),
+    "randlora_sparse": RandLoraConfig(r=5, randlora_alpha=20, projection_prng_key=3, sparse=True, target_modules=["qkv", "fc2"], modules_to_save=["head"]),
 }
 
 # peft runs BOFT's butterfly factors only with its CUDA block-diagonal op: ours stands in.
@@ -168,6 +174,10 @@ for i, (name, cfg) in enumerate(ADAPTERS.items()):
             if p.requires_grad:
                 if "ia3_l" in pname or "ln_tuning_layers.weight" in pname:
                     p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g))
+                elif "randlora_gamma" in pname:
+                    # Its own scale (it starts at 1 / min width): RandLoRA's default scale
+                    # alpha / r = 80 would otherwise make the update dwarf the weights.
+                    p.copy_(0.02 * torch.randn(p.shape, generator=g))
                 elif "boft_s" in pname:
                     # Output scales near one (unmerging divides by them).
                     p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))

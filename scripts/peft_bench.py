@@ -15,7 +15,7 @@ import time
 import peft
 import timm
 import torch
-from peft import (BOFTConfig, C3AConfig, VBLoRAConfig, FourierFTConfig, HRAConfig, OFTConfig, ShiraConfig, IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig,
+from peft import (BOFTConfig, C3AConfig, RandLoraConfig, VBLoRAConfig, FourierFTConfig, HRAConfig, OFTConfig, ShiraConfig, IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig,
                   get_peft_model)
 
 NCLS = 100
@@ -40,6 +40,7 @@ CONFIGS = {
     "shira_qkv_r32": ShiraConfig(r=32, target_modules=["qkv"], modules_to_save=["head"]),
     "c3a_qkv_b48": C3AConfig(block_size=48, target_modules=["qkv"], modules_to_save=["head"]),
     "vblora_qkv_r4_l48": VBLoRAConfig(r=4, num_vectors=256, vector_length=48, target_modules=["qkv"], modules_to_save=["head"]),
+    "randlora_qkv_r32": RandLoraConfig(r=32, target_modules=["qkv"], modules_to_save=["head"]),
     "boft_qkv_b8": BOFTConfig(boft_block_size=8, target_modules=["qkv"], modules_to_save=["head"]),
 }
 

@@ -138,10 +138,11 @@ char *vtab_seeded_randperm(int64_t n, uint64_t seed, int64_t *out) {
 }
 
 // ts[i].uniform_(-bounds[i], bounds[i], generator=g) for i in order, one generator.
-char *vtab_seeded_uniform(uint64_t seed, at::Tensor **ts, const double *bounds, size_t n) {
+char *vtab_seeded_uniform(uint64_t seed, at::Tensor **ts, const double *lo, const double *hi,
+                          size_t n) {
   try {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-    for (size_t i = 0; i < n; i++) ts[i]->uniform_(-bounds[i], bounds[i], gen);
+    for (size_t i = 0; i < n; i++) ts[i]->uniform_(lo[i], hi[i], gen);
     return nullptr;
   } catch (const std::exception &e) {
     return dup_message(e);

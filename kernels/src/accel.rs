@@ -42,7 +42,8 @@ extern "C" {
     fn vtab_seeded_uniform(
         seed: u64,
         ts: *const CTensor,
-        bounds: *const f64,
+        lo: *const f64,
+        hi: *const f64,
         n: usize,
     ) -> *mut c_char;
 }
@@ -58,13 +59,37 @@ pub fn seeded_randperm(n: i64, seed: u64) -> Result<Tensor> {
 /// CPU fp32 tensors of `shapes`, filled in order with U(-bound, bound) from one generator
 /// seeded with `seed`, as `t.uniform_(-b, b, generator=g)` for each would.
 pub fn seeded_uniform(seed: u64, shapes: &[(&[i64], f64)]) -> Result<Vec<Tensor>> {
+    seeded_uniform_of(seed, Kind::Float, shapes)
+}
+
+/// `seeded_uniform` for tensors of `kind` (a bf16 tensor's draw is not an fp32 draw rounded:
+/// torch takes fewer random bits for it).
+pub fn seeded_uniform_of(seed: u64, kind: Kind, shapes: &[(&[i64], f64)]) -> Result<Vec<Tensor>> {
     let ts: Vec<Tensor> = shapes
         .iter()
-        .map(|(s, _)| Tensor::empty(*s, (Kind::Float, Device::Cpu)))
+        .map(|(s, _)| Tensor::empty(*s, (kind, Device::Cpu)))
         .collect();
     let ptrs: Vec<CTensor> = ts.iter().map(raw).collect();
-    let bounds: Vec<f64> = shapes.iter().map(|(_, b)| *b).collect();
-    check(unsafe { vtab_seeded_uniform(seed, ptrs.as_ptr(), bounds.as_ptr(), ptrs.len()) })?;
+    let lo: Vec<f64> = shapes.iter().map(|(_, b)| -*b).collect();
+    let hi: Vec<f64> = shapes.iter().map(|(_, b)| *b).collect();
+    check(unsafe {
+        vtab_seeded_uniform(seed, ptrs.as_ptr(), lo.as_ptr(), hi.as_ptr(), ptrs.len())
+    })?;
+    Ok(ts)
+}
+
+/// CPU fp32 tensors of `shapes`, filled in order from one generator seeded with `seed`, as
+/// `torch.rand(shape, generator=g)` for each would (U[0, 1)).
+pub fn seeded_rand(seed: u64, shapes: &[&[i64]]) -> Result<Vec<Tensor>> {
+    let ts: Vec<Tensor> = shapes
+        .iter()
+        .map(|s| Tensor::empty(*s, (Kind::Float, Device::Cpu)))
+        .collect();
+    let ptrs: Vec<CTensor> = ts.iter().map(raw).collect();
+    let (lo, hi) = (vec![0.0; ts.len()], vec![1.0; ts.len()]);
+    check(unsafe {
+        vtab_seeded_uniform(seed, ptrs.as_ptr(), lo.as_ptr(), hi.as_ptr(), ptrs.len())
+    })?;
     Ok(ts)
 }
 

@@ -333,6 +333,23 @@ pub fn import_peft(backbone: VisionTransformer, dir: &Path) -> Result<AdaptedVit
         else {
             return Err(file_err(&path, format!("unexpected tensor `{name}`")));
         };
+        // peft also saves each layer's handle on a shared buffer (RandLoRA's bases): the same
+        // tensor under the layer's name. Those must equal the shared one, which was loaded.
+        if let Some((buf, shared)) = model
+            .buffers
+            .iter()
+            .find(|(b, _)| rest.ends_with(&format!(".{b}")))
+        {
+            if t.size() != shared.size()
+                || !t.to_kind(shared.kind()).equal(&shared.to_device(tch::Device::Cpu))
+            {
+                return Err(file_err(
+                    &path,
+                    format!("tensor `{name}` differs from the shared `base_model.{buf}`"),
+                ));
+            }
+            continue;
+        }
         let (name, t) = spec.peft_tensor_in(rest, t);
         ours.insert(name, t);
     }

@@ -10,7 +10,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Every peft adapter fixture of `scripts/gen_fixtures.py` (two configurations per method).
-const PEFT_FIXTURES: [&str; 32] = [
+const PEFT_FIXTURES: [&str; 34] = [
     "lora",
     "lora_rs",
     "vera",
@@ -43,6 +43,8 @@ const PEFT_FIXTURES: [&str; 32] = [
     "c3a_zeros_b48",
     "vblora",
     "vblora_top3",
+    "randlora",
+    "randlora_sparse",
 ];
 
 fn adapter_entry(name: &str) -> serde_json::Value {

@@ -17,6 +17,7 @@ pub mod loha;
 pub mod lokr;
 pub mod lora;
 pub mod oft;
+pub mod randlora;
 pub mod shira;
 pub mod ssf;
 pub mod vblora;
@@ -50,6 +51,7 @@ pub static REGISTRY: &[&MethodInfo] = &[
     &shira::INFO,
     &c3a::INFO,
     &vblora::INFO,
+    &randlora::INFO,
     &adaptformer::INFO,
     &houlsby::INFO,
     &ssf::INFO,
