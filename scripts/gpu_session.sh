@@ -18,7 +18,9 @@
 #   4. (`methods`) every method of the catalogue against peft eager, ratio per method
 #      (scripts/peft_bench.py; about 13 x 30 s: with all four parts a session needs two
 #      calls, e.g. SKIP=probe,loader then SKIP=bench,methods).
-# Set SKIP=bench,methods,probe,loader (any of them) to leave parts out on a rerun.
+# Set SKIP=bench,methods,probe,loader (any of them) to leave parts out on a rerun, SKIP=anchor
+# to leave peft's anchor run out of the bench part, and METHODS="a b" to measure only those
+# rows in the methods part (names of scripts/peft_bench.py's CONFIGS).
 set -u
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -73,7 +75,7 @@ run() {
         echo "== vtab-orch bench ${bench[*]}"
         timeout 150 ./vtab-orch bench "${bench[@]}" --json "$w/ours_bench.json" \
             > "$w/ours_bench.txt" 2>&1; echo "rc=$?"; grep '^|' "$w/ours_bench.txt"
-        if [ -z "${DRY:-}" ]; then
+        if [ -z "${DRY:-}" ] && [[ $skip != *,anchor,* ]]; then
             echo "== peft eager (same machine, same run)"
             AMP_ONLY=1 OUT="$w" timeout 150 python3 peft_bench.py 2>&1 | tail -7
         fi
@@ -87,6 +89,7 @@ run() {
             dev=cpu; pargs=(--preset vit_tiny_patch16_224 --img-size 32 --batch 8 --warmup 1 --steps 3)
         fi
         names=$(python3 -c "import importlib.util as u; s=u.spec_from_file_location('p','peft_bench_all.py'); m=u.module_from_spec(s); s.loader.exec_module(m); print(' '.join(m.CONFIGS))")
+        [ -n "${METHODS:-}" ] && names="$METHODS"
         echo "== every method: ours and peft eager (${pargs[*]})"
         for m in $names; do
             timeout 60 ./vtab-orch bench "${bench[@]}" --methods "$m" \
