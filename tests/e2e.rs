@@ -105,10 +105,11 @@ fn default_suite_runs_caches_and_reruns_only_what_changed() {
     };
     // Search: 3 datasets x 8 candidates (linear, vera, lora, lora_mlp: 2 each). Finals of
     // the one-candidate tables (bitfit, ia3 on 3 datasets, full on 2; 3 seeds on shape;
-    // dora, loha, lokr, ln_tuning and adaptformer on count) are known at once:
-    // 3 x 3 + 2 + 3 + 5 = 19; the other 4 tables' finals wait for their 12 select nodes:
+    // dora, loha, lokr, ln_tuning, adaptformer, oft, pissa, houlsby and vpt on count) are
+    // known at once: 3 x 3 + 2 + 3 + 9 = 23; the other 4 tables' finals wait for their 12
+    // select nodes:
     // 4 x (3 + 1 + 1) = 20.
-    assert_eq!(count(&p0, "run", "eval"), 3 * 8 + 19);
+    assert_eq!(count(&p0, "run", "eval"), 3 * 8 + 23);
     assert_eq!(count(&p0, "run", "select"), 3 * 4);
     assert_eq!(count(&p0, "pending", "eval"), 20);
     assert_eq!(count(&p0, "pending", "train"), 20);
@@ -129,7 +130,7 @@ fn default_suite_runs_caches_and_reruns_only_what_changed() {
         "{md}"
     );
     assert!(md.contains("| lora r=8 a=8 q,v lr="), "{md}");
-    let groups = 3 * 6 + 2 + 5;
+    let groups = 3 * 6 + 2 + 9;
     let sel = std::fs::read_to_string(reports.join("selection.csv")).unwrap();
     assert_eq!(sel.lines().count(), 1 + groups, "{sel}");
     let finals = std::fs::read_to_string(reports.join("final.csv")).unwrap();
@@ -187,14 +188,14 @@ fn default_suite_runs_caches_and_reruns_only_what_changed() {
     );
 
     // A new final seed runs only the new final nodes (train + eval per method table on the
-    // datasets without their own seeds: count 11 tables, orientation 7), no search.
+    // datasets without their own seeds: count 15 tables, orientation 7), no search.
     let p2 = plan(&st, &["protocol.final_seeds=[0, 5]"]);
     let new = to_run(&p2);
     assert!(
         !new.is_empty() && new.iter().all(|(_, l)| l.ends_with(" s5")),
         "{new:?}"
     );
-    assert_eq!(new.len(), 2 * (11 + 7), "{new:?}");
+    assert_eq!(new.len(), 2 * (15 + 7), "{new:?}");
     std::fs::remove_dir_all(&st).ok();
 }
 

@@ -124,6 +124,12 @@ pub trait MethodSpec: fmt::Debug + Send + Sync + SpecFields {
         true
     }
 
+    /// Whether it fits a model of `cfg` (block sizes that divide the targeted widths, ranks
+    /// within them, ...): checked when a suite is read, long before `insert` would fail.
+    fn fits(&self, _cfg: &crate::config::VitConfig) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Whether its change folds into the backbone's weights (`export --format merged`).
     fn mergeable(&self) -> bool {
         true

@@ -341,7 +341,9 @@ pub fn import_peft(backbone: VisionTransformer, dir: &Path) -> Result<AdaptedVit
             .find(|(b, _)| rest.ends_with(&format!(".{b}")))
         {
             if t.size() != shared.size()
-                || !t.to_kind(shared.kind()).equal(&shared.to_device(tch::Device::Cpu))
+                || !t
+                    .to_kind(shared.kind())
+                    .equal(&shared.to_device(tch::Device::Cpu))
             {
                 return Err(file_err(
                     &path,

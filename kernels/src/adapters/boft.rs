@@ -10,7 +10,8 @@
 //!
 //! peft runs m > 1 only with its CUDA block-diagonal extension; without it (any CPU) peft
 //! quietly trains m = 1. The parity fixture gives peft that extension's op in PyTorch.
-use super::{push_adapter, sites};
+use super::{push_adapter, sites, sites_of};
+use crate::config::VitConfig;
 use crate::linear::{Adapter, Base, Linear, OutRange, Role, Visit};
 use crate::method::{
     from_serde, targets_label, validate_targets, Buffers, Method, MethodInfo, MethodSpec, Param,
@@ -107,9 +108,9 @@ fn read_peft(c: &PeftConfig) -> crate::Result<Method> {
 
 impl BoftSpec {
     /// (D, H) on a layer with `n` inputs, with peft's checks.
-    fn blocks(&self, n: i64, layer: &str) -> crate::Result<(i64, i64)> {
+    fn blocks(&self, n: i64, layer: &str) -> Result<(i64, i64), String> {
         let extra = self.butterfly_factor - 1;
-        let bad = |why: String| Error::Config(format!("boft on {layer} ({n} inputs): {why}"));
+        let bad = |why: String| format!("boft on {layer} ({n} inputs): {why}");
         let (d, h) = if self.block_size == 0 {
             let d = self.block_num;
             if n % d != 0 {
@@ -186,10 +187,19 @@ impl MethodSpec for BoftSpec {
         }
     }
 
+    fn fits(&self, cfg: &VitConfig) -> Result<(), String> {
+        for site in sites_of(cfg, &self.targets) {
+            self.blocks(site.in_features, &site.name)?;
+        }
+        Ok(())
+    }
+
     fn insert(&self, vit: &mut VisionTransformer, _seed: i64) -> crate::Result<Buffers> {
         let device = vit.device();
         for site in sites(vit, &self.targets) {
-            let (d, h) = self.blocks(site.in_features, &site.name)?;
+            let (d, h) = self
+                .blocks(site.in_features, &site.name)
+                .map_err(Error::Config)?;
             let m = self.butterfly_factor;
             let perms = (0..m)
                 .map(|i| butterfly_perm(site.in_features, d >> i, h / 2, m - 1, device))

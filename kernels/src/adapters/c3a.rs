@@ -5,7 +5,8 @@
 //! C(x)_m = real(fft(sum_n ifft(x_n) * fft(w_mn))). peft starts the kernels xavier-uniform
 //! (so a fresh model is not the backbone); `init = "zeros"` (peft's `init_weights = true`)
 //! starts at the identity. Computed in fp32 (FFTs have no bf16), as peft does.
-use super::{push_adapter, sites};
+use super::{push_adapter, sites, sites_of, Site};
+use crate::config::VitConfig;
 use crate::linear::{Adapter, Base, Linear, OutRange, Role, Visit};
 use crate::method::{
     from_serde, targets_label, validate_targets, Buffers, Method, MethodInfo, MethodSpec, Param,
@@ -96,6 +97,19 @@ fn read_peft(c: &PeftConfig) -> crate::Result<Method> {
     }))
 }
 
+impl C3aSpec {
+    fn fits_site(&self, site: &Site) -> Result<(), String> {
+        let (in_f, out_f, b) = (site.in_features, site.out_features, self.block_size);
+        if in_f % b != 0 || out_f % b != 0 {
+            return Err(format!(
+                "c3a: `block_size` = {b} does not divide both widths of {} ({out_f} x {in_f})",
+                site.name
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl MethodSpec for C3aSpec {
     fn info(&self) -> &'static MethodInfo {
         &INFO
@@ -138,17 +152,18 @@ impl MethodSpec for C3aSpec {
         self.init == "zeros"
     }
 
+    fn fits(&self, cfg: &VitConfig) -> Result<(), String> {
+        sites_of(cfg, &self.targets)
+            .iter()
+            .try_for_each(|s| self.fits_site(s))
+    }
+
     fn insert(&self, vit: &mut VisionTransformer, _seed: i64) -> crate::Result<Buffers> {
         let device = vit.device();
         let b = self.block_size;
         for site in sites(vit, &self.targets) {
+            self.fits_site(&site).map_err(Error::Config)?;
             let (in_f, out_f) = (site.in_features, site.out_features);
-            if in_f % b != 0 || out_f % b != 0 {
-                return Err(Error::Config(format!(
-                    "c3a: `block_size` = {b} does not divide both widths of {} ({out_f} x {in_f})",
-                    site.name
-                )));
-            }
             let shape = [out_f / b, in_f / b, b];
             let opts = (Kind::Float, device);
             let kernel = match self.init.as_str() {

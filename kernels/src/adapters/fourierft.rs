@@ -169,6 +169,19 @@ impl MethodSpec for FourierftSpec {
         self.init_weights
     }
 
+    fn fits(&self, cfg: &crate::config::VitConfig) -> Result<(), String> {
+        for site in super::sites_of(cfg, &self.targets) {
+            let cells = site.in_features * site.out_features;
+            if self.n_frequency > cells {
+                return Err(format!(
+                    "fourierft: `n_frequency` {} exceeds the {} weights of {} ({} x {})",
+                    self.n_frequency, cells, site.name, site.out_features, site.in_features
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn insert(&self, vit: &mut VisionTransformer, seed: i64) -> crate::Result<Buffers> {
         let device = vit.device();
         let mut layers = Vec::new();

@@ -4,7 +4,7 @@
 //! principal singular directions of W0 (A = sqrt(S_r / s) V_r^T, B = U_r sqrt(S_r / s)) and
 //! OLoRA (Büyükakyüz 2024) at its QR factors (B = Q_r, A = R_r); both move s B A out of the
 //! frozen weight (W0 - s B A), so the layer starts unchanged up to rounding.
-use super::{push_adapter, site_rows, sites};
+use super::{push_adapter, site_rows, sites, sites_of};
 use crate::config::VitConfig;
 use crate::linear::{add_weight_on_range, Adapter, Base, Linear, OutRange, Role, Visit};
 use crate::method::{
@@ -245,6 +245,27 @@ impl MethodSpec for LoraSpec {
                 return Err(format!(
                     "lora: `init` = \"{init}\" on patch_embed: peft factors only linear layers \
                      this way (drop patch_embed from `targets`)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// PiSSA and OLoRA take r singular directions (QR columns) of each targeted weight.
+    fn fits(&self, cfg: &VitConfig) -> Result<(), String> {
+        if self.init == LoraInit::Default {
+            return Ok(());
+        }
+        for site in sites_of(cfg, &self.targets) {
+            let rank = site.in_features.min(site.out_features);
+            if self.r > rank {
+                return Err(format!(
+                    "lora: `r` = {} exceeds the rank of {} ({} x {}) for `init` = \"{}\"",
+                    self.r,
+                    site.name,
+                    site.out_features,
+                    site.in_features,
+                    self.init.name()
                 ));
             }
         }

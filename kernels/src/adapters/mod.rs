@@ -28,6 +28,7 @@ pub use ia3::{Ia3, Ia3Spec};
 pub use lora::{lora_scale, Lora, LoraSpec};
 pub use vera::{Vera, VeraProjections, VeraSpec};
 
+use crate::config::VitConfig;
 use crate::linear::{add_weight_on_range, Adapter, Base, Linear, OutRange, Visit};
 use crate::method::{MethodInfo, Target};
 use crate::vit::VisionTransformer;
@@ -73,8 +74,13 @@ pub struct Site {
 
 /// (in, out, output range) of the module a target names in `vit`.
 pub fn geometry(vit: &VisionTransformer, t: Target) -> (i64, i64, OutRange) {
-    let (d, hidden) = (vit.cfg.embed_dim, vit.cfg.mlp_hidden());
-    let patch_in = vit.cfg.in_chans * vit.cfg.patch_size * vit.cfg.patch_size;
+    geometry_of(&vit.cfg, t)
+}
+
+/// (in, out, output range) of the module a target names in a model of `cfg`.
+pub fn geometry_of(cfg: &VitConfig, t: Target) -> (i64, i64, OutRange) {
+    let (d, hidden) = (cfg.embed_dim, cfg.mlp_hidden());
+    let patch_in = cfg.in_chans * cfg.patch_size * cfg.patch_size;
     match t {
         Target::PatchEmbed => (patch_in, d, None),
         Target::Q | Target::K | Target::V => (d, d, Some((t.qkv_slice().unwrap_or(0) * d, d))),
@@ -99,10 +105,15 @@ pub fn target_name(i: usize, t: Target) -> String {
 /// Every site of `targets` in `vit`: the patch embedding first (once), then block by block
 /// in `Target` order, whatever order `targets` lists them in.
 pub fn sites(vit: &VisionTransformer, targets: &[Target]) -> Vec<Site> {
+    sites_of(&vit.cfg, targets)
+}
+
+/// `sites` on a model of `cfg` (no model needed: what `MethodSpec::fits` checks).
+pub fn sites_of(cfg: &VitConfig, targets: &[Target]) -> Vec<Site> {
     let mut targets = targets.to_vec();
     targets.sort();
     let site = |block: usize, target: Target| {
-        let (in_features, out_features, range) = geometry(vit, target);
+        let (in_features, out_features, range) = geometry_of(cfg, target);
         Site {
             block,
             target,
@@ -117,7 +128,7 @@ pub fn sites(vit: &VisionTransformer, targets: &[Target]) -> Vec<Site> {
         .filter(|t| **t == Target::PatchEmbed)
         .map(|t| site(0, *t))
         .collect();
-    for i in 0..vit.blocks.len() {
+    for i in 0..cfg.depth as usize {
         out.extend(
             targets
                 .iter()

@@ -11,7 +11,8 @@
 //! Not supported: peft's `coft` (it rewrites the weights inside the forward pass),
 //! `module_dropout`, and the patch embedding (peft's Conv2d OFT rotates overlapping
 //! stride-1 patches in its forward, which its own merge does not reproduce).
-use super::{push_adapter, sites};
+use super::{push_adapter, sites, sites_of};
+use crate::config::VitConfig;
 use crate::linear::{Adapter, Linear, Role, Visit};
 use crate::method::{
     from_serde, targets_label, validate_targets, Buffers, Method, MethodInfo, MethodSpec, Param,
@@ -137,17 +138,17 @@ fn read_peft(c: &PeftConfig) -> crate::Result<Method> {
 
 impl OftSpec {
     /// (blocks, block size) on a layer with `in_f` inputs, or why the sizes do not fit it.
-    fn blocks(&self, in_f: i64, layer: &str) -> crate::Result<(i64, i64)> {
+    fn blocks(&self, in_f: i64, layer: &str) -> Result<(i64, i64), String> {
         let (key, n) = if self.r == 0 {
             ("block_size", self.block_size)
         } else {
             ("r", self.r)
         };
         if n > in_f || in_f % n != 0 {
-            return Err(Error::Config(format!(
+            return Err(format!(
                 "oft: `{key}` = {n} does not divide the {in_f} inputs of {layer} (choose a \
                  divisor of every targeted layer's input width)"
-            )));
+            ));
         }
         Ok(if self.r == 0 {
             (in_f / n, n)
@@ -217,10 +218,19 @@ impl MethodSpec for OftSpec {
         Ok(())
     }
 
+    fn fits(&self, cfg: &VitConfig) -> Result<(), String> {
+        for site in sites_of(cfg, &self.targets) {
+            self.blocks(site.in_features, &site.name)?;
+        }
+        Ok(())
+    }
+
     fn insert(&self, vit: &mut VisionTransformer, _seed: i64) -> crate::Result<Buffers> {
         let device = vit.device();
         for site in sites(vit, &self.targets) {
-            let (r, b) = self.blocks(site.in_features, &site.name)?;
+            let (r, b) = self
+                .blocks(site.in_features, &site.name)
+                .map_err(Error::Config)?;
             let stored = if self.block_share { 1 } else { r };
             let a = Oft {
                 name: site.name,

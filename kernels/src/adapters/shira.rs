@@ -6,7 +6,8 @@
 //! row-major order; values start at zero. The entries' (row, column) pairs are frozen buffers
 //! (`shira_indices`, int32 [2, K] as peft saves them): an import loads peft's, whatever mask
 //! function made them.
-use super::{push_adapter, sites, WeightDelta};
+use super::{push_adapter, sites, sites_of, Site, WeightDelta};
+use crate::config::VitConfig;
 use crate::linear::{OutRange, Role, Visit};
 use crate::method::{
     from_serde, targets_label, validate_rank, validate_targets, Buffers, Method, MethodInfo,
@@ -88,6 +89,23 @@ fn read_peft(c: &PeftConfig) -> crate::Result<Method> {
     }))
 }
 
+impl ShiraSpec {
+    fn fits_site(&self, site: &Site) -> Result<(), String> {
+        let (in_f, out_f) = (site.in_features, site.out_features);
+        let k = self.r * (in_f + out_f);
+        if k > in_f * out_f {
+            return Err(format!(
+                "shira: `r` = {} trains {k} entries, more than the {} weights of {} \
+                 ({out_f} x {in_f})",
+                self.r,
+                in_f * out_f,
+                site.name
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl MethodSpec for ShiraSpec {
     fn info(&self) -> &'static MethodInfo {
         &INFO
@@ -126,21 +144,19 @@ impl MethodSpec for ShiraSpec {
         Ok(())
     }
 
+    fn fits(&self, cfg: &VitConfig) -> Result<(), String> {
+        sites_of(cfg, &self.targets)
+            .iter()
+            .try_for_each(|s| self.fits_site(s))
+    }
+
     fn insert(&self, vit: &mut VisionTransformer, _seed: i64) -> crate::Result<Buffers> {
         let device = vit.device();
         let mut buffers = Vec::new();
         for site in sites(vit, &self.targets) {
+            self.fits_site(&site).map_err(crate::Error::Config)?;
             let (in_f, out_f) = (site.in_features, site.out_features);
             let k = self.r * (in_f + out_f);
-            if k > in_f * out_f {
-                return Err(crate::Error::Config(format!(
-                    "shira: `r` = {} trains {k} entries, more than the {} weights of {} \
-                     ({out_f} x {in_f})",
-                    self.r,
-                    in_f * out_f,
-                    site.name
-                )));
-            }
             let (flat, _) = crate::accel::seeded_randperm(out_f * in_f, self.random_seed as u64)?
                 .narrow(0, 0, k)
                 .sort(0, false);

@@ -5,7 +5,7 @@
 //! vectors with the top-k of its N trained logits; y = W x + b + B A drop(x). The bank starts
 //! uniform(-bound, bound), the logits N(0, std), so a fresh model is not the backbone (peft
 //! likewise). In peft's files the bank is `base_model.vblora_vector_bank`.
-use super::{push_adapter, sites};
+use super::{push_adapter, sites, sites_of, Site};
 use crate::config::VitConfig;
 use crate::linear::{Adapter, Base, Linear, OutRange, Role, Visit};
 use crate::method::{
@@ -137,6 +137,19 @@ fn read_peft(c: &PeftConfig) -> crate::Result<Method> {
     }))
 }
 
+impl VbloraSpec {
+    fn fits_site(&self, site: &Site) -> Result<(), String> {
+        let (in_f, out_f, l) = (site.in_features, site.out_features, self.vector_length);
+        if in_f % l != 0 || out_f % l != 0 {
+            return Err(format!(
+                "vblora: `vector_length` = {l} does not divide both widths of {} ({out_f} x {in_f})",
+                site.name
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl MethodSpec for VbloraSpec {
     fn info(&self) -> &'static MethodInfo {
         &INFO
@@ -201,20 +214,20 @@ impl MethodSpec for VbloraSpec {
         false
     }
 
+    fn fits(&self, cfg: &VitConfig) -> Result<(), String> {
+        sites_of(cfg, &self.targets)
+            .iter()
+            .try_for_each(|s| self.fits_site(s))
+    }
+
     fn insert(&self, vit: &mut VisionTransformer, _seed: i64) -> crate::Result<Buffers> {
         let opts = (Kind::Float, vit.device());
         let (n, l) = (self.num_vectors, self.vector_length);
         let bound = self.init_vector_bank_bound;
         let bank = Tensor::empty([n, l], opts).uniform_(-bound, bound);
         for (i, site) in sites(vit, &self.targets).into_iter().enumerate() {
+            self.fits_site(&site).map_err(Error::Config)?;
             let (in_f, out_f) = (site.in_features, site.out_features);
-            if in_f % l != 0 || out_f % l != 0 {
-                return Err(Error::Config(format!(
-                    "vblora: `vector_length` = {l} does not divide both widths of {} \
-                     ({out_f} x {in_f})",
-                    site.name
-                )));
-            }
             let std = self.init_logits_std;
             let a = Vblora {
                 name: site.name.clone(),

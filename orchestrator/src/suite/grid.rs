@@ -79,6 +79,9 @@ impl Parser {
             self.overrides(o, &mut runs, &declared, &families);
         }
         self.distinct_runs(&runs);
+        if let Some(b) = &backbone {
+            self.methods_fit(&b.arch, &runs);
+        }
         self.synthetic_splits_fit(&datasets, &runs);
         // A run image size that nothing set is the default: it must fit the patches too.
         if let Some(p) = self.patch_size {
@@ -141,6 +144,29 @@ impl Parser {
 
     /// Two runs with the same dataset, configuration label and seed would share a row (and
     /// one would be lost): name the method tables that collide.
+    /// Every method fits the backbone (block sizes dividing its widths, ranks within them):
+    /// an error here, not a failed train node after the search has run.
+    fn methods_fit(&mut self, arch: &kernels::VitConfig, runs: &[Run]) {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in runs {
+            if !seen.insert((&r.family, r.method.label())) {
+                continue;
+            }
+            if let Err(e) = r.method.spec().fits(arch) {
+                let msg = e.split_once(": ").map_or(e.as_str(), |(_, m)| m);
+                self.err(
+                    &format!("methods.{}", r.family),
+                    format!(
+                        "{msg} (the backbone: embed_dim {}, mlp {}, patch {})",
+                        arch.embed_dim,
+                        arch.mlp_hidden(),
+                        arch.patch_size
+                    ),
+                );
+            }
+        }
+    }
+
     pub(super) fn distinct_runs(&mut self, runs: &[Run]) {
         let mut seen: BTreeMap<(&str, &str, u64), &str> = BTreeMap::new();
         let mut clashes: BTreeMap<(&str, &str), &Run> = BTreeMap::new();

@@ -297,6 +297,29 @@ fn peft_suffix_match_misuse_is_a_suite_error() {
 
 /// Every registered method and its options are suite syntax: `use_dora` switches LoRA to
 /// DoRA (a grid axis over it gives both), the label says which, and a bad value names the key.
+/// A method that does not fit the backbone (a block size not dividing its widths) is a suite
+/// error naming the method table, not a train node failing after the search.
+#[test]
+fn methods_must_fit_the_backbone() {
+    let bad = suite_with_methods(
+        "oft-misfit",
+        "[methods.oft]\nblock_size = 7\ntargets = \"qkv\"\n",
+    );
+    let e = load_with_env(&bad, &[], []).unwrap_err();
+    assert!(
+        e.errors.iter().any(|d| d.key == "methods.oft"
+            && d.to_string().contains("`block_size` = 7 does not divide")),
+        "{e}"
+    );
+    std::fs::remove_dir_all(bad.parent().unwrap()).ok();
+    let ok = suite_with_methods(
+        "oft-fit",
+        "[methods.oft]\nblock_size = 4\ntargets = \"qkv\"\n",
+    );
+    load_with_env(&ok, &[], []).expect("block_size 4 divides the test backbone's widths");
+    std::fs::remove_dir_all(ok.parent().unwrap()).ok();
+}
+
 /// VPT's prompt length and depth are grid axes; a bad length names its key.
 #[test]
 fn vpt_tokens_and_depth_are_axes() {
