@@ -305,6 +305,29 @@ pub fn names() -> Vec<&'static str> {
 }
 
 /// Checks a target list: not empty, no layer twice, not qkv with one of its slices.
+/// `targets` of a method that adapts linear layers only (peft wraps `nn.Linear`, not the
+/// patch embedding's Conv2d).
+pub fn refuse_patch_embed(method: &str, targets: &[Target]) -> Result<(), String> {
+    if targets.contains(&Target::PatchEmbed) {
+        return Err(format!(
+            "{method}: `targets` has patch_embed, a Conv2d: {method} (like peft's) adapts \
+             linear layers only"
+        ));
+    }
+    Ok(())
+}
+
+/// `targets` of a method that changes whole layers: no q/k/v slice of the fused qkv. `why`
+/// says what makes a slice impossible.
+pub fn refuse_slices(method: &str, targets: &[Target], why: &str) -> Result<(), String> {
+    if targets.iter().any(|t| t.qkv_slice().is_some()) {
+        return Err(format!(
+            "{method}: `targets` has a q/k/v slice: {why} (target qkv)"
+        ));
+    }
+    Ok(())
+}
+
 pub fn validate_targets(method: &str, targets: &[Target]) -> Result<(), String> {
     if targets.is_empty() {
         return Err(format!(

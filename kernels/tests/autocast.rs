@@ -50,37 +50,31 @@ fn adapters_stay_in_bf16_under_autocast() {
             }
         });
         let _ = &mut model;
-        let tokens = Tensor::randn([2, 17, 48], (Kind::Float, Device::Cpu));
-        let fp32 = tch::no_grad(|| model.forward(&x, false));
-        let (qkv, fc2, bf16) = tch::no_grad(|| {
-            let _ac = Autocast::enter(Device::Cpu, Kind::BFloat16).unwrap();
-            let b = &model.vit.blocks[0];
-            let qkv = b.attn.qkv.forward(&tokens, false);
-            let fc2 = b.mlp.fc2.forward(&b.mlp.fc1.forward(&tokens, false), false);
-            (qkv, fc2, model.forward(&x, false))
-        });
-        assert_eq!(
-            qkv.kind(),
-            Kind::BFloat16,
-            "{}: qkv output promoted to {:?}",
-            m.label(),
-            qkv.kind()
-        );
-        assert_eq!(
-            fc2.kind(),
-            Kind::BFloat16,
-            "{}: fc2 output promoted to {:?}",
-            m.label(),
-            fc2.kind()
-        );
-        let err = max_abs_diff(&bf16.to_kind(Kind::Float), &fp32);
-        let scale = fp32.abs().max().double_value(&[]);
-        assert!(
-            err <= 0.05 * scale,
-            "{}: bf16 logits off by {err} (logit scale {scale})",
-            m.label()
-        );
+        assert_bf16(&m.label(), &model, &x, 0.05);
     }
+}
+
+/// Under bf16 autocast the qkv and fc2 outputs of `model`'s first block stay bf16 and its
+/// logits for `x` are within `bound` x the logit scale of fp32's.
+fn assert_bf16(label: &str, model: &AdaptedVit, x: &Tensor, bound: f64) {
+    let tokens = Tensor::randn([2, 17, 48], (Kind::Float, Device::Cpu));
+    let fp32 = tch::no_grad(|| model.forward(x, false));
+    let (qkv, fc2, bf16) = tch::no_grad(|| {
+        let _ac = Autocast::enter(Device::Cpu, Kind::BFloat16).unwrap();
+        let b = &model.vit.blocks[0];
+        let qkv = b.attn.qkv.forward(&tokens, false);
+        let fc2 = b.mlp.fc2.forward(&b.mlp.fc1.forward(&tokens, false), false);
+        (qkv, fc2, model.forward(x, false))
+    });
+    assert_eq!(qkv.kind(), Kind::BFloat16, "{label}: qkv output promoted");
+    assert_eq!(fc2.kind(), Kind::BFloat16, "{label}: fc2 output promoted");
+    let err = max_abs_diff(&bf16.to_kind(Kind::Float), &fp32);
+    let scale = fp32.abs().max().double_value(&[]);
+    eprintln!("{label}: bf16 logits off by {err:.2e} (logit scale {scale:.2e})");
+    assert!(
+        err <= bound * scale,
+        "{label}: bf16 logits off by {err} (logit scale {scale})"
+    );
 }
 
 /// Every registered method's bench configurations (the GPU path trains them under bf16
@@ -90,7 +84,6 @@ fn adapters_stay_in_bf16_under_autocast() {
 fn every_method_runs_under_bf16_autocast() {
     let (x, _) = vit_a_io();
     let y = Tensor::from_slice(&[1i64, 7, 3, 0]);
-    let tokens = Tensor::randn([2, 17, 48], (Kind::Float, Device::Cpu));
     for (row, m) in kernels::bench::standard_methods() {
         let mut model = AdaptedVit::new(vit_a(), &m, Some(10), 0).unwrap();
         // Near each tensor's start (zero-started ones become small, scales stay near 1).
@@ -102,19 +95,6 @@ fn every_method_runs_under_bf16_autocast() {
             }
         });
         let _ = &mut model;
-        let fp32 = tch::no_grad(|| model.forward(&x, false));
-        let (qkv, fc2, bf16) = tch::no_grad(|| {
-            let _ac = Autocast::enter(Device::Cpu, Kind::BFloat16).unwrap();
-            let b = &model.vit.blocks[0];
-            let qkv = b.attn.qkv.forward(&tokens, false);
-            let fc2 = b.mlp.fc2.forward(&b.mlp.fc1.forward(&tokens, false), false);
-            (qkv, fc2, model.forward(&x, false))
-        });
-        assert_eq!(qkv.kind(), Kind::BFloat16, "{row}: qkv output promoted");
-        assert_eq!(fc2.kind(), Kind::BFloat16, "{row}: fc2 output promoted");
-        let err = max_abs_diff(&bf16.to_kind(Kind::Float), &fp32);
-        let scale = fp32.abs().max().double_value(&[]);
-        eprintln!("{row}: bf16 logits off by {err:.2e} (logit scale {scale:.2e})");
         // 0.4-0.8 % of the logit scale measured for every row but FourierFT's, whose
         // standard-normal coefficients (peft's default) times 150 make a delta some 30 times
         // the weights of this 48-wide model: 12.8 % measured.
@@ -123,10 +103,7 @@ fn every_method_runs_under_bf16_autocast() {
         } else {
             0.02
         };
-        assert!(
-            err <= bound * scale,
-            "{row}: bf16 logits off by {err} (logit scale {scale})"
-        );
+        assert_bf16(row, &model, &x, bound);
         let loss = {
             let _ac = Autocast::enter(Device::Cpu, Kind::BFloat16).unwrap();
             model

@@ -14,8 +14,8 @@ use super::{push_adapter, sites, sites_of};
 use crate::config::VitConfig;
 use crate::linear::{Adapter, Base, Linear, OutRange, Role, Visit};
 use crate::method::{
-    from_serde, targets_label, validate_targets, Buffers, Method, MethodInfo, MethodSpec, Param,
-    ParamKind, PeftReader, Target,
+    from_serde, refuse_slices, targets_label, validate_targets, Buffers, Method, MethodInfo,
+    MethodSpec, Param, ParamKind, PeftReader, Target,
 };
 use crate::peft_import::PeftConfig;
 use crate::vit::VisionTransformer;
@@ -169,13 +169,11 @@ impl MethodSpec for BoftSpec {
 
     fn validate(&self) -> Result<(), String> {
         validate_targets("boft", &self.targets)?;
-        if self.targets.iter().any(|t| t.qkv_slice().is_some()) {
-            return Err(
-                "boft: `targets` has a q/k/v slice: BOFT rotates a layer's input, which the \
-                 three slices of qkv share (target qkv)"
-                    .into(),
-            );
-        }
+        refuse_slices(
+            "boft",
+            &self.targets,
+            "BOFT rotates a layer's input, which the three slices of qkv share",
+        )?;
         match (self.block_size, self.block_num) {
             (0, 0) => Err("boft: set one of `block_size` and `block_num`".into()),
             (b, d) if b != 0 && d != 0 => Err(format!(

@@ -5,12 +5,12 @@
 //! C(x)_m = real(fft(sum_n ifft(x_n) * fft(w_mn))). peft starts the kernels xavier-uniform
 //! (so a fresh model is not the backbone); `init = "zeros"` (peft's `init_weights = true`)
 //! starts at the identity. Computed in fp32 (FFTs have no bf16), as peft does.
-use super::{push_adapter, sites, sites_of, Site};
+use super::{divides_widths, push_adapter, sites, sites_of, Site};
 use crate::config::VitConfig;
 use crate::linear::{Adapter, Base, Linear, OutRange, Role, Visit};
 use crate::method::{
-    from_serde, targets_label, validate_targets, Buffers, Method, MethodInfo, MethodSpec, Param,
-    ParamKind, PeftReader, Target,
+    from_serde, refuse_patch_embed, refuse_slices, targets_label, validate_targets, Buffers,
+    Method, MethodInfo, MethodSpec, Param, ParamKind, PeftReader, Target,
 };
 use crate::peft_import::PeftConfig;
 use crate::vit::VisionTransformer;
@@ -99,14 +99,7 @@ fn read_peft(c: &PeftConfig) -> crate::Result<Method> {
 
 impl C3aSpec {
     fn fits_site(&self, site: &Site) -> Result<(), String> {
-        let (in_f, out_f, b) = (site.in_features, site.out_features, self.block_size);
-        if in_f % b != 0 || out_f % b != 0 {
-            return Err(format!(
-                "c3a: `block_size` = {b} does not divide both widths of {} ({out_f} x {in_f})",
-                site.name
-            ));
-        }
-        Ok(())
+        divides_widths("c3a", "block_size", self.block_size, site)
     }
 }
 
@@ -125,19 +118,8 @@ impl MethodSpec for C3aSpec {
 
     fn validate(&self) -> Result<(), String> {
         validate_targets("c3a", &self.targets)?;
-        if self.targets.contains(&Target::PatchEmbed) {
-            return Err(
-                "c3a: `targets` has patch_embed, a Conv2d: C3A (like peft's) adapts linear \
-                 layers only"
-                    .into(),
-            );
-        }
-        if self.targets.iter().any(|t| t.qkv_slice().is_some()) {
-            return Err(
-                "c3a: `targets` has a q/k/v slice: peft's C3A adapts whole layers (target qkv)"
-                    .into(),
-            );
-        }
+        refuse_patch_embed("c3a", &self.targets)?;
+        refuse_slices("c3a", &self.targets, "peft's C3A adapts whole layers")?;
         if !INITS.contains(&self.init.as_str()) {
             return Err(format!(
                 "c3a: `init` must be one of {}, got {:?}",

@@ -8,8 +8,8 @@
 use super::{push_adapter, sites, Site, WeightDelta};
 use crate::linear::{OutRange, Role, Visit};
 use crate::method::{
-    from_serde, targets_label, validate_targets, Buffers, Method, MethodInfo, MethodSpec, Param,
-    ParamKind, PeftReader, Target,
+    from_serde, refuse_patch_embed, targets_label, validate_targets, Buffers, Method, MethodInfo,
+    MethodSpec, Param, ParamKind, PeftReader, Target,
 };
 use crate::peft_import::PeftConfig;
 use crate::vit::VisionTransformer;
@@ -137,13 +137,7 @@ impl MethodSpec for FourierftSpec {
 
     fn validate(&self) -> Result<(), String> {
         validate_targets("fourierft", &self.targets)?;
-        if self.targets.contains(&Target::PatchEmbed) {
-            return Err(
-                "fourierft: `targets` has patch_embed, a Conv2d: FourierFT (like peft's) adapts \
-                 linear layers only"
-                    .into(),
-            );
-        }
+        refuse_patch_embed("fourierft", &self.targets)?;
         if !(1..=MAX_FREQUENCIES).contains(&self.n_frequency) {
             return Err(format!(
                 "fourierft: `n_frequency` must be from 1 to {MAX_FREQUENCIES}, got {}",

@@ -11,8 +11,8 @@ use super::loha::kaiming;
 use super::{push_adapter, sites};
 use crate::linear::{Adapter, Linear, Role, Visit};
 use crate::method::{
-    from_serde, targets_label, validate_rank, validate_targets, Buffers, Method, MethodInfo,
-    MethodSpec, Param, ParamKind, PeftReader, Target,
+    from_serde, refuse_slices, targets_label, validate_rank, validate_targets, Buffers, Method,
+    MethodInfo, MethodSpec, Param, ParamKind, PeftReader, Target,
 };
 use crate::peft_import::PeftConfig;
 use crate::vit::VisionTransformer;
@@ -97,13 +97,11 @@ impl MethodSpec for HraSpec {
 
     fn validate(&self) -> Result<(), String> {
         validate_targets("hra", &self.targets)?;
-        if self.targets.iter().any(|t| t.qkv_slice().is_some()) {
-            return Err(
-                "hra: `targets` has a q/k/v slice: HRA reflects a layer's input, which the \
-                 three slices of qkv share (target qkv)"
-                    .into(),
-            );
-        }
+        refuse_slices(
+            "hra",
+            &self.targets,
+            "HRA reflects a layer's input, which the three slices of qkv share",
+        )?;
         validate_rank("hra", self.r)?;
         Ok(())
     }

@@ -440,15 +440,7 @@ impl Lora {
         let bound = 1.0 / (in_f as f64).sqrt();
         let a = Tensor::empty([r, in_f], (Kind::Float, device)).uniform_(-bound, bound);
         let b = Tensor::zeros([out_f, r], (Kind::Float, device));
-        Lora {
-            name,
-            a,
-            b,
-            scale,
-            dropout,
-            range,
-            dora: None,
-        }
+        Self::from_factors(name, a, b, scale, dropout, range)
     }
 
     /// An adapter starting from given factors (PiSSA, OLoRA).

@@ -139,6 +139,18 @@ pub fn sites_of(cfg: &VitConfig, targets: &[Target]) -> Vec<Site> {
     out
 }
 
+/// That `key` = `n` divides both widths of `site` (C3A's block size, VB-LoRA's vector length).
+pub fn divides_widths(method: &str, key: &str, n: i64, site: &Site) -> Result<(), String> {
+    let (in_f, out_f) = (site.in_features, site.out_features);
+    if in_f % n != 0 || out_f % n != 0 {
+        return Err(format!(
+            "{method}: `{key}` = {n} does not divide both widths of {} ({out_f} x {in_f})",
+            site.name
+        ));
+    }
+    Ok(())
+}
+
 /// Adds `a` to the layer holding target `t` of block `block` (a q/k/v slice: the qkv).
 pub fn push_adapter(vit: &mut VisionTransformer, block: usize, t: Target, a: Box<dyn Adapter>) {
     let b = &mut vit.blocks[block];

@@ -15,8 +15,8 @@ use super::{push_adapter, sites, sites_of};
 use crate::config::VitConfig;
 use crate::linear::{Adapter, Linear, Role, Visit};
 use crate::method::{
-    from_serde, targets_label, validate_targets, Buffers, Method, MethodInfo, MethodSpec, Param,
-    ParamKind, PeftReader, Target,
+    from_serde, refuse_slices, targets_label, validate_targets, Buffers, Method, MethodInfo,
+    MethodSpec, Param, ParamKind, PeftReader, Target,
 };
 use crate::peft_import::PeftConfig;
 use crate::vit::VisionTransformer;
@@ -187,13 +187,11 @@ impl MethodSpec for OftSpec {
 
     fn validate(&self) -> Result<(), String> {
         validate_targets("oft", &self.targets)?;
-        if self.targets.iter().any(|t| t.qkv_slice().is_some()) {
-            return Err(
-                "oft: `targets` has a q/k/v slice: OFT rotates a layer's input, which the \
-                 three slices of qkv share (target qkv)"
-                    .into(),
-            );
-        }
+        refuse_slices(
+            "oft",
+            &self.targets,
+            "OFT rotates a layer's input, which the three slices of qkv share",
+        )?;
         if self.targets.contains(&Target::PatchEmbed) {
             return Err(
                 "oft: `targets` has patch_embed: peft's OFT on a convolution rotates \

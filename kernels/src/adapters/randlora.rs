@@ -12,8 +12,8 @@
 use super::{push_adapter, sites};
 use crate::linear::{add_weight_on_range, Adapter, Base, Linear, OutRange, Role, Visit};
 use crate::method::{
-    from_serde, targets_label, validate_rank, validate_targets, Buffers, Method, MethodInfo,
-    MethodSpec, Param, ParamKind, PeftReader, Target,
+    from_serde, refuse_patch_embed, refuse_slices, targets_label, validate_rank, validate_targets,
+    Buffers, Method, MethodInfo, MethodSpec, Param, ParamKind, PeftReader, Target,
 };
 use crate::peft_import::PeftConfig;
 use crate::vit::VisionTransformer;
@@ -181,20 +181,12 @@ impl MethodSpec for RandloraSpec {
 
     fn validate(&self) -> Result<(), String> {
         validate_targets("randlora", &self.targets)?;
-        if self.targets.contains(&Target::PatchEmbed) {
-            return Err(
-                "randlora: `targets` has patch_embed, a Conv2d: RandLoRA (like peft's) adapts \
-                 linear layers only"
-                    .into(),
-            );
-        }
-        if self.targets.iter().any(|t| t.qkv_slice().is_some()) {
-            return Err(
-                "randlora: `targets` has a q/k/v slice: peft's RandLoRA adapts whole layers \
-                 (target qkv)"
-                    .into(),
-            );
-        }
+        refuse_patch_embed("randlora", &self.targets)?;
+        refuse_slices(
+            "randlora",
+            &self.targets,
+            "peft's RandLoRA adapts whole layers",
+        )?;
         validate_rank("randlora", self.r)?;
         if !(self.alpha > 0.0 && self.alpha.is_finite()) {
             return Err(format!("randlora: `alpha` must be > 0, got {}", self.alpha));

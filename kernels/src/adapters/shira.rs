@@ -10,8 +10,8 @@ use super::{push_adapter, sites, sites_of, Site, WeightDelta};
 use crate::config::VitConfig;
 use crate::linear::{OutRange, Role, Visit};
 use crate::method::{
-    from_serde, targets_label, validate_rank, validate_targets, Buffers, Method, MethodInfo,
-    MethodSpec, Param, ParamKind, PeftReader, Target,
+    from_serde, refuse_patch_embed, refuse_slices, targets_label, validate_rank, validate_targets,
+    Buffers, Method, MethodInfo, MethodSpec, Param, ParamKind, PeftReader, Target,
 };
 use crate::peft_import::PeftConfig;
 use crate::vit::VisionTransformer;
@@ -121,19 +121,8 @@ impl MethodSpec for ShiraSpec {
 
     fn validate(&self) -> Result<(), String> {
         validate_targets("shira", &self.targets)?;
-        if self.targets.contains(&Target::PatchEmbed) {
-            return Err(
-                "shira: `targets` has patch_embed, a Conv2d: SHiRA (like peft's) adapts linear \
-                 layers only"
-                    .into(),
-            );
-        }
-        if self.targets.iter().any(|t| t.qkv_slice().is_some()) {
-            return Err(
-                "shira: `targets` has a q/k/v slice: peft's SHiRA masks whole layers (target qkv)"
-                    .into(),
-            );
-        }
+        refuse_patch_embed("shira", &self.targets)?;
+        refuse_slices("shira", &self.targets, "peft's SHiRA masks whole layers")?;
         validate_rank("shira", self.r)?;
         if self.random_seed < 0 {
             return Err(format!(

@@ -5,12 +5,12 @@
 //! vectors with the top-k of its N trained logits; y = W x + b + B A drop(x). The bank starts
 //! uniform(-bound, bound), the logits N(0, std), so a fresh model is not the backbone (peft
 //! likewise). In peft's files the bank is `base_model.vblora_vector_bank`.
-use super::{push_adapter, sites, sites_of, Site};
+use super::{divides_widths, push_adapter, sites, sites_of, Site};
 use crate::config::VitConfig;
 use crate::linear::{Adapter, Base, Linear, OutRange, Role, Visit};
 use crate::method::{
-    from_serde, targets_label, validate_rank, validate_targets, Buffers, Method, MethodInfo,
-    MethodSpec, Param, ParamKind, PeftReader, Target,
+    from_serde, refuse_patch_embed, refuse_slices, targets_label, validate_rank, validate_targets,
+    Buffers, Method, MethodInfo, MethodSpec, Param, ParamKind, PeftReader, Target,
 };
 use crate::peft_import::PeftConfig;
 use crate::vit::VisionTransformer;
@@ -139,14 +139,7 @@ fn read_peft(c: &PeftConfig) -> crate::Result<Method> {
 
 impl VbloraSpec {
     fn fits_site(&self, site: &Site) -> Result<(), String> {
-        let (in_f, out_f, l) = (site.in_features, site.out_features, self.vector_length);
-        if in_f % l != 0 || out_f % l != 0 {
-            return Err(format!(
-                "vblora: `vector_length` = {l} does not divide both widths of {} ({out_f} x {in_f})",
-                site.name
-            ));
-        }
-        Ok(())
+        divides_widths("vblora", "vector_length", self.vector_length, site)
     }
 }
 
@@ -172,20 +165,12 @@ impl MethodSpec for VbloraSpec {
 
     fn validate(&self) -> Result<(), String> {
         validate_targets("vblora", &self.targets)?;
-        if self.targets.contains(&Target::PatchEmbed) {
-            return Err(
-                "vblora: `targets` has patch_embed, a Conv2d: VB-LoRA (like peft's) adapts \
-                 linear layers only"
-                    .into(),
-            );
-        }
-        if self.targets.iter().any(|t| t.qkv_slice().is_some()) {
-            return Err(
-                "vblora: `targets` has a q/k/v slice: peft's VB-LoRA adapts whole layers \
-                 (target qkv)"
-                    .into(),
-            );
-        }
+        refuse_patch_embed("vblora", &self.targets)?;
+        refuse_slices(
+            "vblora",
+            &self.targets,
+            "peft's VB-LoRA adapts whole layers",
+        )?;
         validate_rank("vblora", self.r)?;
         if self.topk > self.num_vectors {
             return Err(format!(
