@@ -264,6 +264,15 @@ pub fn validate_alpha(method: &str, alpha: f64) -> Result<(), String> {
     }
 }
 
+/// Checks a dropout probability: "<method>: `dropout` must be in [0, 1), got 1".
+pub fn validate_dropout(method: &str, p: f64) -> Result<(), String> {
+    if (0.0..1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(format!("{method}: `dropout` must be in [0, 1), got {p}"))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ParamKind {
     /// An integer in `min..=max`.

@@ -7,7 +7,9 @@
 //! reference is `scripts/gen_fixtures.py`'s, written from the paper and the official code.
 //! Not mergeable: the bottleneck is non-linear.
 use crate::linear::{Linear, Role, Visit};
-use crate::method::{from_serde, Buffers, Method, MethodInfo, MethodSpec, Param, ParamKind};
+use crate::method::{
+    from_serde, validate_dropout, Buffers, Method, MethodInfo, MethodSpec, Param, ParamKind,
+};
 use crate::vit::{Branch, VisionTransformer};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -95,12 +97,7 @@ impl MethodSpec for AdaptformerSpec {
                 self.scale
             ));
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!(
-                "adaptformer: `dropout` must be in [0, 1), got {}",
-                self.dropout
-            ));
-        }
+        validate_dropout("adaptformer", self.dropout)?;
         Ok(())
     }
 

@@ -9,7 +9,9 @@
 //! up-projection at zero (the identity). The parity fixture is made by `adapters` itself
 //! (`scripts/gen_adapters_fixtures.py`, with the weight mapping). Not mergeable.
 use crate::linear::{Linear, Role, Visit};
-use crate::method::{from_serde, Buffers, Method, MethodInfo, MethodSpec, Param, ParamKind};
+use crate::method::{
+    from_serde, validate_dropout, Buffers, Method, MethodInfo, MethodSpec, Param, ParamKind,
+};
 use crate::vit::{Branch, VisionTransformer};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -131,12 +133,7 @@ impl MethodSpec for HoulsbySpec {
                 self.scaling
             ));
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!(
-                "houlsby: `dropout` must be in [0, 1), got {}",
-                self.dropout
-            ));
-        }
+        validate_dropout("houlsby", self.dropout)?;
         Ok(())
     }
 

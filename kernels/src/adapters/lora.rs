@@ -8,8 +8,8 @@ use super::{push_adapter, site_rows, sites, sites_of};
 use crate::config::VitConfig;
 use crate::linear::{add_weight_on_range, Adapter, Base, Linear, OutRange, Role, Visit};
 use crate::method::{
-    default_rank_alpha, from_serde, targets_label, validate_targets, Buffers, Method, MethodInfo,
-    MethodSpec, Param, ParamKind, PeftReader, Target, MAX_RANK,
+    default_rank_alpha, from_serde, targets_label, validate_dropout, validate_targets, Buffers,
+    Method, MethodInfo, MethodSpec, Param, ParamKind, PeftReader, Target, MAX_RANK,
 };
 use crate::peft_import::PeftConfig;
 use crate::vit::VisionTransformer;
@@ -227,12 +227,7 @@ impl MethodSpec for LoraSpec {
         if !(self.alpha > 0.0 && self.alpha.is_finite()) {
             return Err(format!("lora: `alpha` must be > 0, got {}", self.alpha));
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!(
-                "lora: `dropout` must be in [0, 1), got {}",
-                self.dropout
-            ));
-        }
+        validate_dropout("lora", self.dropout)?;
         if self.init != LoraInit::Default {
             let init = self.init.name();
             if self.use_dora {

@@ -12,8 +12,9 @@
 use super::{push_adapter, sites};
 use crate::linear::{add_weight_on_range, Adapter, Base, Linear, OutRange, Role, Visit};
 use crate::method::{
-    from_serde, refuse_patch_embed, refuse_slices, targets_label, validate_rank, validate_targets,
-    Buffers, Method, MethodInfo, MethodSpec, Param, ParamKind, PeftReader, Target,
+    from_serde, refuse_patch_embed, refuse_slices, targets_label, validate_alpha, validate_dropout,
+    validate_rank, validate_targets, Buffers, Method, MethodInfo, MethodSpec, Param, ParamKind,
+    PeftReader, Target,
 };
 use crate::peft_import::PeftConfig;
 use crate::vit::VisionTransformer;
@@ -188,21 +189,14 @@ impl MethodSpec for RandloraSpec {
             "peft's RandLoRA adapts whole layers",
         )?;
         validate_rank("randlora", self.r)?;
-        if !(self.alpha > 0.0 && self.alpha.is_finite()) {
-            return Err(format!("randlora: `alpha` must be > 0, got {}", self.alpha));
-        }
+        validate_alpha("randlora", self.alpha)?;
         if self.projection_prng_key < 0 {
             return Err(format!(
                 "randlora: `projection_prng_key` must be >= 0, got {}",
                 self.projection_prng_key
             ));
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!(
-                "randlora: `dropout` must be in [0, 1), got {}",
-                self.dropout
-            ));
-        }
+        validate_dropout("randlora", self.dropout)?;
         Ok(())
     }
 

@@ -9,8 +9,9 @@ use super::{divides_widths, push_adapter, sites, sites_of, Site};
 use crate::config::VitConfig;
 use crate::linear::{Adapter, Base, Linear, OutRange, Role, Visit};
 use crate::method::{
-    from_serde, refuse_patch_embed, refuse_slices, targets_label, validate_rank, validate_targets,
-    Buffers, Method, MethodInfo, MethodSpec, Param, ParamKind, PeftReader, Target,
+    from_serde, refuse_patch_embed, refuse_slices, targets_label, validate_dropout, validate_rank,
+    validate_targets, Buffers, Method, MethodInfo, MethodSpec, Param, ParamKind, PeftReader,
+    Target,
 };
 use crate::peft_import::PeftConfig;
 use crate::vit::VisionTransformer;
@@ -186,12 +187,7 @@ impl MethodSpec for VbloraSpec {
                 return Err(format!("vblora: `{key}` must be >= 0, got {v}"));
             }
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!(
-                "vblora: `dropout` must be in [0, 1), got {}",
-                self.dropout
-            ));
-        }
+        validate_dropout("vblora", self.dropout)?;
         Ok(())
     }
 

@@ -5,8 +5,8 @@
 use super::{geometry, push_adapter, sites};
 use crate::linear::{add_weight_on_range, Adapter, Base, Linear, OutRange, Role, Visit};
 use crate::method::{
-    from_serde, targets_label, validate_targets, Buffers, Method, MethodInfo, MethodSpec, Param,
-    ParamKind, PeftReader, Target, MAX_RANK,
+    from_serde, targets_label, validate_dropout, validate_targets, Buffers, Method, MethodInfo,
+    MethodSpec, Param, ParamKind, PeftReader, Target, MAX_RANK,
 };
 use crate::peft_import::PeftConfig;
 use crate::vit::VisionTransformer;
@@ -131,12 +131,7 @@ impl MethodSpec for VeraSpec {
                 self.d_initial
             ));
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!(
-                "vera: `dropout` must be in [0, 1), got {}",
-                self.dropout
-            ));
-        }
+        validate_dropout("vera", self.dropout)?;
         Ok(())
     }
 

@@ -8,7 +8,9 @@
 //! tuning is for language models); the reference is `scripts/gen_fixtures.py`'s, written from
 //! the paper and the official code. Not mergeable: the prompts are extra tokens.
 use crate::linear::{Role, Visit};
-use crate::method::{from_serde, Buffers, Method, MethodInfo, MethodSpec, Param, ParamKind};
+use crate::method::{
+    from_serde, validate_dropout, Buffers, Method, MethodInfo, MethodSpec, Param, ParamKind,
+};
 use crate::vit::{Prompts, VisionTransformer};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -93,12 +95,7 @@ impl MethodSpec for VptSpec {
                 self.tokens
             ));
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!(
-                "vpt: `dropout` must be in [0, 1), got {}",
-                self.dropout
-            ));
-        }
+        validate_dropout("vpt", self.dropout)?;
         Ok(())
     }
 
